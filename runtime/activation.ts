@@ -1,0 +1,237 @@
+// One activation of one actor (agent × workflow): lock, activate, deliver actions
+// one at a time while the mailbox has due work (each commit claims the next), then
+// release. DESIGN §4 steps 3–7.
+import type { Lock, Redlock } from '@sesamecare-oss/redlock'
+import { backoffDelay, type AgentDefinition } from './agent.ts'
+import { activate, commit, emitEvents, releaseHint, writeFollowUps, type Appended, type CommitResult, type Hint, type ProtocolContext } from './claims.ts'
+import { TroupeError } from './errors.ts'
+import { LiveActor, type DeliveryOutcome } from './live-actor.ts'
+import type { Logger } from './log.ts'
+import type { RuntimeMetrics } from './metrics.ts'
+import type { ActionRecord } from './types.ts'
+
+/** What an activation needs from its worker. */
+export interface ActivationEnv {
+  ctx: ProtocolContext
+  redlock: Redlock
+  metrics: RuntimeMetrics
+  log: Logger
+  /** Validates an outgoing action (known agent, payload size); returns an error text or null. */
+  checkSend(to: string, type: string, payloadJson: string): string | null
+  /** Runs follow-up writes (hints, persistence pointers) without blocking the actor. */
+  background(p: Promise<unknown>): void
+}
+
+/** Consecutive actions one activation handles before yielding its slot (fairness). */
+const MAX_TURNS = 64
+/** How far a pick pushes a hint whose actor another process holds. */
+const BUSY_RETRY_MS = 250
+
+/**
+ * Lifecycle of an activation, one line per state:
+ * - `locking`: trying the actor's Redlock once, no retries;
+ * - `active`: delivering and committing actions, lock extended in the background;
+ * - `draining`: finishing the current action, then releasing whatever is due;
+ * - `done`: lock released (or lost) and hint settled; nothing more happens.
+ */
+export type ActivationState = 'locking' | 'active' | 'draining' | 'done'
+
+/** One activation; `run()` resolves when the actor is released. */
+export class ActorActivation {
+  state: ActivationState = 'locking'
+  private lock: Lock | null = null
+  private extender: NodeJS.Timeout | null = null
+  private extending: Promise<void> = Promise.resolve()
+  private abortCtl = new AbortController()
+  private live: LiveActor | null = null
+
+  constructor(
+    private readonly env: ActivationEnv,
+    private readonly def: AgentDefinition,
+    readonly wf: string,
+    private lease: number,
+  ) {}
+
+  /** Finish the current action, then release (graceful shutdown). */
+  drain(): void {
+    if (this.state === 'active') this.state = 'draining'
+  }
+
+  /** Abort the running action now (cancel, deadline, drain timeout). */
+  abort(reason: string): void {
+    if (this.state === 'locking') this.state = 'draining'
+    this.abortCtl.abort(new Error(reason))
+  }
+
+  async run(): Promise<void> {
+    const { ctx, metrics } = this.env
+    const agent = this.def.name
+    try {
+      this.lock = await this.env.redlock.acquire([ctx.keys.lock(this.wf, agent)], ctx.cfg.lockTtlMs, { retryCount: 0 })
+    } catch {
+      metrics.lockContention.inc({ agent })
+      await ctx.redis.zadd(ctx.keys.ready(agent), 'XX', Date.now() + BUSY_RETRY_MS, this.wf).catch(() => undefined)
+      this.state = 'done'
+      return
+    }
+    if (this.state === 'locking') this.state = 'active'
+    this.startExtender()
+    metrics.activeActors.inc({ agent })
+    try {
+      await this.activated()
+    } catch (err) {
+      // The lock expires by itself and an action in flight is redelivered; report only.
+      metrics.protocolErrors.inc({ step: err instanceof TroupeError ? err.code : 'activation' })
+      this.env.log.error(`activation of ${agent} in ${this.wf} failed`, { error: err instanceof Error ? err.message : String(err) })
+    } finally {
+      metrics.activeActors.dec({ agent })
+      await this.stopExtender()
+      this.live?.discard()
+      this.state = 'done'
+    }
+  }
+
+  private async activated(): Promise<void> {
+    const { ctx, metrics } = this.env
+    const agent = this.def.name
+    const lockValue = (this.lock as Lock).value
+    const act = await activate(ctx, this.wf, agent, lockValue)
+    metrics.activations.inc({ agent })
+    if (act.code !== 'ok') {
+      await this.settleHint(act.code === 'idle' ? act.nextDue : null)
+      return
+    }
+    if (act.redelivered) metrics.redeliveries.inc({ agent })
+    let snapshot = act.snapshot
+    let restoreError = ''
+    if (snapshot && act.version !== this.def.version) {
+      if (this.def.migrate) {
+        try {
+          snapshot = JSON.stringify(this.def.migrate(JSON.parse(snapshot), act.version))
+        } catch (err) {
+          restoreError = `migrating ${agent} snapshot from version ${act.version} failed: ${err instanceof Error ? err.message : String(err)}`
+        }
+      } else {
+        restoreError = `snapshot of ${agent} was written by version ${act.version}, agent is version ${this.def.version} and has no migrate()`
+      }
+    }
+    this.live = new LiveActor(this.def, this.wf, snapshot, {
+      flush: async (events) => {
+        const app = await emitEvents(ctx, this.wf, events)
+        metrics.eventsPublished.inc({ agent }, events.length)
+        this.followUps([], [app])
+      },
+      checkSend: (to, type, payload) => this.env.checkSend(to, type, payload),
+    })
+    let next: { record: string; attempt: number; actionId: string } | null = { record: act.record, attempt: act.attempt, actionId: act.actionId }
+    let turns = 0
+    while (next) {
+      const started = Date.now()
+      const out = await this.deliver(next, restoreError)
+      turns++
+      const record = out.record
+      const o = out.delivery
+      let outcome: 'ok' | 'retry' | 'dead' = 'ok'
+      let retryDelay = 0
+      if (o.outcome === 'rejected') outcome = 'dead'
+      else if (o.outcome === 'failed') {
+        if (next.attempt >= this.def.maxAttempts) outcome = 'dead'
+        else {
+          outcome = 'retry'
+          retryDelay = this.state === 'draining' ? 0 : backoffDelay(this.def.backoff, next.attempt)
+        }
+      }
+      let res: CommitResult
+      try {
+        res = await commit(ctx, {
+          wf: this.wf, agent, fence: act.fence, lockValue, actionId: next.actionId, outcome, snapshot: o.snapshot, stateValue: o.stateValue,
+          error: o.error, retryDelayMs: retryDelay, op: o.op, opPayload: o.opPayload,
+          release: this.state !== 'active' || turns >= MAX_TURNS || this.abortCtl.signal.aborted,
+          parentEventId: record?.eventId ?? '', durationMs: Date.now() - started, version: this.def.version, events: o.events, outbox: o.outbox,
+        })
+      } catch (err) {
+        if (err instanceof TroupeError && (err.code === 'fence_rejected' || err.code === 'stale_action')) {
+          // A newer activation owns the actor (we were paused past our lease): our
+          // work is discarded and redone there. Leave the hint to the new owner.
+          metrics.fenceRejections.inc({ agent })
+          this.env.log.warn(`commit of ${agent} in ${this.wf} rejected: ${err.message}`)
+          return
+        }
+        throw err
+      }
+      const label = res.code === 'ended' && outcome === 'ok' && !o.op ? 'cancelled' : outcome === 'ok' ? 'completed' : outcome === 'retry' ? 'retried' : 'dead'
+      metrics.actions.inc({ agent, outcome: label })
+      metrics.actionDuration.observe({ agent }, (Date.now() - started) / 1000)
+      metrics.transitions.inc({ agent }, o.transitions)
+      if (o.events.length > 0) metrics.eventsPublished.inc({ agent }, o.events.length)
+      this.followUps(res.hints, [res.appended])
+      if (outcome !== 'ok') this.live.discard()
+      if (res.code === 'next' && res.next) {
+        next = res.next
+        continue
+      }
+      await this.settleHint(res.code === 'idle' ? res.nextDue : null)
+      next = null
+    }
+  }
+
+  private async deliver(next: { record: string; attempt: number }, restoreError: string): Promise<{ record: ActionRecord | null; delivery: DeliveryOutcome }> {
+    const reject = (error: string): { record: ActionRecord | null; delivery: DeliveryOutcome } => ({
+      record: null,
+      delivery: { outcome: 'rejected', error, events: [], outbox: [], op: '', opPayload: '', snapshot: '', stateValue: '', transitions: 0 },
+    })
+    let record: ActionRecord
+    try {
+      record = JSON.parse(next.record) as ActionRecord
+      if (typeof record !== 'object' || record === null || typeof record.type !== 'string' || typeof record.id !== 'string') throw new Error('missing id or type')
+    } catch (err) {
+      return reject(`malformed action record: ${err instanceof Error ? err.message : String(err)}`)
+    }
+    if (restoreError) return { ...reject(restoreError), record }
+    if (next.attempt > this.def.maxAttempts) return { ...reject(`gave up after ${next.attempt - 1} deliveries that did not finish (crashed or timed out activations)`), record }
+    const queuedFor = Date.now() - record.enqueuedAt
+    if (next.attempt === 1 && queuedFor >= 0) this.env.metrics.queueWait.observe({ agent: this.def.name }, queuedFor / 1000)
+    const timeout = new AbortController()
+    const timer = setTimeout(() => timeout.abort(new Error(`timed out after ${this.def.actionTimeoutMs} ms`)), this.def.actionTimeoutMs)
+    const signal = AbortSignal.any([timeout.signal, this.abortCtl.signal])
+    try {
+      return { record, delivery: await (this.live as LiveActor).deliver(record, next.attempt, signal) }
+    } finally {
+      clearTimeout(timer)
+    }
+  }
+
+  private followUps(hints: Hint[], appended: Appended[]): void {
+    if (hints.length === 0 && appended.every((a) => !a.first)) return
+    this.env.background(writeFollowUps(this.env.ctx, hints, appended))
+  }
+
+  private async settleHint(nextDue: number | null): Promise<void> {
+    await this.stopExtender()
+    await releaseHint(this.env.ctx, this.def.name, this.wf, this.lease, nextDue)
+  }
+
+  private startExtender(): void {
+    const ttl = this.env.ctx.cfg.lockTtlMs
+    this.extender = setInterval(() => {
+      this.extending = this.extending.then(async () => {
+        if (!this.lock || this.state === 'done') return
+        try {
+          this.lock = await this.lock.extend(ttl)
+          const lease = Date.now() + ttl
+          await this.env.ctx.redis.zadd(this.env.ctx.keys.ready(this.def.name), 'XX', lease, this.wf)
+          this.lease = lease
+        } catch (err) {
+          this.env.metrics.protocolErrors.inc({ step: 'extend' })
+          this.env.log.warn(`could not extend lock of ${this.def.name} in ${this.wf}`, { error: err instanceof Error ? err.message : String(err) })
+        }
+      })
+    }, Math.max(250, Math.floor(ttl / 3)))
+  }
+
+  private async stopExtender(): Promise<void> {
+    if (this.extender) clearInterval(this.extender)
+    this.extender = null
+    await this.extending
+  }
+}

@@ -1,0 +1,197 @@
+// Agents: named XState v5 machines plus delivery policy. Agent code talks to the
+// runtime through XState's own `emit`: the helpers below build emitted events of
+// reserved `troupe.*` types that the runtime collects while it delivers an action.
+import { emit, type ActionFunction, type AnyStateMachine } from 'xstate'
+import { assertAgentName, assertActionType } from './redis/keys.ts'
+import { TroupeError } from './errors.ts'
+
+/** Retry backoff: `min(maxMs, initialMs * factor^(attempt-1))`, then full jitter of `jitter` (0..1) of it. */
+export interface BackoffPolicy {
+  initialMs: number
+  maxMs: number
+  factor: number
+  jitter: number
+}
+
+/** What `defineAgent` accepts. */
+export interface AgentOptions<TMachine extends AnyStateMachine = AnyStateMachine> {
+  /** Unique agent name: 1-64 characters from `A-Z a-z 0-9 _ . -`. */
+  name: string
+  /** The XState v5 machine; actions arrive as events `{ type, payload, meta }`. */
+  machine: TMachine
+  /** Actors of this agent one runtime process works on at once (default 16). */
+  concurrency?: number
+  /** Deliveries before an action is dead-lettered (default 3). */
+  maxAttempts?: number
+  backoff?: Partial<BackoffPolicy>
+  /** Time one action may take before it is aborted and retried (default 5 minutes). */
+  actionTimeoutMs?: number
+  /** Version stored with each snapshot (default 1); a mismatch runs `migrate` or fails the action. */
+  version?: number
+  /** Upgrades a persisted snapshot written by an older `version`. */
+  migrate?: (snapshot: unknown, fromVersion: number) => unknown
+}
+
+/** A validated agent definition with defaults filled in. */
+export interface AgentDefinition<TMachine extends AnyStateMachine = AnyStateMachine> {
+  readonly kind: 'troupe.agent'
+  readonly name: string
+  readonly machine: TMachine
+  readonly concurrency: number
+  readonly maxAttempts: number
+  readonly backoff: BackoffPolicy
+  readonly actionTimeoutMs: number
+  readonly version: number
+  readonly migrate?: (snapshot: unknown, fromVersion: number) => unknown
+  /** Every event type the machine handles somewhere: the action types it accepts. */
+  readonly actionTypes: readonly string[]
+}
+
+function positiveInt(v: number | undefined, fallback: number, what: string): number {
+  if (v === undefined) return fallback
+  if (!Number.isInteger(v) || v < 1) throw new TroupeError('config', `${what} must be a positive integer, got ${String(v)}`)
+  return v
+}
+
+/**
+ * Defines an agent: a named XState machine with its delivery policy.
+ *
+ * @example
+ * ```ts
+ * export const greeter = defineAgent({
+ *   name: 'greeter',
+ *   machine: setup({}).createMachine({
+ *     on: { greet: { actions: [emitEvent('greeting', ({ event }) => `hi ${event.payload.name}`), completeWorkflow()] } },
+ *   }),
+ * })
+ * ```
+ */
+export function defineAgent<TMachine extends AnyStateMachine>(opts: AgentOptions<TMachine>): AgentDefinition<TMachine> {
+  assertAgentName(opts.name)
+  if (!opts.machine || typeof (opts.machine as { transition?: unknown }).transition !== 'function') {
+    throw new TroupeError('config', `agent ${opts.name}: machine must be an XState v5 machine (setup(...).createMachine(...))`)
+  }
+  const backoff: BackoffPolicy = { initialMs: 500, maxMs: 60_000, factor: 2, jitter: 0.5, ...opts.backoff }
+  if (backoff.jitter < 0 || backoff.jitter > 1) throw new TroupeError('config', `agent ${opts.name}: backoff.jitter must be within 0..1`)
+  const machine = opts.machine as AnyStateMachine
+  const def: AgentDefinition<TMachine> = {
+    kind: 'troupe.agent',
+    name: opts.name,
+    machine: opts.machine,
+    concurrency: positiveInt(opts.concurrency, 16, `agent ${opts.name}: concurrency`),
+    maxAttempts: positiveInt(opts.maxAttempts, 3, `agent ${opts.name}: maxAttempts`),
+    backoff,
+    actionTimeoutMs: positiveInt(opts.actionTimeoutMs, 5 * 60_000, `agent ${opts.name}: actionTimeoutMs`),
+    version: positiveInt(opts.version, 1, `agent ${opts.name}: version`),
+    actionTypes: [...new Set(machine.events.filter((t: string) => !t.startsWith('xstate.') && t !== '*'))],
+    ...(opts.migrate ? { migrate: opts.migrate } : {}),
+  }
+  return def
+}
+
+/** True for values made by {@link defineAgent} (used when loading an agents module). */
+export function isAgentDefinition(v: unknown): v is AgentDefinition {
+  return typeof v === 'object' && v !== null && (v as { kind?: unknown }).kind === 'troupe.agent'
+}
+
+/** Delay before retry number `attempt` (1-based) under `policy`; `random` is injectable for tests. */
+export function backoffDelay(policy: BackoffPolicy, attempt: number, random: () => number = Math.random): number {
+  const base = Math.min(policy.maxMs, policy.initialMs * policy.factor ** Math.max(0, attempt - 1))
+  const jitter = base * policy.jitter
+  return Math.round(base - jitter + random() * jitter)
+}
+
+// ---- agent-side helpers (XState actions built on `emit`) -------------------------
+
+/* eslint-disable @typescript-eslint/no-explicit-any -- helpers must fit any machine's context and event types */
+type ExprArgs = { context: any; event: any }
+/** An XState action usable in any machine (its event and context types are left open). */
+export type TroupeAction = ActionFunction<any, any, any, any, never, never, never, never, any>
+/** A value, or a function of `{ context, event }` computing it when the action runs. */
+export type Resolvable<T> = T | ((args: ExprArgs) => T)
+
+function emitAny(fn: (args: ExprArgs) => { type: string; [k: string]: unknown }): TroupeAction {
+  return emit<any, any, any, any, any>(fn) as TroupeAction
+}
+/* eslint-enable @typescript-eslint/no-explicit-any */
+
+function resolve<T>(v: Resolvable<T> | undefined, args: ExprArgs): T | undefined {
+  return typeof v === 'function' ? (v as (a: ExprArgs) => T)(args) : v
+}
+
+/** Emitted-event types the runtime reserves. */
+export const CONTROL = {
+  send: 'troupe.send',
+  event: 'troupe.event',
+  complete: 'troupe.complete',
+  fail: 'troupe.fail',
+} as const
+
+/**
+ * XState action: sends an action to another agent (or, with `to === own name`, to
+ * itself) in the same workflow. It takes effect atomically with the ack of the
+ * action being handled; `delayMs` makes it a durable timer.
+ *
+ * @example
+ * ```ts
+ * on: { plan: { actions: sendToAgent('researcher', 'research', ({ event }) => ({ topic: event.payload.topic })) } }
+ * ```
+ */
+export function sendToAgent(to: string, type: string, payload?: Resolvable<unknown>, opts: { delayMs?: Resolvable<number> } = {}): TroupeAction {
+  assertAgentName(to)
+  assertActionType(type)
+  return emitAny((args: ExprArgs) => ({ type: CONTROL.send, to, actionType: type, payload: resolve(payload, args) ?? null, delayMs: resolve(opts.delayMs, args) ?? 0 }))
+}
+
+/**
+ * XState action: schedules an action to this same agent after `delayMs` (a durable
+ * timer: unlike XState `after`, it survives restarts and deactivation).
+ *
+ * @example
+ * ```ts
+ * entry: sendToSelf('tick', null, { delayMs: 60_000 })
+ * ```
+ */
+export function sendToSelf(type: string, payload?: Resolvable<unknown>, opts: { delayMs?: Resolvable<number> } = {}): TroupeAction {
+  assertActionType(type)
+  return emitAny((args: ExprArgs) => ({ type: CONTROL.send, to: '', actionType: type, payload: resolve(payload, args) ?? null, delayMs: resolve(opts.delayMs, args) ?? 0 }))
+}
+
+/**
+ * XState action: publishes a custom WorkflowEvent right away (live, before the
+ * action commits). Inside `fromPromise`/`fromCallback` logic, call that logic's own
+ * `emit({ type, content })` instead: the runtime listens to child actors too.
+ *
+ * @example
+ * ```ts
+ * actions: emitEvent('progress', ({ context }) => ({ done: context.done }))
+ * ```
+ */
+export function emitEvent(type: string, content?: Resolvable<unknown>): TroupeAction {
+  assertActionType(type)
+  return emitAny((args: ExprArgs) => ({ type: CONTROL.event, eventType: type, content: resolve(content, args) ?? null }))
+}
+
+/**
+ * XState action: completes the workflow with `result` when the current action commits.
+ *
+ * @example
+ * ```ts
+ * actions: completeWorkflow(({ context }) => ({ report: context.draft }))
+ * ```
+ */
+export function completeWorkflow(result?: Resolvable<unknown>): TroupeAction {
+  return emitAny((args: ExprArgs) => ({ type: CONTROL.complete, result: resolve(result, args) ?? null }))
+}
+
+/**
+ * XState action: fails the workflow with `reason` when the current action commits.
+ *
+ * @example
+ * ```ts
+ * actions: failWorkflow('reviewer rejected the draft twice')
+ * ```
+ */
+export function failWorkflow(reason: Resolvable<string>): TroupeAction {
+  return emitAny((args: ExprArgs) => ({ type: CONTROL.fail, reason: resolve(reason, args) ?? 'failed' }))
+}

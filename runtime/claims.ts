@@ -1,0 +1,279 @@
+// Typed wrappers around the claim-protocol scripts (DESIGN §4). Each function is one
+// round trip; the global keys (ready hints, persistence pointers) are written by
+// writeFollowUps, after the per-workflow script, so a crash in between leaves at
+// worst a harmless hint.
+import type { ChainableCommander } from 'ioredis'
+import { nanoid } from 'nanoid'
+import type { TroupeConfig } from './config.ts'
+import { effectiveMaxLen, effectiveRetention } from './config.ts'
+import { pipeScript, runScript } from './redis/scripts.ts'
+import type { Keys } from './redis/keys.ts'
+import type { RedisClient } from './redis/connection.ts'
+import { fromRedisError } from './errors.ts'
+
+/** Shared context of every protocol call. */
+export interface ProtocolContext {
+  redis: RedisClient
+  keys: Keys
+  cfg: TroupeConfig
+}
+
+/** A ready hint to (re)set after a script: the actor of `agent` in `wf` is due at `score`. */
+export interface Hint {
+  agent: string
+  wf: string
+  score: number
+}
+
+/** Stream ids a script appended, for the persister's pointer entry. */
+export interface Appended {
+  wf: string
+  first: string
+  last: string
+}
+
+function str(v: unknown): string {
+  if (typeof v === 'string') return v
+  if (typeof v === 'number' || typeof v === 'bigint') return String(v)
+  if (Buffer.isBuffer(v)) return v.toString()
+  return ''
+}
+
+/**
+ * Writes ready hints (ZADD LT: never postpone an earlier due time), wakes idle
+ * workers, and appends persistence pointers, in one pipeline.
+ */
+export function queueFollowUps(ctx: ProtocolContext, pipe: ChainableCommander, hints: readonly Hint[], appended: readonly Appended[]): void {
+  for (const h of hints) {
+    pipe.zadd(ctx.keys.ready(h.agent), 'LT', h.score, h.wf)
+    pipe.publish(ctx.keys.wake(h.agent), h.wf)
+  }
+  if (ctx.cfg.persistence) {
+    for (const a of appended) {
+      if (a.first) pipe.xadd(ctx.keys.persistence(), '*', 'wf', a.wf, 'from', a.first, 'to', a.last)
+    }
+  }
+}
+
+/** Runs {@link queueFollowUps} on its own pipeline and waits for it. */
+export async function writeFollowUps(ctx: ProtocolContext, hints: readonly Hint[], appended: readonly Appended[]): Promise<void> {
+  if (hints.length === 0 && (!ctx.cfg.persistence || appended.length === 0)) return
+  const pipe = ctx.redis.pipeline()
+  queueFollowUps(ctx, pipe, hints, appended)
+  const res = await pipe.exec()
+  for (const [err] of res ?? []) if (err) throw fromRedisError(err)
+}
+
+/** Arguments of one enqueue. */
+export interface EnqueueArgs {
+  wf: string
+  actionId: string
+  agent: string
+  type: string
+  record: string
+  delayMs: number
+  eventId: string
+  parentEventId: string
+  mode: 'start' | 'send'
+  owner: string
+  deadlineMs: number
+}
+
+/** Result of the enqueue script. */
+export interface EnqueueResult {
+  availableAt: number
+  lockHeld: boolean
+  appended: Appended
+}
+
+function enqueueKeysArgs(ctx: ProtocolContext, a: EnqueueArgs): [string[], (string | number)[]] {
+  const k = ctx.keys
+  return [
+    [k.status(a.wf), k.actions(a.wf), k.seq(a.wf), k.events(a.wf), k.mailbox(a.wf, a.agent), k.lock(a.wf, a.agent)],
+    [a.wf, a.actionId, a.agent, a.type, a.record, a.delayMs, a.eventId, a.parentEventId, ctx.keys.channel(a.wf), a.mode, a.owner, effectiveMaxLen(ctx.cfg), `${a.eventId}.w`, a.deadlineMs],
+  ]
+}
+
+function parseEnqueue(wf: string, raw: unknown): EnqueueResult {
+  const r = raw as unknown[]
+  return { availableAt: Number(r[0]), lockHeld: Number(r[1]) === 1, appended: { wf, first: str(r[2]), last: str(r[3]) } }
+}
+
+/**
+ * Enqueues actions: a pre-hint and the script for each in one pipeline (so even a
+ * crash right after leaves a hint), then the hints of free actors and the
+ * persistence pointers. Returns one result or error per action, in order.
+ */
+export async function enqueueMany(ctx: ProtocolContext, list: readonly EnqueueArgs[]): Promise<(EnqueueResult | Error)[]> {
+  if (list.length === 0) return []
+  const pipe = ctx.redis.pipeline()
+  for (const a of list) {
+    pipe.zadd(ctx.keys.ready(a.agent), 'LT', Date.now() + a.delayMs, a.wf)
+    const [keys, args] = enqueueKeysArgs(ctx, a)
+    pipeScript(pipe, 'enqueue', keys, args)
+  }
+  const res = (await pipe.exec()) ?? []
+  const out: (EnqueueResult | Error)[] = []
+  const hints: Hint[] = []
+  const appended: Appended[] = []
+  for (let i = 0; i < list.length; i++) {
+    const a = list[i] as EnqueueArgs
+    const [err, raw] = res[i * 2 + 1] ?? [new Error('no reply'), null]
+    let r: EnqueueResult | Error
+    if (err && err.message.startsWith('NOSCRIPT')) {
+      const [keys, args] = enqueueKeysArgs(ctx, a)
+      r = await runScript(ctx.redis, 'enqueue', keys, args).then((v) => parseEnqueue(a.wf, v), (e: unknown) => (e instanceof Error ? e : new Error(String(e))))
+    } else if (err) {
+      const mapped = fromRedisError(err)
+      r = mapped instanceof Error ? mapped : err
+    } else {
+      r = parseEnqueue(a.wf, raw)
+    }
+    out.push(r)
+    if (!(r instanceof Error)) {
+      // Server time: the script's availableAt minus the delay is the server's now.
+      if (!r.lockHeld) hints.push({ agent: a.agent, wf: a.wf, score: r.availableAt - a.delayMs })
+      appended.push(r.appended)
+    }
+  }
+  await writeFollowUps(ctx, hints, appended)
+  return out
+}
+
+/** Picks up to `max` due actors of `agent`, leasing each for `leaseMs`. */
+export async function pick(ctx: ProtocolContext, agent: string, max: number, leaseMs: number): Promise<{ picked: { wf: string; lease: number }[]; nextDue: number | null; now: number }> {
+  const r = (await runScript(ctx.redis, 'pick', [ctx.keys.ready(agent)], [max, leaseMs])) as string[]
+  const picked: { wf: string; lease: number }[] = []
+  for (let i = 0; i < r.length - 2; i += 2) picked.push({ wf: str(r[i]), lease: Number(r[i + 1]) })
+  const next = str(r[r.length - 2])
+  return { picked, nextDue: next === '' ? null : Number(next), now: Number(r[r.length - 1]) }
+}
+
+/** Outcome of activate. */
+export type Activation =
+  | { code: 'ok'; fence: number; snapshot: string; version: number; record: string; attempt: number; actionId: string; redelivered: boolean; appended: Appended }
+  | { code: 'idle'; fence: number; nextDue: number | null }
+  | { code: 'ended'; fence: number }
+
+/** Activates the actor whose lock we hold: bumps the fence, claims the first due action. */
+export async function activate(ctx: ProtocolContext, wf: string, agent: string, lockValue: string): Promise<Activation> {
+  const k = ctx.keys
+  const r = (await runScript(
+    ctx.redis,
+    'activate',
+    [k.actor(wf, agent), k.lock(wf, agent), k.mailbox(wf, agent), k.actions(wf), k.status(wf), k.events(wf)],
+    [lockValue, wf, agent, nanoid(), k.channel(wf), effectiveMaxLen(ctx.cfg), effectiveRetention(ctx.cfg)],
+  )) as unknown[]
+  const code = str(r[0])
+  const fence = Number(r[1])
+  if (code === 'ended') return { code, fence }
+  if (code === 'idle') return { code, fence, nextDue: str(r[7]) === '' ? null : Number(r[7]) }
+  return {
+    code: 'ok',
+    fence,
+    snapshot: str(r[2]),
+    version: Number(str(r[3]) || '0'),
+    record: str(r[4]),
+    attempt: Number(r[5]),
+    actionId: str(r[6]),
+    redelivered: Number(r[8]) === 1,
+    appended: { wf, first: '', last: '' },
+  }
+}
+
+/** One action sent by agent code, written by the commit (the outbox). */
+export interface OutboxEntry {
+  to: string
+  actionId: string
+  record: string
+  delayMs: number
+  eventId: string
+}
+
+/** Everything the commit script needs. */
+export interface CommitArgs {
+  wf: string
+  agent: string
+  fence: number
+  lockValue: string
+  actionId: string
+  outcome: 'ok' | 'retry' | 'dead'
+  snapshot: string
+  stateValue: string
+  error: string
+  retryDelayMs: number
+  op: '' | 'complete' | 'fail'
+  opPayload: string
+  release: boolean
+  parentEventId: string
+  durationMs: number
+  version: number
+  events: readonly string[]
+  outbox: readonly OutboxEntry[]
+}
+
+/** Outcome of commit. */
+export interface CommitResult {
+  code: 'next' | 'idle' | 'ended'
+  next: { record: string; attempt: number; actionId: string } | null
+  nextDue: number | null
+  hints: Hint[]
+  appended: Appended
+}
+
+/**
+ * The fenced commit. The pre-hints for the outbox targets ride in the same
+ * pipeline, ahead of the script, so no crash can leave a sent action without a hint.
+ */
+export async function commit(ctx: ProtocolContext, a: CommitArgs): Promise<CommitResult> {
+  const k = ctx.keys
+  const keys = [k.actor(a.wf, a.agent), k.lock(a.wf, a.agent), k.mailbox(a.wf, a.agent), k.actions(a.wf), k.status(a.wf), k.events(a.wf), k.seq(a.wf), k.dead(a.wf)]
+  const args: (string | number)[] = [
+    a.fence, a.lockValue, a.wf, a.agent, a.actionId, a.outcome, a.snapshot, a.stateValue, a.error, a.retryDelayMs, nanoid(), k.channel(a.wf),
+    effectiveMaxLen(ctx.cfg), a.op, a.opPayload, a.release ? '1' : '', a.parentEventId, a.durationMs, a.events.length, a.outbox.length, a.version,
+    effectiveRetention(ctx.cfg), ...a.events,
+  ]
+  const preHinted = new Set<string>()
+  for (const o of a.outbox) {
+    keys.push(k.mailbox(a.wf, o.to), k.lock(a.wf, o.to))
+    args.push(o.to, o.actionId, o.record, o.delayMs, o.eventId)
+    if (o.to !== a.agent) preHinted.add(o.to)
+  }
+  let raw: unknown
+  if (preHinted.size > 0) {
+    const pipe = ctx.redis.pipeline()
+    const now = Date.now()
+    for (const to of preHinted) pipe.zadd(k.ready(to), 'LT', now, a.wf)
+    pipeScript(pipe, 'commit', keys, args)
+    const res = (await pipe.exec()) ?? []
+    const [err, val] = res[res.length - 1] ?? [new Error('no reply'), null]
+    if (err && err.message.startsWith('NOSCRIPT')) raw = await runScript(ctx.redis, 'commit', keys, args)
+    else if (err) throw fromRedisError(err)
+    else raw = val
+  } else {
+    raw = await runScript(ctx.redis, 'commit', keys, args)
+  }
+  const r = raw as unknown[]
+  const code = str(r[0]) as CommitResult['code']
+  const hints: Hint[] = []
+  for (let i = 7; i + 1 < r.length; i += 2) hints.push({ agent: str(r[i]), wf: a.wf, score: Number(r[i + 1]) })
+  return {
+    code,
+    next: code === 'next' ? { record: str(r[1]), attempt: Number(r[2]), actionId: str(r[3]) } : null,
+    nextDue: str(r[4]) === '' ? null : Number(r[4]),
+    hints,
+    appended: { wf: a.wf, first: str(r[5]), last: str(r[6]) },
+  }
+}
+
+/** Compare-and-delete (or move to `nextDue`) of our lease on an actor's ready hint. */
+export async function releaseHint(ctx: ProtocolContext, agent: string, wf: string, lease: number, nextDue: number | null): Promise<boolean> {
+  const r = await runScript(ctx.redis, 'release_hint', [ctx.keys.ready(agent)], [wf, lease, nextDue === null ? '' : nextDue])
+  return Number(r) === 1
+}
+
+/** Appends and publishes events right away; returns the stream ids for the persister. */
+export async function emitEvents(ctx: ProtocolContext, wf: string, events: readonly string[]): Promise<Appended> {
+  const r = (await runScript(ctx.redis, 'emit', [ctx.keys.events(wf)], [ctx.keys.channel(wf), effectiveMaxLen(ctx.cfg), ...events])) as unknown[]
+  return { wf, first: str(r[0]), last: str(r[1]) }
+}

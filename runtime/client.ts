@@ -1,0 +1,333 @@
+// The client side of Troupe: start workflows, send actions, cancel, read status,
+// and follow events (replay + live, no gap, no duplicate). Used by the CLI, the
+// gateway and tests; agents use the XState helpers in agent.ts instead.
+import { nanoid } from 'nanoid'
+import { loadConfig, effectiveMaxLen, effectiveRetention, type TroupeConfig } from './config.ts'
+import { enqueueMany, writeFollowUps, type EnqueueArgs, type ProtocolContext } from './claims.ts'
+import { TroupeError } from './errors.ts'
+import { compareStreamIds, FINAL_EVENT_TYPES, parseEntry, parseLive } from './events.ts'
+import { createRedis, type RedisClient } from './redis/connection.ts'
+import { assertActionType, assertAgentName, assertWorkflowId, Keys } from './redis/keys.ts'
+import { runScript } from './redis/scripts.ts'
+import { Subscriber } from './subscriber.ts'
+import type { ActionRecord, ActionState, StreamedEvent, WorkflowStatus, WorkflowStatusValue } from './types.ts'
+
+/** An agent as registered in `system:agents` by the runtimes hosting it. */
+export interface AgentRegistration {
+  name: string
+  version: number
+  actionTypes: string[]
+  updatedAt: number
+}
+
+/** Options of {@link TroupeClient.startWorkflow}. */
+export interface StartOptions {
+  agent: string
+  type: string
+  payload?: unknown
+  owner?: string
+  workflowId?: string
+  /** Fail the workflow with reason `deadline` after this long (enforced by the supervisor). */
+  deadlineMs?: number
+  /** Check the agent and type against `system:agents` first (default true). */
+  validate?: boolean
+}
+
+/** A dead-lettered action with the reason it died. */
+export interface DeadLetter {
+  actionId: string
+  agent: string
+  type: string
+  error: string
+  attempt: number
+  at: number
+}
+
+/** Encodes a payload, enforcing JSON-ness and the size limit. */
+export function encodePayload(payload: unknown, maxBytes: number): string {
+  let json: string | undefined
+  try {
+    json = JSON.stringify(payload ?? null)
+  } catch (err) {
+    throw new TroupeError('bad_payload', `payload is not JSON-serialisable: ${err instanceof Error ? err.message : String(err)}`)
+  }
+  if (json === undefined) throw new TroupeError('bad_payload', 'payload is not JSON-serialisable')
+  const size = Buffer.byteLength(json)
+  if (size > maxBytes) throw new TroupeError('payload_too_large', `payload is ${size} bytes, over the limit of ${maxBytes} (TROUPE_MAX_PAYLOAD_BYTES)`)
+  return json
+}
+
+/** Talks to Troupe through Redis. */
+export class TroupeClient {
+  readonly keys: Keys
+  readonly ctx: ProtocolContext
+  private sub: Subscriber | null = null
+  private readonly ownsRedis: boolean
+
+  constructor(
+    readonly redis: RedisClient,
+    readonly cfg: TroupeConfig,
+    opts: { ownsRedis?: boolean } = {},
+  ) {
+    this.keys = new Keys(cfg.namespace)
+    this.ctx = { redis, keys: this.keys, cfg }
+    this.ownsRedis = opts.ownsRedis ?? false
+  }
+
+  /** Connects with configuration from the environment plus `overrides`. */
+  static connect(overrides: Partial<TroupeConfig> = {}): TroupeClient {
+    const cfg = loadConfig(overrides)
+    return new TroupeClient(createRedis(cfg.redisUrl, { name: 'troupe-client' }), cfg, { ownsRedis: true })
+  }
+
+  /** The shared pub/sub connection, created on first use. */
+  subscriber(): Subscriber {
+    this.sub ??= new Subscriber(this.redis)
+    return this.sub
+  }
+
+  async close(): Promise<void> {
+    this.sub?.close()
+    if (this.ownsRedis) await this.redis.quit().catch(() => undefined)
+  }
+
+  /** Agents registered by running runtimes. */
+  async agents(): Promise<Map<string, AgentRegistration>> {
+    const raw = await this.redis.hgetall(this.keys.agents())
+    const out = new Map<string, AgentRegistration>()
+    for (const [name, json] of Object.entries(raw)) {
+      try {
+        out.set(name, { name, ...(JSON.parse(json) as Omit<AgentRegistration, 'name'>) })
+      } catch {
+        // A corrupted registration is skipped; the runtime rewrites it on start.
+      }
+    }
+    return out
+  }
+
+  private async validateTarget(agent: string, type: string): Promise<void> {
+    const reg = await this.agents()
+    const a = reg.get(agent)
+    if (!a) {
+      const known = [...reg.keys()].sort().join(', ') || 'none'
+      throw new TroupeError('unknown_agent', `unknown agent '${agent}' (registered: ${known}); start a runtime hosting it: troupe start --agents <module>`)
+    }
+    if (!a.actionTypes.includes(type)) {
+      throw new TroupeError('unknown_action', `agent '${agent}' does not handle action '${type}' (it handles: ${a.actionTypes.join(', ') || 'nothing'})`)
+    }
+  }
+
+  private record(wf: string, agent: string, type: string, payloadJson: string, actionId: string, eventId: string): string {
+    const rec: ActionRecord = { id: actionId, workflowId: wf, agent, type, payload: JSON.parse(payloadJson) as unknown, eventId, enqueuedAt: Date.now() }
+    return JSON.stringify(rec)
+  }
+
+  /**
+   * Starts a workflow with its first action to `agent`.
+   * @returns the new workflow id and the id of the first action
+   */
+  async startWorkflow(opts: StartOptions): Promise<{ workflowId: string; actionId: string }> {
+    const wf = opts.workflowId ?? nanoid()
+    assertWorkflowId(wf)
+    assertAgentName(opts.agent)
+    assertActionType(opts.type)
+    const owner = opts.owner ?? 'local'
+    if (!/^[A-Za-z0-9_.@-]{1,128}$/.test(owner)) throw new TroupeError('bad_id', `invalid owner ${JSON.stringify(owner)}`)
+    if (opts.deadlineMs !== undefined && (!Number.isFinite(opts.deadlineMs) || opts.deadlineMs <= 0)) {
+      throw new TroupeError('config', 'deadlineMs must be a positive number of milliseconds')
+    }
+    const payload = encodePayload(opts.payload, this.cfg.maxPayloadBytes)
+    if (opts.validate !== false) await this.validateTarget(opts.agent, opts.type)
+    const actionId = nanoid()
+    const eventId = nanoid()
+    const args: EnqueueArgs = {
+      wf, actionId, agent: opts.agent, type: opts.type, record: this.record(wf, opts.agent, opts.type, payload, actionId, eventId), delayMs: 0, eventId,
+      parentEventId: '', mode: 'start', owner, deadlineMs: Math.round(opts.deadlineMs ?? 0),
+    }
+    const [r] = await enqueueMany(this.ctx, [args])
+    if (r instanceof Error) throw r
+    await this.redis.zadd(this.keys.byOwner(owner), Date.now(), wf)
+    return { workflowId: wf, actionId }
+  }
+
+  /** Sends an action to `agent` inside an existing workflow. */
+  async sendAction(wf: string, agent: string, type: string, payload?: unknown, opts: { delayMs?: number; validate?: boolean } = {}): Promise<{ actionId: string }> {
+    assertWorkflowId(wf)
+    assertAgentName(agent)
+    assertActionType(type)
+    const delay = opts.delayMs ?? 0
+    if (!Number.isFinite(delay) || delay < 0) throw new TroupeError('config', 'delayMs must be a non-negative number')
+    const json = encodePayload(payload, this.cfg.maxPayloadBytes)
+    if (opts.validate !== false) await this.validateTarget(agent, type)
+    const actionId = nanoid()
+    const eventId = nanoid()
+    const [r] = await enqueueMany(this.ctx, [{
+      wf, actionId, agent, type, record: this.record(wf, agent, type, json, actionId, eventId), delayMs: Math.round(delay), eventId, parentEventId: '', mode: 'send', owner: '', deadlineMs: 0,
+    }])
+    if (r instanceof Error) throw r
+    return { actionId }
+  }
+
+  /**
+   * Ends a workflow as `cancelled` (or `failed`, e.g. for deadlines): queued actions
+   * are dropped, running ones aborted through the control channel.
+   */
+  async cancelWorkflow(wf: string, reason = 'cancelled', final: 'cancelled' | 'failed' = 'cancelled'): Promise<{ dropped: number }> {
+    assertWorkflowId(wf)
+    const fields = await this.redis.hkeys(this.keys.status(wf))
+    const agents = fields.filter((f) => f.startsWith('agent:')).map((f) => f.slice(6))
+    const keys = [this.keys.status(wf), this.keys.actions(wf), this.keys.events(wf), ...agents.map((a) => this.keys.mailbox(wf, a))]
+    const r = (await runScript(this.redis, 'cancel', keys, [wf, final, reason, nanoid(), this.keys.channel(wf), effectiveMaxLen(this.cfg), effectiveRetention(this.cfg)])) as unknown[]
+    await writeFollowUps(this.ctx, [], [{ wf, first: String(r[1]), last: String(r[1]) }])
+    await this.redis.publish(this.keys.control(), JSON.stringify({ op: 'abort', wf, reason }))
+    return { dropped: Number(r[0]) }
+  }
+
+  /** The workflow's status, or null when it does not exist. */
+  async getStatus(wf: string): Promise<WorkflowStatus | null> {
+    assertWorkflowId(wf)
+    const h = await this.redis.hgetall(this.keys.status(wf))
+    if (!h.status) return null
+    const agents: Record<string, unknown> = {}
+    for (const [k, v] of Object.entries(h)) {
+      if (!k.startsWith('agent:')) continue
+      try {
+        agents[k.slice(6)] = v === '' ? null : (JSON.parse(v) as unknown)
+      } catch {
+        agents[k.slice(6)] = v
+      }
+    }
+    const num = (v: string | undefined): number => (v === undefined ? 0 : Number(v))
+    const parsed = (v: string | undefined, key: string): unknown => {
+      if (v === undefined) return undefined
+      try {
+        return (JSON.parse(v) as Record<string, unknown>)[key]
+      } catch {
+        return v
+      }
+    }
+    const status: WorkflowStatus = {
+      workflowId: wf,
+      status: h.status as WorkflowStatusValue,
+      owner: h.owner ?? '',
+      entry: h.entry ?? '',
+      createdAt: num(h.createdAt),
+      updatedAt: num(h.updatedAt),
+      agents,
+      counts: { actions: num(h.actions), queued: num(h.queued), done: num(h.done), dead: num(h.dead), malformed: num(h.malformed) },
+    }
+    if (h.endedAt) status.endedAt = num(h.endedAt)
+    if (h.deadline) status.deadline = num(h.deadline)
+    if (h.error) {
+      const e = parsed(h.error, 'error')
+      status.error = typeof e === 'string' ? e : h.error
+    }
+    if (h.result) status.result = parsed(h.result, 'result')
+    return status
+  }
+
+  /** Dead-lettered actions of a workflow, oldest first. */
+  async deadLetters(wf: string): Promise<DeadLetter[]> {
+    assertWorkflowId(wf)
+    const ids = await this.redis.zrange(this.keys.dead(wf), '0', '-1', 'WITHSCORES')
+    const out: DeadLetter[] = []
+    for (let i = 0; i < ids.length; i += 2) {
+      const id = ids[i] as string
+      const [rec, st] = await this.redis.hmget(this.keys.actions(wf), id, `${id}:st`)
+      let r: Partial<ActionRecord> = {}
+      let s: Partial<ActionState> = {}
+      try {
+        r = JSON.parse(rec ?? '{}') as ActionRecord
+        s = JSON.parse(st ?? '{}') as ActionState
+      } catch {
+        // Reported with what is known.
+      }
+      out.push({ actionId: id, agent: r.agent ?? '?', type: r.type ?? '?', error: s.error ?? '', attempt: s.attempt ?? 0, at: Number(ids[i + 1]) })
+    }
+    return out
+  }
+
+  /** Events after `after` (exclusive), oldest first, at most `count`. */
+  async readEvents(wf: string, after = '0', count = 1000): Promise<StreamedEvent[]> {
+    assertWorkflowId(wf)
+    const start = after === '0' || after === '0-0' ? '-' : `(${after}`
+    const entries = (await this.redis.xrange(this.keys.events(wf), start, '+', 'COUNT', count)) as [string, string[]][]
+    return entries.map((e) => parseEntry(wf, e))
+  }
+
+  /**
+   * Follows a workflow's events: everything after `after`, then live, with no gap
+   * and no duplicate across the replay-to-live handoff (subscribe first, buffer,
+   * replay, then drop buffered ids already replayed). Ends after the workflow's
+   * final event when `untilEnd` is set, or when `signal` aborts.
+   */
+  async *follow(wf: string, opts: { after?: string; signal?: AbortSignal; untilEnd?: boolean } = {}): AsyncGenerator<StreamedEvent> {
+    assertWorkflowId(wf)
+    let last = opts.after ?? '0'
+    const buffer: StreamedEvent[] = []
+    let notify: (() => void) | null = null
+    let resync = true
+    const poke = (): void => {
+      const n = notify
+      notify = null
+      n?.()
+    }
+    const sub = this.subscriber()
+    const unsubscribe = await sub.subscribe(this.keys.channel(wf), (msg) => {
+      const ev = parseLive(msg)
+      if (ev) buffer.push(ev)
+      poke()
+    })
+    const stopResync = sub.onResync(() => {
+      resync = true
+      poke()
+    })
+    const onAbort = (): void => poke()
+    opts.signal?.addEventListener('abort', onAbort)
+    try {
+      for (;;) {
+        if (opts.signal?.aborted) return
+        if (resync) {
+          resync = false
+          for (;;) {
+            const page = await this.readEvents(wf, last, 500)
+            for (const ev of page) {
+              last = ev.streamId
+              yield ev
+              if (opts.untilEnd && FINAL_EVENT_TYPES.has(ev.event.type)) return
+            }
+            if (page.length < 500) break
+          }
+        }
+        const ev = buffer.shift()
+        if (ev) {
+          if (compareStreamIds(ev.streamId, last) <= 0) continue
+          last = ev.streamId
+          yield ev
+          if (opts.untilEnd && FINAL_EVENT_TYPES.has(ev.event.type)) return
+          continue
+        }
+        if (opts.untilEnd) {
+          // A workflow that ended before we subscribed has its final event in the replay;
+          // this guards against one that ended with its last event trimmed away.
+          const st = await this.redis.hget(this.keys.status(wf), 'status')
+          if (st === null || ['completed', 'failed', 'cancelled'].includes(st)) {
+            const rest = await this.readEvents(wf, last, 500)
+            for (const e of rest) yield e
+            if (rest.length === 0) return
+            last = rest[rest.length - 1]?.streamId ?? last
+            continue
+          }
+        }
+        await new Promise<void>((r) => {
+          notify = r
+          if (buffer.length > 0 || resync || opts.signal?.aborted) poke()
+        })
+      }
+    } finally {
+      opts.signal?.removeEventListener('abort', onAbort)
+      stopResync()
+      await unsubscribe()
+    }
+  }
+}

@@ -1,0 +1,62 @@
+// The public entry of Troupe. Everything a user needs is re-exported here; TSDoc
+// lives on the declarations and on each re-export below.
+
+/** Defines an agent: a named XState v5 machine plus its delivery policy. */
+export { defineAgent } from './agent.ts'
+/** XState action: send an action to another agent of the same workflow (committed with the ack). */
+export { sendToAgent } from './agent.ts'
+/** XState action: a durable delayed action to this same agent (survives restarts, unlike `after`). */
+export { sendToSelf } from './agent.ts'
+/** XState action: publish a custom workflow event right away. */
+export { emitEvent } from './agent.ts'
+/** XState action: complete the workflow when the current action commits. */
+export { completeWorkflow } from './agent.ts'
+/** XState action: fail the workflow when the current action commits. */
+export { failWorkflow } from './agent.ts'
+/** Computes the retry delay for an attempt under a backoff policy (exported for tests and tools). */
+export { backoffDelay } from './agent.ts'
+/** Types of agent definitions and their options. */
+export type { AgentDefinition, AgentOptions, BackoffPolicy, Resolvable, TroupeAction } from './agent.ts'
+
+/** Starts a runtime process hosting agents; `Runtime.stop()` drains it. */
+export { startRuntime, Runtime, checkEvictionPolicy } from './runtime.ts'
+/** Options of `startRuntime`. */
+export type { RuntimeOptions } from './runtime.ts'
+
+/** Client API: start workflows, send actions, cancel, read status, follow events. */
+export { TroupeClient, encodePayload } from './client.ts'
+/** Types returned by the client. */
+export type { StartOptions, DeadLetter, AgentRegistration } from './client.ts'
+
+/** Configuration from flags and environment. */
+export { loadConfig } from './config.ts'
+/** The configuration object. */
+export type { TroupeConfig } from './config.ts'
+
+/** The one error class of Troupe, with a stable `code`. */
+export { TroupeError } from './errors.ts'
+/** Stable error codes. */
+export type { TroupeErrorCode } from './errors.ts'
+
+/** Key and channel names (namespace-aware) and id validation. */
+export { Keys, assertWorkflowId, assertAgentName, assertActionType } from './redis/keys.ts'
+/** Creates an ioredis client (single node or cluster) with Troupe's reconnect settings. */
+export { createRedis, waitReachable } from './redis/connection.ts'
+/** A Redis or Redis Cluster client. */
+export type { RedisClient } from './redis/connection.ts'
+
+/** Stream-id ordering and event parsing helpers (used by the gateway and the persister). */
+export { compareStreamIds, parseEntry, parseLive, isStreamId, FINAL_EVENT_TYPES } from './events.ts'
+/** The shared pub/sub connection. */
+export { Subscriber } from './subscriber.ts'
+/** The runtime's Prometheus metrics. */
+export { RuntimeMetrics } from './metrics.ts'
+/** Leveled stderr logger. */
+export { createLogger } from './log.ts'
+/** Logger interface and levels. */
+export type { Logger, LogLevel } from './log.ts'
+
+/** Statuses after which a workflow does nothing more. */
+export { TERMINAL_STATUSES } from './types.ts'
+/** Shapes of events, actions and statuses. */
+export type { WorkflowEvent, StreamedEvent, ActionEvent, ActionMeta, ActionRecord, ActionState, WorkflowStatus, WorkflowStatusValue } from './types.ts'

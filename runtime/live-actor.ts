@@ -1,0 +1,277 @@
+// One agent's XState actor inside one workflow, kept alive across the actions of
+// an activation. Delivers an action as a machine event, collects what agent code
+// does (sends, events, completion), streams transitions and events live while the
+// action is still running, and reports a settled outcome for the commit.
+import { createActor, type AnyActorRef, type AnyMachineSnapshot } from 'xstate'
+import { nanoid } from 'nanoid'
+import { CONTROL, type AgentDefinition } from './agent.ts'
+import { encodeEvent } from './events.ts'
+import type { OutboxEntry } from './claims.ts'
+import type { ActionEvent, ActionRecord } from './types.ts'
+
+/** What delivering one action produced. */
+export interface DeliveryOutcome {
+  outcome: 'ok' | 'failed' | 'rejected'
+  /** Why it failed or was rejected (rejections are not retried). */
+  error: string
+  events: string[]
+  outbox: OutboxEntry[]
+  op: '' | 'complete' | 'fail'
+  opPayload: string
+  snapshot: string
+  stateValue: string
+  transitions: number
+}
+
+/** Hooks the live actor needs from its activation. */
+export interface LiveActorHooks {
+  /** Publishes events now (while an action is still running). */
+  flush(events: string[]): Promise<void>
+  /** Validates an outgoing action's target and payload; returns an error text or null. */
+  checkSend(to: string, type: string, payloadJson: string): string | null
+}
+
+interface Current {
+  record: ActionRecord
+  attempt: number
+  events: string[]
+  outbox: OutboxEntry[]
+  op: '' | 'complete' | 'fail'
+  opPayload: string
+  effectError: string | null
+  live: boolean
+  transitions: number
+}
+
+function isSettled(s: AnyMachineSnapshot): boolean {
+  return s.status !== 'active' || Object.keys(s.children as Record<string, unknown>).length === 0
+}
+
+function describe(err: unknown): string {
+  if (err instanceof Error) return `${err.name}: ${err.message}`
+  try {
+    return JSON.stringify(err) ?? 'unknown error'
+  } catch {
+    return 'unserialisable error'
+  }
+}
+
+/** A restored XState actor plus the bookkeeping of the action it is handling. */
+export class LiveActor {
+  private actor: ReturnType<typeof createActor> | null = null
+  private current: Current | null = null
+  private prevValue = ''
+  private flushing: Promise<void> = Promise.resolve()
+  private flushQueued = false
+  private settleWaiter: (() => void) | null = null
+  /** The last committed persisted snapshot (JSON), the restore point after a failure. */
+  private committed: string
+
+  constructor(
+    private readonly def: AgentDefinition,
+    private readonly wf: string,
+    snapshot: string,
+    private readonly hooks: LiveActorHooks,
+  ) {
+    this.committed = snapshot
+  }
+
+  /** Creates (or re-creates after a failure) the XState actor from the committed snapshot. */
+  private ensureActor(): ReturnType<typeof createActor> {
+    if (this.actor) return this.actor
+    const attached = new WeakSet<object>()
+    const onEmitted = (e: { type: string; [k: string]: unknown }): void => this.onEmitted(e)
+    const persisted = this.committed ? (JSON.parse(this.committed) as unknown) : undefined
+    const actor = createActor(this.def.machine, {
+      ...(persisted ? { snapshot: persisted as never } : {}),
+      input: { workflowId: this.wf, agent: this.def.name },
+      // Emitted events of invoked promise/callback logic reach only that child's
+      // listeners, so attach to every actor of the system as it starts.
+      inspect: (ev) => {
+        if (ev.type === '@xstate.actor' && !attached.has(ev.actorRef)) {
+          attached.add(ev.actorRef)
+          ;(ev.actorRef as AnyActorRef).on('*', onEmitted)
+        }
+      },
+    })
+    actor.subscribe({
+      next: (s) => this.onSnapshot(s as AnyMachineSnapshot),
+      // The error is read from the snapshot when the action settles.
+      error: () => this.settleWaiter?.(),
+    })
+    this.prevValue = ''
+    actor.start()
+    this.prevValue = JSON.stringify((actor.getSnapshot() as AnyMachineSnapshot).value)
+    this.actor = actor
+    return actor
+  }
+
+  private onSnapshot(s: AnyMachineSnapshot): void {
+    const value = JSON.stringify(s.value)
+    const cur = this.current
+    // The first snapshot (at start/restore) is not a transition.
+    if (cur && this.prevValue !== '' && value !== this.prevValue) {
+      cur.transitions++
+      this.push(encodeEvent({
+        workflowId: this.wf, type: 'agent.transition', agent: this.def.name, actionId: cur.record.id, attempt: cur.attempt, parentId: cur.record.eventId,
+        content: { agent: this.def.name, from: JSON.parse(this.prevValue) as unknown, to: s.value as unknown, action: cur.record.type },
+      }))
+    }
+    this.prevValue = value
+    if (isSettled(s)) this.settleWaiter?.()
+  }
+
+  private onEmitted(e: { type: string; [k: string]: unknown }): void {
+    const cur = this.current
+    if (!cur) return
+    const base = { workflowId: this.wf, agent: this.def.name, actionId: cur.record.id, attempt: cur.attempt, parentId: cur.record.eventId }
+    try {
+      switch (e.type) {
+        case CONTROL.send: {
+          const to = typeof e.to === 'string' && e.to !== '' ? e.to : this.def.name
+          const type = String(e.actionType)
+          const payloadJson = JSON.stringify(e.payload ?? null)
+          const problem = this.hooks.checkSend(to, type, payloadJson)
+          if (problem) {
+            cur.effectError ??= problem
+            return
+          }
+          const id = nanoid()
+          const eventId = nanoid()
+          const record: ActionRecord = { id, workflowId: this.wf, agent: to, type, payload: JSON.parse(payloadJson) as unknown, from: this.def.name, parentId: cur.record.id, eventId, enqueuedAt: Date.now() }
+          const delay = Number(e.delayMs)
+          cur.outbox.push({ to, actionId: id, record: JSON.stringify(record), delayMs: Number.isFinite(delay) && delay > 0 ? Math.round(delay) : 0, eventId })
+          return
+        }
+        case CONTROL.complete:
+          cur.op = 'complete'
+          cur.opPayload = JSON.stringify({ result: e.result ?? null })
+          return
+        case CONTROL.fail:
+          cur.op = 'fail'
+          cur.opPayload = JSON.stringify({ error: String(e.reason) })
+          return
+        case CONTROL.event:
+          this.push(encodeEvent({ ...base, type: String(e.eventType), content: e.content }))
+          return
+        default: {
+          const { type, ...rest } = e
+          this.push(encodeEvent({ ...base, type, content: 'content' in rest ? rest.content : rest }))
+        }
+      }
+    } catch (err) {
+      cur.effectError ??= `agent effect could not be encoded: ${describe(err)}`
+    }
+  }
+
+  /** Buffers an event for the commit, or streams it now while the action runs. */
+  private push(json: string): void {
+    const cur = this.current
+    if (!cur) return
+    cur.events.push(json)
+    if (cur.live) this.scheduleFlush()
+  }
+
+  private scheduleFlush(): void {
+    if (this.flushQueued) return
+    this.flushQueued = true
+    // One script call per microtask burst: tokens emitted together go out together.
+    queueMicrotask(() => {
+      this.flushQueued = false
+      const cur = this.current
+      if (!cur || cur.events.length === 0) return
+      const batch = cur.events.splice(0)
+      this.flushing = this.flushing.then(() => this.hooks.flush(batch)).catch(() => {
+        // Not published now: hand them to the commit instead, ahead of newer ones.
+        if (this.current === cur) cur.events.unshift(...batch)
+      })
+    })
+  }
+
+  /** Stops the actor: aborts running invocations (their `signal`) and forgets uncommitted state. */
+  discard(): void {
+    const a = this.actor
+    this.actor = null
+    this.settleWaiter?.()
+    a?.stop()
+  }
+
+  /** Delivers one action; resolves when the actor is settled, failed, or `abort` fires. */
+  async deliver(record: ActionRecord, attempt: number, abort: AbortSignal): Promise<DeliveryOutcome> {
+    const cur: Current = { record, attempt, events: [], outbox: [], op: '', opPayload: '', effectError: null, live: false, transitions: 0 }
+    this.current = cur
+    try {
+      return await this.deliverCurrent(cur, abort)
+    } finally {
+      this.current = null
+    }
+  }
+
+  private async deliverCurrent(cur: Current, abort: AbortSignal): Promise<DeliveryOutcome> {
+    const { record, attempt } = cur
+    const result = (outcome: DeliveryOutcome['outcome'], error = ''): DeliveryOutcome => ({
+      outcome, error, events: cur.events, outbox: outcome === 'ok' ? cur.outbox : [], op: outcome === 'ok' ? cur.op : '', opPayload: cur.opPayload,
+      snapshot: '', stateValue: '', transitions: cur.transitions,
+    })
+    let actor: ReturnType<typeof createActor>
+    try {
+      actor = this.ensureActor()
+    } catch (err) {
+      return result('rejected', `cannot restore ${this.def.name}: ${describe(err)}`)
+    }
+    const event: ActionEvent = {
+      type: record.type,
+      payload: record.payload,
+      meta: {
+        actionId: record.id, workflowId: this.wf, agent: this.def.name, attempt, idempotencyKey: `${this.wf}:${record.id}`,
+        ...(record.from ? { from: record.from } : {}), ...(record.parentId ? { parentId: record.parentId } : {}),
+      },
+    }
+    const before = actor.getSnapshot() as AnyMachineSnapshot
+    if (before.status !== 'active') return result('rejected', `agent ${this.def.name} is ${before.status} and accepts no more actions`)
+    if (!before.can(event)) {
+      return result('rejected', `agent ${this.def.name} in state ${JSON.stringify(before.value)} does not accept action '${record.type}'`)
+    }
+    actor.send(event)
+    let snap = actor.getSnapshot() as AnyMachineSnapshot
+    if (!isSettled(snap)) {
+      // From here on the action takes time: stream what it does as it happens.
+      cur.live = true
+      if (cur.events.length > 0) this.scheduleFlush()
+      await new Promise<void>((resolve) => {
+        const done = (): void => {
+          this.settleWaiter = null
+          abort.removeEventListener('abort', done)
+          resolve()
+        }
+        this.settleWaiter = done
+        abort.addEventListener('abort', done)
+        if (abort.aborted || isSettled(actor.getSnapshot() as AnyMachineSnapshot)) done()
+      })
+      snap = actor.getSnapshot() as AnyMachineSnapshot
+      await this.flushing
+    }
+    if (abort.aborted && !isSettled(snap)) {
+      this.discard()
+      return result('failed', String((abort.reason as Error | undefined)?.message ?? abort.reason ?? 'aborted'))
+    }
+    if (snap.status === 'error') {
+      const err = describe(snap.error)
+      this.discard()
+      return result('failed', err)
+    }
+    if (cur.effectError) {
+      this.discard()
+      return result('rejected', cur.effectError)
+    }
+    const snapshot = JSON.stringify(actor.getPersistedSnapshot())
+    this.committed = snapshot
+    return { ...result('ok'), snapshot, stateValue: JSON.stringify(snap.value) }
+  }
+
+  /** Called when the commit was not accepted: fall back to the last committed snapshot. */
+  rollback(snapshot: string): void {
+    this.committed = snapshot
+    this.discard()
+  }
+}

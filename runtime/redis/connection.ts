@@ -1,0 +1,46 @@
+// Creates ioredis clients with the options the runtime relies on: reconnect
+// forever with capped backoff, and queue commands while reconnecting so a Redis
+// restart looks like a pause, not an error.
+import { Cluster, Redis, type RedisOptions } from 'ioredis'
+
+/** A single Redis or a Redis Cluster client. */
+export type RedisClient = Redis | Cluster
+
+const base: RedisOptions = {
+  maxRetriesPerRequest: null,
+  enableReadyCheck: true,
+  retryStrategy: (times) => Math.min(50 * 2 ** Math.min(times, 6), 2000),
+  reconnectOnError: (err) => (err.message.startsWith('READONLY') ? 2 : false),
+}
+
+/**
+ * Connects to `url`. `redis+cluster://host:port[,host:port]` (or `cluster: true`)
+ * makes a Cluster client from the seed nodes; `rediss://` uses TLS.
+ */
+export function createRedis(url: string, opts: { cluster?: boolean; name?: string } = {}): RedisClient {
+  const clusterUrl = url.startsWith('redis+cluster://')
+  if (clusterUrl || opts.cluster) {
+    const hosts = url.replace(/^redis(\+cluster)?s?:\/\//, '').split(',').map((hp) => {
+      const [host, port] = hp.split(':')
+      return { host: host ?? '127.0.0.1', port: Number(port ?? 6379) }
+    })
+    return new Cluster(hosts, { redisOptions: { ...base, connectionName: opts.name }, scaleReads: 'master' })
+  }
+  return new Redis(url, { ...base, connectionName: opts.name })
+}
+
+/**
+ * Waits until `redis` answers PING, or throws an error naming the URL and the fix.
+ * Commands queue while disconnected, so without this a CLI would hang silently.
+ */
+export async function waitReachable(redis: RedisClient, url: string, timeoutMs = 5000): Promise<void> {
+  let timer: NodeJS.Timeout | undefined
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`cannot reach Redis at ${url} within ${timeoutMs} ms; start Redis there or set REDIS_URL`)), timeoutMs)
+  })
+  try {
+    await Promise.race([redis.ping(), timeout])
+  } finally {
+    clearTimeout(timer)
+  }
+}

@@ -1,0 +1,61 @@
+-- enqueue: stores one action, adds it to its actor's mailbox, updates the workflow
+-- status and appends + publishes action.enqueued (and workflow.started on start).
+-- The ready hint (a global key) is set by the caller afterwards, only when this
+-- returns lockHeld = 0: a held actor's holder claims the action itself.
+--
+-- KEYS: 1 workflow:status  2 workflow:actions  3 workflow:seq  4 workflow:events
+--       5 workflow:queue:<agent> (mailbox)  6 lock:<agent>
+-- ARGV: 1 wf  2 actionId  3 agent  4 type  5 record JSON (immutable part, built by the client)
+--       6 delayMs  7 eventId (action.enqueued)  8 parent event id or ''  9 channel
+--       10 mode: 'start' | 'send'  11 owner  12 stream maxlen (0 = no trim)
+--       13 workflow.started event id  14 deadline ms from now (0 = none)
+-- Returns: { availableAt, lockHeld (0|1), firstStreamId, lastStreamId }
+-- Errors: TROUPE_EXISTS workflow id taken (start) | TROUPE_NOWF no such workflow (send)
+--         TROUPE_ENDED workflow already ended (send) | TROUPE_DUP action id taken
+local status_key, actions_key, seq_key, events_key, mailbox, lock_key =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local wf, action_id, agent, typ, record = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local delay = tonumber(ARGV[6])
+local event_id, parent_event, channel, mode, owner = ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11]
+local maxlen = tonumber(ARGV[12])
+local now = now_ms()
+local first_sid
+
+local status = redis.call('HGET', status_key, 'status')
+if mode == 'start' then
+  if status then return redis.error_reply('TROUPE_EXISTS workflow ' .. wf .. ' already exists') end
+  redis.call('HSET', status_key, 'status', 'pending', 'owner', owner, 'entry', agent,
+    'createdAt', now, 'updatedAt', now, 'queued', 0, 'done', 0, 'dead', 0, 'actions', 0)
+  local deadline_in = tonumber(ARGV[14])
+  if deadline_in > 0 then redis.call('HSET', status_key, 'deadline', now + deadline_in) end
+  first_sid = append_event(events_key, channel, maxlen,
+    make_event(ARGV[13], wf, 'workflow.started', { entry = agent, type = typ, owner = owner }, '', '', 0, '', now))
+else
+  if not status then return redis.error_reply('TROUPE_NOWF no workflow ' .. wf) end
+  if TERMINAL[status] then return redis.error_reply('TROUPE_ENDED workflow ' .. wf .. ' is ' .. status) end
+end
+
+if redis.call('HSETNX', actions_key, action_id, record) == 0 then
+  return redis.error_reply('TROUPE_DUP action ' .. action_id .. ' already exists in workflow ' .. wf)
+end
+local seq = redis.call('INCR', seq_key)
+local available_at = now + delay
+redis.call('HSET', actions_key, action_id .. ':st',
+  cjson.encode({ status = 'queued', attempt = 0, seq = seq, availableAt = available_at }))
+redis.call('ZADD', mailbox, available_at, member_of(seq, action_id))
+redis.call('HSETNX', status_key, 'agent:' .. agent, '')
+redis.call('HINCRBY', status_key, 'queued', 1)
+redis.call('HINCRBY', status_key, 'actions', 1)
+redis.call('HSET', status_key, 'updatedAt', now)
+
+local sid = append_event(events_key, channel, maxlen, make_event(event_id, wf, 'action.enqueued',
+  { actionId = action_id, agent = agent, type = typ, availableAt = available_at }, agent, action_id, 0, parent_event, now))
+first_sid = first_sid or sid
+local changed = settle_status(status_key, now)
+if changed then
+  sid = append_event(events_key, channel, maxlen,
+    make_event(event_id .. '.s', wf, 'workflow.status', { status = changed }, '', '', 0, '', now))
+end
+
+local held = redis.call('EXISTS', lock_key)
+return { available_at, held, first_sid, sid }

@@ -1,0 +1,112 @@
+-- lib: helpers prepended to every script by runtime/redis/scripts.ts. Not a script itself.
+-- Every script of a workflow uses Redis server time (TIME) for scores, so that
+-- processes with skewed clocks still agree on what is due.
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- Appends one pre-encoded WorkflowEvent to the workflow stream and publishes the
+-- live copy, with its stream id, on the workflow channel. maxlen 0: never trim
+-- (the persister still has to read it).
+local function append_event(stream, channel, maxlen, json)
+  local sid
+  if maxlen > 0 then
+    sid = redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'e', json)
+  else
+    sid = redis.call('XADD', stream, '*', 'e', json)
+  end
+  redis.call('PUBLISH', channel, '{"streamId":"' .. sid .. '","event":' .. json .. '}')
+  return sid
+end
+
+-- Builds a WorkflowEvent of the seed's shape for events the scripts themselves raise.
+local function make_event(id, wf, typ, content, agent, action_id, attempt, parent, now)
+  local meta = { at = now }
+  if agent and agent ~= '' then meta.agent = agent end
+  if action_id and action_id ~= '' then meta.actionId = action_id end
+  if attempt and attempt > 0 then meta.attempt = attempt end
+  local ev = { id = id, workflowId = wf, type = typ, content = content, metadata = meta }
+  if parent and parent ~= '' then ev.parentId = parent end
+  return cjson.encode(ev)
+end
+
+local TERMINAL = { completed = true, failed = true, cancelled = true }
+
+local function member_of(seq, id)
+  return string.format('%012d:%s', seq, id)
+end
+
+local function id_of(member)
+  return string.sub(member, 14)
+end
+
+-- Moves the workflow between running and waiting as its count of live actions
+-- (queued or in flight) changes; returns the new status when it changed.
+local function settle_status(status_key, now)
+  local st = redis.call('HGET', status_key, 'status')
+  if TERMINAL[st] then return false end
+  local queued = tonumber(redis.call('HGET', status_key, 'queued') or '0')
+  local want = 'running'
+  if queued <= 0 then want = 'waiting' end
+  if st ~= want then
+    redis.call('HSET', status_key, 'status', want, 'updatedAt', now)
+    return want
+  end
+  return false
+end
+
+-- Takes the first due action from a mailbox and marks it in flight for the actor.
+-- Records that vanished or were written by hand without a state are dropped
+-- (and counted) rather than blocking the mailbox.
+local function claim_next(actor_key, mailbox, actions_key, status_key, now)
+  for _ = 1, 100 do
+    local head = redis.call('ZRANGEBYSCORE', mailbox, '-inf', now, 'LIMIT', 0, 1)
+    local member = head[1]
+    if not member then return false end
+    redis.call('ZREM', mailbox, member)
+    local id = id_of(member)
+    local rec = redis.call('HGET', actions_key, id)
+    local st_raw = redis.call('HGET', actions_key, id .. ':st')
+    local ok, st = pcall(cjson.decode, st_raw or '')
+    if rec and ok and type(st) == 'table' then
+      st.status = 'running'
+      st.attempt = (tonumber(st.attempt) or 0) + 1
+      redis.call('HSET', actions_key, id .. ':st', cjson.encode(st))
+      redis.call('HSET', actor_key, 'inflight', id)
+      return { rec, st.attempt, id }
+    end
+    redis.call('HINCRBY', status_key, 'malformed', 1)
+  end
+  return false
+end
+
+-- Earliest score left in a mailbox (a delayed action), or false.
+local function next_at(mailbox)
+  local first = redis.call('ZRANGE', mailbox, 0, 0, 'WITHSCORES')
+  if first[2] then return first[2] end
+  return false
+end
+
+-- Drops every action left in a mailbox of an ended workflow.
+local function drop_mailbox(mailbox, actions_key)
+  local members = redis.call('ZRANGE', mailbox, 0, -1)
+  for _, member in ipairs(members) do
+    local id = id_of(member)
+    local st_raw = redis.call('HGET', actions_key, id .. ':st')
+    local ok, st = pcall(cjson.decode, st_raw or '')
+    if ok and type(st) == 'table' then
+      st.status = 'cancelled'
+      redis.call('HSET', actions_key, id .. ':st', cjson.encode(st))
+    end
+  end
+  redis.call('DEL', mailbox)
+  return #members
+end
+
+local function release_lock(lock_key, value)
+  if redis.call('GET', lock_key) == value then
+    redis.call('DEL', lock_key)
+  end
+end

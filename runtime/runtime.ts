@@ -1,0 +1,228 @@
+// A runtime process: hosts some agents (a worker each), shares one Redis command
+// connection, one pub/sub connection, one Redlock and one metrics Registry, and
+// drains cleanly on stop.
+import { createServer, type Server, type ServerResponse } from 'node:http'
+import { hostname } from 'node:os'
+import { Redlock } from '@sesamecare-oss/redlock'
+import { nanoid } from 'nanoid'
+import type { AgentDefinition } from './agent.ts'
+import type { ActivationEnv } from './activation.ts'
+import { loadConfig, type TroupeConfig } from './config.ts'
+import type { ProtocolContext } from './claims.ts'
+import { TroupeError } from './errors.ts'
+import { createLogger, type Logger } from './log.ts'
+import { RuntimeMetrics } from './metrics.ts'
+import { createRedis, waitReachable, type RedisClient } from './redis/connection.ts'
+import { Keys } from './redis/keys.ts'
+import { loadScripts } from './redis/scripts.ts'
+import { Subscriber } from './subscriber.ts'
+import { AgentWorker } from './worker.ts'
+
+/** Options of {@link startRuntime}. */
+export interface RuntimeOptions {
+  agents: readonly AgentDefinition[]
+  config?: Partial<TroupeConfig>
+  /** Start even when Redis may evict keys without TTL (`maxmemory-policy`). */
+  allowEviction?: boolean
+  /** Port of the `/metrics`, `/healthz`, `/readyz` server; 0 picks a free one; false disables it. */
+  metricsPort?: number | false
+  /** Bound on the graceful drain at stop (default 10 s). */
+  drainTimeoutMs?: number
+  serviceId?: string
+  logger?: Logger
+}
+
+/** Eviction policies that never evict keys without a TTL (our queues and mailboxes). */
+const SAFE_POLICIES = new Set(['noeviction', 'volatile-lru', 'volatile-lfu', 'volatile-random', 'volatile-ttl'])
+
+/** Checks `maxmemory-policy`; throws a TroupeError unless it is safe or `allow` is set. */
+export async function checkEvictionPolicy(redis: RedisClient, allow: boolean, log: Logger): Promise<void> {
+  let policy: string | undefined
+  try {
+    const r = await redis.config('GET', 'maxmemory-policy')
+    policy = r[1]
+  } catch {
+    log.warn('cannot read maxmemory-policy (CONFIG disabled?): make sure Redis never evicts keys without TTL')
+    return
+  }
+  if (policy && !SAFE_POLICIES.has(policy)) {
+    const msg = `Redis maxmemory-policy is ${policy}: it may evict queued actions. Set it to noeviction (redis-cli CONFIG SET maxmemory-policy noeviction) or start with --allow-eviction`
+    if (!allow) throw new TroupeError('eviction_policy', msg)
+    log.warn(msg)
+  }
+}
+
+/** A started runtime process. */
+export class Runtime {
+  readonly serviceId: string
+  readonly keys: Keys
+  readonly metrics = new RuntimeMetrics({ version: '0.1.0' })
+  readonly workers = new Map<string, AgentWorker>()
+  private readonly pending = new Set<Promise<unknown>>()
+  private sub: Subscriber | null = null
+  private server: Server | null = null
+  private registryTimer: NodeJS.Timeout | null = null
+  private knownAgents = new Set<string>()
+  /** Address of the metrics server once listening, e.g. `http://127.0.0.1:9464/metrics`. */
+  metricsUrl = ''
+  private stopped = false
+
+  constructor(
+    readonly redis: RedisClient,
+    readonly cfg: TroupeConfig,
+    private readonly opts: RuntimeOptions,
+    readonly log: Logger,
+  ) {
+    this.serviceId = opts.serviceId ?? `${hostname()}-${process.pid}-${nanoid(6)}`
+    this.keys = new Keys(cfg.namespace)
+  }
+
+  /** Protocol context shared by workers. */
+  get ctx(): ProtocolContext {
+    return { redis: this.redis, keys: this.keys, cfg: this.cfg }
+  }
+
+  /** Runs a follow-up write without blocking the caller, logging (never dropping) failures. */
+  background(p: Promise<unknown>): void {
+    const tracked = p.catch((err: unknown) => {
+      this.metrics.protocolErrors.inc({ step: 'follow-up' })
+      this.log.error('background write failed', { error: err instanceof Error ? err.message : String(err) })
+    })
+    this.pending.add(tracked)
+    void tracked.finally(() => this.pending.delete(tracked))
+  }
+
+  private checkSend(to: string, type: string, payloadJson: string): string | null {
+    if (!this.knownAgents.has(to)) return `sends action '${type}' to unknown agent '${to}' (no runtime has registered it)`
+    const size = Buffer.byteLength(payloadJson)
+    if (size > this.cfg.maxPayloadBytes) return `sends a ${size}-byte payload to '${to}', over the ${this.cfg.maxPayloadBytes}-byte limit`
+    return null
+  }
+
+  private async refreshRegistry(): Promise<void> {
+    const pipe = this.redis.pipeline()
+    for (const a of this.opts.agents) {
+      pipe.hset(this.keys.agents(), a.name, JSON.stringify({ version: a.version, actionTypes: a.actionTypes, updatedAt: Date.now() }))
+    }
+    pipe.pexpire(this.keys.agents(), 24 * 3600 * 1000)
+    await pipe.exec()
+    const names = await this.redis.hkeys(this.keys.agents())
+    this.knownAgents = new Set([...names, ...this.opts.agents.map((a) => a.name)])
+  }
+
+  async start(): Promise<void> {
+    await checkEvictionPolicy(this.redis, this.opts.allowEviction ?? false, this.log)
+    await loadScripts(this.redis)
+    await this.refreshRegistry()
+    this.registryTimer = setInterval(() => this.background(this.refreshRegistry()), 10_000)
+    this.registryTimer.unref()
+    const env: ActivationEnv = {
+      ctx: this.ctx,
+      redlock: new Redlock([this.redis], { retryCount: 0, driftFactor: 0.01, automaticExtensionThreshold: 0 }),
+      metrics: this.metrics,
+      log: this.log,
+      checkSend: (to, type, p) => this.checkSend(to, type, p),
+      background: (p) => this.background(p),
+    }
+    this.sub = new Subscriber(this.redis)
+    await this.sub.subscribe(this.keys.control(), (msg) => this.onControl(msg))
+    for (const def of this.opts.agents) {
+      const w = new AgentWorker(env, def)
+      this.workers.set(def.name, w)
+      await this.sub.subscribe(this.keys.wake(def.name), () => w.wake())
+    }
+    if (this.opts.metricsPort !== false) await this.listen(this.opts.metricsPort ?? 0)
+    for (const w of this.workers.values()) w.start()
+    this.log.info(`runtime ${this.serviceId} hosting ${[...this.workers.keys()].join(', ')}${this.metricsUrl ? ` (metrics ${this.metricsUrl})` : ''}`)
+  }
+
+  private onControl(msg: string): void {
+    try {
+      const m = JSON.parse(msg) as { op?: string; wf?: string; reason?: string }
+      if (m.op === 'abort' && typeof m.wf === 'string') {
+        for (const w of this.workers.values()) w.abortWorkflow(m.wf, `workflow ${m.reason ?? 'cancelled'}`)
+      }
+    } catch {
+      this.log.warn('ignoring malformed control message', { msg: msg.slice(0, 200) })
+    }
+  }
+
+  private async listen(port: number): Promise<void> {
+    this.server = createServer((req, res) => {
+      void this.serveHttp(req.url ?? '/', res)
+    })
+    await new Promise<void>((resolve, reject) => {
+      this.server?.once('error', reject)
+      this.server?.listen(port, '127.0.0.1', () => resolve())
+    })
+    const addr = this.server.address()
+    if (addr && typeof addr === 'object') this.metricsUrl = `http://127.0.0.1:${addr.port}/metrics`
+  }
+
+  private async serveHttp(url: string, res: ServerResponse): Promise<void> {
+    try {
+      if (url.startsWith('/metrics')) {
+        const body = await this.metrics.registry.metrics()
+        res.writeHead(200, { 'content-type': this.metrics.registry.contentType }).end(body)
+      } else if (url.startsWith('/healthz')) {
+        res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ status: 'ok', serviceId: this.serviceId }))
+      } else if (url.startsWith('/readyz')) {
+        const ok = await Promise.race([this.redis.ping().then(() => true, () => false), new Promise<boolean>((r) => setTimeout(() => r(false), 1000))])
+        res.writeHead(ok ? 200 : 503, { 'content-type': 'application/json' }).end(JSON.stringify({ status: ok ? 'ready' : 'redis unreachable' }))
+      } else {
+        res.writeHead(404).end()
+      }
+    } catch (err) {
+      res.writeHead(500).end(err instanceof Error ? err.message : 'error')
+    }
+  }
+
+  /** Actors active in this process now, per agent. */
+  activeCounts(): Record<string, number> {
+    return Object.fromEntries([...this.workers].map(([n, w]) => [n, w.active.size]))
+  }
+
+  /** Drains every worker (bounded), flushes follow-up writes, closes connections. */
+  async stop(): Promise<void> {
+    if (this.stopped) return
+    this.stopped = true
+    if (this.registryTimer) clearInterval(this.registryTimer)
+    const timeout = this.opts.drainTimeoutMs ?? 10_000
+    await Promise.all([...this.workers.values()].map((w) => w.drain(timeout)))
+    await Promise.race([Promise.all(this.pending), new Promise((r) => setTimeout(r, timeout))])
+    this.sub?.close()
+    await new Promise<void>((r) => (this.server ? this.server.close(() => r()) : r()))
+    await this.redis.quit().catch(() => undefined)
+  }
+}
+
+/**
+ * Starts a runtime process hosting `agents`.
+ *
+ * @example
+ * ```ts
+ * const rt = await startRuntime({ agents: [planner, researcher], config: { redisUrl: 'redis://127.0.0.1:6379' } })
+ * process.on('SIGTERM', () => void rt.stop())
+ * ```
+ */
+export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
+  const cfg = loadConfig(opts.config)
+  if (opts.agents.length === 0) throw new TroupeError('config', 'a runtime needs at least one agent')
+  const names = new Set<string>()
+  for (const a of opts.agents) {
+    if (names.has(a.name)) throw new TroupeError('config', `agent ${a.name} is defined twice`)
+    names.add(a.name)
+  }
+  const log = opts.logger ?? createLogger('runtime')
+  const redis = createRedis(cfg.redisUrl, { name: 'troupe-runtime' })
+  redis.on('error', (err: Error) => log.debug('redis connection error', { error: err.message }))
+  const rt = new Runtime(redis, cfg, opts, log)
+  try {
+    await waitReachable(redis, cfg.redisUrl)
+    await rt.start()
+  } catch (err) {
+    await rt.stop().catch(() => undefined)
+    throw err
+  }
+  return rt
+}

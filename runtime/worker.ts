@@ -1,0 +1,126 @@
+// The per-agent loop of a runtime process: pick due actors (batched, one round trip
+// for many), start an activation for each within the agent's concurrency, and
+// sleep until the next due time or a wake message when nothing is due.
+import type { AgentDefinition } from './agent.ts'
+import { ActorActivation, type ActivationEnv } from './activation.ts'
+import { pick } from './claims.ts'
+import { isWorkflowId } from './redis/keys.ts'
+
+/** Longest idle sleep between picks; wake messages normally cut it short. */
+const IDLE_POLL_MS = 1000
+
+/**
+ * Lifecycle of a worker, one line per state:
+ * - `running`: picking and activating;
+ * - `draining`: no new picks; activations finish their current action and release;
+ * - `stopped`: no activation left.
+ */
+export type WorkerState = 'running' | 'draining' | 'stopped'
+
+/** Runs one agent's actors in this process. */
+export class AgentWorker {
+  state: WorkerState = 'running'
+  readonly active = new Map<string, ActorActivation>()
+  private wakeUp: (() => void) | null = null
+  private wakePending = false
+  private loopDone: Promise<void> = Promise.resolve()
+
+  constructor(
+    private readonly env: ActivationEnv,
+    readonly def: AgentDefinition,
+  ) {}
+
+  start(): void {
+    this.loopDone = this.loop()
+  }
+
+  /** Someone hinted work for this agent: stop sleeping. */
+  wake(): void {
+    if (this.wakeUp) this.wakeUp()
+    else this.wakePending = true
+  }
+
+  /** Aborts the running action of `wf`'s actor here, if any (cancel, deadline). */
+  abortWorkflow(wf: string, reason: string): void {
+    this.active.get(wf)?.abort(reason)
+  }
+
+  private async sleep(ms: number): Promise<void> {
+    if (this.wakePending) {
+      this.wakePending = false
+      return
+    }
+    await new Promise<void>((resolve) => {
+      const t = setTimeout(done, ms)
+      function done(): void {
+        clearTimeout(t)
+        resolve()
+      }
+      this.wakeUp = done
+    })
+    this.wakeUp = null
+  }
+
+  private async loop(): Promise<void> {
+    const { ctx, log, metrics } = this.env
+    const agent = this.def.name
+    while (this.state === 'running') {
+      const free = this.def.concurrency - this.active.size
+      if (free <= 0) {
+        await this.sleep(IDLE_POLL_MS)
+        continue
+      }
+      let res: Awaited<ReturnType<typeof pick>>
+      try {
+        res = await pick(ctx, agent, Math.min(free, 64), ctx.cfg.lockTtlMs)
+      } catch (err) {
+        metrics.protocolErrors.inc({ step: 'pick' })
+        log.warn(`pick for ${agent} failed; retrying`, { error: err instanceof Error ? err.message : String(err) })
+        await this.sleep(500)
+        continue
+      }
+      let started = 0
+      for (const p of res.picked) {
+        if (!isWorkflowId(p.wf)) {
+          // Written by hand or by a bug: never a valid actor, so never let it come due again.
+          log.warn(`dropping malformed ready hint ${JSON.stringify(p.wf)} of ${agent}`)
+          await ctx.redis.zrem(ctx.keys.ready(agent), p.wf)
+          continue
+        }
+        if (this.active.has(p.wf)) continue
+        const act = new ActorActivation(this.env, this.def, p.wf, p.lease)
+        this.active.set(p.wf, act)
+        started++
+        this.env.background(
+          act.run().finally(() => {
+            this.active.delete(p.wf)
+            this.wake()
+          }),
+        )
+      }
+      if (res.picked.length === 0) {
+        const wait = res.nextDue === null ? IDLE_POLL_MS : Math.min(IDLE_POLL_MS, Math.max(0, res.nextDue - res.now))
+        if (wait > 0) await this.sleep(wait)
+      } else if (started === 0) {
+        await this.sleep(50)
+      }
+    }
+  }
+
+  /** Stops picking; activations finish their action (aborted after `timeoutMs`) and release. */
+  async drain(timeoutMs: number): Promise<void> {
+    if (this.state === 'stopped') return
+    this.state = 'draining'
+    this.wake()
+    await this.loopDone
+    for (const a of this.active.values()) a.drain()
+    const deadline = Date.now() + timeoutMs
+    while (this.active.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20))
+    for (const a of this.active.values()) a.abort('runtime is shutting down')
+    // An activation stuck on an unreachable Redis is abandoned: its lock expires and
+    // its action is redelivered elsewhere.
+    const hard = Date.now() + timeoutMs
+    while (this.active.size > 0 && Date.now() < hard) await new Promise((r) => setTimeout(r, 20))
+    this.state = 'stopped'
+  }
+}

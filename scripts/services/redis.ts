@@ -1,0 +1,88 @@
+// Brings up a Redis for the demo and the tests: reuse REDIS_URL when it answers,
+// else start redis-server from PATH on a free loopback port with AOF on.
+import { spawn } from 'node:child_process'
+import { rmSync } from 'node:fs'
+import { Redis } from 'ioredis'
+import { dataDir, freePort, hasCommand, MissingPrerequisiteError, waitFor, type LocalService } from './util.ts'
+
+/** True when a Redis at `url` answers PING within a second. */
+export async function redisReachable(url: string): Promise<boolean> {
+  const client = new Redis(url, { lazyConnect: true, connectTimeout: 1000, maxRetriesPerRequest: 0, retryStrategy: () => null })
+  client.on('error', () => undefined)
+  try {
+    await client.connect()
+    return (await client.ping()) === 'PONG'
+  } catch {
+    return false
+  } finally {
+    client.disconnect()
+  }
+}
+
+export interface StartRedisOptions {
+  /** Extra `redis-server` arguments, e.g. `['--maxmemory', '2mb']` for exhaustion tests. */
+  args?: string[]
+  /** Fixed port (restart tests reuse it); a free one otherwise. */
+  port?: number
+  /** Data folder to reuse across restarts; a fresh one otherwise. */
+  dir?: string
+  /** Keep the data folder on stop (restart tests). */
+  keepData?: boolean
+}
+
+/** A redis-server child process we own. */
+export interface RedisProcess extends LocalService {
+  readonly port: number
+  readonly dir: string
+  /** SIGKILL, no chance to flush: for crash tests. */
+  kill(): void
+}
+
+/** Starts a private redis-server (AOF on, `noeviction`) on loopback. */
+export async function startRedis(opts: StartRedisOptions = {}): Promise<RedisProcess> {
+  if (!hasCommand('redis-server')) {
+    throw new MissingPrerequisiteError('redis-server is not on PATH and REDIS_URL is not set.', 'apt-get install -y redis-server   (or export REDIS_URL=redis://host:6379)')
+  }
+  const port = opts.port ?? (await freePort())
+  const dir = opts.dir ?? dataDir('redis', `${port}-${process.pid}`)
+  const child = spawn(
+    'redis-server',
+    ['--port', String(port), '--bind', '127.0.0.1', '--dir', dir, '--appendonly', 'yes', '--appendfsync', 'everysec', '--save', '', '--maxmemory-policy', 'noeviction', '--daemonize', 'no', '--logfile', 'redis.log', ...(opts.args ?? [])],
+    { stdio: 'ignore' },
+  )
+  let exited = false
+  child.on('exit', () => {
+    exited = true
+  })
+  const url = `redis://127.0.0.1:${port}`
+  await waitFor(async () => !exited && (await redisReachable(url)), 15_000, `redis-server on port ${port} (log: ${dir}/redis.log)`)
+  return {
+    url,
+    port,
+    dir,
+    started: true,
+    kill() {
+      if (!exited) child.kill('SIGKILL')
+    },
+    async stop() {
+      if (!exited) {
+        const done = new Promise((r) => child.once('exit', r))
+        child.kill('SIGTERM')
+        await done
+      }
+      if (!opts.keepData) rmSync(dir, { recursive: true, force: true })
+    },
+  }
+}
+
+/** Reuses `REDIS_URL` when set (and fails loudly if it does not answer), else starts one. */
+export async function ensureRedis(): Promise<LocalService> {
+  const fromEnv = process.env.REDIS_URL
+  if (fromEnv) {
+    if (!(await redisReachable(fromEnv))) {
+      throw new MissingPrerequisiteError(`REDIS_URL=${fromEnv} does not answer PING.`, 'start that Redis, or unset REDIS_URL to let Troupe start a private redis-server')
+    }
+    return { url: fromEnv, started: false, stop: () => Promise.resolve() }
+  }
+  return await startRedis()
+}

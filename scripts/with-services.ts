@@ -1,0 +1,47 @@
+// Runs a command with Redis and Neo4j available: reuses REDIS_URL / NEO4J_URI when
+// they answer, otherwise starts private ones, and stops what it started afterwards.
+// Usage: tsx scripts/with-services.ts [--no-neo4j] <command> [args...]
+import { spawn } from 'node:child_process'
+import { ensureRedis } from './services/redis.ts'
+import { ensureNeo4j } from './services/neo4j.ts'
+import type { LocalService } from './services/util.ts'
+
+const argv = process.argv.slice(2)
+const wantNeo4j = argv[0] !== '--no-neo4j'
+const cmd = wantNeo4j ? argv : argv.slice(1)
+if (cmd.length === 0) {
+  console.error('usage: tsx scripts/with-services.ts [--no-neo4j] <command> [args...]')
+  process.exit(2)
+}
+
+const started: LocalService[] = []
+async function stopAll(): Promise<void> {
+  for (const s of started.reverse()) await s.stop().catch((e: unknown) => console.error('[services] stop failed:', e))
+}
+
+try {
+  const redis = await ensureRedis()
+  started.push(redis)
+  console.error(`[services] redis ${redis.started ? 'started' : 'reused'} at ${redis.url}`)
+  const env: NodeJS.ProcessEnv = { ...process.env, REDIS_URL: redis.url }
+  if (wantNeo4j) {
+    const neo = await ensureNeo4j({ log: (m) => console.error(`[services] ${m}`) })
+    started.push(neo)
+    console.error(`[services] neo4j ${neo.started ? 'started' : 'reused'} at ${neo.url}`)
+    Object.assign(env, { NEO4J_URI: neo.url, NEO4J_USER: neo.user, NEO4J_PASSWORD: neo.password })
+  }
+  const [bin, ...args] = cmd as [string, ...string[]]
+  const child = spawn(bin, args, { stdio: 'inherit', env })
+  const forward = (sig: NodeJS.Signals): void => {
+    child.kill(sig)
+  }
+  process.on('SIGINT', forward)
+  process.on('SIGTERM', forward)
+  const code = await new Promise<number>((r) => child.on('exit', (c, s) => r(c ?? (s ? 1 : 0))))
+  await stopAll()
+  process.exit(code)
+} catch (err) {
+  console.error(`[services] ${err instanceof Error ? err.message : String(err)}`)
+  await stopAll()
+  process.exit(1)
+}
