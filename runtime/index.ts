@@ -20,8 +20,8 @@ export type { AgentDefinition, AgentOptions, BackoffPolicy, Resolvable, TroupeAc
 
 /** Starts a runtime process hosting agents; `Runtime.stop()` drains it. */
 export { startRuntime, Runtime, checkEvictionPolicy } from './runtime.ts'
-/** Options of `startRuntime`. */
-export type { RuntimeOptions } from './runtime.ts'
+/** Options of `startRuntime`, and the interface of components (supervisor, persister, gateway) a runtime hosts. */
+export type { RuntimeOptions, HostedService } from './runtime.ts'
 
 /** Client API: start workflows, send actions, cancel, read status, follow events. */
 export { TroupeClient, encodePayload } from './client.ts'

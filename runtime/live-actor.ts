@@ -80,6 +80,7 @@ export class LiveActor {
   private ensureActor(): ReturnType<typeof createActor> {
     if (this.actor) return this.actor
     const attached = new WeakSet<object>()
+    let root: object | undefined
     const onEmitted = (e: { type: string; [k: string]: unknown }): void => this.onEmitted(e)
     const persisted = this.committed ? (JSON.parse(this.committed) as unknown) : undefined
     const actor = createActor(this.def.machine, {
@@ -89,8 +90,13 @@ export class LiveActor {
       // listeners, so attach to every actor of the system as it starts.
       inspect: (ev) => {
         if (ev.type === '@xstate.actor' && !attached.has(ev.actorRef)) {
+          root ??= ev.actorRef
           attached.add(ev.actorRef)
           ;(ev.actorRef as AnyActorRef).on('*', onEmitted)
+        } else if (ev.type === '@xstate.microstep' && ev.actorRef === root) {
+          // Microsteps are reported before the entered state's actions and
+          // invocations run, so a transition is published ahead of what it causes.
+          this.onTransition((ev as unknown as { snapshot: AnyMachineSnapshot }).snapshot.value)
         }
       },
     })
@@ -106,18 +112,22 @@ export class LiveActor {
     return actor
   }
 
-  private onSnapshot(s: AnyMachineSnapshot): void {
-    const value = JSON.stringify(s.value)
+  private onTransition(valueObj: unknown): void {
+    const value = JSON.stringify(valueObj)
     const cur = this.current
     // The first snapshot (at start/restore) is not a transition.
     if (cur && this.prevValue !== '' && value !== this.prevValue) {
       cur.transitions++
       this.push(encodeEvent({
         workflowId: this.wf, type: 'agent.transition', agent: this.def.name, actionId: cur.record.id, attempt: cur.attempt, parentId: cur.record.eventId,
-        content: { agent: this.def.name, from: JSON.parse(this.prevValue) as unknown, to: s.value as unknown, action: cur.record.type },
+        content: { agent: this.def.name, from: JSON.parse(this.prevValue) as unknown, to: valueObj, action: cur.record.type },
       }))
     }
     this.prevValue = value
+  }
+
+  private onSnapshot(s: AnyMachineSnapshot): void {
+    this.onTransition(s.value)
     if (isSettled(s)) this.settleWaiter?.()
   }
 

@@ -18,9 +18,29 @@ import { loadScripts } from './redis/scripts.ts'
 import { Subscriber } from './subscriber.ts'
 import { AgentWorker } from './worker.ts'
 
+/**
+ * A component hosted by a runtime process next to its agents (supervisor,
+ * persister, gateway): started after the workers, stopped before they drain.
+ */
+export interface HostedService {
+  /** Role name shown in `system:health` and `troupe status` (e.g. `supervisor`). */
+  readonly role: string
+  start(rt: Runtime): Promise<void>
+  stop(): Promise<void>
+  /** Extra readiness check for `/readyz` (e.g. Neo4j reachable); true when ready. */
+  ready?(): Promise<boolean>
+  /** Extra fields for this process's `system:health` record. */
+  health?(): Record<string, string>
+}
+
 /** Options of {@link startRuntime}. */
 export interface RuntimeOptions {
+  /** Agents hosted by this process (may be empty when `services` are given). */
   agents: readonly AgentDefinition[]
+  /** Built-in components hosted by this process. */
+  services?: readonly HostedService[]
+  /** Heartbeat interval (default 2 s); `system:health:<id>` lives for 5 intervals. */
+  heartbeatMs?: number
   config?: Partial<TroupeConfig>
   /** Start even when Redis may evict keys without TTL (`maxmemory-policy`). */
   allowEviction?: boolean
@@ -63,6 +83,8 @@ export class Runtime {
   private server: Server | null = null
   private registryTimer: NodeJS.Timeout | null = null
   private knownAgents = new Set<string>()
+  private heartbeatTimer: NodeJS.Timeout | null = null
+  readonly startedAt = Date.now()
   /** Address of the metrics server once listening, e.g. `http://127.0.0.1:9464/metrics`. */
   metricsUrl = ''
   private stopped = false
@@ -132,8 +154,13 @@ export class Runtime {
       await this.sub.subscribe(this.keys.wake(def.name), () => w.wake())
     }
     if (this.opts.metricsPort !== false) await this.listen(this.opts.metricsPort ?? 0)
+    await this.heartbeat('alive')
+    const every = this.opts.heartbeatMs ?? 2000
+    this.heartbeatTimer = setInterval(() => this.background(this.heartbeat('alive')), every)
+    this.heartbeatTimer.unref()
     for (const w of this.workers.values()) w.start()
-    this.log.info(`runtime ${this.serviceId} hosting ${[...this.workers.keys()].join(', ')}${this.metricsUrl ? ` (metrics ${this.metricsUrl})` : ''}`)
+    for (const s of this.opts.services ?? []) await s.start(this)
+    this.log.info(`runtime ${this.serviceId} (${this.roles.join(', ')}) hosting ${[...this.workers.keys()].join(', ') || 'no agents'}${this.metricsUrl ? ` (metrics ${this.metricsUrl})` : ''}`)
   }
 
   private onControl(msg: string): void {
@@ -167,14 +194,41 @@ export class Runtime {
       } else if (url.startsWith('/healthz')) {
         res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ status: 'ok', serviceId: this.serviceId }))
       } else if (url.startsWith('/readyz')) {
-        const ok = await Promise.race([this.redis.ping().then(() => true, () => false), new Promise<boolean>((r) => setTimeout(() => r(false), 1000))])
-        res.writeHead(ok ? 200 : 503, { 'content-type': 'application/json' }).end(JSON.stringify({ status: ok ? 'ready' : 'redis unreachable' }))
+        const within = (p: Promise<boolean>): Promise<boolean> => Promise.race([p.catch(() => false), new Promise<boolean>((r) => setTimeout(() => r(false), 1000))])
+        const checks: Record<string, boolean> = { redis: await within(this.redis.ping().then(() => true)) }
+        for (const s of this.opts.services ?? []) if (s.ready) checks[s.role] = await within(s.ready())
+        const ok = Object.values(checks).every(Boolean)
+        res.writeHead(ok ? 200 : 503, { 'content-type': 'application/json' }).end(JSON.stringify({ status: ok ? 'ready' : 'not ready', checks }))
       } else {
         res.writeHead(404).end()
       }
     } catch (err) {
       res.writeHead(500).end(err instanceof Error ? err.message : 'error')
     }
+  }
+
+  /** Roles of this process: `worker` when it hosts agents, plus each hosted service's. */
+  get roles(): string[] {
+    return [...(this.workers.size > 0 ? ['worker'] : []), ...(this.opts.services ?? []).map((s) => s.role)]
+  }
+
+  /** Writes this process's `system:health` record and `system:services` entry. */
+  async heartbeat(status: 'alive' | 'stopped'): Promise<void> {
+    const every = this.opts.heartbeatMs ?? 2000
+    const now = Date.now()
+    const extra: Record<string, string> = {}
+    for (const s of this.opts.services ?? []) Object.assign(extra, s.health?.() ?? {})
+    const key = this.keys.health(this.serviceId)
+    await this.redis
+      .pipeline()
+      .hset(key, {
+        serviceId: this.serviceId, roles: this.roles.join(','), agents: [...this.workers.keys()].join(','), pid: String(process.pid), host: hostname(),
+        version: '0.1.0', startedAt: String(this.startedAt), lastSeen: String(now), status, active: JSON.stringify(this.activeCounts()),
+        metricsUrl: this.metricsUrl, heartbeatMs: String(every), ...extra,
+      })
+      .pexpire(key, status === 'stopped' ? 10 * 60_000 : every * 5)
+      .zadd(this.keys.services(), now, this.serviceId)
+      .exec()
   }
 
   /** Actors active in this process now, per agent. */
@@ -187,9 +241,16 @@ export class Runtime {
     if (this.stopped) return
     this.stopped = true
     if (this.registryTimer) clearInterval(this.registryTimer)
+    if (this.heartbeatTimer) clearInterval(this.heartbeatTimer)
     const timeout = this.opts.drainTimeoutMs ?? 10_000
+    for (const s of [...(this.opts.services ?? [])].reverse()) {
+      await s.stop().catch((err: unknown) => this.log.error(`stopping ${s.role} failed`, { error: err instanceof Error ? err.message : String(err) }))
+    }
     await Promise.all([...this.workers.values()].map((w) => w.drain(timeout)))
     await Promise.race([Promise.all(this.pending), new Promise((r) => setTimeout(r, timeout))])
+    if (this.workers.size + (this.opts.services?.length ?? 0) > 0) {
+      await Promise.race([this.heartbeat('stopped'), new Promise((r) => setTimeout(r, 1000))]).catch(() => undefined)
+    }
     this.sub?.close()
     await new Promise<void>((r) => (this.server ? this.server.close(() => r()) : r()))
     await this.redis.quit().catch(() => undefined)
@@ -207,7 +268,7 @@ export class Runtime {
  */
 export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
   const cfg = loadConfig(opts.config)
-  if (opts.agents.length === 0) throw new TroupeError('config', 'a runtime needs at least one agent')
+  if (opts.agents.length === 0 && (opts.services?.length ?? 0) === 0) throw new TroupeError('config', 'a runtime needs at least one agent or service')
   const names = new Set<string>()
   for (const a of opts.agents) {
     if (names.has(a.name)) throw new TroupeError('config', `agent ${a.name} is defined twice`)

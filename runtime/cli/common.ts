@@ -1,0 +1,84 @@
+// Shared CLI plumbing: argument parsing with clear usage errors, exit codes, and
+// turning errors into one readable line.
+import { readFileSync } from 'node:fs'
+import { parseArgs, type ParseArgsConfig } from 'node:util'
+import { TroupeError } from '../errors.ts'
+
+/** Exit codes of every command. */
+export const EXIT = { ok: 0, failed: 1, usage: 2, input: 3, unavailable: 4 } as const
+
+/** A subcommand of `troupe`. */
+export interface Command {
+  readonly summary: string
+  readonly usage: string
+  run(argv: string[]): Promise<number>
+}
+
+/** Thrown for bad command lines; printed with the command's usage. */
+export class UsageError extends Error {}
+
+/** Flags every command accepts. */
+export const COMMON_OPTIONS = {
+  help: { type: 'boolean', short: 'h' },
+  redis: { type: 'string' },
+  namespace: { type: 'string' },
+  json: { type: 'boolean' },
+} as const satisfies ParseArgsConfig['options']
+
+/** parseArgs with strict checking; unknown flags become a UsageError. */
+export function parse<O extends NonNullable<ParseArgsConfig['options']>>(argv: string[], options: O) {
+  try {
+    return parseArgs({ args: argv, options: { ...COMMON_OPTIONS, ...options }, allowPositionals: true, strict: true })
+  } catch (err) {
+    throw new UsageError(err instanceof Error ? err.message : String(err))
+  }
+}
+
+/** Config overrides from `--redis` and `--namespace`. */
+export function configFlags(values: { redis?: string | boolean; namespace?: string | boolean }): { redisUrl?: string; namespace?: string } {
+  const out: { redisUrl?: string; namespace?: string } = {}
+  if (typeof values.redis === 'string') out.redisUrl = values.redis
+  if (typeof values.namespace === 'string') out.namespace = values.namespace
+  return out
+}
+
+/** Parses `--payload` text: JSON, or `@file.json`. */
+export function parsePayload(text: string | undefined): unknown {
+  if (text === undefined) return null
+  let src = text
+  if (text.startsWith('@')) {
+    try {
+      src = readFileSync(text.slice(1), 'utf8')
+    } catch (err) {
+      throw new TroupeError('bad_payload', `cannot read payload file ${text.slice(1)}: ${err instanceof Error ? err.message : String(err)}`)
+    }
+  }
+  try {
+    return JSON.parse(src) as unknown
+  } catch (err) {
+    throw new TroupeError('bad_payload', `payload is not valid JSON (${err instanceof Error ? err.message : String(err)}); e.g. --payload '{"topic":"fusion"}'`)
+  }
+}
+
+/** Parses a duration like `500ms`, `30s`, `10m`, `2h` (a bare number is milliseconds). */
+export function parseDuration(text: string): number {
+  const m = /^(\d+(?:\.\d+)?)(ms|s|m|h|d)?$/.exec(text.trim())
+  if (!m) throw new UsageError(`invalid duration ${JSON.stringify(text)}: use e.g. 500ms, 30s, 10m, 2h`)
+  const unit = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }[(m[2] ?? 'ms') as 'ms']
+  return Math.round(Number(m[1]) * unit)
+}
+
+/** Prints an error as one clear line and returns the exit code for it. */
+export function reportError(err: unknown, usage?: string): number {
+  if (err instanceof UsageError) {
+    process.stderr.write(`error: ${err.message}\n${usage ? `\n${usage}\n` : ''}`)
+    return EXIT.usage
+  }
+  if (err instanceof TroupeError) {
+    process.stderr.write(`error (${err.code}): ${err.message}\n`)
+    return err.code === 'redis_oom' ? EXIT.unavailable : EXIT.input
+  }
+  const msg = err instanceof Error ? err.message : String(err)
+  process.stderr.write(`error: ${msg}\n`)
+  return /cannot reach Redis|ECONNREFUSED/.test(msg) ? EXIT.unavailable : EXIT.failed
+}

@@ -1,0 +1,47 @@
+// `troupe <command>`: dispatches to one module per command, loaded on demand.
+import { EXIT, reportError, type Command } from './common.ts'
+
+const COMMANDS: Record<string, () => Promise<{ command: Command }>> = {
+  start: () => import('./start.ts'),
+  run: () => import('./run.ts'),
+  send: () => import('./send.ts'),
+  cancel: () => import('./cancel.ts'),
+  status: () => import('./status.ts'),
+  tail: () => import('./tail.ts'),
+}
+
+/** Registers another command (used by built-in services that bring their own). */
+export function addCommand(name: string, load: () => Promise<{ command: Command }>): void {
+  COMMANDS[name] = load
+}
+
+async function help(): Promise<string> {
+  const lines = ['usage: troupe <command> [options]', '', 'commands:']
+  for (const [name, load] of Object.entries(COMMANDS)) lines.push(`  ${name.padEnd(10)} ${(await load()).command.summary}`)
+  lines.push('', "run 'troupe <command> --help' for a command's options.", 'environment: REDIS_URL, TROUPE_NAMESPACE (see docs/operations.md)')
+  return lines.join('\n')
+}
+
+/** Runs the CLI with `argv` (without node and script); resolves to the exit code. */
+export async function main(argv: string[]): Promise<number> {
+  const [name, ...rest] = argv
+  if (!name || name === '--help' || name === '-h' || name === 'help') {
+    process.stdout.write(`${await help()}\n`)
+    return name ? EXIT.ok : EXIT.usage
+  }
+  const load = COMMANDS[name]
+  if (!load) {
+    process.stderr.write(`error: unknown command '${name}'\n\n${await help()}\n`)
+    return EXIT.usage
+  }
+  const { command } = await load()
+  if (rest.includes('--help') || rest.includes('-h')) {
+    process.stdout.write(`${command.usage}\n`)
+    return EXIT.ok
+  }
+  try {
+    return await command.run(rest)
+  } catch (err) {
+    return reportError(err, command.usage)
+  }
+}

@@ -1,0 +1,20 @@
+// Built-in services `troupe start` can host next to the agents, one flag each
+// (`--supervisor`, `--persister`, `--gateway`). Each loads its module on demand.
+import type { HostedService } from '../runtime.ts'
+
+/** Options a service factory receives from the command line. */
+export interface ServiceFlags {
+  /** `--gateway-port` and similar values, by flag name. */
+  values: Record<string, string | boolean | undefined>
+}
+
+/** A service that `troupe start --<name>` can host. */
+export interface ServiceEntry {
+  readonly describe: string
+  /** Extra string flags this service reads (e.g. `gateway-port`). */
+  readonly flags?: readonly string[]
+  create(flags: ServiceFlags): Promise<HostedService>
+}
+
+/** The registry: add one entry per built-in service. */
+export const SERVICES: Record<string, ServiceEntry> = {}
