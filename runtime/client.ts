@@ -146,7 +146,9 @@ export class TroupeClient {
     }
     const [r] = await enqueueMany(this.ctx, [args])
     if (r instanceof Error) throw r
-    await this.redis.zadd(this.keys.byOwner(owner), Date.now(), wf)
+    const pipe = this.redis.pipeline().zadd(this.keys.byOwner(owner), Date.now(), wf)
+    if (opts.deadlineMs) pipe.zadd(this.keys.deadlines(), Date.now() + Math.round(opts.deadlineMs), wf)
+    await pipe.exec()
     return { workflowId: wf, actionId }
   }
 

@@ -96,7 +96,44 @@ export class Keys {
   systemMetrics(name: string): string {
     return `${this.ns}system:metrics:${name}`
   }
+  /** Redlock resource held by the supervisor leader. */
   leader(): string {
     return `${this.ns}system:leader`
+  }
+  /** STRING: fenced leader term, INCR on every takeover. */
+  leaderTerm(): string {
+    return `${this.ns}system:leader:term`
+  }
+  /** HASH: current leader's serviceId, term, since. */
+  leaderInfo(): string {
+    return `${this.ns}system:leader:info`
+  }
+  /** Pub/sub channel for fleet events (`system.service.dead`, `system.actor.stuck`). */
+  systemChannel(): string {
+    return `${this.ns}system:events`
+  }
+  /** ZSET workflow id → deadline (ms), written at start, read by the supervisor leader. */
+  deadlines(): string {
+    return `${this.ns}system:deadlines`
+  }
+  /** STREAM of persistence entries the persister could not parse, with the reason. */
+  persistenceParked(): string {
+    return `${this.ns}persistence:parked`
+  }
+  /** HASH: access-token hash → session JSON for one user. */
+  authToken(user: string): string {
+    return `${this.ns}auth:token:{${user}}`
+  }
+  /** HASH: refresh-token families of one user. */
+  authRefresh(user: string): string {
+    return `${this.ns}auth:refresh:{${user}}`
+  }
+  /** HASH: rate-limit and quota state of one user. */
+  authRate(user: string): string {
+    return `${this.ns}auth:rate:{${user}}`
+  }
+  /** HASH: hashed credentials issued by `troupe auth issue`. */
+  authCredential(user: string): string {
+    return `${this.ns}auth:credential:{${user}}`
   }
 }
