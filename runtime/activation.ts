@@ -116,8 +116,8 @@ export class ActorActivation {
       }
     }
     this.live = new LiveActor(this.def, this.wf, snapshot, {
-      flush: async (events) => {
-        const app = await emitEvents(ctx, this.wf, events)
+      flush: async (events, stateValue) => {
+        const app = await emitEvents(ctx, this.wf, events, stateValue === null ? undefined : { agent, value: stateValue })
         metrics.eventsPublished.inc({ agent }, events.length)
         this.followUps([], [app])
       },

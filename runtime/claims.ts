@@ -273,7 +273,9 @@ export async function releaseHint(ctx: ProtocolContext, agent: string, wf: strin
 }
 
 /** Appends and publishes events right away; returns the stream ids for the persister. */
-export async function emitEvents(ctx: ProtocolContext, wf: string, events: readonly string[]): Promise<Appended> {
-  const r = (await runScript(ctx.redis, 'emit', [ctx.keys.events(wf)], [ctx.keys.channel(wf), effectiveMaxLen(ctx.cfg), ...events])) as unknown[]
+export async function emitEvents(ctx: ProtocolContext, wf: string, events: readonly string[], state?: { agent: string; value: string }): Promise<Appended> {
+  const r = (await runScript(ctx.redis, 'emit', [ctx.keys.events(wf), ctx.keys.status(wf)], [
+    ctx.keys.channel(wf), effectiveMaxLen(ctx.cfg), state ? `agent:${state.agent}` : '', state?.value ?? '', ...events,
+  ])) as unknown[]
   return { wf, first: str(r[0]), last: str(r[1]) }
 }

@@ -57,6 +57,16 @@ export function encodePayload(payload: unknown, maxBytes: number): string {
   return json
 }
 
+function safeJson<T>(text: string | null | undefined): T | null {
+  if (!text) return null
+  try {
+    const v = JSON.parse(text) as unknown
+    return typeof v === 'object' && v !== null ? (v as T) : null
+  } catch {
+    return null
+  }
+}
+
 /** Talks to Troupe through Redis. */
 export class TroupeClient {
   readonly keys: Keys
@@ -236,14 +246,9 @@ export class TroupeClient {
     for (let i = 0; i < ids.length; i += 2) {
       const id = ids[i] as string
       const [rec, st] = await this.redis.hmget(this.keys.actions(wf), id, `${id}:st`)
-      let r: Partial<ActionRecord> = {}
-      let s: Partial<ActionState> = {}
-      try {
-        r = JSON.parse(rec ?? '{}') as ActionRecord
-        s = JSON.parse(st ?? '{}') as ActionState
-      } catch {
-        // Reported with what is known.
-      }
+      // A record written by hand may not parse; report what is known.
+      const r = safeJson<Partial<ActionRecord>>(rec) ?? {}
+      const s = safeJson<Partial<ActionState>>(st) ?? {}
       out.push({ actionId: id, agent: r.agent ?? '?', type: r.type ?? '?', error: s.error ?? '', attempt: s.attempt ?? 0, at: Number(ids[i + 1]) })
     }
     return out

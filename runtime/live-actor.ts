@@ -25,8 +25,8 @@ export interface DeliveryOutcome {
 
 /** Hooks the live actor needs from its activation. */
 export interface LiveActorHooks {
-  /** Publishes events now (while an action is still running). */
-  flush(events: string[]): Promise<void>
+  /** Publishes events now (while an action is still running), with the agent's state value JSON when it changed. */
+  flush(events: string[], stateValue: string | null): Promise<void>
   /** Validates an outgoing action's target and payload; returns an error text or null. */
   checkSend(to: string, type: string, payloadJson: string): string | null
 }
@@ -41,6 +41,7 @@ interface Current {
   effectError: string | null
   live: boolean
   transitions: number
+  flushedTransitions: number
 }
 
 function isSettled(s: AnyMachineSnapshot): boolean {
@@ -191,7 +192,9 @@ export class LiveActor {
       const cur = this.current
       if (!cur || cur.events.length === 0) return
       const batch = cur.events.splice(0)
-      this.flushing = this.flushing.then(() => this.hooks.flush(batch)).catch(() => {
+      const state = cur.transitions > cur.flushedTransitions ? this.prevValue : null
+      cur.flushedTransitions = cur.transitions
+      this.flushing = this.flushing.then(() => this.hooks.flush(batch, state)).catch(() => {
         // Not published now: hand them to the commit instead, ahead of newer ones.
         if (this.current === cur) cur.events.unshift(...batch)
       })
@@ -208,7 +211,7 @@ export class LiveActor {
 
   /** Delivers one action; resolves when the actor is settled, failed, or `abort` fires. */
   async deliver(record: ActionRecord, attempt: number, abort: AbortSignal): Promise<DeliveryOutcome> {
-    const cur: Current = { record, attempt, events: [], outbox: [], op: '', opPayload: '', effectError: null, live: false, transitions: 0 }
+    const cur: Current = { record, attempt, events: [], outbox: [], op: '', opPayload: '', effectError: null, live: false, transitions: 0, flushedTransitions: 0 }
     this.current = cur
     try {
       return await this.deliverCurrent(cur, abort)

@@ -1,13 +1,19 @@
 -- emit: appends pre-encoded WorkflowEvents to the workflow stream and publishes
 -- each live, in order. Used for events agent code emits while it works, so they
--- reach watchers before the action commits.
+-- reach watchers before the action commits; also records the agent's current state
+-- when it changed meanwhile, so status reads show it live.
 --
--- KEYS: 1 workflow:events
--- ARGV: 1 channel  2 stream maxlen (0 = no trim)  3.. event JSON, one per argument
+-- KEYS: 1 workflow:events  2 workflow:status
+-- ARGV: 1 channel  2 stream maxlen (0 = no trim)  3 status field ('' = none, e.g. 'agent:writer')
+--       4 state value JSON  5.. event JSON, one per argument
 -- Returns: { firstStreamId, lastStreamId }
 local first, last
-for i = 3, #ARGV do
+for i = 5, #ARGV do
   last = append_event(KEYS[1], ARGV[1], tonumber(ARGV[2]), ARGV[i])
   first = first or last
+end
+if ARGV[3] ~= '' then
+  local st = redis.call('HGET', KEYS[2], 'status')
+  if st and not TERMINAL[st] then redis.call('HSET', KEYS[2], ARGV[3], ARGV[4]) end
 end
 return { first or '', last or '' }

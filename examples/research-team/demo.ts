@@ -1,0 +1,74 @@
+// `npm run demo`: the research team end to end. Starts two runtime processes (plus
+// the built-in services that exist: supervisor, persister, gateway), runs one
+// workflow while printing its live event stream, then shows the final status, the
+// history in Neo4j (when the persister runs) and a few metrics.
+import { spawn, type ChildProcess } from 'node:child_process'
+import { fileURLToPath } from 'node:url'
+import { TroupeClient } from '../../runtime/index.ts'
+import { EventRenderer } from '../../runtime/cli/render.ts'
+import { SERVICES } from '../../runtime/cli/services.ts'
+import { readServices } from '../../runtime/cli/fleet.ts'
+
+const root = fileURLToPath(new URL('../..', import.meta.url))
+const say = (s: string): void => void process.stdout.write(`\x1b[1m${s}\x1b[0m\n`)
+const namespace = process.env.TROUPE_NAMESPACE ?? `demo${Date.now().toString(36)}:`
+const env = { ...process.env, TROUPE_NAMESPACE: namespace, TROUPE_LOG_LEVEL: process.env.TROUPE_LOG_LEVEL ?? 'warn' }
+
+function startProcess(extra: string[]): ChildProcess {
+  const child = spawn(process.execPath, ['bin/troupe.mjs', 'start', '--agents', 'examples/research-team/agents.ts', ...extra], { cwd: root, env, stdio: ['ignore', 'inherit', 'inherit'] })
+  child.on('exit', (code, sig) => {
+    if (!stopping && code !== 0) process.stderr.write(`runtime process exited early (${code ?? sig})\n`)
+  })
+  return child
+}
+
+let stopping = false
+const builtins = Object.keys(SERVICES).filter((s) => s !== 'gateway')
+say(`Troupe demo: namespace ${namespace}, Redis ${process.env.REDIS_URL ?? '(default)'}`)
+say(`starting two runtime processes hosting planner, researcher, writer, reviewer${builtins.length ? ` (+ ${builtins.join(', ')})` : ''}`)
+const children = [startProcess(builtins.map((s) => `--${s}`)), startProcess(builtins.map((s) => `--${s}`))]
+const client = TroupeClient.connect({ namespace })
+let code = 0
+try {
+  for (let i = 0; ; i++) {
+    const alive = (await readServices(client)).filter((s) => s.status === 'alive')
+    if (alive.length >= 2) break
+    if (i > 300) throw new Error('runtime processes did not come up within 30 s')
+    await new Promise((r) => setTimeout(r, 100))
+  }
+  const topic = process.argv[2] ?? 'fusion energy'
+  const { workflowId } = await client.startWorkflow({ agent: 'planner', type: 'plan', payload: { topic } })
+  say(`\nworkflow ${workflowId}: plan "${topic}" — live events:\n`)
+  const r = new EventRenderer()
+  for await (const e of client.follow(workflowId, { untilEnd: true })) r.write(e)
+  r.end()
+  const st = await client.getStatus(workflowId)
+  say(`\nstatus: ${st?.status}; agents: ${JSON.stringify(st?.agents)}; actions: ${st?.counts.done} done, ${st?.counts.dead} dead`)
+  if (st?.status !== 'completed') code = 1
+  const report = (st?.result as { report?: string } | undefined)?.report
+  if (report) say(`report: ${report}`)
+  const services = await readServices(client)
+  say(`\nfleet: ${services.map((s) => `${s.serviceId} ${s.status} [${s.roles}]`).join('; ')}`)
+  const metricsUrl = services.find((s) => s.metricsUrl)?.metricsUrl
+  if (metricsUrl) {
+    const text = await (await fetch(metricsUrl)).text()
+    const lines = text.split('\n').filter((l) => /^troupe_(actions_total|activations_total|transitions_total|events_published_total)/.test(l))
+    say(`\nmetrics from ${metricsUrl} (one of the two processes):`)
+    process.stdout.write(`${lines.join('\n')}\n`)
+  }
+  if (builtins.includes('persister')) {
+    // Loaded by path so the demo still runs in a checkout without the persister.
+    const historyModule = './history.ts'
+    const history = (await import(historyModule)) as { showHistory(c: TroupeClient, wf: string): Promise<void> }
+    await history.showHistory(client, workflowId)
+  }
+} catch (err) {
+  process.stderr.write(`demo failed: ${err instanceof Error ? err.message : String(err)}\n`)
+  code = 1
+} finally {
+  stopping = true
+  for (const c of children) c.kill('SIGTERM')
+  await Promise.all(children.map((c) => new Promise((r) => (c.exitCode !== null ? r(null) : c.once('exit', r)))))
+  await client.close()
+}
+process.exit(code)

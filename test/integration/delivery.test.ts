@@ -1,0 +1,160 @@
+// Retries, backoff, dead letters, timeouts, cancel, delayed actions and drain, in
+// one runtime against real Redis.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { startRuntime, TroupeClient, type Runtime, type StreamedEvent } from '../../runtime/index.ts'
+import { counter, echo, flaky, slow } from '../fixtures/agents.ts'
+import { eventually, testConfig } from '../helpers/redis.ts'
+
+const cfg = testConfig()
+let rt: Runtime
+let client: TroupeClient
+
+beforeAll(async () => {
+  rt = await startRuntime({ agents: [counter, echo, flaky, slow], config: cfg, metricsPort: false })
+  client = TroupeClient.connect(cfg)
+})
+afterAll(async () => {
+  await rt?.stop()
+  await client?.close()
+})
+
+async function events(wf: string): Promise<StreamedEvent[]> {
+  return await client.readEvents(wf, '0', 10_000)
+}
+const ofType = (list: StreamedEvent[], t: string): StreamedEvent[] => list.filter((e) => e.event.type === t)
+
+describe('delivery', () => {
+  it('retries a failing action with backoff until it succeeds', async () => {
+    const { workflowId } = await client.startWorkflow({ agent: 'flaky', type: 'flaky', payload: { failTimes: 2 } })
+    await eventually(async () => ofType(await events(workflowId), 'succeeded').length === 1, 10_000, 'success')
+    const ev = await events(workflowId)
+    const failed = ofType(ev, 'action.failed')
+    expect(failed).toHaveLength(2)
+    expect(ofType(ev, 'succeeded')[0]?.event.content).toEqual({ attempt: 3 })
+    // backoff: 50 ms then 100 ms (jitter 0), measured between failure events' scheduled times
+    const retryAt = failed.map((f) => (f.event.content as { retryAt: number }).retryAt - (f.event.metadata?.at ?? 0))
+    expect(retryAt[0]).toBeGreaterThanOrEqual(45)
+    expect(retryAt[1]).toBeGreaterThanOrEqual(95)
+    expect((await client.getStatus(workflowId))?.counts).toMatchObject({ done: 1, dead: 0, queued: 0 })
+  })
+
+  it('dead-letters after maxAttempts with the reason', async () => {
+    const { workflowId, actionId } = await client.startWorkflow({ agent: 'flaky', type: 'throw' })
+    await eventually(async () => (await client.deadLetters(workflowId)).length === 1, 10_000, 'dead letter')
+    const [d] = await client.deadLetters(workflowId)
+    expect(d).toMatchObject({ actionId, agent: 'flaky', type: 'throw', attempt: 3 })
+    expect(d?.error).toContain('always fails')
+    expect(ofType(await events(workflowId), 'action.failed')).toHaveLength(2)
+    expect(ofType(await events(workflowId), 'action.dead')).toHaveLength(1)
+    // the actor still works after its failures (restored from the last committed snapshot)
+    await client.sendAction(workflowId, 'flaky', 'flaky', { failTimes: 0 })
+    await eventually(async () => ofType(await events(workflowId), 'succeeded').length === 1, 10_000, 'recovery')
+  })
+
+  it('aborts an action that outlives its timeout and retries it', async () => {
+    const { workflowId } = await client.startWorkflow({ agent: 'flaky', type: 'hang' })
+    await eventually(async () => (await client.deadLetters(workflowId)).length === 1, 15_000, 'timeouts to dead letter')
+    const failed = ofType(await events(workflowId), 'action.failed')
+    expect(failed).toHaveLength(2)
+    expect(JSON.stringify(failed[0]?.event.content)).toContain('timed out after 400 ms')
+  })
+
+  it('dead-letters an action the machine does not accept in its state, and keeps serving', async () => {
+    const { workflowId } = await client.startWorkflow({ agent: 'counter', type: 'finish' })
+    await eventually(async () => (await client.getStatus(workflowId))?.status === 'completed', 10_000, 'completion')
+    const { workflowId: wf2 } = await client.startWorkflow({ agent: 'echo', type: 'echo', payload: { text: 'abc' } })
+    await client.sendAction(wf2, 'echo', 'echo', { text: 'x' }, { validate: false })
+    await eventually(async () => (await client.deadLetters(wf2)).length + (await client.getStatus(wf2))!.counts.done === 2, 10_000, 'both handled')
+    // the second echo arrives while the first has finished: echo is idle again, so both complete
+    expect((await client.getStatus(wf2))?.counts.done).toBe(2)
+    const { workflowId: wf3 } = await client.startWorkflow({ agent: 'counter', type: 'ping' })
+    await client.sendAction(wf3, 'counter', 'nonsense', null, { validate: false })
+    await eventually(async () => (await client.deadLetters(wf3)).length === 1, 10_000, 'rejection')
+    const [d] = await client.deadLetters(wf3)
+    expect(d?.error).toMatch(/does not accept action 'nonsense'/)
+    expect(d?.attempt).toBe(1)
+  })
+
+  it('delivers delayed actions no earlier than asked (durable timers)', async () => {
+    const { workflowId } = await client.startWorkflow({ agent: 'counter', type: 'later' })
+    const t0 = Date.now()
+    await eventually(async () => ((await client.getStatus(workflowId))?.counts.done ?? 0) === 2, 10_000, 'delayed ping')
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(280)
+    const { actionId } = await client.sendAction(workflowId, 'counter', 'ping', { i: 'x' }, { delayMs: 500 })
+    const sentAt = Date.now()
+    await eventually(async () => ofType(await events(workflowId), 'action.completed').some((e) => e.event.metadata?.actionId === actionId), 10_000, 'delayed send')
+    expect(Date.now() - sentAt).toBeGreaterThanOrEqual(480)
+  })
+
+  it('cancel drops queued actions, aborts the running one, and nothing commits after', async () => {
+    const { workflowId } = await client.startWorkflow({ agent: 'slow', type: 'work', payload: { ms: 5_000, i: 1 } })
+    await client.sendAction(workflowId, 'slow', 'work', { ms: 10, i: 2 })
+    await eventually(async () => (await client.getStatus(workflowId))?.agents.slow === 'working', 10_000, 'working')
+    const { dropped } = await client.cancelWorkflow(workflowId, 'test')
+    expect(dropped).toBe(1)
+    await eventually(async () => rt.workers.get('slow')?.active.size === 0, 10_000, 'aborted')
+    const st = await client.getStatus(workflowId)
+    expect(st?.status).toBe('cancelled')
+    expect(st?.agents.counter).toBeUndefined()
+    const ev = await events(workflowId)
+    expect(ofType(ev, 'workflow.cancelled')).toHaveLength(1)
+    expect(ofType(ev, 'action.completed')).toHaveLength(0)
+    await expect(client.sendAction(workflowId, 'slow', 'work', {})).rejects.toMatchObject({ code: 'workflow_ended' })
+    await expect(client.cancelWorkflow(workflowId)).rejects.toMatchObject({ code: 'workflow_ended' })
+  })
+
+  it('fails the workflow from agent code', async () => {
+    const { workflowId } = await client.startWorkflow({ agent: 'counter', type: 'bad' })
+    await eventually(async () => (await client.getStatus(workflowId))?.status === 'failed', 10_000, 'failure')
+    expect((await client.getStatus(workflowId))?.error).toBe('asked to fail')
+  })
+})
+
+describe('bad input', () => {
+  it('rejects ids, names and types that could break keys', async () => {
+    for (const id of ['', 'a b', 'x{y}', 'a:b', 'é', 'x'.repeat(65), '\n']) {
+      await expect(client.startWorkflow({ agent: 'counter', type: 'ping', workflowId: id })).rejects.toMatchObject({ code: 'bad_id' })
+    }
+    for (const name of ['', 'a b', 'a:b', '{x}']) {
+      await expect(client.sendAction('abc', name, 'ping')).rejects.toMatchObject({ code: 'bad_agent' })
+    }
+    await expect(client.sendAction('abc', 'counter', 'x y')).rejects.toMatchObject({ code: 'bad_type' })
+  })
+
+  it('rejects unknown agents and action types with the known ones listed', async () => {
+    await expect(client.startWorkflow({ agent: 'ghost', type: 'ping' })).rejects.toThrow(/unknown agent 'ghost'.*counter/)
+    await expect(client.startWorkflow({ agent: 'counter', type: 'zap' })).rejects.toThrow(/does not handle action 'zap'.*ping/)
+  })
+
+  it('rejects payloads that are not JSON or too large, and duplicates', async () => {
+    const cyclic: Record<string, unknown> = {}
+    cyclic.self = cyclic
+    await expect(client.startWorkflow({ agent: 'counter', type: 'ping', payload: cyclic })).rejects.toMatchObject({ code: 'bad_payload' })
+    await expect(client.startWorkflow({ agent: 'counter', type: 'ping', payload: { big: 'x'.repeat(1024 * 1024) } })).rejects.toMatchObject({ code: 'payload_too_large' })
+    const { workflowId } = await client.startWorkflow({ agent: 'counter', type: 'ping', payload: { __proto__: { polluted: true }, constructor: { prototype: { x: 1 } } } })
+    await expect(client.startWorkflow({ agent: 'counter', type: 'ping', workflowId })).rejects.toMatchObject({ code: 'workflow_exists' })
+    await expect(client.sendAction('nosuchwf', 'counter', 'ping')).rejects.toMatchObject({ code: 'workflow_not_found' })
+    expect(({} as Record<string, unknown>).polluted).toBeUndefined()
+  })
+
+  it('survives malformed records written into queues by hand', async () => {
+    const k = client.keys
+    const { workflowId } = await client.startWorkflow({ agent: 'counter', type: 'ping', payload: { i: 0 } })
+    await eventually(async () => (await client.getStatus(workflowId))?.counts.done === 1, 10_000, 'first ping')
+    const r = client.redis
+    // a mailbox member with no record, a record that is not JSON, and a bogus ready hint
+    await r.zadd(k.mailbox(workflowId, 'counter'), 0, '000000000001:ghost')
+    await r.hset(k.actions(workflowId), 'junk', '{not json', 'junk:st', JSON.stringify({ status: 'queued', attempt: 0, seq: 2, availableAt: 0 }))
+    await r.zadd(k.mailbox(workflowId, 'counter'), 1, '000000000002:junk')
+    await r.zadd(k.ready('counter'), 0, 'bad{id}')
+    await r.zadd(k.ready('counter'), 0, workflowId)
+    await client.sendAction(workflowId, 'counter', 'ping', { i: 1 })
+    await eventually(async () => (await client.getStatus(workflowId))?.counts.done === 2, 10_000, 'next ping after junk')
+    const st = await client.getStatus(workflowId)
+    expect(st?.counts.malformed).toBe(1)
+    const dead = await client.deadLetters(workflowId)
+    expect(dead.map((d) => d.actionId)).toEqual(['junk'])
+    expect(dead[0]?.error).toMatch(/malformed action record/)
+    expect(await r.zscore(k.ready('counter'), 'bad{id}')).toBeNull()
+  })
+})
