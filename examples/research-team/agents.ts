@@ -92,8 +92,8 @@ export const writer = defineAgent({
       collecting: {
         on: {
           findings: [
-            { guard: 'allIn', target: 'drafting', actions: assign({ findings: ({ context, event }) => [...context.findings, event.payload as Finding] }) },
-            { actions: assign({ findings: ({ context, event }) => [...context.findings, event.payload as Finding] }) },
+            { guard: 'allIn', target: 'drafting', actions: assign({ findings: ({ context, event }) => [...context.findings, event.payload] }) },
+            { actions: assign({ findings: ({ context, event }) => [...context.findings, event.payload] }) },
           ],
         },
       },
@@ -114,7 +114,7 @@ export const writer = defineAgent({
         on: {
           revise: {
             target: 'drafting',
-            actions: assign({ revision: ({ context }) => context.revision + 1, notes: ({ event }) => (event.payload as { notes: string }).notes }),
+            actions: assign({ revision: ({ context }) => context.revision + 1, notes: ({ event }) => (event.payload).notes }),
           },
         },
       },

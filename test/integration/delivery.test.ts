@@ -92,7 +92,7 @@ describe('delivery', () => {
     await eventually(async () => (await client.getStatus(workflowId))?.agents.slow === 'working', 10_000, 'working')
     const { dropped } = await client.cancelWorkflow(workflowId, 'test')
     expect(dropped).toBe(1)
-    await eventually(async () => rt.workers.get('slow')?.active.size === 0, 10_000, 'aborted')
+    await eventually(() => Promise.resolve(rt.workers.get('slow')?.active.size === 0), 10_000, 'aborted')
     const st = await client.getStatus(workflowId)
     expect(st?.status).toBe('cancelled')
     expect(st?.agents.counter).toBeUndefined()
