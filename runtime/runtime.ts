@@ -52,6 +52,16 @@ export interface RuntimeOptions {
   logger?: Logger
 }
 
+/** Resolves with `p`'s value, or undefined after `ms`, without leaving a timer behind. */
+async function withTimeout<T>(p: Promise<T>, ms: number): Promise<T | undefined> {
+  let timer: NodeJS.Timeout | undefined
+  try {
+    return await Promise.race([p, new Promise<undefined>((r) => (timer = setTimeout(() => r(undefined), ms)))])
+  } finally {
+    clearTimeout(timer)
+  }
+}
+
 /** Eviction policies that never evict keys without a TTL (our queues and mailboxes). */
 const SAFE_POLICIES = new Set(['noeviction', 'volatile-lru', 'volatile-lfu', 'volatile-random', 'volatile-ttl'])
 
@@ -194,7 +204,7 @@ export class Runtime {
       } else if (url.startsWith('/healthz')) {
         res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ status: 'ok', serviceId: this.serviceId }))
       } else if (url.startsWith('/readyz')) {
-        const within = (p: Promise<boolean>): Promise<boolean> => Promise.race([p.catch(() => false), new Promise<boolean>((r) => setTimeout(() => r(false), 1000))])
+        const within = async (p: Promise<boolean>): Promise<boolean> => (await withTimeout(p.catch(() => false), 1000)) === true
         const checks: Record<string, boolean> = { redis: await within(this.redis.ping().then(() => true)) }
         for (const s of this.opts.services ?? []) if (s.ready) checks[s.role] = await within(s.ready())
         const ok = Object.values(checks).every(Boolean)
@@ -247,9 +257,9 @@ export class Runtime {
       await s.stop().catch((err: unknown) => this.log.error(`stopping ${s.role} failed`, { error: err instanceof Error ? err.message : String(err) }))
     }
     await Promise.all([...this.workers.values()].map((w) => w.drain(timeout)))
-    await Promise.race([Promise.all(this.pending), new Promise((r) => setTimeout(r, timeout))])
+    await withTimeout(Promise.all(this.pending), timeout)
     if (this.workers.size + (this.opts.services?.length ?? 0) > 0) {
-      await Promise.race([this.heartbeat('stopped'), new Promise((r) => setTimeout(r, 1000))]).catch(() => undefined)
+      await withTimeout(this.heartbeat('stopped'), 1000).catch(() => undefined)
     }
     this.sub?.close()
     await new Promise<void>((r) => (this.server ? this.server.close(() => r()) : r()))

@@ -1,0 +1,114 @@
+// Gateway settings: options passed in code override environment variables,
+// which override defaults. Durations are milliseconds, like the runtime's own
+// TROUPE_*_MS variables.
+import { TroupeError } from '../errors.ts'
+
+/** Token lifetimes and cookie behaviour. */
+export interface AuthSettings {
+  /** `TROUPE_ACCESS_TTL_MS`: lifetime of a bearer access token (default 15 min). */
+  accessTtlMs: number
+  /** `TROUPE_REFRESH_TTL_MS`: lifetime of a refresh token, renewed on each rotation (default 30 days). */
+  refreshTtlMs: number
+  /** `TROUPE_SESSION_TTL_MS`: lifetime of a browser cookie session (default 12 h). */
+  sessionTtlMs: number
+  /** Add `Secure` to the session cookie: `auto` does so when the request came over HTTPS. */
+  cookieSecure: boolean | 'auto'
+}
+
+/** Default per-user limits; each can be overridden per user with `troupe auth limits`. */
+export interface LimitSettings {
+  /** `TROUPE_RATE_PER_SEC`: sustained API requests per second per user (default 20). */
+  ratePerSec: number
+  /** `TROUPE_RATE_BURST`: requests a user may make at once after being idle (default 60). */
+  burst: number
+  /** `TROUPE_DAILY_STARTS`: workflows a user may start per UTC day (default 1000). */
+  dailyStarts: number
+  /** Credential exchanges per minute per user (brute-force brake; default 10). */
+  authPerMin: number
+}
+
+/** Server-Sent Events behaviour. */
+export interface SseSettings {
+  /** `TROUPE_SSE_HEARTBEAT_MS`: comment line sent to idle streams (default 15 s). */
+  heartbeatMs: number
+  /** `TROUPE_SSE_RETRY_MS`: reconnect delay advertised with `retry:` (default 2 s). */
+  retryMs: number
+  /** `TROUPE_SSE_SLOW_MS`: a client whose socket stays full this long is dropped (default 10 s). */
+  slowClientMs: number
+  /** `TROUPE_SSE_MAX_QUEUE_BYTES`: a client that falls this far behind is dropped at once (default 8 MiB). */
+  maxQueueBytes: number
+}
+
+/** Everything the gateway reads from its environment. */
+export interface GatewaySettings {
+  /** `--gateway-port` / `TROUPE_GATEWAY_PORT` (default 8080; 0 picks a free port). */
+  port: number
+  /** `TROUPE_GATEWAY_HOST` (default 127.0.0.1: expose it on purpose, behind TLS). */
+  host: string
+  /** Pino level for request logs (`TROUPE_LOG_LEVEL`, default info). */
+  logLevel: string
+  auth: AuthSettings
+  limits: LimitSettings
+  sse: SseSettings
+}
+
+/** Partial settings, as given in code (each group may be partial too). */
+export interface GatewaySettingsInput {
+  port?: number
+  host?: string
+  logLevel?: string
+  auth?: Partial<AuthSettings>
+  limits?: Partial<LimitSettings>
+  sse?: Partial<SseSettings>
+}
+
+function envNum(name: string, fallback: number, min = 0): number {
+  const raw = process.env[name]
+  if (raw === undefined || raw === '') return fallback
+  const v = Number(raw)
+  if (!Number.isFinite(v) || v < min) throw new TroupeError('config', `${name}=${raw} must be a number >= ${min}`)
+  return v
+}
+
+function positive(name: string, v: number): number {
+  if (!Number.isFinite(v) || v <= 0) throw new TroupeError('config', `gateway setting ${name} must be a positive number, got ${v}`)
+  return v
+}
+
+/** Resolves the gateway's settings from `input`, then the environment, then defaults. */
+export function gatewaySettings(input: GatewaySettingsInput = {}): GatewaySettings {
+  const port = input.port ?? envNum('TROUPE_GATEWAY_PORT', 8080)
+  if (!Number.isInteger(port) || port < 0 || port > 65535) throw new TroupeError('config', `gateway port must be 0-65535, got ${port}`)
+  const auth: AuthSettings = {
+    accessTtlMs: envNum('TROUPE_ACCESS_TTL_MS', 15 * 60_000, 1),
+    refreshTtlMs: envNum('TROUPE_REFRESH_TTL_MS', 30 * 24 * 3600_000, 1),
+    sessionTtlMs: envNum('TROUPE_SESSION_TTL_MS', 12 * 3600_000, 1),
+    cookieSecure: 'auto',
+    ...input.auth,
+  }
+  const limits: LimitSettings = {
+    ratePerSec: envNum('TROUPE_RATE_PER_SEC', 20),
+    burst: envNum('TROUPE_RATE_BURST', 60, 1),
+    dailyStarts: envNum('TROUPE_DAILY_STARTS', 1000),
+    authPerMin: 10,
+    ...input.limits,
+  }
+  const sse: SseSettings = {
+    heartbeatMs: envNum('TROUPE_SSE_HEARTBEAT_MS', 15_000, 1),
+    retryMs: envNum('TROUPE_SSE_RETRY_MS', 2000, 1),
+    slowClientMs: envNum('TROUPE_SSE_SLOW_MS', 10_000, 1),
+    maxQueueBytes: envNum('TROUPE_SSE_MAX_QUEUE_BYTES', 8 * 1024 * 1024, 1024),
+    ...input.sse,
+  }
+  for (const [k, v] of Object.entries({ ...auth, ...sse })) if (typeof v === 'number') positive(k, v)
+  positive('burst', limits.burst)
+  positive('authPerMin', limits.authPerMin)
+  return {
+    port,
+    host: input.host ?? process.env.TROUPE_GATEWAY_HOST ?? '127.0.0.1',
+    logLevel: input.logLevel ?? process.env.TROUPE_LOG_LEVEL ?? 'info',
+    auth,
+    limits,
+    sse,
+  }
+}

@@ -1,0 +1,154 @@
+// The supervisor's Lua scripts and the leader fence. Every write a leader makes
+// goes through a script that first compares the caller's term with
+// `system:leader:term` (INCR on every takeover), so a leader that was deposed while
+// paused cannot act on top of its successor: its write fails with TROUPE_DEPOSED.
+//
+// These scripts touch the term key and their target keys together, which needs
+// one Redis node (or, on Redis Cluster, the keys in one slot); see docs/supervisor.md.
+import { createHash } from 'node:crypto'
+import { readFileSync } from 'node:fs'
+import type { RedisClient } from '../redis/connection.ts'
+import type { Keys } from '../redis/keys.ts'
+
+/** Names of the scripts in runtime/supervisor/scripts (without `.lua`). */
+export type SupervisorScript = 'takeover' | 'fenced' | 'mark_dead' | 'claim_deadlines'
+
+const cache = new Map<SupervisorScript, { source: string; sha: string }>()
+
+function load(name: SupervisorScript): { source: string; sha: string } {
+  let s = cache.get(name)
+  if (!s) {
+    const source = readFileSync(new URL(`./scripts/${name}.lua`, import.meta.url), 'utf8')
+    s = { source, sha: createHash('sha1').update(source).digest('hex') }
+    cache.set(name, s)
+  }
+  return s
+}
+
+/** Thrown when a write is refused because another leader took over since `term`. */
+export class LeaderDeposedError extends Error {
+  constructor(readonly term: number, detail: string) {
+    super(`leader term ${term} is over: ${detail}`)
+    this.name = 'LeaderDeposedError'
+  }
+}
+
+/** Thrown by {@link runSupervisorScript} when the leader lock is no longer ours at takeover. */
+export class NotLeaderError extends Error {
+  constructor(message: string) {
+    super(message)
+    this.name = 'NotLeaderError'
+  }
+}
+
+/**
+ * Runs one supervisor script by EVALSHA, re-sending the source on NOSCRIPT, and maps
+ * its TROUPE_DEPOSED / TROUPE_NOTLEADER errors to typed errors.
+ */
+export async function runSupervisorScript(redis: RedisClient, name: SupervisorScript, keys: readonly string[], args: readonly (string | number)[], term = 0): Promise<unknown> {
+  const s = load(name)
+  try {
+    try {
+      return await redis.evalsha(s.sha, keys.length, ...keys, ...args)
+    } catch (err) {
+      if (!(err instanceof Error && err.message.startsWith('NOSCRIPT'))) throw err
+      return await redis.eval(s.source, keys.length, ...keys, ...args)
+    }
+  } catch (err) {
+    const msg = err instanceof Error ? err.message : String(err)
+    if (msg.includes('TROUPE_DEPOSED')) throw new LeaderDeposedError(term, msg.replace(/^.*TROUPE_DEPOSED /s, '').replace(/ script: .*$/s, ''))
+    if (msg.includes('TROUPE_NOTLEADER')) throw new NotLeaderError(msg.replace(/^.*TROUPE_NOTLEADER /s, '').replace(/ script: .*$/s, ''))
+    throw err
+  }
+}
+
+/** Commands a fenced write may use (fenced.lua refuses anything else). */
+export type FencedCommand = 'DEL' | 'HSET' | 'HDEL' | 'PEXPIRE' | 'ZADD' | 'ZREM' | 'PUBLISH'
+
+/** One write of a fenced batch: a command on `key` (none for PUBLISH) with its arguments. */
+export interface FencedWrite {
+  cmd: FencedCommand
+  key?: string
+  args: readonly (string | number)[]
+}
+
+/** Writes of one batch are capped so a script never holds Redis for long. */
+const MAX_WRITES_PER_BATCH = 500
+
+/**
+ * The write capability of one leadership term. Handed to every leader duty;
+ * nothing a duty writes bypasses it.
+ *
+ * @example
+ * ```ts
+ * const fence = new LeaderFence(rt.redis, rt.keys, rt.serviceId, term)
+ * await fence.write([{ cmd: 'HSET', key: rt.keys.systemMetrics('summary'), args: ['term', term] }])
+ * ```
+ */
+export class LeaderFence {
+  constructor(
+    readonly redis: RedisClient,
+    readonly keys: Keys,
+    readonly serviceId: string,
+    readonly term: number,
+  ) {}
+
+  /** Runs `writes` atomically if this term is still current; throws LeaderDeposedError otherwise. */
+  async write(writes: readonly FencedWrite[]): Promise<unknown[]> {
+    const out: unknown[] = []
+    for (let i = 0; i < writes.length; i += MAX_WRITES_PER_BATCH) {
+      const batch = writes.slice(i, i + MAX_WRITES_PER_BATCH)
+      const keys = [this.keys.leaderTerm()]
+      const index = new Map<string, number>()
+      const encoded = batch.map((w) => {
+        let idx = 0
+        if (w.key !== undefined) {
+          idx = index.get(w.key) ?? 0
+          if (idx === 0) {
+            keys.push(w.key)
+            idx = keys.length
+            index.set(w.key, idx)
+          }
+        }
+        return [w.cmd, idx, ...w.args.map(String)]
+      })
+      const r = await runSupervisorScript(this.redis, 'fenced', keys, [String(this.term), JSON.stringify(encoded)], this.term)
+      out.push(...(r as unknown[]))
+    }
+    return out
+  }
+
+  /** Publishes a fleet event on the system channel, fenced like any write. */
+  async publish(event: SystemEvent): Promise<void> {
+    await this.write([{ cmd: 'PUBLISH', args: [this.keys.systemChannel(), JSON.stringify(event)] }])
+  }
+
+  /** Marks a service dead if its record still shows `lastSeen`; true when marked. */
+  async markDead(serviceId: string, lastSeen: string, keepMs: number, missed: number): Promise<boolean> {
+    const r = await runSupervisorScript(
+      this.redis, 'mark_dead', [this.keys.leaderTerm(), this.keys.health(serviceId)],
+      [String(this.term), lastSeen, Math.round(keepMs), this.keys.systemChannel(), serviceId, this.serviceId, missed], this.term,
+    )
+    return Number(r) === 1
+  }
+
+  /** Leases up to `max` passed deadlines for `leaseMs`; returns them with their due times. */
+  async claimDeadlines(max: number, leaseMs: number): Promise<{ wf: string; due: number }[]> {
+    const r = (await runSupervisorScript(this.redis, 'claim_deadlines', [this.keys.leaderTerm(), this.keys.deadlines()], [String(this.term), max, Math.round(leaseMs)], this.term)) as unknown[]
+    const out: { wf: string; due: number }[] = []
+    for (let i = 0; i + 1 < r.length; i += 2) out.push({ wf: String(r[i]), due: Number(r[i + 1]) })
+    return out
+  }
+}
+
+/** An event on the system channel (`keys.systemChannel()`), JSON-encoded. */
+export interface SystemEvent {
+  type: 'system.leader.elected' | 'system.leader.resigned' | 'system.service.dead' | 'system.actor.stuck' | 'system.deadline.fired'
+  /** Milliseconds since the epoch. */
+  at: number
+  /** Term of the leader that published it. */
+  term: number
+  /** serviceId of the leader that published it. */
+  leader: string
+  [field: string]: unknown
+}
