@@ -44,6 +44,8 @@ export class ActorActivation {
   private extending: Promise<void> = Promise.resolve()
   private abortCtl = new AbortController()
   private live: LiveActor | null = null
+  /** State value last written to the status hash by this activation (skip rewriting it). */
+  private lastState = ''
 
   constructor(
     private readonly env: ActivationEnv,
@@ -144,10 +146,10 @@ export class ActorActivation {
       let res: CommitResult
       try {
         res = await commit(ctx, {
-          wf: this.wf, agent, fence: act.fence, lockValue, actionId: next.actionId, outcome, snapshot: o.snapshot, stateValue: o.stateValue,
+          wf: this.wf, agent, fence: act.fence, lockValue, actionId: next.actionId, outcome, snapshot: o.snapshot, stateValue: this.stateToWrite(o),
           error: o.error, retryDelayMs: retryDelay, op: o.op, opPayload: o.opPayload,
           release: this.state !== 'active' || turns >= MAX_TURNS || this.abortCtl.signal.aborted,
-          parentEventId: record?.eventId ?? '', durationMs: Date.now() - started, version: this.def.version, events: o.events, outbox: o.outbox,
+          parentEventId: record?.eventId ?? '', durationMs: Date.now() - started, version: this.def.version, attempt: next.attempt, events: o.events, outbox: o.outbox,
         })
       } catch (err) {
         if (err instanceof TroupeError && (err.code === 'fence_rejected' || err.code === 'stale_action')) {
@@ -191,14 +193,18 @@ export class ActorActivation {
     if (next.attempt > this.def.maxAttempts) return { ...reject(`gave up after ${next.attempt - 1} deliveries that did not finish (crashed or timed out activations)`), record }
     const queuedFor = Date.now() - record.enqueuedAt
     if (next.attempt === 1 && queuedFor >= 0) this.env.metrics.queueWait.observe({ agent: this.def.name }, queuedFor / 1000)
-    const timeout = new AbortController()
-    const timer = setTimeout(() => timeout.abort(new Error(`timed out after ${this.def.actionTimeoutMs} ms`)), this.def.actionTimeoutMs)
-    const signal = AbortSignal.any([timeout.signal, this.abortCtl.signal])
-    try {
-      return { record, delivery: await (this.live as LiveActor).deliver(record, next.attempt, signal) }
-    } finally {
-      clearTimeout(timer)
-    }
+    return { record, delivery: await (this.live as LiveActor).deliver(record, next.attempt, this.abortCtl.signal, this.def.actionTimeoutMs) }
+  }
+
+  /**
+   * The state value to record in the status hash: skipped when no transition
+   * happened since this activation last wrote it (a live flush may have written
+   * an intermediate state, and any transition forces the final one).
+   */
+  private stateToWrite(o: DeliveryOutcome): string {
+    if (!o.stateValue || (o.transitions === 0 && o.stateValue === this.lastState)) return ''
+    this.lastState = o.stateValue
+    return o.stateValue
   }
 
   private followUps(hints: Hint[], appended: Appended[]): void {

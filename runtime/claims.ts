@@ -208,6 +208,8 @@ export interface CommitArgs {
   parentEventId: string
   durationMs: number
   version: number
+  /** The delivery's attempt number (recorded with the ack). */
+  attempt: number
   events: readonly string[]
   outbox: readonly OutboxEntry[]
 }
@@ -231,7 +233,7 @@ export async function commit(ctx: ProtocolContext, a: CommitArgs): Promise<Commi
   const args: (string | number)[] = [
     a.fence, a.lockValue, a.wf, a.agent, a.actionId, a.outcome, a.snapshot, a.stateValue, a.error, a.retryDelayMs, nanoid(), k.channel(a.wf),
     effectiveMaxLen(ctx.cfg), a.op, a.opPayload, a.release ? '1' : '', a.parentEventId, a.durationMs, a.events.length, a.outbox.length, a.version,
-    effectiveRetention(ctx.cfg), ...a.events,
+    effectiveRetention(ctx.cfg), a.attempt, ...a.events,
   ]
   const preHinted = new Set<string>()
   for (const o of a.outbox) {

@@ -209,18 +209,21 @@ export class LiveActor {
     a?.stop()
   }
 
-  /** Delivers one action; resolves when the actor is settled, failed, or `abort` fires. */
-  async deliver(record: ActionRecord, attempt: number, abort: AbortSignal): Promise<DeliveryOutcome> {
+  /**
+   * Delivers one action; resolves when the actor is settled, failed, timed out
+   * after `timeoutMs`, or `abort` fires. Timers exist only for actions that wait.
+   */
+  async deliver(record: ActionRecord, attempt: number, abort: AbortSignal, timeoutMs: number): Promise<DeliveryOutcome> {
     const cur: Current = { record, attempt, events: [], outbox: [], op: '', opPayload: '', effectError: null, live: false, transitions: 0, flushedTransitions: 0 }
     this.current = cur
     try {
-      return await this.deliverCurrent(cur, abort)
+      return await this.deliverCurrent(cur, abort, timeoutMs)
     } finally {
       this.current = null
     }
   }
 
-  private async deliverCurrent(cur: Current, abort: AbortSignal): Promise<DeliveryOutcome> {
+  private async deliverCurrent(cur: Current, abort: AbortSignal, timeoutMs: number): Promise<DeliveryOutcome> {
     const { record, attempt } = cur
     const result = (outcome: DeliveryOutcome['outcome'], error = ''): DeliveryOutcome => ({
       outcome, error, events: cur.events, outbox: outcome === 'ok' ? cur.outbox : [], op: outcome === 'ok' ? cur.op : '', opPayload: cur.opPayload,
@@ -251,22 +254,33 @@ export class LiveActor {
       // From here on the action takes time: stream what it does as it happens.
       cur.live = true
       if (cur.events.length > 0) this.scheduleFlush()
+      let stopReason = ''
       await new Promise<void>((resolve) => {
         const done = (): void => {
           this.settleWaiter = null
-          abort.removeEventListener('abort', done)
+          clearTimeout(timer)
+          abort.removeEventListener('abort', onAbort)
           resolve()
         }
+        const onAbort = (): void => {
+          stopReason = abort.reason instanceof Error ? abort.reason.message : 'aborted'
+          done()
+        }
+        const timer = setTimeout(() => {
+          stopReason = `timed out after ${timeoutMs} ms`
+          done()
+        }, timeoutMs)
         this.settleWaiter = done
-        abort.addEventListener('abort', done)
-        if (abort.aborted || isSettled(actor.getSnapshot() as AnyMachineSnapshot)) done()
+        abort.addEventListener('abort', onAbort)
+        if (abort.aborted) onAbort()
+        else if (isSettled(actor.getSnapshot() as AnyMachineSnapshot)) done()
       })
       snap = actor.getSnapshot() as AnyMachineSnapshot
       await this.flushing
-    }
-    if (abort.aborted && !isSettled(snap)) {
-      this.discard()
-      return result('failed', String((abort.reason as Error | undefined)?.message ?? abort.reason ?? 'aborted'))
+      if (stopReason && !isSettled(snap)) {
+        this.discard()
+        return result('failed', stopReason)
+      }
     }
     if (snap.status === 'error') {
       const err = describe(snap.error)

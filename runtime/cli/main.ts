@@ -8,6 +8,9 @@ const COMMANDS: Record<string, () => Promise<{ command: Command }>> = {
   cancel: () => import('./cancel.ts'),
   status: () => import('./status.ts'),
   tail: () => import('./tail.ts'),
+  supervisor: () => import('./supervisor.ts'),
+  gateway: () => import('./gateway.ts'),
+  auth: () => import('./auth.ts'),
 }
 
 /** Registers another command (used by built-in services that bring their own). */

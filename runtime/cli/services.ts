@@ -17,4 +17,7 @@ export interface ServiceEntry {
 }
 
 /** The registry: add one entry per built-in service. */
-export const SERVICES: Record<string, ServiceEntry> = {}
+export const SERVICES: Record<string, ServiceEntry> = {
+  supervisor: { describe: 'run the leader-elected supervisor', flags: ['supervisor-lease', 'supervisor-tick', 'supervisor-sd-port'], create: async ({ values }) => (await import('../../agents/supervisor.ts')).supervisorService((await import('./supervisor.ts')).supervisorFlags(values, 'supervisor-')) },
+  gateway: { describe: 'serve the HTTP API, SSE and web UI', flags: ['gateway-port'], create: async ({ values }) => (await import('../gateway/service.ts')).gatewayService((await import('./gateway.ts')).gatewayFlags(values)) },
+}

@@ -14,6 +14,7 @@
 --       14 workflow op: '' | 'complete' | 'fail'  15 op payload JSON  16 release: '1' = release even if work is due (drain)
 --       17 event id of the action's action.enqueued (parent of what it caused)  18 duration ms
 --       19 number of buffered events (E)  20 number of outbox entries (O)  21 machine version  22 retention ms (0 = none)
+--       23 the delivery's attempt number
 --       then E event JSONs, then O x 5: agent, actionId, record JSON, delay ms, event id
 -- Returns: { code, record|'', attempt, actionId|'', nextDue|'', firstStreamId, lastStreamId, hints... }
 --          code 'next' (the next action is claimed), 'idle' (lock released), 'ended' (workflow over, lock released);
@@ -28,11 +29,14 @@ local retry_delay, ev_base, channel, maxlen = tonumber(ARGV[10]), ARGV[11], ARGV
 local op, op_payload, release, parent_event = ARGV[14], ARGV[15], ARGV[16], ARGV[17]
 local duration, n_events, n_out, version, retention =
   tonumber(ARGV[18]), tonumber(ARGV[19]), tonumber(ARGV[20]), ARGV[21], tonumber(ARGV[22])
+local attempt = tonumber(ARGV[23])
+local ARG0 = 23
 
-if redis.call('HGET', actor_key, 'fence') ~= fence then
+local held = redis.call('HMGET', actor_key, 'fence', 'inflight')
+if held[1] ~= fence then
   return redis.error_reply('TROUPE_FENCE fence ' .. fence .. ' of ' .. agent .. ' in ' .. wf .. ' is stale')
 end
-if redis.call('HGET', actor_key, 'inflight') ~= action_id then
+if held[2] ~= action_id then
   return redis.error_reply('TROUPE_STALE action ' .. action_id .. ' is not in flight for ' .. agent .. ' in ' .. wf)
 end
 local now = now_ms()
@@ -75,27 +79,36 @@ if not status or TERMINAL[status] then
   return finish('ended')
 end
 
-for i = 1, n_events do add(ARGV[22 + i]) end
+for i = 1, n_events do add(ARGV[ARG0 + i]) end
 
 local st
+local queued
 if outcome == 'ok' then
-  st = set_st(action_id, { status = 'done', finishedAt = now })
+  -- The common path writes the final state without reading the old one back.
+  st = { status = 'done', attempt = attempt, finishedAt = now }
+  redis.call('HSET', actions_key, action_id .. ':st', cjson.encode(st))
   if snapshot ~= '' then redis.call('HSET', actor_key, 'snapshot', snapshot, 'version', version) end
-  if state_value ~= '' then redis.call('HSET', status_key, 'agent:' .. agent, state_value) end
-  redis.call('HINCRBY', status_key, 'queued', -1)
+  if state_value ~= '' then
+    redis.call('HSET', status_key, 'agent:' .. agent, state_value, 'updatedAt', now)
+  else
+    redis.call('HSET', status_key, 'updatedAt', now)
+  end
+  queued = redis.call('HINCRBY', status_key, 'queued', -1)
   redis.call('HINCRBY', status_key, 'done', 1)
   add(make_event(ev_id(), wf, 'action.completed',
     { actionId = action_id, agent = agent, durationMs = duration }, agent, action_id, st.attempt or 0, parent_event, now))
 elseif outcome == 'retry' then
   local at = now + retry_delay
   st = set_st(action_id, { status = 'retry', error = err, availableAt = at })
+  redis.call('HSET', status_key, 'updatedAt', now)
   redis.call('ZADD', mailbox, at, member_of(tonumber(st.seq) or 0, action_id))
   add(make_event(ev_id(), wf, 'action.failed',
     { actionId = action_id, agent = agent, error = err, retryAt = at, durationMs = duration }, agent, action_id, st.attempt or 0, parent_event, now))
 else
   st = set_st(action_id, { status = 'dead', error = err, finishedAt = now })
   redis.call('ZADD', dead_key, now, action_id)
-  redis.call('HINCRBY', status_key, 'queued', -1)
+  redis.call('HSET', status_key, 'updatedAt', now)
+  queued = redis.call('HINCRBY', status_key, 'queued', -1)
   redis.call('HINCRBY', status_key, 'dead', 1)
   add(make_event(ev_id(), wf, 'action.dead',
     { actionId = action_id, agent = agent, error = err }, agent, action_id, st.attempt or 0, parent_event, now))
@@ -105,7 +118,7 @@ end
 local hints = {}
 local hinted = {}
 if outcome == 'ok' then
-  local base = 22 + n_events
+  local base = ARG0 + n_events
   for j = 0, n_out - 1 do
     local a = base + j * 5
     local to, id, rec, delay, eid = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], tonumber(ARGV[a + 4]), ARGV[a + 5]
@@ -116,7 +129,7 @@ if outcome == 'ok' then
       redis.call('HSET', actions_key, id .. ':st', cjson.encode({ status = 'queued', attempt = 0, seq = seq, availableAt = at }))
       redis.call('ZADD', to_mailbox, at, member_of(seq, id))
       redis.call('HSETNX', status_key, 'agent:' .. to, '')
-      redis.call('HINCRBY', status_key, 'queued', 1)
+      queued = redis.call('HINCRBY', status_key, 'queued', 1)
       redis.call('HINCRBY', status_key, 'actions', 1)
       add(make_event(eid, wf, 'action.enqueued', { actionId = id, agent = to, from = agent, availableAt = at },
         to, id, 0, parent_event, now))
@@ -148,9 +161,8 @@ if op == 'complete' or op == 'fail' then
   return finish('ended', nil, nil, nil, nil, hints)
 end
 
-local changed = settle_status(status_key, now)
+local changed = settle_status(status_key, now, status, queued)
 if changed then add(make_event(ev_id(), wf, 'workflow.status', { status = changed }, '', '', 0, '', now)) end
-redis.call('HSET', status_key, 'updatedAt', now)
 
 if release ~= '1' then
   local claimed = claim_next(actor_key, mailbox, actions_key, status_key, now)

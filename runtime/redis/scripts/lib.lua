@@ -43,11 +43,12 @@ local function id_of(member)
 end
 
 -- Moves the workflow between running and waiting as its count of live actions
--- (queued or in flight) changes; returns the new status when it changed.
-local function settle_status(status_key, now)
-  local st = redis.call('HGET', status_key, 'status')
+-- (queued or in flight) changes; returns the new status when it changed. Callers
+-- that already read the status or the count pass them in.
+local function settle_status(status_key, now, st, queued)
+  st = st or redis.call('HGET', status_key, 'status')
   if TERMINAL[st] then return false end
-  local queued = tonumber(redis.call('HGET', status_key, 'queued') or '0')
+  queued = tonumber(queued or redis.call('HGET', status_key, 'queued') or '0')
   local want = 'running'
   if queued <= 0 then want = 'waiting' end
   if st ~= want then
@@ -67,8 +68,8 @@ local function claim_next(actor_key, mailbox, actions_key, status_key, now)
     if not member then return false end
     redis.call('ZREM', mailbox, member)
     local id = id_of(member)
-    local rec = redis.call('HGET', actions_key, id)
-    local st_raw = redis.call('HGET', actions_key, id .. ':st')
+    local got = redis.call('HMGET', actions_key, id, id .. ':st')
+    local rec, st_raw = got[1], got[2]
     local ok, st = pcall(cjson.decode, st_raw or '')
     if rec and ok and type(st) == 'table' then
       st.status = 'running'

@@ -1,0 +1,81 @@
+// /v1/auth: exchange a credential for tokens (API clients) or a cookie session
+// (browsers), rotate refresh tokens, sign out. Token responses are never cached.
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
+import { AuthError, type AuthContext } from './auth-store.ts'
+import { caller, presentedToken } from './authenticate.ts'
+import { sessionCookie } from './cookies.ts'
+import type { GatewayDeps } from './deps.ts'
+import { GatewayError } from './problem.ts'
+import { credentialBody, logoutBody, noQuery, refreshBody } from './schemas.ts'
+
+const NO_STORE = { 'cache-control': 'no-store', pragma: 'no-cache' }
+
+function secureCookie(request: FastifyRequest, setting: boolean | 'auto'): boolean {
+  return setting === 'auto' ? request.protocol === 'https' : setting
+}
+
+/** Registers the /v1/auth routes. */
+export function registerAuthRoutes(app: FastifyInstance, deps: GatewayDeps): void {
+  const { store, limiter, metrics } = deps
+
+  // Failed exchanges are metered per user so that guessing is slow even though
+  // credentials carry 256 random bits; unknown users get no limiter state at all.
+  async function exchange(credential: string): Promise<string> {
+    try {
+      const user = store.credentialUser(credential)
+      if (!user) throw new AuthError('malformed', 'invalid_credentials', 'not a Troupe credential (expected tcr.<user>.<id>.<secret>, as printed by troupe auth issue)')
+      const d = await limiter.check(user, 'auth')
+      if (!d.known) throw new AuthError('bad_credential', 'invalid_credentials', 'credential not recognised (revoked, rotated or mistyped)')
+      if (!d.allowed) {
+        metrics.rateLimited.inc({ kind: 'auth' })
+        throw new GatewayError('rate_limited', `too many sign-in attempts; retry in ${d.headers['retry-after'] ?? '60'} s`, d.headers)
+      }
+      return await store.checkCredential(credential)
+    } catch (err) {
+      if (err instanceof AuthError) metrics.authFailures.inc({ reason: err.reason })
+      throw err
+    }
+  }
+
+  app.post<{ Body: { credential: string } }>('/v1/auth/token', { schema: { body: credentialBody, querystring: noQuery }, config: { public: true } }, async (request, reply) => {
+    const user = await exchange(request.body.credential)
+    return reply.headers(NO_STORE).send(await store.issueTokens(user))
+  })
+
+  app.post<{ Body: { refresh_token: string } }>('/v1/auth/refresh', { schema: { body: refreshBody, querystring: noQuery }, config: { public: true } }, async (request, reply) => {
+    try {
+      return reply.headers(NO_STORE).send(await store.refresh(request.body.refresh_token))
+    } catch (err) {
+      if (err instanceof AuthError) metrics.authFailures.inc({ reason: err.reason })
+      throw err
+    }
+  })
+
+  app.post<{ Body: { credential: string } }>('/v1/auth/session', { schema: { body: credentialBody, querystring: noQuery }, config: { public: true } }, async (request, reply) => {
+    const user = await exchange(request.body.credential)
+    const s = await store.issueSession(user)
+    return reply
+      .headers(NO_STORE)
+      .header('set-cookie', sessionCookie(s.token, s.expiresAt - deps.now(), secureCookie(request, deps.settings.auth.cookieSecure)))
+      .send({ user, expiresAt: s.expiresAt })
+  })
+
+  app.post<{ Body: { refresh_token?: string; all?: boolean } | null }>('/v1/auth/logout', { schema: { body: logoutBody, querystring: noQuery }, config: { public: true } }, async (request, reply: FastifyReply) => {
+    // Sign-out must work with an expired or revoked token too: it only ever removes.
+    let ctx: AuthContext | null = null
+    try {
+      const p = presentedToken(request)
+      if (p) ctx = await store.verify(p.token, p.via)
+    } catch {
+      ctx = null
+    }
+    const body = request.body ?? {}
+    await store.logout(ctx, { refreshToken: body.refresh_token, all: body.all === true })
+    return reply.header('set-cookie', sessionCookie('', 0, secureCookie(request, deps.settings.auth.cookieSecure))).code(204).send()
+  })
+
+  app.get('/v1/me', { schema: { querystring: noQuery } }, async (request) => {
+    const a = caller(request)
+    return { user: a.user, via: a.via, expiresAt: a.expiresAt, limits: await store.limits(a.user) }
+  })
+}

@@ -1,0 +1,318 @@
+// Credentials, access tokens, refresh-token families and cookie sessions in Redis
+// (DESIGN §3, §6). Only SHA-256 hashes are stored; every key has a TTL; all keys
+// of one user share the `{user}` hash tag, so the rotation script runs on one slot.
+//
+//   auth:credential:{user}  HASH  id, h, createdAt, expiresAt, and limit overrides (rate, burst, daily)
+//   auth:token:{user}       HASH  token id → { h, kind: access|session, fam?, exp, iat }
+//   auth:refresh:{user}     HASH  family id → { h (current), gen, used (older hashes), at (its access token id), exp, iat }
+import { TroupeError } from '../errors.ts'
+import type { RedisClient } from '../redis/connection.ts'
+import type { Keys } from '../redis/keys.ts'
+import { GatewayError } from './problem.ts'
+import { runGatewayScript } from './scripts.ts'
+import type { AuthSettings } from './settings.ts'
+import { matchesHash, mintToken, parseToken, tokenKind, USER_RE, type TokenKind } from './tokens.ts'
+
+/** Who made a request, and with what. */
+export interface AuthContext {
+  user: string
+  via: 'bearer' | 'cookie'
+  tokenId: string
+  /** Refresh family of a bearer token (logout revokes the whole family). */
+  family?: string
+  expiresAt: number
+}
+
+/** What `POST /v1/auth/token` and `/v1/auth/refresh` answer (RFC 6749 field names). */
+export interface TokenPair {
+  access_token: string
+  token_type: 'Bearer'
+  expires_in: number
+  refresh_token: string
+  refresh_expires_in: number
+  user: string
+}
+
+/** Per-user overrides of the default limits (see LimitSettings). */
+export interface UserLimits {
+  rate?: number
+  burst?: number
+  daily?: number
+}
+
+interface TokenRecord {
+  h: string
+  kind: 'access' | 'session'
+  fam?: string
+  exp: number
+  iat: number
+}
+
+interface FamilyRecord {
+  h: string
+  gen: number
+  used: string[]
+  at: string
+  exp: number
+  iat: number
+}
+
+/** How many superseded refresh hashes a family remembers for reuse detection. */
+const USED_KEPT = 20
+/** Token hashes per user above which expired records are swept on the next issue. */
+const PRUNE_ABOVE = 32
+
+/** Why an authentication failed, for `troupe_auth_failures_total{reason}`. */
+export type AuthFailure = 'missing' | 'malformed' | 'unknown' | 'expired' | 'bad_credential' | 'refresh_reused' | 'rate_limited'
+
+/** An authentication failure: a 401 problem that also carries its metric reason. */
+export class AuthError extends GatewayError {
+  constructor(
+    readonly reason: AuthFailure,
+    code: 'unauthorized' | 'invalid_credentials' | 'token_expired' | 'refresh_reused',
+    message: string,
+  ) {
+    super(code, message)
+  }
+}
+
+function fail(reason: AuthFailure, code: 'unauthorized' | 'invalid_credentials' | 'token_expired' | 'refresh_reused', message: string): AuthError {
+  return new AuthError(reason, code, message)
+}
+
+function parseJson<T>(raw: string | null | undefined): T | null {
+  if (!raw) return null
+  try {
+    return JSON.parse(raw) as T
+  } catch {
+    return null
+  }
+}
+
+/** Issues, verifies, rotates and revokes credentials and tokens. */
+export class AuthStore {
+  constructor(
+    private readonly redis: RedisClient,
+    private readonly keys: Keys,
+    private readonly settings: AuthSettings,
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  /**
+   * Creates a user's credential (admin: `troupe auth issue`); prints once, stored as a hash.
+   * Rotating replaces it and revokes every token and session of the user.
+   */
+  async issueCredential(user: string, opts: { rotate?: boolean; ttlMs?: number } = {}): Promise<{ credential: string; expiresAt: number }> {
+    if (!USER_RE.test(user)) throw new TroupeError('bad_id', `invalid user ${JSON.stringify(user)}: use 1-128 characters from A-Z a-z 0-9 _ . @ -`)
+    const key = this.keys.authCredential(user)
+    const ttl = opts.ttlMs ?? 365 * 24 * 3600_000
+    if (!Number.isFinite(ttl) || ttl <= 0) throw new TroupeError('config', 'credential TTL must be positive')
+    if (!opts.rotate && (await this.redis.exists(key)) === 1) {
+      throw new TroupeError('config', `user ${user} already has a credential; pass --rotate to replace it (this signs out all of ${user}'s sessions)`)
+    }
+    const c = mintToken('credential', user)
+    const now = this.now()
+    await this.redis
+      .multi()
+      .hset(key, { id: c.id, h: c.hash, createdAt: String(now), expiresAt: String(now + ttl) })
+      .pexpire(key, ttl)
+      .del(this.keys.authToken(user), this.keys.authRefresh(user))
+      .exec()
+    return { credential: c.token, expiresAt: now + ttl }
+  }
+
+  /** Deletes a user's credential, tokens, sessions and limiter state. */
+  async revokeUser(user: string): Promise<boolean> {
+    const n = await this.redis.del(this.keys.authCredential(user), this.keys.authToken(user), this.keys.authRefresh(user), this.keys.authRate(user))
+    return n > 0
+  }
+
+  /** Sets (or with `null`, clears) a user's limit overrides. */
+  async setLimits(user: string, limits: UserLimits | null): Promise<void> {
+    const key = this.keys.authCredential(user)
+    if ((await this.redis.exists(key)) === 0) throw new TroupeError('config', `no credential for user ${user}: issue one first (troupe auth issue --user ${user})`)
+    if (limits === null) {
+      await this.redis.hdel(key, 'rate', 'burst', 'daily')
+      return
+    }
+    const fields: Record<string, string> = {}
+    for (const [k, v] of Object.entries(limits)) {
+      if (v === undefined) continue
+      if (!Number.isFinite(v) || v < 0) throw new TroupeError('config', `limit ${k} must be a non-negative number`)
+      fields[k] = String(v)
+    }
+    if (Object.keys(fields).length) await this.redis.hset(key, fields)
+  }
+
+  /** The user's current limit overrides. */
+  async limits(user: string): Promise<UserLimits> {
+    const [rate, burst, daily] = await this.redis.hmget(this.keys.authCredential(user), 'rate', 'burst', 'daily')
+    const out: UserLimits = {}
+    if (rate) out.rate = Number(rate)
+    if (burst) out.burst = Number(burst)
+    if (daily) out.daily = Number(daily)
+    return out
+  }
+
+  /** The user a credential string names (not yet verified), or null when malformed. */
+  credentialUser(credential: string): string | null {
+    return parseToken(credential, 'credential')?.user ?? null
+  }
+
+  /** Verifies a credential; returns its user or throws `invalid_credentials`. */
+  async checkCredential(credential: string): Promise<string> {
+    const parsed = parseToken(credential, 'credential')
+    if (!parsed) throw fail('malformed', 'invalid_credentials', 'not a Troupe credential (expected tcr.<user>.<id>.<secret>, as printed by troupe auth issue)')
+    const [id, h, exp] = await this.redis.hmget(this.keys.authCredential(parsed.user), 'id', 'h', 'expiresAt')
+    // Compare the hash even when the id differs, so both paths take the same time.
+    const ok = matchesHash(h ?? '0'.repeat(64), credential) && id === parsed.id
+    if (!ok) throw fail('bad_credential', 'invalid_credentials', 'credential not recognised (revoked, rotated or mistyped)')
+    if (exp && Number(exp) <= this.now()) throw fail('expired', 'token_expired', 'credential expired: ask an admin for a new one (troupe auth issue --rotate)')
+    return parsed.user
+  }
+
+  private async putTokens(user: string, pipe: ReturnType<RedisClient['multi']>): Promise<void> {
+    const tokenKey = this.keys.authToken(user)
+    const ttl = Math.max(this.settings.accessTtlMs, this.settings.sessionTtlMs)
+    pipe.pexpire(tokenKey, ttl, 'NX').pexpire(tokenKey, ttl, 'GT').hlen(tokenKey)
+    const res = await pipe.exec()
+    const err = res?.find(([e]) => e)?.[0]
+    if (err) throw err
+    const count = Number(res?.[res.length - 1]?.[1] ?? 0)
+    if (count > PRUNE_ABOVE) await this.prune(user)
+  }
+
+  /** Removes expired token records of a user (the key TTL covers the newest only). */
+  async prune(user: string): Promise<number> {
+    const key = this.keys.authToken(user)
+    const all = await this.redis.hgetall(key)
+    const now = this.now()
+    const dead = Object.entries(all).filter(([, v]) => (parseJson<TokenRecord>(v)?.exp ?? 0) <= now).map(([k]) => k)
+    if (dead.length) await this.redis.hdel(key, ...dead)
+    return dead.length
+  }
+
+  /** Issues an access token and a new refresh-token family for `user`. */
+  async issueTokens(user: string): Promise<TokenPair> {
+    const now = this.now()
+    const refresh = mintToken('refresh', user)
+    const access = mintToken('access', user)
+    const fam: FamilyRecord = { h: refresh.hash, gen: 1, used: [], at: access.id, exp: now + this.settings.refreshTtlMs, iat: now }
+    const rec: TokenRecord = { h: access.hash, kind: 'access', fam: refresh.id, exp: now + this.settings.accessTtlMs, iat: now }
+    const refreshKey = this.keys.authRefresh(user)
+    const pipe = this.redis
+      .multi()
+      .hset(refreshKey, refresh.id, JSON.stringify(fam))
+      .pexpire(refreshKey, this.settings.refreshTtlMs, 'NX')
+      .pexpire(refreshKey, this.settings.refreshTtlMs, 'GT')
+      .hset(this.keys.authToken(user), access.id, JSON.stringify(rec))
+    await this.putTokens(user, pipe)
+    return this.pair(user, access.token, refresh.token)
+  }
+
+  private pair(user: string, access: string, refresh: string): TokenPair {
+    return {
+      access_token: access,
+      token_type: 'Bearer',
+      expires_in: Math.floor(this.settings.accessTtlMs / 1000),
+      refresh_token: refresh,
+      refresh_expires_in: Math.floor(this.settings.refreshTtlMs / 1000),
+      user,
+    }
+  }
+
+  /** Starts a browser session; the token goes into an HttpOnly cookie. */
+  async issueSession(user: string): Promise<{ token: string; expiresAt: number }> {
+    const now = this.now()
+    const s = mintToken('session', user)
+    const rec: TokenRecord = { h: s.hash, kind: 'session', exp: now + this.settings.sessionTtlMs, iat: now }
+    await this.putTokens(user, this.redis.multi().hset(this.keys.authToken(user), s.id, JSON.stringify(rec)))
+    return { token: s.token, expiresAt: rec.exp }
+  }
+
+  /** Verifies a bearer access token or a session cookie token. */
+  async verify(token: string, via: 'bearer' | 'cookie'): Promise<AuthContext> {
+    const kind: TokenKind = via === 'cookie' ? 'session' : 'access'
+    const parsed = parseToken(token, kind)
+    if (!parsed) {
+      const other = tokenKind(token)
+      const hint = other === 'refresh' ? ': that is a refresh token, exchange it at POST /v1/auth/refresh' : other === 'credential' ? ': exchange the credential at POST /v1/auth/token first' : ''
+      throw fail('malformed', 'unauthorized', `not a valid ${kind} token${hint}`)
+    }
+    const raw = await this.redis.hget(this.keys.authToken(parsed.user), parsed.id)
+    const rec = parseJson<TokenRecord>(raw)
+    if (!rec || rec.kind !== kind || !matchesHash(rec.h, token)) throw fail('unknown', 'unauthorized', `${kind} token not recognised (revoked, or signed out)`)
+    if (rec.exp <= this.now()) {
+      await this.redis.hdel(this.keys.authToken(parsed.user), parsed.id)
+      throw fail('expired', 'token_expired', via === 'cookie' ? 'session expired: sign in again' : 'access token expired: refresh it at POST /v1/auth/refresh')
+    }
+    return { user: parsed.user, via, tokenId: parsed.id, expiresAt: rec.exp, ...(rec.fam ? { family: rec.fam } : {}) }
+  }
+
+  /**
+   * Rotates a refresh token: returns a new access token and the family's next
+   * refresh token. Presenting a superseded refresh token (or racing a rotation)
+   * revokes the whole family (RFC 9700 §4.14.2).
+   */
+  async refresh(refreshToken: string): Promise<TokenPair> {
+    const parsed = parseToken(refreshToken, 'refresh')
+    if (!parsed) throw fail('malformed', 'unauthorized', 'not a refresh token')
+    const { user, id: famId } = parsed
+    const refreshKey = this.keys.authRefresh(user)
+    const fam = parseJson<FamilyRecord>(await this.redis.hget(refreshKey, famId))
+    if (!fam) throw fail('unknown', 'unauthorized', 'refresh token not recognised (revoked, or its family was revoked)')
+    if (!matchesHash(fam.h, refreshToken)) {
+      if (fam.used.some((h) => matchesHash(h, refreshToken))) {
+        await this.revokeFamily(user, famId)
+        throw fail('refresh_reused', 'refresh_reused', 'refresh token was already used: every token of its family is revoked, sign in again')
+      }
+      throw fail('unknown', 'unauthorized', 'refresh token not recognised')
+    }
+    const now = this.now()
+    if (fam.exp <= now) {
+      await this.revokeFamily(user, famId)
+      throw fail('expired', 'token_expired', 'refresh token expired: sign in again')
+    }
+    const next = mintToken('refresh', user, famId)
+    const access = mintToken('access', user)
+    const nextFam: FamilyRecord = { h: next.hash, gen: fam.gen + 1, used: [fam.h, ...fam.used].slice(0, USED_KEPT), at: access.id, exp: now + this.settings.refreshTtlMs, iat: fam.iat }
+    const rec: TokenRecord = { h: access.hash, kind: 'access', fam: famId, exp: now + this.settings.accessTtlMs, iat: now }
+    const tokenTtl = Math.max(this.settings.accessTtlMs, this.settings.sessionTtlMs)
+    const r = Number(await runGatewayScript(this.redis, 'refresh_rotate', [refreshKey, this.keys.authToken(user)], [
+      famId, fam.h, JSON.stringify(nextFam), access.id, JSON.stringify(rec), this.settings.refreshTtlMs, tokenTtl,
+    ]))
+    if (r === 0) {
+      await this.revokeFamily(user, famId)
+      throw fail('refresh_reused', 'refresh_reused', 'refresh token was used twice at once: its family is revoked, sign in again')
+    }
+    if (r !== 1) throw fail('unknown', 'unauthorized', 'refresh token family was revoked')
+    return this.pair(user, access.token, next.token)
+  }
+
+  /** Revokes one refresh family and its current access token. */
+  async revokeFamily(user: string, famId: string): Promise<boolean> {
+    return Number(await runGatewayScript(this.redis, 'refresh_revoke', [this.keys.authRefresh(user), this.keys.authToken(user)], [famId])) === 1
+  }
+
+  /**
+   * Signs out: the presented session or access token (with its refresh family),
+   * a refresh token given in the body, or with `all` every token of the user.
+   */
+  async logout(ctx: AuthContext | null, opts: { refreshToken?: string; all?: boolean } = {}): Promise<void> {
+    if (opts.refreshToken) {
+      const parsed = parseToken(opts.refreshToken, 'refresh')
+      if (parsed) {
+        const fam = parseJson<FamilyRecord>(await this.redis.hget(this.keys.authRefresh(parsed.user), parsed.id))
+        // Only the holder of the family's current token may end it.
+        if (fam && matchesHash(fam.h, opts.refreshToken)) await this.revokeFamily(parsed.user, parsed.id)
+      }
+    }
+    if (!ctx) return
+    if (opts.all) {
+      await this.redis.del(this.keys.authToken(ctx.user), this.keys.authRefresh(ctx.user))
+      return
+    }
+    if (ctx.family) await this.revokeFamily(ctx.user, ctx.family)
+    await this.redis.hdel(this.keys.authToken(ctx.user), ctx.tokenId)
+  }
+}

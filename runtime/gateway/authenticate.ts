@@ -1,0 +1,100 @@
+// The request gate of /v1: who is calling (bearer access token, or the browser's
+// session cookie), whether a cookie-authenticated write really comes from our own
+// page, and whether the user is within their rate limit and daily quota. It runs
+// in onRequest, before the body is read, so rejected requests cost little.
+import type { FastifyReply, FastifyRequest } from 'fastify'
+import { AuthError, type AuthContext, type AuthStore } from './auth-store.ts'
+import { readCookie, SESSION_COOKIE } from './cookies.ts'
+import type { GatewayMetrics } from './metrics.ts'
+import { GatewayError } from './problem.ts'
+import type { RateLimiter } from './rate-limit.ts'
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    /** The authenticated caller of a /v1 route (null on public routes). */
+    auth: AuthContext | null
+    /** True once a workflow start was counted against the daily quota (refunded on failure). */
+    quotaTaken: boolean
+  }
+  interface FastifyContextConfig {
+    /** No authentication (auth endpoints, the UI's static files). */
+    public?: boolean
+    /** Counts against the daily quota of started workflows. */
+    start?: boolean
+    /** A streaming route: its metrics are recorded when the stream opens. */
+    sse?: boolean
+  }
+}
+
+/** The caller's token and how it came (bearer first: API clients may also hold a cookie). */
+export function presentedToken(request: FastifyRequest): { token: string; via: 'bearer' | 'cookie' } | null {
+  const h = request.headers.authorization
+  if (h) {
+    const m = /^Bearer\s+(\S+)\s*$/i.exec(h)
+    if (!m?.[1]) throw new AuthError('malformed', 'unauthorized', 'Authorization header must be "Bearer <access token>"')
+    return { token: m[1], via: 'bearer' }
+  }
+  const c = readCookie(request.headers.cookie, SESSION_COOKIE)
+  return c ? { token: c, via: 'cookie' } : null
+}
+
+const SAFE_METHODS = new Set(['GET', 'HEAD', 'OPTIONS'])
+
+// SameSite=Strict already keeps other sites' requests cookie-less in current
+// browsers; this second check refuses cookie-authenticated writes whose Origin is
+// another site, for older browsers and same-site subdomains.
+function checkOrigin(request: FastifyRequest): void {
+  if (SAFE_METHODS.has(request.method)) return
+  if (request.headers['sec-fetch-site'] === 'cross-site') throw new GatewayError('forbidden_origin', 'cross-site request refused for cookie sessions')
+  const origin = request.headers.origin
+  if (!origin || origin === 'null') return
+  let host: string
+  try {
+    host = new URL(origin).host
+  } catch {
+    throw new GatewayError('forbidden_origin', 'unparseable Origin header')
+  }
+  if (host !== request.headers.host) throw new GatewayError('forbidden_origin', `requests from ${origin} may not use this site's session cookie`)
+}
+
+/** Builds the onRequest hook that authenticates and rate-limits every non-public /v1 route. */
+export function createAuthHook(deps: { store: AuthStore; limiter: RateLimiter; metrics: GatewayMetrics }) {
+  return async function authenticate(request: FastifyRequest, reply: FastifyReply): Promise<void> {
+    request.auth = null
+    request.quotaTaken = false
+    const cfg = request.routeOptions.config
+    if (cfg.public || !request.url.startsWith('/v1/')) return
+    let ctx: AuthContext
+    try {
+      const presented = presentedToken(request)
+      if (!presented) throw new AuthError('missing', 'unauthorized', 'authentication required: send "Authorization: Bearer <access token>" or sign in for a session cookie')
+      ctx = await deps.store.verify(presented.token, presented.via)
+    } catch (err) {
+      if (err instanceof AuthError) deps.metrics.authFailures.inc({ reason: err.reason })
+      throw err
+    }
+    if (ctx.via === 'cookie') checkOrigin(request)
+    const start = cfg.start === true
+    const d = await deps.limiter.check(ctx.user, 'req', { start })
+    if (!d.known) {
+      deps.metrics.authFailures.inc({ reason: 'unknown' })
+      throw new AuthError('unknown', 'unauthorized', 'user has no credential any more (revoked)')
+    }
+    void reply.headers(d.headers)
+    if (!d.allowed) {
+      const kind = d.deniedBy === 'quota' ? 'quota' : 'rate'
+      deps.metrics.rateLimited.inc({ kind })
+      throw kind === 'quota'
+        ? new GatewayError('quota_exceeded', 'daily quota of started workflows reached; it resets at midnight UTC', d.headers)
+        : new GatewayError('rate_limited', `too many requests; retry in ${d.headers['retry-after'] ?? '1'} s`, d.headers)
+    }
+    request.auth = ctx
+    request.quotaTaken = start
+  }
+}
+
+/** The authenticated caller; only for routes behind the hook. */
+export function caller(request: FastifyRequest): AuthContext {
+  if (!request.auth) throw new AuthError('missing', 'unauthorized', 'authentication required')
+  return request.auth
+}

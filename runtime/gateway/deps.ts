@@ -1,0 +1,22 @@
+// What the gateway's route modules share: built once in server.ts, passed to each.
+import type { TroupeClient } from '../client.ts'
+import type { RedisClient } from '../redis/connection.ts'
+import type { Keys } from '../redis/keys.ts'
+import type { AuthStore } from './auth-store.ts'
+import type { GatewayMetrics } from './metrics.ts'
+import type { RateLimiter } from './rate-limit.ts'
+import type { GatewaySettings } from './settings.ts'
+import type { SseHub } from './sse-hub.ts'
+
+/** Services every route module may use. */
+export interface GatewayDeps {
+  redis: RedisClient
+  keys: Keys
+  client: TroupeClient
+  store: AuthStore
+  limiter: RateLimiter
+  metrics: GatewayMetrics
+  hub: SseHub
+  settings: GatewaySettings
+  now: () => number
+}

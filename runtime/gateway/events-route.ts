@@ -1,0 +1,77 @@
+// GET /v1/workflows/:id/events: the workflow's events as Server-Sent Events,
+// resumable exactly after `Last-Event-ID` (or `?after=` for a first connection).
+import type { FastifyInstance } from 'fastify'
+import { TroupeError } from '../errors.ts'
+import { isStreamId } from '../events.ts'
+import { TERMINAL_STATUSES, type WorkflowStatusValue } from '../types.ts'
+import { caller } from './authenticate.ts'
+import type { GatewayDeps } from './deps.ts'
+import { GatewayError } from './problem.ts'
+import { eventsQuery, workflowParams } from './schemas.ts'
+import { SseStream } from './sse-stream.ts'
+
+/** Registers the SSE route. */
+export function registerEventsRoute(app: FastifyInstance, deps: GatewayDeps): void {
+  const { redis, keys, hub, metrics, client, settings } = deps
+
+  app.get<{ Params: { id: string }; Querystring: { after?: string } }>(
+    '/v1/workflows/:id/events',
+    { schema: { params: workflowParams, querystring: eventsQuery }, config: { sse: true } },
+    async (request, reply) => {
+      const { user } = caller(request)
+      const wf = request.params.id
+      // The browser's reconnect carries the URL it first used; its header is newer.
+      const header = request.headers['last-event-id']
+      const after = (typeof header === 'string' && header !== '' ? header : request.query.after) ?? '0'
+      if (!isStreamId(after)) throw new GatewayError('validation', 'Last-Event-ID must be a stream id like 1700000000000-0')
+      const [owner, status] = await redis.hmget(keys.status(wf), 'owner', 'status')
+      if (owner !== user) throw new TroupeError('workflow_not_found', `no workflow ${wf}`)
+      if (status && TERMINAL_STATUSES.has(status as WorkflowStatusValue)) {
+        // Nothing more will ever come: 204 tells EventSource to stop reconnecting.
+        const start = after === '0' || after === '0-0' ? '-' : `(${after}`
+        const rest = await redis.xrange(keys.events(wf), start, '+', 'COUNT', 1)
+        if (rest.length === 0) return reply.code(204).send()
+      }
+
+      reply.hijack()
+      const res = reply.raw
+      res.writeHead(200, {
+        ...(reply.getHeaders() as Record<string, string>),
+        'content-type': 'text/event-stream; charset=utf-8',
+        'cache-control': 'no-cache, no-transform',
+        connection: 'keep-alive',
+        // Reverse proxies (nginx) must not buffer the stream.
+        'x-accel-buffering': 'no',
+        'x-request-id': String(request.id),
+      })
+      res.socket?.setNoDelay(true)
+      metrics.httpRequests.inc({ route: '/v1/workflows/:id/events', status: '200' })
+      metrics.httpDuration.observe({ route: '/v1/workflows/:id/events' }, reply.elapsedTime / 1000)
+      metrics.sseConnections.inc()
+      const stream: SseStream = new SseStream(wf, res, after, {
+        redis,
+        keys,
+        settings: settings.sse,
+        status: () => client.getStatus(wf),
+        onDrop: (reason) => {
+          metrics.sseDropped.inc({ reason })
+          request.log.info({ wf, reason, last: stream.last }, 'SSE client dropped')
+        },
+        onClose: () => {
+          metrics.sseConnections.dec()
+          hub.detach(wf, stream)
+        },
+      })
+      try {
+        await hub.attach(wf, stream)
+        // The client may have left while we subscribed; its close ran before attach.
+        if (stream.state === 'closed') hub.detach(wf, stream)
+        else await stream.start()
+      } catch (err) {
+        request.log.error({ err, wf }, 'SSE stream failed')
+        stream.close(true)
+      }
+      return reply
+    },
+  )
+}

@@ -1,0 +1,135 @@
+// Builds the gateway: a Fastify 5 app with the /v1 API, SSE, auth, rate limits,
+// problem+json errors, request ids in pino logs, metrics, and the web UI.
+import Fastify, { type FastifyInstance } from 'fastify'
+import { nanoid } from 'nanoid'
+import { Registry } from 'prom-client'
+import { TroupeClient } from '../client.ts'
+import type { TroupeConfig } from '../config.ts'
+import type { RedisClient } from '../redis/connection.ts'
+import { Keys } from '../redis/keys.ts'
+import { AuthStore } from './auth-store.ts'
+import { registerAuthRoutes } from './auth-routes.ts'
+import { createAuthHook } from './authenticate.ts'
+import type { GatewayDeps } from './deps.ts'
+import { registerEventsRoute } from './events-route.ts'
+import { GatewayMetrics } from './metrics.ts'
+import { GatewayError, sendProblem } from './problem.ts'
+import { RateLimiter } from './rate-limit.ts'
+import { gatewaySettings, type GatewaySettingsInput } from './settings.ts'
+import { SseHub } from './sse-hub.ts'
+import { registerUi } from './ui.ts'
+import { registerWorkflowRoutes } from './workflow-routes.ts'
+
+/** Options of {@link createGateway}. */
+export interface GatewayOptions {
+  /** Command connection (shared with the hosting runtime); the gateway duplicates it once for pub/sub. */
+  redis: RedisClient
+  cfg: TroupeConfig
+  /** Registry for the gateway's series (the runtime's, so one /metrics shows all). */
+  registry?: Registry
+  settings?: GatewaySettingsInput
+  /** Clock for token expiry and rate limits (tests move it instead of sleeping). */
+  now?: () => number
+}
+
+const REQUEST_ID_RE = /^[A-Za-z0-9._-]{1,64}$/
+
+/** A built gateway; `listen()` serves it, `close()` ends streams and stops it. */
+export class Gateway {
+  /** `http://host:port` once listening. */
+  url = ''
+
+  constructor(
+    readonly app: FastifyInstance,
+    readonly deps: GatewayDeps,
+  ) {}
+
+  /** Listens on the configured host and port (0 picks a free one); returns the base URL. */
+  async listen(): Promise<string> {
+    const { host, port } = this.deps.settings
+    await this.app.listen({ host, port })
+    const addr = this.app.server.address()
+    const p = addr && typeof addr === 'object' ? addr.port : port
+    this.url = `http://${host.includes(':') ? `[${host}]` : host}:${p}`
+    return this.url
+  }
+
+  /** Ends every SSE stream (clients reconnect elsewhere), then closes the server. */
+  async close(): Promise<void> {
+    this.deps.hub.close()
+    await this.app.close()
+    await this.deps.client.close()
+  }
+}
+
+/**
+ * Builds the gateway without listening (tests may use `app.inject`).
+ *
+ * @example
+ * ```ts
+ * const gw = await createGateway({ redis, cfg: loadConfig(), settings: { port: 8080 } })
+ * console.log(`gateway at ${await gw.listen()}`)
+ * ```
+ */
+export async function createGateway(opts: GatewayOptions): Promise<Gateway> {
+  const settings = gatewaySettings(opts.settings)
+  const now = opts.now ?? Date.now
+  const keys = new Keys(opts.cfg.namespace)
+  const client = new TroupeClient(opts.redis, opts.cfg)
+  const metrics = new GatewayMetrics(opts.registry ?? new Registry())
+  const deps: GatewayDeps = {
+    redis: opts.redis,
+    keys,
+    client,
+    store: new AuthStore(opts.redis, keys, settings.auth, now),
+    limiter: new RateLimiter(opts.redis, keys, settings.limits, now),
+    metrics,
+    hub: new SseHub(client.subscriber(), keys, settings.sse.heartbeatMs),
+    settings,
+    now,
+  }
+
+  const app = Fastify({
+    logger: { level: settings.logLevel, stream: process.stderr },
+    requestIdHeader: false,
+    // Honour a caller's request id (proxies, the UI) when it is tame, else mint one.
+    genReqId: (req) => {
+      const h = req.headers['x-request-id']
+      return typeof h === 'string' && REQUEST_ID_RE.test(h) ? h : nanoid(12)
+    },
+    // Payload limit plus room for the envelope (agent, type, ...).
+    bodyLimit: opts.cfg.maxPayloadBytes + 64 * 1024,
+    ajv: { customOptions: { removeAdditional: false, coerceTypes: 'array', useDefaults: true, allErrors: false } },
+    trustProxy: ['1', 'true', 'yes'].includes((process.env.TROUPE_GATEWAY_TRUST_PROXY ?? '').toLowerCase()),
+  })
+  // Only JSON bodies: a text/plain body is a client mistake, answered with 415.
+  app.removeContentTypeParser('text/plain')
+  app.decorateRequest('auth', null)
+  app.decorateRequest('quotaTaken', false)
+
+  app.addHook('onRequest', createAuthHook(deps))
+  app.addHook('onSend', async (request, reply, payload) => {
+    void reply.header('x-request-id', String(request.id))
+    return payload
+  })
+  app.addHook('onResponse', async (request, reply) => {
+    const cfg = request.routeOptions.config
+    // SSE streams record themselves when they open (their "response" lasts minutes).
+    if (cfg.sse && reply.statusCode === 200) return
+    const route = request.routeOptions.url ?? 'unmatched'
+    metrics.httpRequests.inc({ route, status: String(reply.statusCode) })
+    metrics.httpDuration.observe({ route }, reply.elapsedTime / 1000)
+    if (request.quotaTaken && request.auth && reply.statusCode >= 400) {
+      await deps.limiter.refundStart(request.auth.user).catch((err: unknown) => request.log.warn({ err }, 'quota refund failed'))
+    }
+  })
+  app.setErrorHandler((err, request, reply) => sendProblem(err, request, reply))
+  app.setNotFoundHandler((request, reply) => sendProblem(new GatewayError('not_found', `no route for ${request.method} ${request.url.split('?')[0] ?? ''}`), request, reply))
+
+  registerAuthRoutes(app, deps)
+  registerWorkflowRoutes(app, deps)
+  registerEventsRoute(app, deps)
+  registerUi(app)
+  await app.ready()
+  return new Gateway(app, deps)
+}

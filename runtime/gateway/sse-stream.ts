@@ -1,0 +1,247 @@
+// One SSE client following one workflow: resumes exactly after the id it asks for
+// (subscribe first and queue, replay with an exclusive XRANGE, then flush the queue
+// without what the replay already sent), honours socket backpressure, and drops a
+// client whose socket stays full too long or that falls too far behind (it resumes
+// on reconnect with Last-Event-ID, for free).
+//
+// States, one line each:
+//   replaying  reading the stream from Redis; live frames wait in the queue
+//   live       frames are written as they arrive (queued while the socket is full)
+//   closed     ended (final event sent, client left, dropped, or gateway stopping)
+import type { ServerResponse } from 'node:http'
+import { compareStreamIds } from '../events.ts'
+import type { RedisClient } from '../redis/connection.ts'
+import type { Keys } from '../redis/keys.ts'
+import { TERMINAL_STATUSES, type WorkflowStatusValue } from '../types.ts'
+import type { DropReason } from './metrics.ts'
+import { frameOf, type FeedClient, type Frame } from './sse-hub.ts'
+import type { SseSettings } from './settings.ts'
+
+/** Lifecycle of a stream. */
+export type SseState = 'replaying' | 'live' | 'closed'
+
+/** What a stream needs around it. */
+export interface SseStreamDeps {
+  redis: RedisClient
+  keys: Keys
+  settings: SseSettings
+  /** Builds the `reset` event's payload (the workflow's current status). */
+  status(): Promise<unknown>
+  onDrop(reason: DropReason): void
+  onClose(): void
+}
+
+const REPLAY_PAGE = 200
+
+/** Fields of XINFO STREAM that tell whether entries after `after` were deleted. */
+async function trimmedAfter(redis: RedisClient, key: string, after: string): Promise<boolean> {
+  let info: unknown[]
+  try {
+    info = (await redis.xinfo('STREAM', key)) as unknown[]
+  } catch {
+    return false // no stream (yet): nothing was trimmed
+  }
+  const field = (name: string): unknown => info[info.indexOf(name) + 1]
+  const length = Number(field('length'))
+  const added = Number(field('entries-added'))
+  const first = field('first-entry') as [string, string[]] | null
+  const md = field('max-deleted-entry-id')
+  const maxDeleted = typeof md === 'string' ? md : '0-0'
+  // Trimming removes the oldest entries (7.0 does not record them in
+  // max-deleted-entry-id): a client behind the first retained entry may have
+  // missed some. XDEL of later entries is caught by max-deleted-entry-id.
+  if (added > length && first && compareStreamIds(after, first[0]) < 0) return true
+  return compareStreamIds(after, maxDeleted) < 0
+}
+
+/** Streams one workflow's events to one HTTP response. */
+export class SseStream implements FeedClient {
+  state: SseState = 'replaying'
+  /** Id of the last event written (the client's Last-Event-ID). */
+  last: string
+  private queue: Frame[] = []
+  private queuedBytes = 0
+  private congested = false
+  private slowTimer: NodeJS.Timeout | null = null
+  private drainWaiters: (() => void)[] = []
+  private replayAgain = false
+  private released = false
+
+  constructor(
+    readonly wf: string,
+    private readonly res: ServerResponse,
+    after: string,
+    private readonly deps: SseStreamDeps,
+  ) {
+    this.last = after
+    res.on('close', () => this.close(false))
+    res.on('drain', () => this.onDrain())
+  }
+
+  /** Sends `retry:`, a reset if needed, the replay, then goes live. Call after the hub attached it. */
+  async start(): Promise<void> {
+    this.write(`retry: ${this.deps.settings.retryMs}\n\n`)
+    if (await trimmedAfter(this.deps.redis, this.deps.keys.events(this.wf), this.last)) {
+      const status = await this.deps.status()
+      this.write(`event: reset\ndata: ${JSON.stringify({ reason: 'trimmed', after: this.last, status })}\n\n`)
+    }
+    await this.replay()
+  }
+
+  /** Replays from `last`, then flushes queued live frames and goes live. */
+  private async replay(): Promise<void> {
+    do {
+      this.replayAgain = false
+      this.state = 'replaying'
+      for (;;) {
+        const start = this.last === '0' || this.last === '0-0' ? '-' : `(${this.last}`
+        const page = (await this.deps.redis.xrange(this.deps.keys.events(this.wf), start, '+', 'COUNT', REPLAY_PAGE)) as [string, string[]][]
+        for (const [id, fields] of page) {
+          if (this.isClosed()) return
+          const i = fields.indexOf('e')
+          const json = i >= 0 ? (fields[i + 1] ?? 'null') : 'null'
+          this.writeFrame(frameOf(id, json, this.typeOf(json)))
+          if (this.congested && !(await this.waitDrain())) return
+        }
+        if (page.length < REPLAY_PAGE) break
+      }
+      if (this.isClosed()) return
+      this.state = 'live'
+      this.flush()
+    } while (this.replayAgain && !this.isClosed())
+    if (!this.isClosed()) await this.endIfTerminal()
+  }
+
+  private typeOf(json: string): string {
+    try {
+      const t = (JSON.parse(json) as { type?: unknown } | null)?.type
+      return typeof t === 'string' ? t : 'troupe.malformed'
+    } catch {
+      return 'troupe.malformed'
+    }
+  }
+
+  // A workflow that ended with its final event trimmed (or racing our replay)
+  // still ends the stream, with the status as the end event's payload.
+  private async endIfTerminal(): Promise<void> {
+    const st = (await this.deps.redis.hget(this.deps.keys.status(this.wf), 'status')) as WorkflowStatusValue | null
+    if (this.isClosed() || st === null || !TERMINAL_STATUSES.has(st)) return
+    const rest = (await this.deps.redis.xrange(this.deps.keys.events(this.wf), `(${this.last}`, '+', 'COUNT', REPLAY_PAGE)) as [string, string[]][]
+    for (const [id, fields] of rest) {
+      if (this.isClosed()) return
+      const json = fields[fields.indexOf('e') + 1] ?? 'null'
+      this.writeFrame(frameOf(id, json, this.typeOf(json)))
+    }
+    if (!this.isClosed()) this.end(st)
+  }
+
+  private isClosed(): boolean {
+    return this.state === 'closed'
+  }
+
+  /** A live frame from the hub. */
+  push(frame: Frame): void {
+    if (this.state === 'closed') return
+    if (this.state === 'live' && !this.congested && this.queue.length === 0) {
+      if (compareStreamIds(frame.id, this.last) > 0) this.writeFrame(frame)
+      return
+    }
+    this.queue.push(frame)
+    this.queuedBytes += frame.text.length
+    if (this.queuedBytes > this.deps.settings.maxQueueBytes) this.drop('overflow')
+  }
+
+  /** Replays what pub/sub may have lost while Redis was away. */
+  resync(): void {
+    if (this.state === 'replaying') {
+      this.replayAgain = true
+      return
+    }
+    if (this.state === 'live') void this.replay().catch(() => this.close(true))
+  }
+
+  heartbeat(): void {
+    if (this.state !== 'closed' && !this.congested) this.write(': keep-alive\n\n')
+  }
+
+  shutdown(): void {
+    if (this.state === 'closed') return
+    this.state = 'closed'
+    this.res.end()
+  }
+
+  private flush(): void {
+    while (this.state === 'live' && !this.congested && this.queue.length > 0) {
+      const f = this.queue.shift() as Frame
+      this.queuedBytes -= f.text.length
+      if (compareStreamIds(f.id, this.last) > 0) this.writeFrame(f)
+    }
+  }
+
+  private writeFrame(f: Frame): void {
+    this.last = f.id
+    this.write(f.text)
+    if (f.final) this.end(f.type.slice('workflow.'.length))
+  }
+
+  private end(status: string): void {
+    this.write(`event: end\ndata: ${JSON.stringify({ status })}\n\n`)
+    const stuck = this.congested
+    this.state = 'closed'
+    this.res.end()
+    this.release()
+    // A client that stopped reading would otherwise hold the ended socket open.
+    if (stuck) setTimeout(() => this.res.destroy(), this.deps.settings.slowClientMs).unref()
+  }
+
+  private write(text: string): void {
+    if (this.state === 'closed' || this.res.destroyed || this.res.writableEnded) return
+    if (!this.res.write(text) && !this.congested) {
+      this.congested = true
+      this.slowTimer = setTimeout(() => this.drop('slow'), this.deps.settings.slowClientMs)
+      this.slowTimer.unref()
+    }
+  }
+
+  private onDrain(): void {
+    if (!this.congested) return
+    this.congested = false
+    if (this.slowTimer) clearTimeout(this.slowTimer)
+    this.slowTimer = null
+    for (const w of this.drainWaiters.splice(0)) w()
+    this.flush()
+  }
+
+  /** Resolves true once the socket drained, false if the stream closed first. */
+  private waitDrain(): Promise<boolean> {
+    if (!this.congested) return Promise.resolve(true)
+    return new Promise((resolve) => this.drainWaiters.push(() => resolve(!this.isClosed())))
+  }
+
+  private drop(reason: DropReason): void {
+    if (this.state === 'closed') return
+    this.deps.onDrop(reason)
+    this.close(true)
+  }
+
+  private release(): void {
+    if (this.slowTimer) clearTimeout(this.slowTimer)
+    this.slowTimer = null
+    this.queue = []
+    this.queuedBytes = 0
+    for (const w of this.drainWaiters.splice(0)) w()
+    if (this.released) return
+    this.released = true
+    this.deps.onClose()
+  }
+
+  /** Closes the stream; `destroy` cuts the socket (a dropped client gets no more bytes). */
+  close(destroy: boolean): void {
+    if (this.state !== 'closed') {
+      this.state = 'closed'
+      if (destroy) this.res.destroy()
+      else if (!this.res.writableEnded) this.res.end()
+    }
+    this.release()
+  }
+}

@@ -1,0 +1,56 @@
+// Workflow deadlines (`troupe run --deadline 10m`): the leader leases passed entries
+// of `system:deadlines`, fails each workflow with reason `deadline` through the
+// same path as a cancel (queued actions dropped, running ones aborted over the
+// control channel), then removes the entry. The cancel script refuses to end a
+// workflow twice, so a deadline fires exactly once even when a deposed leader or
+// a retry races the current one.
+import type { TroupeClient } from '../client.ts'
+import { TroupeError } from '../errors.ts'
+import type { Logger } from '../log.ts'
+import type { LeaderFence } from './fence.ts'
+
+/** Options of {@link deadlineDuty}. */
+export interface DeadlineOptions {
+  /** Entries handled per pass (the rest wait for the next tick). */
+  batch: number
+  /** How long a claimed entry stays hidden before it is retried (a leader died mid-way). */
+  leaseMs: number
+}
+
+/** One deadline handled in a pass. */
+export interface DeadlineOutcome {
+  wf: string
+  due: number
+  /** `fired`: this pass failed the workflow; `ended`: it had already ended; `missing`: no such workflow; `error`: retried later. */
+  result: 'fired' | 'ended' | 'missing' | 'error'
+  dropped: number
+}
+
+/** Fails every workflow whose deadline passed; returns what happened to each. */
+export async function deadlineDuty(fence: LeaderFence, client: TroupeClient, opts: DeadlineOptions, log: Logger, signal?: AbortSignal): Promise<DeadlineOutcome[]> {
+  const claimed = await fence.claimDeadlines(opts.batch, opts.leaseMs)
+  const out: DeadlineOutcome[] = []
+  const done: string[] = []
+  for (const { wf, due } of claimed) {
+    if (signal?.aborted) break
+    let result: DeadlineOutcome['result'] = 'fired'
+    let dropped = 0
+    try {
+      dropped = (await client.cancelWorkflow(wf, 'deadline', 'failed')).dropped
+    } catch (err) {
+      if (err instanceof TroupeError && err.code === 'workflow_ended') result = 'ended'
+      else if (err instanceof TroupeError && (err.code === 'workflow_not_found' || err.code === 'bad_id')) result = 'missing'
+      else {
+        result = 'error'
+        log.warn(`deadline of ${wf} not enforced yet; retrying after ${opts.leaseMs} ms`, { error: err instanceof Error ? err.message : String(err) })
+      }
+    }
+    if (result !== 'error') done.push(wf)
+    out.push({ wf, due, result, dropped })
+  }
+  if (done.length > 0) await fence.write([{ cmd: 'ZREM', key: fence.keys.deadlines(), args: done }])
+  for (const o of out.filter((x) => x.result === 'fired')) {
+    await fence.publish({ type: 'system.deadline.fired', at: Date.now(), term: fence.term, leader: fence.serviceId, workflowId: o.wf, due: o.due, dropped: o.dropped })
+  }
+  return out
+}

@@ -1,0 +1,152 @@
+// One leader tick: every duty in turn, each writing only through the term's
+// fence. A duty that fails is logged and counted and the others still run; a
+// LeaderDeposedError ends the tick at once (someone else leads now).
+import type { TroupeClient } from '../client.ts'
+import type { Logger } from '../log.ts'
+import type { RedisClient } from '../redis/connection.ts'
+import type { Keys } from '../redis/keys.ts'
+import { deadlineDuty, type DeadlineOutcome } from './deadlines.ts'
+import { LeaderDeposedError, type LeaderFence } from './fence.ts'
+import { healthDuty, readFleet, type FleetSnapshot, type HealthPass } from './health.ts'
+import type { SupervisorMetrics } from './metrics.ts'
+import { knownAgents, readQueues, serverNow, type AgentQueue } from './queues.ts'
+import { buildRollup, readPersistence, rollupWrites, type PersistenceBacklog, type Rollup } from './rollups.ts'
+import { StuckTracker, type StuckActor } from './stuck.ts'
+import { WorkflowSweep } from './sweep.ts'
+
+/** Tunables of the leader's duties (see docs/supervisor.md). */
+export interface DutyOptions {
+  deadAfterMissed: number
+  keepDeadMs: number
+  forgetAfterMs: number
+  stuckAfterMs: number
+  failingActivations: number
+  deadlineBatch: number
+  deadlineLeaseMs: number
+  rollupTtlMs: number
+  sweepBudget: number
+  sweepWindowMs: number
+  repairGraceMs: number
+  maxActorsPerAgent: number
+}
+
+/** What one tick did (for logs and tests). */
+export interface TickReport {
+  health: HealthPass | null
+  deadlines: DeadlineOutcome[]
+  stuck: StuckActor[]
+  sweptAt: number | null
+  rollup: Rollup | null
+  errors: string[]
+}
+
+/** What the duties need from their host. */
+export interface DutyDeps {
+  redis: RedisClient
+  keys: Keys
+  client: TroupeClient
+  log: Logger
+  metrics: SupervisorMetrics
+}
+
+/** The duties of one leadership term; a new term starts with fresh memory. */
+export class LeaderDuties {
+  private readonly stuck: StuckTracker
+  private readonly sweep: WorkflowSweep
+  private readonly reportedProblems = new Set<string>()
+
+  constructor(
+    private readonly deps: DutyDeps,
+    private readonly fence: LeaderFence,
+    private readonly opts: DutyOptions,
+  ) {
+    this.stuck = new StuckTracker({ stuckAfterMs: opts.stuckAfterMs, failingActivations: opts.failingActivations })
+    this.sweep = new WorkflowSweep(deps.redis, deps.keys, { windowMs: opts.sweepWindowMs, graceMs: opts.repairGraceMs })
+  }
+
+  private async guard<T>(name: string, errors: string[], fn: () => Promise<T>): Promise<T | null> {
+    try {
+      return await fn()
+    } catch (err) {
+      if (err instanceof LeaderDeposedError) throw err
+      const msg = err instanceof Error ? err.message : String(err)
+      errors.push(`${name}: ${msg}`)
+      this.deps.log.warn(`supervisor ${name} failed; continuing`, { error: msg })
+      return null
+    }
+  }
+
+  private reportProblems(fleet: FleetSnapshot): void {
+    for (const p of fleet.problems) {
+      const key = `${p.kind}\u0000${p.serviceId}`
+      if (this.reportedProblems.has(key)) continue
+      this.reportedProblems.add(key)
+      this.deps.metrics.badRecords.inc({ kind: p.kind })
+      this.deps.log.warn(`skipping ${p.kind === 'bad-id' ? 'unknown id' : 'corrupted health record'} ${JSON.stringify(p.serviceId)} in system:services: ${p.detail}`)
+    }
+  }
+
+  /** Runs every duty once. */
+  async tick(signal?: AbortSignal): Promise<TickReport> {
+    const { redis, keys, log, metrics } = this.deps
+    const fence = this.fence
+    const o = this.opts
+    const errors: string[] = []
+    const report: TickReport = { health: null, deadlines: [], stuck: [], sweptAt: null, rollup: null, errors }
+
+    const fleet = await this.guard('health scan', errors, () => readFleet(redis, keys, { deadAfterMissed: o.deadAfterMissed }))
+    if (fleet) {
+      this.reportProblems(fleet)
+      report.health = await this.guard('health', errors, () => healthDuty(fence, fleet, o))
+      for (const id of report.health?.markedDead ?? []) {
+        metrics.markedDead.inc()
+        log.warn(`service ${id} is dead (missed ${o.deadAfterMissed}+ heartbeats); its actors are picked up again as their leases run out`)
+      }
+    }
+    if (signal?.aborted) return report
+
+    report.deadlines = (await this.guard('deadlines', errors, () => deadlineDuty(fence, this.deps.client, { batch: o.deadlineBatch, leaseMs: o.deadlineLeaseMs }, log, signal))) ?? []
+    for (const d of report.deadlines.filter((x) => x.result === 'fired')) {
+      metrics.deadlinesFired.inc()
+      log.info(`workflow ${d.wf} failed: deadline passed (${d.dropped} queued actions dropped)`)
+    }
+    if (signal?.aborted) return report
+
+    const now = await serverNow(redis)
+    const hosted = new Set((fleet?.services ?? []).filter((s) => s.status === 'alive').flatMap((s) => s.agents))
+    const agents = await this.guard('agents', errors, () => knownAgents(redis, keys, (fleet?.services ?? []).flatMap((s) => s.agents)))
+    const queues = (await this.guard('queues', errors, () => readQueues(redis, keys, agents ?? [], now, o.maxActorsPerAgent))) ?? new Map<string, AgentQueue>()
+    report.stuck = this.stuck.observe(queues.values(), hosted, now)
+    if (report.stuck.length > 0) {
+      await this.guard('stuck', errors, () =>
+        fence.write(report.stuck.map((s) => ({ cmd: 'PUBLISH' as const, args: [keys.systemChannel(), JSON.stringify({ type: 'system.actor.stuck', at: Date.now(), term: fence.term, leader: fence.serviceId, workflowId: s.wf, ...s })] }))),
+      )
+      for (const s of report.stuck) {
+        metrics.stuckReports.inc({ agent: s.agent, reason: s.reason })
+        log.warn(`actor ${s.agent} in ${s.wf} is stuck (${s.reason}${s.noWorker ? ', no live worker hosts this agent' : ''}): waiting ${Math.round(s.waitingMs / 1000)} s`)
+      }
+    }
+    if (signal?.aborted) return report
+
+    const before = this.sweep.last
+    await this.guard('sweep', errors, () => this.sweep.step(o.sweepBudget, fence, signal))
+    if (this.sweep.last && this.sweep.last !== before) {
+      report.sweptAt = this.sweep.last.startedAt
+      if (this.sweep.last.repairs > 0) {
+        metrics.repairs.inc(this.sweep.last.repairs)
+        log.warn(`re-hinted ${this.sweep.last.repairs} actors whose due work had no ready hint`)
+      }
+    }
+    if (signal?.aborted) return report
+
+    const persistence: PersistenceBacklog = (await this.guard('persistence', errors, () => readPersistence(redis, keys))) ?? { length: 0, pending: 0, lag: 0, group: false }
+    if (fleet) {
+      const rollup = buildRollup({ at: now, term: fence.term, leader: fence.serviceId, fleet, queues, stuck: this.stuck.counts(), sweep: this.sweep.last, persistence })
+      await this.guard('rollups', errors, () => fence.write(rollupWrites(keys, rollup, o.rollupTtlMs)))
+      report.rollup = rollup
+      metrics.setCluster(rollup)
+      for (const [agent, c] of this.stuck.counts()) for (const [reason, n] of Object.entries(c)) metrics.stuckActors.set({ agent, reason }, n)
+    }
+    return report
+  }
+}

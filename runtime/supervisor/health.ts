@@ -1,0 +1,186 @@
+// Reading the fleet from `system:services` + `system:health:<id>` (shared by the
+// supervisor and `troupe status`), and the leader's health duty: mark services dead
+// after missed heartbeats, forget very old index entries. Records are written by
+// other processes (or by hand), so each one is validated and a bad one is reported
+// and skipped rather than trusted.
+import type { RedisClient } from '../redis/connection.ts'
+import type { Keys } from '../redis/keys.ts'
+import type { LeaderFence } from './fence.ts'
+
+/** What `troupe status` and the rollups call a service. */
+export type ServiceStatus = 'alive' | 'stopped' | 'dead'
+
+/** One service, from its health record. */
+export interface ServiceRecord {
+  serviceId: string
+  status: ServiceStatus
+  roles: string[]
+  agents: string[]
+  host: string
+  pid: string
+  version: string
+  startedAt: number
+  lastSeen: number
+  heartbeatMs: number
+  metricsUrl: string
+  /** Actors active in that process, per agent. */
+  active: Record<string, number>
+  /** The status field as stored (`alive` for a stale record not yet marked dead). */
+  stored: string
+  /** Why it counts as dead, when it does. */
+  note: string
+  /** Every field as stored, for fields hosted services add (e.g. `sdUrl`, `supervisor`). */
+  fields: Record<string, string>
+}
+
+/** A record that could not be used. */
+export interface FleetProblem {
+  serviceId: string
+  kind: 'corrupt' | 'bad-id'
+  detail: string
+}
+
+/** The fleet at one moment. */
+export interface FleetSnapshot {
+  now: number
+  services: ServiceRecord[]
+  problems: FleetProblem[]
+  /** Index score (last seen) of every id in `system:services`, usable or not. */
+  indexed: Map<string, number>
+}
+
+/** Options of {@link readFleet}. */
+export interface ReadFleetOptions {
+  /** Heartbeats a service may miss before it counts as dead (default 3). */
+  deadAfterMissed?: number
+  now?: number
+  /** Longest listing read (default 10,000 services). */
+  limit?: number
+}
+
+const SERVICE_ID_RE = /^[A-Za-z0-9_.:@-]{1,200}$/
+const DEFAULT_HEARTBEAT_MS = 2000
+
+function int(v: string | undefined): number | null {
+  if (v === undefined || v === '' || !/^\d+$/.test(v)) return null
+  return Number(v)
+}
+
+function parseActive(raw: string | undefined): Record<string, number> | null {
+  if (raw === undefined || raw === '') return {}
+  try {
+    const v = JSON.parse(raw) as unknown
+    if (typeof v !== 'object' || v === null || Array.isArray(v)) return null
+    const out: Record<string, number> = {}
+    for (const [k, n] of Object.entries(v as Record<string, unknown>)) {
+      if (typeof n !== 'number' || !Number.isFinite(n) || n < 0) return null
+      out[k] = n
+    }
+    return out
+  } catch {
+    return null
+  }
+}
+
+/**
+ * Validates one health record; returns the service or why it is unusable.
+ * A live record whose last heartbeat is older than `deadAfterMissed` beats is dead.
+ */
+export function parseHealth(serviceId: string, h: Record<string, string>, now: number, deadAfterMissed: number): ServiceRecord | string {
+  const lastSeen = int(h.lastSeen)
+  if (lastSeen === null) return `lastSeen is ${JSON.stringify(h.lastSeen ?? null)}, not a timestamp`
+  const stored = h.status ?? ''
+  if (!['alive', 'stopped', 'dead'].includes(stored)) return `status is ${JSON.stringify(h.status ?? null)}`
+  const active = parseActive(h.active)
+  if (!active) return `active is not a JSON object of counts: ${JSON.stringify((h.active ?? '').slice(0, 80))}`
+  const hb = int(h.heartbeatMs) ?? DEFAULT_HEARTBEAT_MS
+  const heartbeatMs = hb > 0 ? hb : DEFAULT_HEARTBEAT_MS
+  let status = stored as ServiceStatus
+  let note = ''
+  if (stored === 'alive' && now - lastSeen > deadAfterMissed * heartbeatMs) {
+    status = 'dead'
+    note = `missed ${Math.floor((now - lastSeen) / heartbeatMs)} heartbeats`
+  } else if (stored === 'dead') note = 'marked dead by the supervisor'
+  const list = (v: string | undefined): string[] => (v ?? '').split(',').map((s) => s.trim()).filter(Boolean)
+  return {
+    serviceId, status, stored, note, lastSeen, heartbeatMs, active,
+    roles: list(h.roles), agents: list(h.agents), host: h.host ?? '', pid: h.pid ?? '', version: h.version ?? '',
+    startedAt: int(h.startedAt) ?? 0, metricsUrl: h.metricsUrl ?? '', fields: h,
+  }
+}
+
+/**
+ * Reads every service listed in `system:services`. Ids whose record expired are
+ * listed as dead (they stopped heartbeating long ago); unusable records and ids
+ * land in `problems` instead of `services`.
+ */
+export async function readFleet(redis: RedisClient, keys: Keys, opts: ReadFleetOptions = {}): Promise<FleetSnapshot> {
+  const now = opts.now ?? Date.now()
+  const missed = opts.deadAfterMissed ?? 3
+  const flat = await redis.zrange(keys.services(), '0', String((opts.limit ?? 10_000) - 1), 'WITHSCORES')
+  const indexed = new Map<string, number>()
+  for (let i = 0; i + 1 < flat.length; i += 2) indexed.set(flat[i] as string, Number(flat[i + 1]))
+  const problems: FleetProblem[] = []
+  const ids = [...indexed.keys()].filter((id) => {
+    if (SERVICE_ID_RE.test(id)) return true
+    problems.push({ serviceId: id, kind: 'bad-id', detail: 'not a service id (written by hand?)' })
+    return false
+  })
+  const pipe = redis.pipeline()
+  for (const id of ids) pipe.hgetall(keys.health(id))
+  const res = ids.length > 0 ? ((await pipe.exec()) ?? []) : []
+  const services: ServiceRecord[] = []
+  ids.forEach((id, i) => {
+    const [err, value] = res[i] ?? [new Error('no reply'), null]
+    if (err) {
+      problems.push({ serviceId: id, kind: 'corrupt', detail: err.message.split('\n')[0] ?? 'unreadable' })
+      return
+    }
+    const h = (value ?? {}) as Record<string, string>
+    if (Object.keys(h).length === 0) {
+      const seen = indexed.get(id) ?? 0
+      services.push({
+        serviceId: id, status: 'dead', stored: '', note: 'health record expired', lastSeen: seen, heartbeatMs: 0, active: {},
+        roles: [], agents: [], host: '', pid: '', version: '', startedAt: 0, metricsUrl: '', fields: {},
+      })
+      return
+    }
+    const parsed = parseHealth(id, h, now, missed)
+    if (typeof parsed === 'string') problems.push({ serviceId: id, kind: 'corrupt', detail: parsed })
+    else services.push(parsed)
+  })
+  return { now, services, problems, indexed }
+}
+
+/** Options of the leader's health duty. */
+export interface HealthDutyOptions {
+  deadAfterMissed: number
+  /** How long a dead service's record is kept (its TTL once marked). */
+  keepDeadMs: number
+  /** Index entries last seen longer ago than this, without a live record, are removed. */
+  forgetAfterMs: number
+}
+
+/** What one health pass did. */
+export interface HealthPass {
+  markedDead: string[]
+  forgotten: string[]
+}
+
+/**
+ * Marks stale services dead (compare-and-set on `lastSeen`, fenced) and removes
+ * index entries nobody has heard of for `forgetAfterMs`.
+ */
+export async function healthDuty(fence: LeaderFence, fleet: FleetSnapshot, opts: HealthDutyOptions): Promise<HealthPass> {
+  const markedDead: string[] = []
+  for (const s of fleet.services) {
+    if (s.stored !== 'alive' || s.status !== 'dead') continue
+    const missed = Math.floor((fleet.now - s.lastSeen) / s.heartbeatMs)
+    if (await fence.markDead(s.serviceId, String(s.lastSeen), opts.keepDeadMs, missed)) markedDead.push(s.serviceId)
+  }
+  const cutoff = fleet.now - opts.forgetAfterMs
+  const live = new Set(fleet.services.filter((s) => s.status === 'alive').map((s) => s.serviceId))
+  const forgotten = [...fleet.indexed].filter(([id, seen]) => seen < cutoff && !live.has(id)).map(([id]) => id)
+  if (forgotten.length > 0) await fence.write([{ cmd: 'ZREM', key: fence.keys.services(), args: forgotten }])
+  return { markedDead, forgotten }
+}

@@ -1,0 +1,94 @@
+// Supervisor settings: options override `TROUPE_SUPERVISOR_*` environment
+// variables, which override the defaults. Validated once, with errors that name
+// the setting.
+import { TroupeError } from '../errors.ts'
+import type { DutyOptions } from './duties.ts'
+
+/** What `supervisorService()` accepts; every field is optional. */
+export interface SupervisorOptions {
+  /** Leader lease (Redlock TTL); a standby takes over within about this long after the leader dies. Default 10 s (`TROUPE_SUPERVISOR_LEASE_MS`). */
+  leaseMs?: number
+  /** Interval between leader ticks. Default 2 s (`TROUPE_SUPERVISOR_TICK_MS`). */
+  tickMs?: number
+  /** How often a standby tries to take over. Default a fifth of the lease. */
+  retryMs?: number
+  /** Heartbeats a service may miss before it is marked dead. Default 3; at most 4 (records expire after 5). */
+  deadAfterMissed?: number
+  /** How long a dead service's record is kept. Default 1 h. */
+  keepDeadMs?: number
+  /** When a `system:services` entry last seen this long ago, without a live record, is removed. Default 6 h. */
+  forgetAfterMs?: number
+  /** How long work may wait before its actor is reported stuck. Default 60 s (`TROUPE_SUPERVISOR_STUCK_MS`). */
+  stuckAfterMs?: number
+  /** Activations without progress that make an actor "failing". Default 3. */
+  failingActivations?: number
+  /** Passed deadlines handled per tick. Default 100. */
+  deadlineBatch?: number
+  /** SCAN calls of the workflow sweep per tick. Default 20. */
+  sweepBudget?: number
+  /** Window of the completed/failed-per-minute figures. Default 60 s. */
+  sweepWindowMs?: number
+  /** Hints walked per agent for the queue figures. Default 5000. */
+  maxActorsPerAgent?: number
+  /** Port of the Prometheus HTTP SD server; 0 picks a free one, false disables it. Default 0 (`TROUPE_SD_PORT`). */
+  sdPort?: number | false
+  /** Address the SD server binds. Default 127.0.0.1 (`TROUPE_SD_HOST`). */
+  sdHost?: string
+}
+
+/** Options with every default filled in. */
+export interface ResolvedSupervisorOptions extends DutyOptions {
+  leaseMs: number
+  tickMs: number
+  retryMs: number
+  sdPort: number | false
+  sdHost: string
+}
+
+function envNum(name: string): number | undefined {
+  const raw = process.env[name]
+  if (raw === undefined || raw === '') return undefined
+  const v = Number(raw)
+  if (!Number.isFinite(v) || v < 0) throw new TroupeError('config', `${name}=${raw} is not a non-negative number`)
+  return v
+}
+
+function positive(v: number, what: string, min = 1): number {
+  if (!Number.isFinite(v) || v < min) throw new TroupeError('config', `supervisor ${what} must be at least ${min}, got ${v}`)
+  return Math.round(v)
+}
+
+/** Fills in defaults and validates; throws TroupeError('config') on a bad value. */
+export function resolveSupervisorOptions(o: SupervisorOptions = {}): ResolvedSupervisorOptions {
+  const leaseMs = positive(o.leaseMs ?? envNum('TROUPE_SUPERVISOR_LEASE_MS') ?? 10_000, 'leaseMs', 500)
+  const tickMs = positive(o.tickMs ?? envNum('TROUPE_SUPERVISOR_TICK_MS') ?? 2000, 'tickMs', 50)
+  const deadAfterMissed = positive(o.deadAfterMissed ?? 3, 'deadAfterMissed')
+  if (deadAfterMissed > 4) throw new TroupeError('config', 'supervisor deadAfterMissed must be at most 4: health records expire after 5 missed heartbeats')
+  const keepDeadMs = positive(o.keepDeadMs ?? 3_600_000, 'keepDeadMs', 1000)
+  const forgetAfterMs = positive(o.forgetAfterMs ?? 6 * 3_600_000, 'forgetAfterMs', 1000)
+  if (forgetAfterMs < keepDeadMs) throw new TroupeError('config', 'supervisor forgetAfterMs must be at least keepDeadMs')
+  const envSd = envNum('TROUPE_SD_PORT')
+  const sdPort = o.sdPort === false ? false : o.sdPort ?? envSd ?? 0
+  if (sdPort !== false && (!Number.isInteger(sdPort) || sdPort > 65535)) throw new TroupeError('config', `supervisor sdPort must be a port number, got ${sdPort}`)
+  return {
+    leaseMs,
+    tickMs,
+    retryMs: positive(o.retryMs ?? Math.max(50, Math.floor(leaseMs / 5)), 'retryMs', 10),
+    deadAfterMissed,
+    keepDeadMs,
+    forgetAfterMs,
+    stuckAfterMs: positive(o.stuckAfterMs ?? envNum('TROUPE_SUPERVISOR_STUCK_MS') ?? 60_000, 'stuckAfterMs', 100),
+    failingActivations: positive(o.failingActivations ?? 3, 'failingActivations'),
+    deadlineBatch: positive(o.deadlineBatch ?? 100, 'deadlineBatch'),
+    // A claimed deadline comes back after this if its leader died mid-way.
+    deadlineLeaseMs: Math.max(leaseMs, 5000),
+    // Rollups outlive a failover but vanish when no supervisor runs at all.
+    rollupTtlMs: Math.max(60_000, tickMs * 10),
+    sweepBudget: positive(o.sweepBudget ?? 20, 'sweepBudget'),
+    sweepWindowMs: positive(o.sweepWindowMs ?? 60_000, 'sweepWindowMs', 1000),
+    repairGraceMs: Math.max(2000, tickMs),
+    maxActorsPerAgent: positive(o.maxActorsPerAgent ?? 5000, 'maxActorsPerAgent'),
+    sdPort,
+    sdHost: o.sdHost ?? process.env.TROUPE_SD_HOST ?? '127.0.0.1',
+  }
+}

@@ -1,0 +1,227 @@
+// The leader's slow sweep over every workflow (SCAN of `workflow:status:*`, a
+// bounded number of SCAN calls per tick, so a big keyspace is spread over ticks).
+// Per sweep it figures dead letters per agent, actions completed and failed per
+// agent in the minute before the sweep began (from the workflows' event streams,
+// whose ids are server times), workflows by status, and it verifies the claim
+// protocol's invariant: an actor with a due action or an action in flight and no
+// lock holder must have a ready hint that comes due now. Where one is missing it
+// re-hints with `ZADD LT` (which can only bring a look forward, never hide work);
+// the actor lock and fence still decide who delivers, so this never double-delivers.
+import type { RedisClient } from '../redis/connection.ts'
+import type { Keys } from '../redis/keys.ts'
+import type { FencedWrite, LeaderFence } from './fence.ts'
+import { serverNow } from './queues.ts'
+
+/** Figures of one complete sweep. */
+export interface SweepFigures {
+  startedAt: number
+  finishedAt: number
+  /** Start of the counting window; the window ends at `startedAt`. */
+  windowStart: number
+  workflows: Record<string, number>
+  deadLetters: Record<string, number>
+  completed: Record<string, number>
+  failed: Record<string, number>
+  /** Hints re-added during this sweep. */
+  repairs: number
+  /** True when some event stream had more entries in the window than were read. */
+  truncated: boolean
+}
+
+/** Options of {@link WorkflowSweep}. */
+export interface SweepOptions {
+  /** Counting window for completed/failed actions (default 60 s). */
+  windowMs?: number
+  /** Keys asked per SCAN call (default 500). */
+  scanCount?: number
+  /** How long a due action or orphaned in-flight action must wait before it is re-hinted (default 2 s). */
+  graceMs?: number
+}
+
+const TERMINAL = new Set(['completed', 'failed', 'cancelled'])
+const MAX_EVENTS_PER_WORKFLOW = 5000
+const MAX_DEAD_READ = 1000
+
+type Reply = [Error | null, unknown]
+
+function inc(rec: Record<string, number>, k: string, by = 1): void {
+  rec[k] = (rec[k] ?? 0) + by
+}
+
+/** Sweeps workflows step by step; `last` holds the figures of the last complete sweep. */
+export class WorkflowSweep {
+  last: SweepFigures | null = null
+  private cur: SweepFigures | null = null
+  private node = 0
+  private cursor = '0'
+  private readonly windowMs: number
+  private readonly scanCount: number
+  private readonly graceMs: number
+
+  constructor(
+    private readonly redis: RedisClient,
+    private readonly keys: Keys,
+    opts: SweepOptions = {},
+  ) {
+    this.windowMs = opts.windowMs ?? 60_000
+    this.scanCount = opts.scanCount ?? 500
+    this.graceMs = opts.graceMs ?? 2000
+  }
+
+  private nodes(): RedisClient[] {
+    return 'nodes' in this.redis ? this.redis.nodes('master') : [this.redis]
+  }
+
+  /**
+   * Runs up to `budget` SCAN calls; repairs go through `fence` (none without one:
+   * read-only). Resolves to true when this step completed a sweep.
+   */
+  async step(budget: number, fence: LeaderFence | null, signal?: AbortSignal): Promise<boolean> {
+    if (!this.cur) {
+      const now = await serverNow(this.redis)
+      this.cur = { startedAt: now, finishedAt: 0, windowStart: now - this.windowMs, workflows: {}, deadLetters: {}, completed: {}, failed: {}, repairs: 0, truncated: false }
+      this.node = 0
+      this.cursor = '0'
+    }
+    const prefix = this.keys.status('')
+    const head = prefix.slice(0, prefix.indexOf('{'))
+    for (let calls = 0; calls < budget && !signal?.aborted; calls++) {
+      const nodes = this.nodes()
+      const node = nodes[this.node]
+      if (!node) return this.finish()
+      const [next, found] = await node.scan(this.cursor, 'MATCH', `${head}*`, 'COUNT', this.scanCount)
+      this.cursor = next
+      const wfs = found.filter((k) => k.startsWith(`${head}{`) && k.endsWith('}')).map((k) => k.slice(head.length + 1, -1))
+      if (wfs.length > 0) await this.visit(wfs, this.cur, fence)
+      if (next === '0') {
+        this.node++
+        if (this.node >= nodes.length) return this.finish()
+      }
+    }
+    return false
+  }
+
+  private finish(): boolean {
+    if (!this.cur) return false
+    this.cur.finishedAt = Date.now()
+    this.last = this.cur
+    this.cur = null
+    return true
+  }
+
+  private async visit(wfs: string[], fig: SweepFigures, fence: LeaderFence | null): Promise<void> {
+    const k = this.keys
+    const p1 = this.redis.pipeline()
+    for (const wf of wfs) {
+      p1.hmget(k.status(wf), 'status', 'updatedAt', 'dead')
+      p1.hkeys(k.status(wf))
+    }
+    const r1 = ((await p1.exec()) ?? []) as Reply[]
+    const now = await serverNow(this.redis)
+    const p2 = this.redis.pipeline()
+    const reads: { wf: string; kind: 'dead' | 'events' | 'actor'; agent?: string }[] = []
+    wfs.forEach((wf, i) => {
+      const [e1, fields] = r1[i * 2] ?? [null, null]
+      const [e2, names] = r1[i * 2 + 1] ?? [null, null]
+      if (e1 || e2 || !Array.isArray(fields)) return
+      const [status, updatedAt, dead] = fields as (string | null)[]
+      if (!status) return
+      inc(fig.workflows, status)
+      if (Number(dead ?? 0) > 0) {
+        p2.zrange(k.dead(wf), '0', String(MAX_DEAD_READ - 1))
+        reads.push({ wf, kind: 'dead' })
+      }
+      if (Number(updatedAt ?? 0) >= fig.windowStart) {
+        p2.xrange(k.events(wf), String(fig.windowStart), String(fig.startedAt), 'COUNT', MAX_EVENTS_PER_WORKFLOW)
+        reads.push({ wf, kind: 'events' })
+      }
+      if (!TERMINAL.has(status)) {
+        for (const f of (names ?? []) as string[]) {
+          if (!f.startsWith('agent:')) continue
+          const agent = f.slice(6)
+          p2.zrange(k.mailbox(wf, agent), '0', '0', 'WITHSCORES')
+          p2.exists(k.lock(wf, agent))
+          p2.zscore(k.ready(agent), wf)
+          p2.hget(k.actor(wf, agent), 'inflight')
+          reads.push({ wf, kind: 'actor', agent })
+        }
+      }
+    })
+    if (reads.length === 0) return
+    const r2 = ((await p2.exec()) ?? []) as Reply[]
+    const deadIds: { wf: string; ids: string[] }[] = []
+    const repairs: FencedWrite[] = []
+    let at = 0
+    for (const r of reads) {
+      if (r.kind === 'dead') {
+        const [err, ids] = r2[at++] ?? [null, []]
+        if (!err && Array.isArray(ids) && ids.length > 0) deadIds.push({ wf: r.wf, ids: ids as string[] })
+      } else if (r.kind === 'events') {
+        const [err, entries] = r2[at++] ?? [null, []]
+        if (!err) this.countEvents(entries as [string, string[]][], fig)
+      } else {
+        const replies = r2.slice(at, at + 4)
+        at += 4
+        const agent = r.agent as string
+        const [, headRaw] = replies[0] ?? [null, []]
+        const [, locked] = replies[1] ?? [null, 1]
+        const [, hintRaw] = replies[2] ?? [null, null]
+        const [, inflight] = replies[3] ?? [null, null]
+        if (replies.some(([e]) => e) || Number(locked) === 1) continue
+        const headAt = Array.isArray(headRaw) && headRaw[1] !== undefined ? Number(headRaw[1]) : null
+        const hint = hintRaw === null || hintRaw === undefined ? null : Number(hintRaw)
+        const orphaned = typeof inflight === 'string' && inflight !== ''
+        const waiting = headAt !== null && headAt <= now - this.graceMs
+        // A hint in the future with no lock holder is a lease nobody extends any more.
+        const late = hint === null || hint > now + this.graceMs
+        if ((waiting || orphaned) && late) {
+          repairs.push({ cmd: 'ZADD', key: k.ready(agent), args: ['LT', now, r.wf] })
+          repairs.push({ cmd: 'PUBLISH', args: [k.wake(agent), r.wf] })
+        }
+      }
+    }
+    if (deadIds.length > 0) await this.countDead(deadIds, fig)
+    if (repairs.length > 0 && fence) {
+      await fence.write(repairs)
+      fig.repairs += repairs.length / 2
+    }
+  }
+
+  private countEvents(entries: [string, string[]][], fig: SweepFigures): void {
+    if (entries.length >= MAX_EVENTS_PER_WORKFLOW) fig.truncated = true
+    for (const [, fields] of entries) {
+      for (let i = 0; i + 1 < fields.length; i += 2) {
+        const v = fields[i + 1] as string
+        if (fields[i] !== 'e' || !v.includes('"action.')) continue
+        try {
+          const ev = JSON.parse(v) as { type?: string; content?: { agent?: unknown }; metadata?: { agent?: unknown } }
+          const agent = typeof ev.content?.agent === 'string' ? ev.content.agent : typeof ev.metadata?.agent === 'string' ? ev.metadata.agent : '?'
+          if (ev.type === 'action.completed') inc(fig.completed, agent)
+          else if (ev.type === 'action.failed' || ev.type === 'action.dead') inc(fig.failed, agent)
+        } catch {
+          // An unparsable entry is the persister's problem to park; it is not counted here.
+        }
+      }
+    }
+  }
+
+  private async countDead(dead: { wf: string; ids: string[] }[], fig: SweepFigures): Promise<void> {
+    const p = this.redis.pipeline()
+    for (const d of dead) p.hmget(this.keys.actions(d.wf), ...d.ids)
+    const r = ((await p.exec()) ?? []) as Reply[]
+    dead.forEach((d, i) => {
+      const [err, recs] = r[i] ?? [null, []]
+      d.ids.forEach((_, j) => {
+        let agent = '?'
+        const raw = err ? null : ((recs as (string | null)[])[j] ?? null)
+        try {
+          const rec = raw ? (JSON.parse(raw) as { agent?: unknown }) : null
+          if (typeof rec?.agent === 'string') agent = rec.agent
+        } catch {
+          // Counted under '?': the dead letter exists even if its record is unreadable.
+        }
+        inc(fig.deadLetters, agent)
+      })
+    })
+  }
+}
