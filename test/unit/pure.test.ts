@@ -1,0 +1,85 @@
+// Pure logic: no Redis needed.
+import { describe, expect, it } from 'vitest'
+import { setup } from 'xstate'
+import { backoffDelay, defineAgent, compareStreamIds, encodePayload, isStreamId, parseEntry, parseLive, Keys, assertWorkflowId, TroupeError } from '../../runtime/index.ts'
+import { parseDuration, parsePayload } from '../../runtime/cli/common.ts'
+import { fakeText } from '../../examples/research-team/fake-model.ts'
+
+describe('backoffDelay', () => {
+  const p = { initialMs: 100, maxMs: 1000, factor: 2, jitter: 0.5 }
+  it('grows exponentially up to the cap', () => {
+    expect([1, 2, 3, 4, 5].map((a) => backoffDelay(p, a, () => 1))).toEqual([100, 200, 400, 800, 1000])
+  })
+  it('applies at most the jitter fraction, downwards', () => {
+    expect(backoffDelay(p, 3, () => 0)).toBe(200)
+    expect(backoffDelay({ ...p, jitter: 0 }, 3, () => 0)).toBe(400)
+  })
+})
+
+describe('keys', () => {
+  it('puts every per-workflow key in the {wf} slot, with the namespace first', () => {
+    const k = new Keys('ns:')
+    for (const key of [k.status('w1'), k.events('w1'), k.mailbox('w1', 'a'), k.actions('w1'), k.actor('w1', 'a'), k.dead('w1'), k.seq('w1'), k.lock('w1', 'a')]) {
+      expect(key.startsWith('ns:')).toBe(true)
+      expect(key).toContain('{w1}')
+    }
+    expect(new Keys().status('x')).toBe('workflow:status:{x}')
+  })
+  it('rejects ids that would break key names', () => {
+    for (const bad of ['', 'a}', '{a', 'a:b', 'a b', 'x'.repeat(65), 7, null]) expect(() => assertWorkflowId(bad)).toThrow(TroupeError)
+    expect(() => assertWorkflowId('Ab_9-x')).not.toThrow()
+  })
+})
+
+describe('stream ids', () => {
+  it('orders by time then sequence', () => {
+    expect(compareStreamIds('5-1', '5-0')).toBeGreaterThan(0)
+    expect(compareStreamIds('10-0', '9-99')).toBeGreaterThan(0)
+    expect(compareStreamIds('7-3', '7-3')).toBe(0)
+  })
+  it('validates', () => {
+    expect(isStreamId('1700000000000-0')).toBe(true)
+    expect(isStreamId('0')).toBe(true)
+    expect(isStreamId('abc')).toBe(false)
+    expect(isStreamId('1-2-3')).toBe(false)
+  })
+  it('turns malformed entries and messages into something safe', () => {
+    expect(parseEntry('w', ['1-0', ['e', '{oops']]).event.type).toBe('troupe.malformed')
+    expect(parseEntry('w', ['1-0', ['x', 'y']]).event.type).toBe('troupe.malformed')
+    expect(parseLive('nope')).toBeNull()
+    expect(parseLive(JSON.stringify({ streamId: '1-0', event: { type: 't' } }))?.streamId).toBe('1-0')
+  })
+})
+
+describe('payloads', () => {
+  it('enforces JSON and the size limit', () => {
+    expect(encodePayload(undefined, 10)).toBe('null')
+    expect(() => encodePayload({ a: 1n }, 100)).toThrow(/JSON/)
+    expect(() => encodePayload('x'.repeat(20), 10)).toThrow(/over the limit/)
+  })
+  it('parses CLI payloads and durations with clear errors', () => {
+    expect(parsePayload('{"a":1}')).toEqual({ a: 1 })
+    expect(() => parsePayload('{a')).toThrow(/not valid JSON/)
+    expect(parseDuration('10m')).toBe(600_000)
+    expect(parseDuration('250')).toBe(250)
+    expect(() => parseDuration('soon')).toThrow(/invalid duration/)
+  })
+})
+
+describe('defineAgent', () => {
+  it('lists the action types a machine accepts and validates options', () => {
+    const machine = setup({}).createMachine({ initial: 'a', states: { a: { on: { go: 'b' } }, b: { on: { back: 'a' } } } })
+    expect(defineAgent({ name: 'x', machine }).actionTypes).toEqual(['go', 'back'])
+    expect(() => defineAgent({ name: 'bad name', machine })).toThrow(TroupeError)
+    expect(() => defineAgent({ name: 'x', machine, concurrency: 0 })).toThrow(/concurrency/)
+    expect(() => defineAgent({ name: 'x', machine: {} as never })).toThrow(/XState/)
+  })
+})
+
+describe('fake model', () => {
+  it('is deterministic', () => {
+    expect(fakeText('p', 5)).toBe(fakeText('p', 5))
+    expect(fakeText('p', 5)).not.toBe(fakeText('q', 5))
+    expect(fakeText('p', 5).split(' ')).toHaveLength(5)
+  })
+})
