@@ -24,9 +24,17 @@ export function createRedis(url: string, opts: { cluster?: boolean; name?: strin
       const [host, port] = hp.split(':')
       return { host: host ?? '127.0.0.1', port: Number(port ?? 6379) }
     })
-    return new Cluster(hosts, { redisOptions: { ...base, connectionName: opts.name }, scaleReads: 'master' })
+    return quiet(new Cluster(hosts, { redisOptions: { ...base, connectionName: opts.name }, scaleReads: 'master' }))
   }
-  return new Redis(url, { ...base, connectionName: opts.name })
+  return quiet(new Redis(url, { ...base, connectionName: opts.name }))
+}
+
+// Connection errors are retried forever and every command reports its own failure
+// through its promise, so the 'error' events only add noise (ioredis prints them
+// when nobody listens). Callers that care add their own listener.
+function quiet<T extends RedisClient>(client: T): T {
+  client.on('error', () => undefined)
+  return client
 }
 
 /**
