@@ -1,0 +1,64 @@
+// Snapshot versions: a mismatch without migrate fails the action clearly; migrate upgrades.
+// Also: agent code that sends to an unknown agent is dead-lettered with the reason.
+import { describe, expect, it } from 'vitest'
+import { assign, setup } from 'xstate'
+import { defineAgent, sendToAgent, startRuntime, TroupeClient, type ActionEvent } from '../../runtime/index.ts'
+import { eventually, testConfig } from '../helpers/redis.ts'
+
+function counterV(version: number, migrate?: (s: unknown, from: number) => unknown) {
+  return defineAgent({
+    name: 'tally',
+    version,
+    ...(migrate ? { migrate } : {}),
+    machine: setup({ types: { context: {} as { total: number }, events: {} as ActionEvent<'add', { n: number }> } }).createMachine({
+      context: { total: 0 },
+      on: { add: { actions: assign({ total: ({ context, event }) => context.total + event.payload.n }) } },
+    }),
+  })
+}
+
+describe('versions', () => {
+  it('fails on a version mismatch without migrate, and migrates when given', async () => {
+    const cfg = testConfig()
+    const client = TroupeClient.connect(cfg)
+    let rt = await startRuntime({ agents: [counterV(1)], config: cfg, metricsPort: false })
+    const { workflowId } = await client.startWorkflow({ agent: 'tally', type: 'add', payload: { n: 2 } })
+    await eventually(async () => (await client.getStatus(workflowId))?.counts.done === 1, 10_000, 'v1 add')
+    await rt.stop()
+
+    rt = await startRuntime({ agents: [counterV(2)], config: cfg, metricsPort: false })
+    await client.sendAction(workflowId, 'tally', 'add', { n: 3 })
+    await eventually(async () => (await client.deadLetters(workflowId)).length === 1, 10_000, 'mismatch dead letter')
+    expect((await client.deadLetters(workflowId))[0]?.error).toMatch(/version 1, agent is version 2 and has no migrate/)
+    await rt.stop()
+
+    const migrate = (s: unknown, from: number): unknown => {
+      const snap = s as { context: { total: number } }
+      return { ...snap, context: { total: snap.context.total * 10 + from } }
+    }
+    rt = await startRuntime({ agents: [counterV(2, migrate)], config: cfg, metricsPort: false })
+    await client.sendAction(workflowId, 'tally', 'add', { n: 5 })
+    await eventually(async () => (await client.getStatus(workflowId))?.counts.done === 2, 10_000, 'migrated add')
+    const h = await client.redis.hmget(client.keys.actor(workflowId, 'tally'), 'snapshot', 'version')
+    expect((JSON.parse(h[0] ?? '{}') as { context: { total: number } }).context.total).toBe(2 * 10 + 1 + 5)
+    expect(h[1]).toBe('2')
+    await rt.stop()
+    await client.close()
+  })
+
+  it('dead-letters an action whose handling sends to an unknown agent', async () => {
+    const cfg = testConfig()
+    const client = TroupeClient.connect(cfg)
+    const lost = defineAgent({
+      name: 'lost',
+      machine: setup({}).createMachine({ on: { go: { actions: sendToAgent('nobody', 'hello') } } }),
+    })
+    const rt = await startRuntime({ agents: [lost], config: cfg, metricsPort: false })
+    const { workflowId } = await client.startWorkflow({ agent: 'lost', type: 'go' })
+    await eventually(async () => (await client.deadLetters(workflowId)).length === 1, 10_000, 'dead letter')
+    expect((await client.deadLetters(workflowId))[0]?.error).toMatch(/unknown agent 'nobody'/)
+    expect((await client.getStatus(workflowId))?.agents.nobody).toBeUndefined()
+    await rt.stop()
+    await client.close()
+  })
+})
