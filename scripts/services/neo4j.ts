@@ -31,12 +31,16 @@ const READY_TIMEOUT_MS = 120_000
 const STOP_GRACE_MS = 20_000
 const BUILD_LOCK_TIMEOUT_MS = 15 * 60_000
 const OUTPUT_TAIL_LINES = 60
+const PORT_ATTEMPTS = 3
+// Must match Neo4jLauncher.EXIT_PORT_IN_USE.
+const EXIT_PORT_IN_USE = 3
 
 // The JVM shares 2 cores with the test suite: a bounded heap (page cache is
 // off-heap and capped at 256m by the launcher) and the serial collector, which
 // needs no GC threads and is plenty for a heap this small. The add-opens are the
 // ones Neo4j's own launcher passes; without java.nio its page cache falls back to
-// a slower, more memory-hungry mode.
+// a slower, more memory-hungry mode. After an OutOfMemoryError the JVM exits
+// rather than limping on, so tests fail with a reason instead of timing out.
 const JVM_FLAGS = [
   '-Xms128m',
   '-Xmx768m',
@@ -57,11 +61,17 @@ export async function ensureNeo4j(opts: EnsureNeo4jOptions = {}): Promise<Neo4jS
   const uri = process.env.NEO4J_URI
   if (uri) return await reuseExisting(uri, process.env.NEO4J_USER || 'neo4j', process.env.NEO4J_PASSWORD ?? '')
 
-  for (const cmd of ['java', 'javac', 'mvn']) {
-    if (!hasCommand(cmd)) throw new MissingPrerequisiteError(`Neo4j needs ${cmd} (JDK 17+ and Maven) on PATH`, PREREQ_FIX)
-  }
+  requireCommands(['java'])
   const classpath = await buildLauncher(log)
-  return await startLauncher(classpath, log)
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await startLauncher(classpath, log)
+    } catch (err) {
+      // freePort() cannot reserve the port, so a parallel test may grab it first.
+      if (!(err instanceof PortTakenError) || attempt >= PORT_ATTEMPTS) throw err
+      log(`neo4j: port ${err.port} was taken before Neo4j could bind it; retrying on another port`)
+    }
+  }
 }
 
 /** True when `uri` answers a query with these credentials. */
@@ -112,8 +122,9 @@ async function reuseExisting(uri: string, user: string, password: string): Promi
  */
 async function buildLauncher(log: (msg: string) => void): Promise<string> {
   const cached = readCachedClasspath()
-  if (cached !== undefined && isNewer(launcherClass, launcherSource)) return cached
+  if (cached !== undefined && launcherCompiled()) return cached
 
+  requireCommands(['javac', 'mvn'])
   mkdirSync(targetDir, { recursive: true })
   // Two test files may start Neo4j at once on a cold cache; only one of them
   // should run Maven and javac while the other waits for the result.
@@ -134,17 +145,26 @@ async function buildLauncher(log: (msg: string) => void): Promise<string> {
       writeFileSync(classpathFile, classpath)
       log(`neo4j: dependencies resolved in ${((Date.now() - started) / 1000).toFixed(1)} s`)
     }
-    if (!isNewer(launcherClass, launcherSource)) {
+    if (!launcherCompiled()) {
       assertJava17()
-      // -Xlint:-path: some Neo4j jars name missing jars in their manifest
-      // Class-Path, which javac would otherwise warn about on every build.
-      const javac = await run('javac', ['--release', '17', '-Xlint:-path', '-cp', classpath, '-d', classesDir, launcherSource])
+      const javac = await run('javac', ['--release', '17', '-cp', classpath, '-d', classesDir, launcherSource])
       if (javac.code !== 0) throw new Error(`javac failed to compile ${launcherSource}:\n${javac.output}`)
     }
     return classpath
   } finally {
     release()
   }
+}
+
+function requireCommands(cmds: string[]): void {
+  for (const cmd of cmds) {
+    if (!hasCommand(cmd)) throw new MissingPrerequisiteError(`Neo4j needs ${cmd} (JDK 17+ and Maven) on PATH`, PREREQ_FIX)
+  }
+}
+
+/** Compiled after the last edit of the source and against the current classpath. */
+function launcherCompiled(): boolean {
+  return isNewer(launcherClass, launcherSource) && isNewer(launcherClass, classpathFile)
 }
 
 function readCachedClasspath(): string | undefined {
@@ -211,7 +231,7 @@ async function startLauncher(classpath: string, log: (msg: string) => void): Pro
   }
 
   let stopping = false
-  child.once('exit', (code, signal) => {
+  child.once('close', (code, signal) => {
     if (!stopping) log(`neo4j: exited unexpectedly (${signal ?? `code ${code}`}); last output:\n${tail.text()}`)
   })
   // Once running, the JVM must not keep a script that forgot stop() alive; if
@@ -242,7 +262,13 @@ async function waitForReady(child: ChildProcess, tail: OutputTail, port: number)
     }
     const timer = setTimeout(() => fail(`no ${expected} within ${READY_TIMEOUT_MS / 1000} s`), READY_TIMEOUT_MS)
     child.once('error', (err) => fail(`could not run java: ${err.message}`))
-    child.once('exit', (code, signal) => fail(`java exited (${signal ?? `code ${code}`})`))
+    // 'close', not 'exit': only then has all of its stderr (the reason) arrived.
+    child.once('close', (code, signal) => {
+      if (code === EXIT_PORT_IN_USE) {
+        clearTimeout(timer)
+        reject(new PortTakenError(port))
+      } else fail(`java exited (${signal ?? `code ${code}`})`)
+    })
     tail.follow(child.stderr)
     tail.follow(child.stdout, (line) => {
       if (line.trim() === expected) {
@@ -331,6 +357,13 @@ async function acquireLock(path: string, log: (msg: string) => void): Promise<()
   }
   await waitFor(tryTake, BUILD_LOCK_TIMEOUT_MS, `the Neo4j launcher build lock ${path}`)
   return () => rmSync(path, { force: true })
+}
+
+class PortTakenError extends Error {
+  constructor(readonly port: number) {
+    super(`port ${port} is already in use`)
+    this.name = 'PortTakenError'
+  }
 }
 
 /** Keeps the last lines of a child's output for error messages. */

@@ -3,11 +3,12 @@ package troupe;
 import java.io.IOException;
 import java.io.InputStream;
 import java.io.OutputStream;
+import java.net.BindException;
 import java.net.InetSocketAddress;
 import java.net.Socket;
 import java.nio.file.Path;
 import java.util.Map;
-import java.util.concurrent.atomic.AtomicBoolean;
+import java.util.concurrent.atomic.AtomicReference;
 
 import org.neo4j.configuration.GraphDatabaseInternalSettings;
 import org.neo4j.configuration.GraphDatabaseSettings;
@@ -31,6 +32,9 @@ import org.neo4j.io.ByteUnit;
  * NEO4J_PASSWORD (preferred over --password, which other users can read in ps).
  * Without a password, auth is disabled.
  *
+ * The launcher stops when its stdin reaches EOF (see watchStdin), so start it with
+ * stdin attached to something that stays open, or pass --ignore-stdin.
+ *
  * Stdout carries exactly one line, {@code NEO4J_READY bolt://127.0.0.1:<port>},
  * because the parent process parses it; everything else goes to stderr or to
  * {@code <home>/logs}.
@@ -40,6 +44,11 @@ public final class Neo4jLauncher {
     // Neo4j rejects shorter passwords (dbms.security.auth_minimum_password_length).
     private static final int MIN_PASSWORD_LENGTH = 8;
     private static final long READY_TIMEOUT_MS = 60_000;
+    /**
+     * Distinct so the parent can tell "someone took the free port it picked for
+     * us" (worth retrying on another port) from a real failure.
+     */
+    static final int EXIT_PORT_IN_USE = 3;
 
     private Neo4jLauncher() {}
 
@@ -53,44 +62,72 @@ public final class Neo4jLauncher {
             return;
         }
 
-        DatabaseManagementService dbms;
-        try {
-            dbms = start(opts);
-        } catch (RuntimeException e) {
-            System.err.println("neo4j-launcher: failed to start Neo4j");
-            e.printStackTrace();
-            System.exit(1);
-            return;
-        }
-
-        AtomicBoolean stopped = new AtomicBoolean(false);
-        // SIGTERM, SIGINT and System.exit all end here, so the store is always
-        // closed cleanly and the next start does not have to run recovery.
+        AtomicReference<DatabaseManagementService> running = new AtomicReference<>();
+        // SIGTERM, SIGINT and System.exit all end here, so the store is closed
+        // cleanly and a reused --home does not need recovery on its next start.
         Runtime.getRuntime().addShutdownHook(new Thread(() -> {
-            if (stopped.compareAndSet(false, true)) {
+            DatabaseManagementService dbms = running.get();
+            if (dbms != null) {
                 dbms.shutdown();
             }
         }, "neo4j-shutdown"));
+        // Watching from the start: a parent that dies during the several seconds
+        // of startup should not leave a JVM that finishes starting for nobody.
+        if (!opts.ignoreStdin) {
+            watchStdin();
+        }
+
+        DatabaseManagementService dbms;
+        try {
+            dbms = start(opts);
+            running.set(dbms);
+        } catch (Throwable e) {
+            // Throwable, not Exception: after a half-started DBMS its non-daemon
+            // threads would keep the JVM alive with nothing listening.
+            System.err.println("neo4j-launcher: failed to start Neo4j");
+            e.printStackTrace();
+            // The stack trace is long; a parent that keeps only the tail of our
+            // output should still see what went wrong.
+            System.err.println("neo4j-launcher: root cause: " + rootCause(e));
+            System.exit(isPortInUse(e) ? EXIT_PORT_IN_USE : 1);
+            return;
+        }
 
         try {
             if (opts.password != null) {
                 setInitialPassword(dbms, opts.password);
             }
             awaitBolt(opts.port);
-        } catch (RuntimeException | IOException | InterruptedException e) {
+        } catch (Throwable e) {
             System.err.println("neo4j-launcher: Neo4j started but is not usable");
             e.printStackTrace();
             System.exit(1);
             return;
         }
 
-        if (!opts.ignoreStdin) {
-            watchStdin();
-        }
-
         System.out.println("NEO4J_READY bolt://127.0.0.1:" + opts.port);
         System.out.flush();
         // The DBMS runs on its own non-daemon threads; main may simply return.
+    }
+
+    private static Throwable rootCause(Throwable e) {
+        Throwable t = e;
+        while (t.getCause() != null && t.getCause() != t) {
+            t = t.getCause();
+        }
+        return t;
+    }
+
+    private static boolean isPortInUse(Throwable e) {
+        for (Throwable t = e; t != null; t = t.getCause() == t ? null : t.getCause()) {
+            // Netty's native transport reports EADDRINUSE as its own exception
+            // type, not java.net.BindException, so match the message as well.
+            String msg = String.valueOf(t.getMessage());
+            if (t instanceof BindException || msg.contains("Address already in use")) {
+                return true;
+            }
+        }
+        return false;
     }
 
     private static DatabaseManagementService start(Options opts) {
