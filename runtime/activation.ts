@@ -3,7 +3,8 @@
 // release. DESIGN §4 steps 3–7.
 import type { Lock, Redlock } from '@sesamecare-oss/redlock'
 import { backoffDelay, type AgentDefinition } from './agent.ts'
-import { activate, commit, emitEvents, releaseHint, writeFollowUps, type Appended, type CommitResult, type Hint, type ProtocolContext } from './claims.ts'
+import { nanoid } from 'nanoid'
+import { activate, commit, emitEvents, releaseHint, writeFollowUps, type ActionResult, type Appended, type Claimed, type CommitResult, type Hint, type ProtocolContext } from './claims.ts'
 import { TroupeError } from './errors.ts'
 import { LiveActor, type DeliveryOutcome } from './live-actor.ts'
 import type { Logger } from './log.ts'
@@ -24,6 +25,8 @@ export interface ActivationEnv {
 
 /** Consecutive actions one activation handles before yielding its slot (fairness). */
 const MAX_TURNS = 64
+/** Most actions claimed, delivered (one at a time) and committed together. */
+const BATCH = 16
 /** How far a pick pushes a hint whose actor another process holds. */
 const BUSY_RETRY_MS = 250
 
@@ -57,6 +60,11 @@ export class ActorActivation {
   /** Finish the current action, then release (graceful shutdown). */
   drain(): void {
     if (this.state === 'active') this.state = 'draining'
+  }
+
+  /** True once the activation should hand its actor back (drain, abort). */
+  private stopping(): boolean {
+    return this.state !== 'active' || this.abortCtl.signal.aborted
   }
 
   /** Abort the running action now (cancel, deadline, drain timeout). */
@@ -97,13 +105,13 @@ export class ActorActivation {
     const { ctx, metrics } = this.env
     const agent = this.def.name
     const lockValue = (this.lock as Lock).value
-    const act = await activate(ctx, this.wf, agent, lockValue)
+    const act = await activate(ctx, this.wf, agent, lockValue, BATCH)
     metrics.activations.inc({ agent })
     if (act.code !== 'ok') {
       await this.settleHint(act.code === 'idle' ? act.nextDue : null)
       return
     }
-    if (act.redelivered) metrics.redeliveries.inc({ agent })
+    if (act.redelivered) metrics.redeliveries.inc({ agent }, act.batch.length)
     let snapshot = act.snapshot
     let restoreError = ''
     if (snapshot && act.version !== this.def.version) {
@@ -117,7 +125,7 @@ export class ActorActivation {
         restoreError = `snapshot of ${agent} was written by version ${act.version}, agent is version ${this.def.version} and has no migrate()`
       }
     }
-    this.live = new LiveActor(this.def, this.wf, snapshot, {
+    const live = new LiveActor(this.def, this.wf, snapshot, {
       flush: async (events, stateValue) => {
         const app = await emitEvents(ctx, this.wf, events, stateValue === null ? undefined : { agent, value: stateValue })
         metrics.eventsPublished.inc({ agent }, events.length)
@@ -125,31 +133,56 @@ export class ActorActivation {
       },
       checkSend: (to, type, payload) => this.env.checkSend(to, type, payload),
     })
-    let next: { record: string; attempt: number; actionId: string } | null = { record: act.record, attempt: act.attempt, actionId: act.actionId }
+    this.live = live
+    const eventBase = nanoid(12)
+    let commits = 0
     let turns = 0
-    while (next) {
-      const started = Date.now()
-      const out = await this.deliver(next, restoreError)
-      turns++
-      const record = out.record
-      const o = out.delivery
-      let outcome: 'ok' | 'retry' | 'dead' = 'ok'
-      let retryDelay = 0
-      if (o.outcome === 'rejected') outcome = 'dead'
-      else if (o.outcome === 'failed') {
-        if (next.attempt >= this.def.maxAttempts) outcome = 'dead'
-        else {
-          outcome = 'retry'
-          retryDelay = this.state === 'draining' ? 0 : backoffDelay(this.def.backoff, next.attempt)
+    let batch = act.batch
+    while (batch.length > 0) {
+      const results: ActionResult[] = []
+      let op: DeliveryOutcome['op'] = ''
+      let opPayload = ''
+      let stateValue = ''
+      let transitions = 0
+      for (const claimed of batch) {
+        // Once the workflow is ending, or the activation must stop, the rest of the
+        // batch goes back undelivered (the commit drops it if the workflow ended).
+        if (op || this.stopping()) {
+          results.push({ actionId: claimed.actionId, outcome: 'return', error: '', retryDelayMs: 0, parentEventId: '', durationMs: 0, attempt: claimed.attempt, events: [], outbox: [] })
+          continue
         }
+        const started = Date.now()
+        const { record, delivery: o } = await this.deliver(claimed, restoreError)
+        turns++
+        let outcome: ActionResult['outcome'] = 'ok'
+        let retryDelay = 0
+        if (o.outcome === 'rejected') outcome = 'dead'
+        else if (o.outcome === 'failed') {
+          if (claimed.attempt >= this.def.maxAttempts) outcome = 'dead'
+          else {
+            outcome = 'retry'
+            retryDelay = this.stopping() ? 0 : backoffDelay(this.def.backoff, claimed.attempt)
+          }
+        }
+        if (outcome !== 'ok') live.discard()
+        else {
+          stateValue = o.stateValue
+          if (o.op) {
+            op = o.op
+            opPayload = o.opPayload
+          }
+        }
+        transitions += o.transitions
+        const durationMs = Date.now() - started
+        metrics.actionDuration.observe({ agent }, durationMs / 1000)
+        results.push({ actionId: claimed.actionId, outcome, error: o.error, retryDelayMs: retryDelay, parentEventId: record?.eventId ?? '', durationMs, attempt: claimed.attempt, events: o.events, outbox: o.outbox })
       }
+      const release = this.stopping() || turns >= MAX_TURNS
       let res: CommitResult
       try {
         res = await commit(ctx, {
-          wf: this.wf, agent, fence: act.fence, lockValue, actionId: next.actionId, outcome, snapshot: o.snapshot, stateValue: this.stateToWrite(o),
-          error: o.error, retryDelayMs: retryDelay, op: o.op, opPayload: o.opPayload,
-          release: this.state !== 'active' || turns >= MAX_TURNS || this.abortCtl.signal.aborted,
-          parentEventId: record?.eventId ?? '', durationMs: Date.now() - started, version: this.def.version, attempt: next.attempt, events: o.events, outbox: o.outbox,
+          wf: this.wf, agent, fence: act.fence, lockValue, snapshot: live.takeSnapshot(), stateValue: this.stateToWrite(stateValue, transitions),
+          version: this.def.version, op, opPayload, release, batch: Math.max(1, Math.min(BATCH, MAX_TURNS - turns)), eventBase: `${eventBase}.${commits++}`, results,
         })
       } catch (err) {
         if (err instanceof TroupeError && (err.code === 'fence_rejected' || err.code === 'stale_action')) {
@@ -161,26 +194,27 @@ export class ActorActivation {
         }
         throw err
       }
-      const label = res.code === 'ended' && outcome === 'ok' && !o.op ? 'cancelled' : outcome === 'ok' ? 'completed' : outcome === 'retry' ? 'retried' : 'dead'
-      metrics.actions.inc({ agent, outcome: label })
-      metrics.actionDuration.observe({ agent }, (Date.now() - started) / 1000)
-      metrics.transitions.inc({ agent }, o.transitions)
-      if (o.events.length > 0) metrics.eventsPublished.inc({ agent }, o.events.length)
+      for (const r of results) {
+        if (r.outcome === 'return') continue
+        const label = res.code === 'ended' && !op ? 'cancelled' : r.outcome === 'ok' ? 'completed' : r.outcome === 'retry' ? 'retried' : 'dead'
+        metrics.actions.inc({ agent, outcome: label })
+        if (r.events.length > 0) metrics.eventsPublished.inc({ agent }, r.events.length)
+      }
+      if (transitions > 0) metrics.transitions.inc({ agent }, transitions)
       this.followUps(res.hints, [res.appended])
-      if (outcome !== 'ok') this.live.discard()
-      if (res.code === 'next' && res.next) {
-        next = res.next
+      if (res.code === 'next') {
+        batch = res.next
         continue
       }
       await this.settleHint(res.code === 'idle' ? res.nextDue : null)
-      next = null
+      batch = []
     }
   }
 
-  private async deliver(next: { record: string; attempt: number }, restoreError: string): Promise<{ record: ActionRecord | null; delivery: DeliveryOutcome }> {
+  private async deliver(next: Claimed, restoreError: string): Promise<{ record: ActionRecord | null; delivery: DeliveryOutcome }> {
     const reject = (error: string): { record: ActionRecord | null; delivery: DeliveryOutcome } => ({
       record: null,
-      delivery: { outcome: 'rejected', error, events: [], outbox: [], op: '', opPayload: '', snapshot: '', stateValue: '', transitions: 0 },
+      delivery: { outcome: 'rejected', error, events: [], outbox: [], op: '', opPayload: '', stateValue: '', transitions: 0 },
     })
     let record: ActionRecord
     try {
@@ -201,10 +235,10 @@ export class ActorActivation {
    * happened since this activation last wrote it (a live flush may have written
    * an intermediate state, and any transition forces the final one).
    */
-  private stateToWrite(o: DeliveryOutcome): string {
-    if (!o.stateValue || (o.transitions === 0 && o.stateValue === this.lastState)) return ''
-    this.lastState = o.stateValue
-    return o.stateValue
+  private stateToWrite(stateValue: string, transitions: number): string {
+    if (!stateValue || (transitions === 0 && stateValue === this.lastState)) return ''
+    this.lastState = stateValue
+    return stateValue
   }
 
   private followUps(hints: Hint[], appended: Appended[]): void {

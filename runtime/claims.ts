@@ -149,36 +149,39 @@ export async function pick(ctx: ProtocolContext, agent: string, max: number, lea
   return { picked, nextDue: next === '' ? null : Number(next), now: Number(r[r.length - 1]) }
 }
 
+/** One claimed action: its record JSON, this delivery's attempt number, its id. */
+export interface Claimed {
+  record: string
+  attempt: number
+  actionId: string
+}
+
+function parseClaimed(r: unknown[], from: number): Claimed[] {
+  const out: Claimed[] = []
+  for (let i = from; i + 2 < r.length; i += 3) out.push({ record: str(r[i]), attempt: Number(r[i + 1]), actionId: str(r[i + 2]) })
+  return out
+}
+
 /** Outcome of activate. */
 export type Activation =
-  | { code: 'ok'; fence: number; snapshot: string; version: number; record: string; attempt: number; actionId: string; redelivered: boolean; appended: Appended }
+  | { code: 'ok'; fence: number; snapshot: string; version: number; redelivered: boolean; batch: Claimed[] }
   | { code: 'idle'; fence: number; nextDue: number | null }
   | { code: 'ended'; fence: number }
 
-/** Activates the actor whose lock we hold: bumps the fence, claims the first due action. */
-export async function activate(ctx: ProtocolContext, wf: string, agent: string, lockValue: string): Promise<Activation> {
+/** Activates the actor whose lock we hold: bumps the fence, claims up to `batch` due actions. */
+export async function activate(ctx: ProtocolContext, wf: string, agent: string, lockValue: string, batch: number): Promise<Activation> {
   const k = ctx.keys
   const r = (await runScript(
     ctx.redis,
     'activate',
     [k.actor(wf, agent), k.lock(wf, agent), k.mailbox(wf, agent), k.actions(wf), k.status(wf), k.events(wf)],
-    [lockValue, wf, agent, nanoid(), k.channel(wf), effectiveMaxLen(ctx.cfg), effectiveRetention(ctx.cfg)],
+    [lockValue, wf, agent, nanoid(), k.channel(wf), effectiveMaxLen(ctx.cfg), effectiveRetention(ctx.cfg), batch],
   )) as unknown[]
   const code = str(r[0])
   const fence = Number(r[1])
   if (code === 'ended') return { code, fence }
-  if (code === 'idle') return { code, fence, nextDue: str(r[7]) === '' ? null : Number(r[7]) }
-  return {
-    code: 'ok',
-    fence,
-    snapshot: str(r[2]),
-    version: Number(str(r[3]) || '0'),
-    record: str(r[4]),
-    attempt: Number(r[5]),
-    actionId: str(r[6]),
-    redelivered: Number(r[8]) === 1,
-    appended: { wf, first: '', last: '' },
-  }
+  if (code === 'idle') return { code, fence, nextDue: str(r[5]) === '' ? null : Number(r[5]) }
+  return { code: 'ok', fence, snapshot: str(r[2]), version: Number(str(r[3]) || '0'), redelivered: Number(r[4]) === 1, batch: parseClaimed(r, 6) }
 }
 
 /** One action sent by agent code, written by the commit (the outbox). */
@@ -190,56 +193,67 @@ export interface OutboxEntry {
   eventId: string
 }
 
+/** What happened to one action of the batch. */
+export interface ActionResult {
+  actionId: string
+  /** `return`: claimed but not delivered; it goes back to its place in the mailbox. */
+  outcome: 'ok' | 'retry' | 'dead' | 'return'
+  error: string
+  retryDelayMs: number
+  parentEventId: string
+  durationMs: number
+  attempt: number
+  events: readonly string[]
+  outbox: readonly OutboxEntry[]
+}
+
 /** Everything the commit script needs. */
 export interface CommitArgs {
   wf: string
   agent: string
   fence: number
   lockValue: string
-  actionId: string
-  outcome: 'ok' | 'retry' | 'dead'
   snapshot: string
   stateValue: string
-  error: string
-  retryDelayMs: number
+  version: number
   op: '' | 'complete' | 'fail'
   opPayload: string
   release: boolean
-  parentEventId: string
-  durationMs: number
-  version: number
-  /** The delivery's attempt number (recorded with the ack). */
-  attempt: number
-  events: readonly string[]
-  outbox: readonly OutboxEntry[]
+  /** Most actions the commit may claim for the next batch. */
+  batch: number
+  /** Unique prefix for the ids of the events the script raises. */
+  eventBase: string
+  results: readonly ActionResult[]
 }
 
 /** Outcome of commit. */
 export interface CommitResult {
   code: 'next' | 'idle' | 'ended'
-  next: { record: string; attempt: number; actionId: string } | null
+  next: Claimed[]
   nextDue: number | null
   hints: Hint[]
   appended: Appended
 }
 
 /**
- * The fenced commit. The pre-hints for the outbox targets ride in the same
- * pipeline, ahead of the script, so no crash can leave a sent action without a hint.
+ * The fenced commit of a batch. The pre-hints for the outbox targets ride in the
+ * same pipeline, ahead of the script, so no crash can leave a sent action without a hint.
  */
 export async function commit(ctx: ProtocolContext, a: CommitArgs): Promise<CommitResult> {
   const k = ctx.keys
   const keys = [k.actor(a.wf, a.agent), k.lock(a.wf, a.agent), k.mailbox(a.wf, a.agent), k.actions(a.wf), k.status(a.wf), k.events(a.wf), k.seq(a.wf), k.dead(a.wf)]
   const args: (string | number)[] = [
-    a.fence, a.lockValue, a.wf, a.agent, a.actionId, a.outcome, a.snapshot, a.stateValue, a.error, a.retryDelayMs, nanoid(), k.channel(a.wf),
-    effectiveMaxLen(ctx.cfg), a.op, a.opPayload, a.release ? '1' : '', a.parentEventId, a.durationMs, a.events.length, a.outbox.length, a.version,
-    effectiveRetention(ctx.cfg), a.attempt, ...a.events,
+    a.fence, a.lockValue, a.wf, a.agent, a.eventBase, k.channel(a.wf), effectiveMaxLen(ctx.cfg),
+    a.snapshot, a.stateValue, a.version, effectiveRetention(ctx.cfg), a.release ? '1' : '', a.op, a.opPayload, a.batch, a.results.length,
   ]
   const preHinted = new Set<string>()
-  for (const o of a.outbox) {
-    keys.push(k.mailbox(a.wf, o.to), k.lock(a.wf, o.to))
-    args.push(o.to, o.actionId, o.record, o.delayMs, o.eventId)
-    if (o.to !== a.agent) preHinted.add(o.to)
+  for (const r of a.results) {
+    args.push(r.actionId, r.outcome, r.error, r.retryDelayMs, r.parentEventId, r.durationMs, r.attempt, r.events.length, r.outbox.length, ...r.events)
+    for (const o of r.outbox) {
+      keys.push(k.mailbox(a.wf, o.to), k.lock(a.wf, o.to))
+      args.push(o.to, o.actionId, o.record, o.delayMs, o.eventId)
+      if (o.to !== a.agent && r.outcome === 'ok') preHinted.add(o.to)
+    }
   }
   let raw: unknown
   if (preHinted.size > 0) {
@@ -257,14 +271,15 @@ export async function commit(ctx: ProtocolContext, a: CommitArgs): Promise<Commi
   }
   const r = raw as unknown[]
   const code = str(r[0]) as CommitResult['code']
+  const nHints = Number(r[4])
   const hints: Hint[] = []
-  for (let i = 7; i + 1 < r.length; i += 2) hints.push({ agent: str(r[i]), wf: a.wf, score: Number(r[i + 1]) })
+  for (let i = 0; i < nHints; i++) hints.push({ agent: str(r[5 + i * 2]), wf: a.wf, score: Number(r[6 + i * 2]) })
   return {
     code,
-    next: code === 'next' ? { record: str(r[1]), attempt: Number(r[2]), actionId: str(r[3]) } : null,
-    nextDue: str(r[4]) === '' ? null : Number(r[4]),
+    next: code === 'next' ? parseClaimed(r, 5 + nHints * 2) : [],
+    nextDue: str(r[1]) === '' ? null : Number(r[1]),
     hints,
-    appended: { wf: a.wf, first: str(r[5]), last: str(r[6]) },
+    appended: { wf: a.wf, first: str(r[2]), last: str(r[3]) },
   }
 }
 

@@ -18,7 +18,6 @@ export interface DeliveryOutcome {
   outbox: OutboxEntry[]
   op: '' | 'complete' | 'fail'
   opPayload: string
-  snapshot: string
   stateValue: string
   transitions: number
 }
@@ -67,6 +66,8 @@ export class LiveActor {
   private settleWaiter: (() => void) | null = null
   /** The last committed persisted snapshot (JSON), the restore point after a failure. */
   private committed: string
+  /** The snapshot after the last successful action not yet serialised (the newer restore point). */
+  private lastOk: AnyMachineSnapshot | null = null
 
   constructor(
     private readonly def: AgentDefinition,
@@ -83,7 +84,7 @@ export class LiveActor {
     const attached = new WeakSet<object>()
     let root: object | undefined
     const onEmitted = (e: { type: string; [k: string]: unknown }): void => this.onEmitted(e)
-    const persisted = this.committed ? (JSON.parse(this.committed) as unknown) : undefined
+    const persisted = this.lastOk ? this.def.machine.getPersistedSnapshot(this.lastOk) : this.committed ? (JSON.parse(this.committed) as unknown) : undefined
     const actor = createActor(this.def.machine, {
       ...(persisted ? { snapshot: persisted as never } : {}),
       input: { workflowId: this.wf, agent: this.def.name },
@@ -227,7 +228,7 @@ export class LiveActor {
     const { record, attempt } = cur
     const result = (outcome: DeliveryOutcome['outcome'], error = ''): DeliveryOutcome => ({
       outcome, error, events: cur.events, outbox: outcome === 'ok' ? cur.outbox : [], op: outcome === 'ok' ? cur.op : '', opPayload: cur.opPayload,
-      snapshot: '', stateValue: '', transitions: cur.transitions,
+      stateValue: '', transitions: cur.transitions,
     })
     let actor: ReturnType<typeof createActor>
     try {
@@ -291,14 +292,20 @@ export class LiveActor {
       this.discard()
       return result('rejected', cur.effectError)
     }
-    const snapshot = JSON.stringify(actor.getPersistedSnapshot())
-    this.committed = snapshot
-    return { ...result('ok'), snapshot, stateValue: JSON.stringify(snap.value) }
+    // Snapshots are immutable: keeping the object is free; it is serialised once per commit.
+    this.lastOk = snap
+    return { ...result('ok'), stateValue: this.prevValue }
   }
 
-  /** Called when the commit was not accepted: fall back to the last committed snapshot. */
-  rollback(snapshot: string): void {
-    this.committed = snapshot
-    this.discard()
+  /**
+   * The persisted snapshot after the last successful action, as JSON for the
+   * commit, or '' when nothing changed since the last call.
+   */
+  takeSnapshot(): string {
+    if (!this.lastOk) return ''
+    const json = JSON.stringify(this.def.machine.getPersistedSnapshot(this.lastOk))
+    this.committed = json
+    this.lastOk = null
+    return json
   }
 }

@@ -87,11 +87,13 @@ describe('delivery', () => {
   })
 
   it('cancel drops queued actions, aborts the running one, and nothing commits after', async () => {
-    const { workflowId } = await client.startWorkflow({ agent: 'slow', type: 'work', payload: { ms: 5_000, i: 1 } })
-    await client.sendAction(workflowId, 'slow', 'work', { ms: 10, i: 2 })
+    const { workflowId, actionId: first } = await client.startWorkflow({ agent: 'slow', type: 'work', payload: { ms: 5_000, i: 1 } })
+    const { actionId: second } = await client.sendAction(workflowId, 'slow', 'work', { ms: 10, i: 2 })
     await eventually(async () => (await client.getStatus(workflowId))?.agents.slow === 'working', 10_000, 'working')
+    // The second action is either still queued (dropped here) or claimed with the
+    // first in one batch (then cancelled by the aborted activation's commit).
     const { dropped } = await client.cancelWorkflow(workflowId, 'test')
-    expect(dropped).toBe(1)
+    expect(dropped).toBeLessThanOrEqual(1)
     await eventually(() => Promise.resolve(rt.workers.get('slow')?.active.size === 0), 10_000, 'aborted')
     const st = await client.getStatus(workflowId)
     expect(st?.status).toBe('cancelled')
@@ -99,6 +101,10 @@ describe('delivery', () => {
     const ev = await events(workflowId)
     expect(ofType(ev, 'workflow.cancelled')).toHaveLength(1)
     expect(ofType(ev, 'action.completed')).toHaveLength(0)
+    for (const id of [first, second]) {
+      const st = JSON.parse((await client.redis.hget(client.keys.actions(workflowId), `${id}:st`)) ?? '{}') as { status: string }
+      expect(st.status).toBe('cancelled')
+    }
     await expect(client.sendAction(workflowId, 'slow', 'work', {})).rejects.toMatchObject({ code: 'workflow_ended' })
     await expect(client.cancelWorkflow(workflowId)).rejects.toMatchObject({ code: 'workflow_ended' })
   })

@@ -1,44 +1,58 @@
--- commit: the one fenced write at the end of each delivered action. Atomically:
--- rejects a stale fence; writes the new snapshot and the agent's state; acks the
--- action, schedules its retry, or dead-letters it; writes the actions the agent
--- sent (the outbox) into their mailboxes; appends the events buffered during the
--- action; applies a workflow completion or failure; then claims the next due
--- action, or releases the lock when none is due.
+-- commit: the one fenced write after an activation delivered its in-flight batch
+-- of actions (one at a time, in order). Atomically: rejects a stale fence; for each
+-- action acks it, schedules its retry, dead-letters it, or returns it undelivered
+-- to the mailbox; writes the actions each acked one sent (the outbox) into their
+-- mailboxes; appends the events buffered while it ran; writes the snapshot after
+-- the last acked action; applies a workflow completion or failure; then claims the
+-- next batch of due actions, or releases the lock when none is due.
 --
 -- KEYS: 1 workflow:actor:<agent>  2 lock:<agent>  3 workflow:queue:<agent>  4 workflow:actions
 --       5 workflow:status  6 workflow:events  7 workflow:seq  8 workflow:dead
---       then for each outbox entry: its target mailbox and its target lock (2 keys each)
--- ARGV: 1 fence  2 lock value  3 wf  4 agent  5 actionId
---       6 outcome: 'ok' | 'retry' | 'dead'  7 snapshot JSON ('' = keep)  8 state value JSON ('' = keep)
---       9 error text  10 retry delay ms  11 event id base  12 channel  13 stream maxlen
---       14 workflow op: '' | 'complete' | 'fail'  15 op payload JSON  16 release: '1' = release even if work is due (drain)
---       17 event id of the action's action.enqueued (parent of what it caused)  18 duration ms
---       19 number of buffered events (E)  20 number of outbox entries (O)  21 machine version  22 retention ms (0 = none)
---       23 the delivery's attempt number
---       then E event JSONs, then O x 5: agent, actionId, record JSON, delay ms, event id
--- Returns: { code, record|'', attempt, actionId|'', nextDue|'', firstStreamId, lastStreamId, hints... }
---          code 'next' (the next action is claimed), 'idle' (lock released), 'ended' (workflow over, lock released);
---          hints: flat list agent, score for targets whose actor is not held by anyone
+--       then, for each outbox entry across the batch in order: its target mailbox and target lock
+-- ARGV: 1 fence  2 lock value  3 wf  4 agent  5 event id base  6 channel  7 stream maxlen
+--       8 snapshot JSON ('' = keep)  9 state value JSON ('' = keep)  10 machine version  11 retention ms (0 = none)
+--       12 release: '1' = release even if work is due (drain, fairness)  13 workflow op: '' | 'complete' | 'fail'
+--       14 op payload JSON  15 batch size for the next claim  16 number of action results (N)
+--       then N results, each: actionId, outcome ('ok' | 'retry' | 'dead' | 'return'), error, retry delay ms,
+--         parent event id (its action.enqueued), duration ms, attempt, number of events (E), number of sends (S),
+--         followed by E event JSONs and S x 5 send fields: agent, actionId, record JSON, delay ms, event id
+-- Returns: { code, nextDue|'', firstStreamId, lastStreamId, hintCount, agent1, score1, ..., record1, attempt1, id1, ... }
+--          code 'next' (a new batch is claimed and follows the hints), 'idle' (lock released),
+--          'ended' (workflow over, lock released); hints are targets whose actor nobody holds
 -- Errors: TROUPE_FENCE the fence moved on: a newer activation owns this actor
---         TROUPE_STALE the action is not the one in flight for this actor
+--         TROUPE_STALE a result names an action that is not in flight for this actor
 local actor_key, lock_key, mailbox, actions_key, status_key, events_key, seq_key, dead_key =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
-local fence, lock_value, wf, agent, action_id = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local outcome, snapshot, state_value, err = ARGV[6], ARGV[7], ARGV[8], ARGV[9]
-local retry_delay, ev_base, channel, maxlen = tonumber(ARGV[10]), ARGV[11], ARGV[12], tonumber(ARGV[13])
-local op, op_payload, release, parent_event = ARGV[14], ARGV[15], ARGV[16], ARGV[17]
-local duration, n_events, n_out, version, retention =
-  tonumber(ARGV[18]), tonumber(ARGV[19]), tonumber(ARGV[20]), ARGV[21], tonumber(ARGV[22])
-local attempt = tonumber(ARGV[23])
-local ARG0 = 23
+local fence, lock_value, wf, agent, ev_base, channel = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local maxlen, snapshot, state_value, version = tonumber(ARGV[7]), ARGV[8], ARGV[9], ARGV[10]
+local retention, release, op, op_payload = tonumber(ARGV[11]), ARGV[12], ARGV[13], ARGV[14]
+local batch, n_results = tonumber(ARGV[15]), tonumber(ARGV[16])
 
 local held = redis.call('HMGET', actor_key, 'fence', 'inflight')
 if held[1] ~= fence then
   return redis.error_reply('TROUPE_FENCE fence ' .. fence .. ' of ' .. agent .. ' in ' .. wf .. ' is stale')
 end
-if held[2] ~= action_id then
-  return redis.error_reply('TROUPE_STALE action ' .. action_id .. ' is not in flight for ' .. agent .. ' in ' .. wf)
+local in_flight = {}
+for _, id in ipairs(inflight_ids(held[2])) do in_flight[id] = true end
+
+-- Read the results first: a stale one rejects the whole commit before any write.
+local results = {}
+local cursor = 17
+for _ = 1, n_results do
+  local r = {
+    id = ARGV[cursor], outcome = ARGV[cursor + 1], err = ARGV[cursor + 2], delay = tonumber(ARGV[cursor + 3]),
+    parent = ARGV[cursor + 4], duration = tonumber(ARGV[cursor + 5]), attempt = tonumber(ARGV[cursor + 6]),
+    n_events = tonumber(ARGV[cursor + 7]), n_out = tonumber(ARGV[cursor + 8]),
+  }
+  r.events_at = cursor + 9
+  r.out_at = r.events_at + r.n_events
+  cursor = r.out_at + r.n_out * 5
+  if not in_flight[r.id] then
+    return redis.error_reply('TROUPE_STALE action ' .. r.id .. ' is not in flight for ' .. agent .. ' in ' .. wf)
+  end
+  results[#results + 1] = r
 end
+
 local now = now_ms()
 local first_sid, last_sid
 local function add(json)
@@ -57,90 +71,94 @@ local function set_st(id, fields)
   redis.call('HSET', actions_key, id .. ':st', cjson.encode(st))
   return st
 end
-local function finish(code, rec, attempt, id, nxt, hints)
-  local out = { code, rec or '', attempt or 0, id or '', nxt or '', first_sid or '', last_sid or '' }
-  for _, h in ipairs(hints or {}) do out[#out + 1] = h end
+local function finish(code, nxt, hints, claimed)
+  local out = { code, nxt or '', first_sid or '', last_sid or '', #hints / 2 }
+  for _, h in ipairs(hints) do out[#out + 1] = h end
+  for _, c in ipairs(claimed or {}) do out[#out + 1] = c end
   return out
-end
-local function end_activation()
-  redis.call('HDEL', actor_key, 'inflight')
-  release_lock(lock_key, lock_value)
 end
 
 redis.call('HDEL', actor_key, 'inflight')
 local status = redis.call('HGET', status_key, 'status')
 if not status or TERMINAL[status] then
   -- Ended while we worked (cancel, deadline, another agent completed it): nothing
-  -- of this action takes effect.
-  set_st(action_id, { status = 'cancelled' })
+  -- of these actions takes effect.
+  for _, r in ipairs(results) do set_st(r.id, { status = 'cancelled' }) end
   drop_mailbox(mailbox, actions_key)
   if retention > 0 then redis.call('PEXPIRE', actor_key, retention) end
-  end_activation()
-  return finish('ended')
+  release_lock(lock_key, lock_value)
+  return finish('ended', nil, {})
 end
 
-for i = 1, n_events do add(ARGV[ARG0 + i]) end
-
-local st
-local queued
-if outcome == 'ok' then
-  -- The common path writes the final state without reading the old one back.
-  st = { status = 'done', attempt = attempt, finishedAt = now }
-  redis.call('HSET', actions_key, action_id .. ':st', cjson.encode(st))
-  if snapshot ~= '' then redis.call('HSET', actor_key, 'snapshot', snapshot, 'version', version) end
-  if state_value ~= '' then
-    redis.call('HSET', status_key, 'agent:' .. agent, state_value, 'updatedAt', now)
-  else
-    redis.call('HSET', status_key, 'updatedAt', now)
-  end
-  queued = redis.call('HINCRBY', status_key, 'queued', -1)
-  redis.call('HINCRBY', status_key, 'done', 1)
-  add(make_event(ev_id(), wf, 'action.completed',
-    { actionId = action_id, agent = agent, durationMs = duration }, agent, action_id, st.attempt or 0, parent_event, now))
-elseif outcome == 'retry' then
-  local at = now + retry_delay
-  st = set_st(action_id, { status = 'retry', error = err, availableAt = at })
-  redis.call('HSET', status_key, 'updatedAt', now)
-  redis.call('ZADD', mailbox, at, member_of(tonumber(st.seq) or 0, action_id))
-  add(make_event(ev_id(), wf, 'action.failed',
-    { actionId = action_id, agent = agent, error = err, retryAt = at, durationMs = duration }, agent, action_id, st.attempt or 0, parent_event, now))
-else
-  st = set_st(action_id, { status = 'dead', error = err, finishedAt = now })
-  redis.call('ZADD', dead_key, now, action_id)
-  redis.call('HSET', status_key, 'updatedAt', now)
-  queued = redis.call('HINCRBY', status_key, 'queued', -1)
-  redis.call('HINCRBY', status_key, 'dead', 1)
-  add(make_event(ev_id(), wf, 'action.dead',
-    { actionId = action_id, agent = agent, error = err }, agent, action_id, st.attempt or 0, parent_event, now))
-end
-
--- The outbox: only an acked action's sends take effect, exactly once with the ack.
-local hints = {}
-local hinted = {}
-if outcome == 'ok' then
-  local base = ARG0 + n_events
-  for j = 0, n_out - 1 do
-    local a = base + j * 5
-    local to, id, rec, delay, eid = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], tonumber(ARGV[a + 4]), ARGV[a + 5]
-    local to_mailbox, to_lock = KEYS[9 + j * 2], KEYS[10 + j * 2]
-    if redis.call('HSETNX', actions_key, id, rec) == 1 then
-      local seq = redis.call('INCR', seq_key)
-      local at = now + delay
-      redis.call('HSET', actions_key, id .. ':st', cjson.encode({ status = 'queued', attempt = 0, seq = seq, availableAt = at }))
-      redis.call('ZADD', to_mailbox, at, member_of(seq, id))
-      redis.call('HSETNX', status_key, 'agent:' .. to, '')
-      queued = redis.call('HINCRBY', status_key, 'queued', 1)
-      redis.call('HINCRBY', status_key, 'actions', 1)
-      add(make_event(eid, wf, 'action.enqueued', { actionId = id, agent = to, from = agent, availableAt = at },
-        to, id, 0, parent_event, now))
-      if to ~= agent and not hinted[to] and redis.call('EXISTS', to_lock) == 0 then
-        hinted[to] = true
-        hints[#hints + 1] = to
-        hints[#hints + 1] = tostring(math.min(at, now))
+local hints, hinted = {}, {}
+local queued_delta, done, dead = 0, 0, 0
+local key_at = 9
+for _, r in ipairs(results) do
+  for i = 0, r.n_events - 1 do add(ARGV[r.events_at + i]) end
+  if r.outcome == 'ok' then
+    redis.call('HSET', actions_key, r.id .. ':st', cjson.encode({ status = 'done', attempt = r.attempt, finishedAt = now }))
+    queued_delta = queued_delta - 1
+    done = done + 1
+    add(make_event(ev_id(), wf, 'action.completed', { actionId = r.id, agent = agent, durationMs = r.duration }, agent, r.id, r.attempt, r.parent, now))
+    -- The outbox: only an acked action's sends take effect, exactly once with the ack.
+    for j = 0, r.n_out - 1 do
+      local a = r.out_at + j * 5
+      local to, id, rec, delay, eid = ARGV[a], ARGV[a + 1], ARGV[a + 2], tonumber(ARGV[a + 3]), ARGV[a + 4]
+      local to_mailbox, to_lock = KEYS[key_at], KEYS[key_at + 1]
+      key_at = key_at + 2
+      if redis.call('HSETNX', actions_key, id, rec) == 1 then
+        local seq = redis.call('INCR', seq_key)
+        local at = now + delay
+        redis.call('HSET', actions_key, id .. ':st', cjson.encode({ status = 'queued', attempt = 0, seq = seq, availableAt = at }))
+        redis.call('ZADD', to_mailbox, at, member_of(seq, id))
+        redis.call('HSETNX', status_key, 'agent:' .. to, '')
+        queued_delta = queued_delta + 1
+        redis.call('HINCRBY', status_key, 'actions', 1)
+        add(make_event(eid, wf, 'action.enqueued', { actionId = id, agent = to, from = agent, availableAt = at }, to, id, 0, r.parent, now))
+        if to ~= agent and not hinted[to] and redis.call('EXISTS', to_lock) == 0 then
+          hinted[to] = true
+          hints[#hints + 1] = to
+          hints[#hints + 1] = tostring(math.min(at, now))
+        end
       end
+    end
+  else
+    key_at = key_at + r.n_out * 2
+    if r.outcome == 'retry' then
+      local at = now + r.delay
+      local st = set_st(r.id, { status = 'retry', error = r.err, availableAt = at })
+      redis.call('ZADD', mailbox, at, member_of(tonumber(st.seq) or 0, r.id))
+      add(make_event(ev_id(), wf, 'action.failed', { actionId = r.id, agent = agent, error = r.err, retryAt = at, durationMs = r.duration },
+        agent, r.id, r.attempt, r.parent, now))
+    elseif r.outcome == 'return' then
+      -- Claimed but not delivered (drain, or the batch was cut short): back in line
+      -- at its old place, and this claim does not count as an attempt.
+      local ok, st = pcall(cjson.decode, redis.call('HGET', actions_key, r.id .. ':st') or '')
+      if ok and type(st) == 'table' then
+        st.status = 'queued'
+        st.attempt = math.max(0, (tonumber(st.attempt) or 1) - 1)
+        redis.call('HSET', actions_key, r.id .. ':st', cjson.encode(st))
+        redis.call('ZADD', mailbox, tonumber(st.availableAt) or now, member_of(tonumber(st.seq) or 0, r.id))
+      end
+    else
+      set_st(r.id, { status = 'dead', error = r.err, finishedAt = now })
+      redis.call('ZADD', dead_key, now, r.id)
+      queued_delta = queued_delta - 1
+      dead = dead + 1
+      add(make_event(ev_id(), wf, 'action.dead', { actionId = r.id, agent = agent, error = r.err }, agent, r.id, r.attempt, r.parent, now))
     end
   end
 end
+
+if snapshot ~= '' then redis.call('HSET', actor_key, 'snapshot', snapshot, 'version', version) end
+if state_value ~= '' then
+  redis.call('HSET', status_key, 'agent:' .. agent, state_value, 'updatedAt', now)
+else
+  redis.call('HSET', status_key, 'updatedAt', now)
+end
+local queued = redis.call('HINCRBY', status_key, 'queued', queued_delta)
+if done > 0 then redis.call('HINCRBY', status_key, 'done', done) end
+if dead > 0 then redis.call('HINCRBY', status_key, 'dead', dead) end
 
 if op == 'complete' or op == 'fail' then
   local final = 'completed'
@@ -149,7 +167,8 @@ if op == 'complete' or op == 'fail' then
   redis.call('HSET', status_key, 'status', final, field, op_payload, 'updatedAt', now, 'endedAt', now)
   -- The payload is spliced in as the client encoded it: a decode/encode round trip
   -- through cjson would turn empty arrays into objects.
-  local ev = make_event(ev_id(), wf, 'workflow.' .. final, '\0raw', agent, action_id, st.attempt or 0, parent_event, now)
+  local last = results[#results] or {}
+  local ev = make_event(ev_id(), wf, 'workflow.' .. final, '\0raw', agent, last.id or '', last.attempt or 0, last.parent or '', now)
   local at = string.find(ev, '"\\u0000raw"', 1, true)
   if at then ev = string.sub(ev, 1, at - 1) .. op_payload .. string.sub(ev, at + 11) end
   add(ev)
@@ -157,16 +176,16 @@ if op == 'complete' or op == 'fail' then
   if retention > 0 then
     for i = 1, 8 do redis.call('PEXPIRE', KEYS[i], retention) end
   end
-  end_activation()
-  return finish('ended', nil, nil, nil, nil, hints)
+  release_lock(lock_key, lock_value)
+  return finish('ended', nil, hints)
 end
 
 local changed = settle_status(status_key, now, status, queued)
 if changed then add(make_event(ev_id(), wf, 'workflow.status', { status = changed }, '', '', 0, '', now)) end
 
 if release ~= '1' then
-  local claimed = claim_next(actor_key, mailbox, actions_key, status_key, now)
-  if claimed then return finish('next', claimed[1], claimed[2], claimed[3], nil, hints) end
+  local claimed = claim_batch(actor_key, mailbox, actions_key, status_key, now, batch)
+  if #claimed > 0 then return finish('next', nil, hints, claimed) end
 end
 release_lock(lock_key, lock_value)
-return finish('idle', nil, nil, nil, next_at(mailbox), hints)
+return finish('idle', next_at(mailbox), hints)

@@ -58,29 +58,46 @@ local function settle_status(status_key, now, st, queued)
   return false
 end
 
--- Takes the first due action from a mailbox and marks it in flight for the actor.
--- Records that vanished or were written by hand without a state are dropped
--- (and counted) rather than blocking the mailbox.
-local function claim_next(actor_key, mailbox, actions_key, status_key, now)
-  for _ = 1, 100 do
-    local head = redis.call('ZRANGEBYSCORE', mailbox, '-inf', now, 'LIMIT', 0, 1)
-    local member = head[1]
-    if not member then return false end
-    redis.call('ZREM', mailbox, member)
-    local id = id_of(member)
-    local got = redis.call('HMGET', actions_key, id, id .. ':st')
-    local rec, st_raw = got[1], got[2]
-    local ok, st = pcall(cjson.decode, st_raw or '')
-    if rec and ok and type(st) == 'table' then
-      st.status = 'running'
-      st.attempt = (tonumber(st.attempt) or 0) + 1
-      redis.call('HSET', actions_key, id .. ':st', cjson.encode(st))
-      redis.call('HSET', actor_key, 'inflight', id)
-      return { rec, st.attempt, id }
+-- Claims up to `max` due actions of a mailbox, in order, marks them running
+-- (attempt + 1) and records their ids as the actor's in-flight batch. Members
+-- whose record vanished or was written by hand without a state are dropped and
+-- counted rather than blocking the mailbox. Returns a flat list
+-- { record1, attempt1, id1, record2, ... }, empty when nothing is due.
+local function claim_batch(actor_key, mailbox, actions_key, status_key, now, max)
+  local out, ids = {}, {}
+  for _ = 1, 10 do
+    local head = redis.call('ZRANGEBYSCORE', mailbox, '-inf', now, 'LIMIT', 0, max)
+    if #head == 0 then break end
+    redis.call('ZREM', mailbox, unpack(head))
+    for _, member in ipairs(head) do
+      local id = id_of(member)
+      local got = redis.call('HMGET', actions_key, id, id .. ':st')
+      local rec, st_raw = got[1], got[2]
+      local ok, st = pcall(cjson.decode, st_raw or '')
+      if rec and ok and type(st) == 'table' then
+        st.status = 'running'
+        st.attempt = (tonumber(st.attempt) or 0) + 1
+        redis.call('HSET', actions_key, id .. ':st', cjson.encode(st))
+        out[#out + 1] = rec
+        out[#out + 1] = st.attempt
+        out[#out + 1] = id
+        ids[#ids + 1] = id
+      else
+        redis.call('HINCRBY', status_key, 'malformed', 1)
+      end
     end
-    redis.call('HINCRBY', status_key, 'malformed', 1)
+    if #ids > 0 then break end
   end
-  return false
+  if #ids > 0 then redis.call('HSET', actor_key, 'inflight', cjson.encode(ids)) end
+  return out
+end
+
+-- The ids an actor has in flight (a JSON array; a bare id is accepted too).
+local function inflight_ids(raw)
+  if not raw then return {} end
+  local ok, ids = pcall(cjson.decode, raw)
+  if ok and type(ids) == 'table' then return ids end
+  return { raw }
 end
 
 -- Earliest score left in a mailbox (a delayed action), or false.
