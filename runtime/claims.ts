@@ -2,14 +2,13 @@
 // round trip; the global keys (ready hints, persistence pointers) are written by
 // writeFollowUps, after the per-workflow script, so a crash in between leaves at
 // worst a harmless hint.
-import type { ChainableCommander } from 'ioredis'
 import { nanoid } from 'nanoid'
 import type { TroupeConfig } from './config.ts'
 import { effectiveMaxLen, effectiveRetention } from './config.ts'
-import { pipeScript, runScript } from './redis/scripts.ts'
+import { runScript } from './redis/scripts.ts'
+import { execAll, execOps, type Op } from './redis/batch.ts'
 import type { Keys } from './redis/keys.ts'
 import type { RedisClient } from './redis/connection.ts'
-import { fromRedisError } from './errors.ts'
 
 /** Shared context of every protocol call. */
 export interface ProtocolContext {
@@ -40,28 +39,23 @@ function str(v: unknown): string {
 }
 
 /**
- * Writes ready hints (ZADD LT: never postpone an earlier due time), wakes idle
- * workers, and appends persistence pointers, in one pipeline.
+ * The follow-up writes after a script: ready hints (ZADD LT: never postpone an
+ * earlier due time), wake-ups for idle workers, and persistence pointers.
  */
-export function queueFollowUps(ctx: ProtocolContext, pipe: ChainableCommander, hints: readonly Hint[], appended: readonly Appended[]): void {
+export function followUpOps(ctx: ProtocolContext, hints: readonly Hint[], appended: readonly Appended[]): Op[] {
+  const ops: Op[] = []
   for (const h of hints) {
-    pipe.zadd(ctx.keys.ready(h.agent), 'LT', h.score, h.wf)
-    pipe.publish(ctx.keys.wake(h.agent), h.wf)
+    ops.push({ cmd: 'zadd', args: [ctx.keys.ready(h.agent), 'LT', h.score, h.wf] }, { cmd: 'publish', args: [ctx.keys.wake(h.agent), h.wf] })
   }
   if (ctx.cfg.persistence) {
-    for (const a of appended) {
-      if (a.first) pipe.xadd(ctx.keys.persistence(), '*', 'wf', a.wf, 'from', a.first, 'to', a.last)
-    }
+    for (const a of appended) if (a.first) ops.push({ cmd: 'xadd', args: [ctx.keys.persistence(), '*', 'wf', a.wf, 'from', a.first, 'to', a.last] })
   }
+  return ops
 }
 
-/** Runs {@link queueFollowUps} on its own pipeline and waits for it. */
+/** Sends {@link followUpOps} and waits for them. */
 export async function writeFollowUps(ctx: ProtocolContext, hints: readonly Hint[], appended: readonly Appended[]): Promise<void> {
-  if (hints.length === 0 && (!ctx.cfg.persistence || appended.length === 0)) return
-  const pipe = ctx.redis.pipeline()
-  queueFollowUps(ctx, pipe, hints, appended)
-  const res = await pipe.exec()
-  for (const [err] of res ?? []) if (err) throw fromRedisError(err)
+  await execAll(ctx.redis, followUpOps(ctx, hints, appended))
 }
 
 /** Arguments of one enqueue. */
@@ -106,29 +100,19 @@ function parseEnqueue(wf: string, raw: unknown): EnqueueResult {
  */
 export async function enqueueMany(ctx: ProtocolContext, list: readonly EnqueueArgs[]): Promise<(EnqueueResult | Error)[]> {
   if (list.length === 0) return []
-  const pipe = ctx.redis.pipeline()
+  const ops: Op[] = []
   for (const a of list) {
-    pipe.zadd(ctx.keys.ready(a.agent), 'LT', Date.now() + a.delayMs, a.wf)
     const [keys, args] = enqueueKeysArgs(ctx, a)
-    pipeScript(pipe, 'enqueue', keys, args)
+    ops.push({ cmd: 'zadd', args: [ctx.keys.ready(a.agent), 'LT', Date.now() + a.delayMs, a.wf] }, { script: 'enqueue', keys, args })
   }
-  const res = (await pipe.exec()) ?? []
+  const res = await execOps(ctx.redis, ops)
   const out: (EnqueueResult | Error)[] = []
   const hints: Hint[] = []
   const appended: Appended[] = []
   for (let i = 0; i < list.length; i++) {
     const a = list[i] as EnqueueArgs
     const [err, raw] = res[i * 2 + 1] ?? [new Error('no reply'), null]
-    let r: EnqueueResult | Error
-    if (err && err.message.startsWith('NOSCRIPT')) {
-      const [keys, args] = enqueueKeysArgs(ctx, a)
-      r = await runScript(ctx.redis, 'enqueue', keys, args).then((v) => parseEnqueue(a.wf, v), (e: unknown) => (e instanceof Error ? e : new Error(String(e))))
-    } else if (err) {
-      const mapped = fromRedisError(err)
-      r = mapped instanceof Error ? mapped : err
-    } else {
-      r = parseEnqueue(a.wf, raw)
-    }
+    const r: EnqueueResult | Error = err ?? parseEnqueue(a.wf, raw)
     out.push(r)
     if (!(r instanceof Error)) {
       // Server time: the script's availableAt minus the delay is the server's now.
@@ -257,15 +241,13 @@ export async function commit(ctx: ProtocolContext, a: CommitArgs): Promise<Commi
   }
   let raw: unknown
   if (preHinted.size > 0) {
-    const pipe = ctx.redis.pipeline()
     const now = Date.now()
-    for (const to of preHinted) pipe.zadd(k.ready(to), 'LT', now, a.wf)
-    pipeScript(pipe, 'commit', keys, args)
-    const res = (await pipe.exec()) ?? []
+    const ops: Op[] = [...preHinted].map((to) => ({ cmd: 'zadd', args: [k.ready(to), 'LT', now, a.wf] }))
+    ops.push({ script: 'commit', keys, args })
+    const res = await execOps(ctx.redis, ops)
     const [err, val] = res[res.length - 1] ?? [new Error('no reply'), null]
-    if (err && err.message.startsWith('NOSCRIPT')) raw = await runScript(ctx.redis, 'commit', keys, args)
-    else if (err) throw fromRedisError(err)
-    else raw = val
+    if (err) throw err
+    raw = val
   } else {
     raw = await runScript(ctx.redis, 'commit', keys, args)
   }

@@ -9,6 +9,7 @@ import { compareStreamIds, FINAL_EVENT_TYPES, parseEntry, parseLive } from './ev
 import { createRedis, type RedisClient } from './redis/connection.ts'
 import { assertActionType, assertAgentName, assertWorkflowId, Keys } from './redis/keys.ts'
 import { runScript } from './redis/scripts.ts'
+import { execAll, type Op } from './redis/batch.ts'
 import { Subscriber } from './subscriber.ts'
 import type { ActionRecord, ActionState, StreamedEvent, WorkflowStatus, WorkflowStatusValue } from './types.ts'
 
@@ -156,9 +157,9 @@ export class TroupeClient {
     }
     const [r] = await enqueueMany(this.ctx, [args])
     if (r instanceof Error) throw r
-    const pipe = this.redis.pipeline().zadd(this.keys.byOwner(owner), Date.now(), wf)
-    if (opts.deadlineMs) pipe.zadd(this.keys.deadlines(), Date.now() + Math.round(opts.deadlineMs), wf)
-    await pipe.exec()
+    const index: Op[] = [{ cmd: 'zadd', args: [this.keys.byOwner(owner), Date.now(), wf] }]
+    if (opts.deadlineMs) index.push({ cmd: 'zadd', args: [this.keys.deadlines(), Date.now() + Math.round(opts.deadlineMs), wf] })
+    await execAll(this.redis, index)
     return { workflowId: wf, actionId }
   }
 

@@ -15,6 +15,7 @@ import { RuntimeMetrics } from './metrics.ts'
 import { createRedis, waitReachable, type RedisClient } from './redis/connection.ts'
 import { Keys } from './redis/keys.ts'
 import { loadScripts } from './redis/scripts.ts'
+import { execAll } from './redis/batch.ts'
 import { Subscriber } from './subscriber.ts'
 import { AgentWorker } from './worker.ts'
 
@@ -132,12 +133,10 @@ export class Runtime {
   }
 
   private async refreshRegistry(): Promise<void> {
-    const pipe = this.redis.pipeline()
-    for (const a of this.opts.agents) {
-      pipe.hset(this.keys.agents(), a.name, JSON.stringify({ version: a.version, actionTypes: a.actionTypes, updatedAt: Date.now() }))
-    }
-    pipe.pexpire(this.keys.agents(), 24 * 3600 * 1000)
-    await pipe.exec()
+    await execAll(this.redis, [
+      ...this.opts.agents.map((a) => ({ cmd: 'hset', args: [this.keys.agents(), a.name, JSON.stringify({ version: a.version, actionTypes: a.actionTypes, updatedAt: Date.now() })] })),
+      { cmd: 'pexpire', args: [this.keys.agents(), 24 * 3600 * 1000] },
+    ])
     const names = await this.redis.hkeys(this.keys.agents())
     this.knownAgents = new Set([...names, ...this.opts.agents.map((a) => a.name)])
   }
@@ -229,16 +228,16 @@ export class Runtime {
     const extra: Record<string, string> = {}
     for (const s of this.opts.services ?? []) Object.assign(extra, s.health?.() ?? {})
     const key = this.keys.health(this.serviceId)
-    await this.redis
-      .pipeline()
-      .hset(key, {
-        serviceId: this.serviceId, roles: this.roles.join(','), agents: [...this.workers.keys()].join(','), pid: String(process.pid), host: hostname(),
-        version: '0.1.0', startedAt: String(this.startedAt), lastSeen: String(now), status, active: JSON.stringify(this.activeCounts()),
-        metricsUrl: this.metricsUrl, heartbeatMs: String(every), ...extra,
-      })
-      .pexpire(key, status === 'stopped' ? 10 * 60_000 : every * 5)
-      .zadd(this.keys.services(), now, this.serviceId)
-      .exec()
+    const fields = {
+      serviceId: this.serviceId, roles: this.roles.join(','), agents: [...this.workers.keys()].join(','), pid: String(process.pid), host: hostname(),
+      version: '0.1.0', startedAt: String(this.startedAt), lastSeen: String(now), status, active: JSON.stringify(this.activeCounts()),
+      metricsUrl: this.metricsUrl, heartbeatMs: String(every), ...extra,
+    }
+    await execAll(this.redis, [
+      { cmd: 'hset', args: [key, ...Object.entries(fields).flat()] },
+      { cmd: 'pexpire', args: [key, status === 'stopped' ? 10 * 60_000 : every * 5] },
+      { cmd: 'zadd', args: [this.keys.services(), now, this.serviceId] },
+    ])
   }
 
   /** Actors active in this process now, per agent. */

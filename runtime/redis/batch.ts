@@ -1,0 +1,63 @@
+// Sends several commands in one write where possible. A single Redis gets one
+// pipeline (commands reach the server in order, in one round trip). Redis Cluster
+// cannot pipeline across slots, so there each command goes to its own node, all
+// issued in the same tick: they still leave the process together, in order per node.
+import { fromRedisError } from '../errors.ts'
+import type { RedisClient } from './connection.ts'
+import { pipeScript, runScript, type ScriptName } from './scripts.ts'
+
+/** One command of a batch: a plain Redis command or one of our scripts. */
+export type Op = { cmd: string; args: (string | number)[] } | { script: ScriptName; keys: readonly string[]; args: readonly (string | number)[] }
+
+/** The outcome of each op, in order: an error (mapped to TroupeError where ours) or the reply. */
+export type OpResult = [Error | null, unknown]
+
+/** True for a Redis Cluster client. */
+export function isCluster(client: RedisClient): boolean {
+  return 'nodes' in client
+}
+
+function asError(e: unknown): Error {
+  const m = fromRedisError(e)
+  return m instanceof Error ? m : new Error(String(m))
+}
+
+/** Runs `ops` (see the module comment); never rejects for a single op's failure. */
+export async function execOps(client: RedisClient, ops: readonly Op[]): Promise<OpResult[]> {
+  if (ops.length === 0) return []
+  if (isCluster(client)) {
+    return await Promise.all(
+      ops.map((op) =>
+        ('script' in op ? runScript(client, op.script, op.keys, op.args) : client.call(op.cmd, ...op.args)).then(
+          (v): OpResult => [null, v],
+          (e: unknown): OpResult => [asError(e), null],
+        ),
+      ),
+    )
+  }
+  const pipe = client.pipeline()
+  for (const op of ops) {
+    if ('script' in op) pipeScript(pipe, op.script, op.keys, op.args)
+    else pipe.call(op.cmd, ...op.args)
+  }
+  const res = (await pipe.exec()) ?? []
+  const out: OpResult[] = []
+  for (let i = 0; i < ops.length; i++) {
+    const op = ops[i] as Op
+    const [err, val] = res[i] ?? [new Error('no reply'), null]
+    if (err && 'script' in op && err.message.startsWith('NOSCRIPT')) {
+      // A restarted server lost its script cache: send the source once.
+      out.push(await runScript(client, op.script, op.keys, op.args).then((v): OpResult => [null, v], (e: unknown): OpResult => [asError(e), null]))
+    } else {
+      out.push(err ? [asError(err), null] : [null, val])
+    }
+  }
+  return out
+}
+
+/** Like {@link execOps}, but throws the first error. */
+export async function execAll(client: RedisClient, ops: readonly Op[]): Promise<unknown[]> {
+  const res = await execOps(client, ops)
+  for (const [err] of res) if (err) throw err
+  return res.map(([, v]) => v)
+}
