@@ -21,7 +21,10 @@ const cache = new Map<ScriptName, Script>()
 function script(name: ScriptName): Script {
   let s = cache.get(name)
   if (!s) {
-    const source = `${lib}\n${readFileSync(new URL(`./scripts/${name}.lua`, import.meta.url), 'utf8')}`
+    // The shebang makes Redis 7 judge the whole script before it runs: when the
+    // server is out of memory a writing script is refused up front instead of
+    // failing at its first write and leaving the earlier ones behind.
+    const source = `#!lua\n${lib}\n${readFileSync(new URL(`./scripts/${name}.lua`, import.meta.url), 'utf8')}`
     s = { source, sha: createHash('sha1').update(source).digest('hex') }
     cache.set(name, s)
   }
