@@ -9,7 +9,7 @@
 --       6 delayMs  7 eventId (action.enqueued)  8 parent event id or ''  9 channel
 --       10 mode: 'start' | 'send'  11 owner  12 stream maxlen (0 = no trim)
 --       13 workflow.started event id  14 deadline ms from now (0 = none)
--- Returns: { availableAt, lockHeld (0|1), firstStreamId, lastStreamId }
+-- Returns: { availableAt, lockHeld (0|1), firstStreamId, lastStreamId } (stream ids '' for a replay)
 -- Errors: TROUPE_EXISTS workflow id taken (start) | TROUPE_NOWF no such workflow (send)
 --         TROUPE_ENDED workflow already ended (send) | TROUPE_DUP action id taken
 local status_key, actions_key, seq_key, events_key, mailbox, lock_key =
@@ -20,6 +20,15 @@ local event_id, parent_event, channel, mode, owner = ARGV[7], ARGV[8], ARGV[9], 
 local maxlen = tonumber(ARGV[12])
 local now = now_ms()
 local first_sid
+
+-- A replay: the client resent this after a dropped connection and the first send
+-- had landed. Action ids are generated per call, so the same id means the same call.
+local prior = redis.call('HGET', actions_key, action_id .. ':st')
+if prior then
+  local ok, st = pcall(cjson.decode, prior)
+  local at = (ok and type(st) == 'table' and tonumber(st.availableAt)) or now
+  return { at, redis.call('EXISTS', lock_key), '', '' }
+end
 
 local status = redis.call('HGET', status_key, 'status')
 if mode == 'start' then
