@@ -6,7 +6,7 @@ import { loadConfig, effectiveMaxLen, effectiveRetention, type TroupeConfig } fr
 import { enqueueMany, writeFollowUps, type EnqueueArgs, type ProtocolContext } from './claims.ts'
 import { TroupeError } from './errors.ts'
 import { compareStreamIds, FINAL_EVENT_TYPES, parseEntry, parseLive } from './events.ts'
-import { createRedis, type RedisClient } from './redis/connection.ts'
+import { closeRedis, createRedis, type RedisClient } from './redis/connection.ts'
 import { assertActionType, assertAgentName, assertWorkflowId, Keys } from './redis/keys.ts'
 import { runScript } from './redis/scripts.ts'
 import { execAll, type Op } from './redis/batch.ts'
@@ -99,7 +99,7 @@ export class TroupeClient {
 
   async close(): Promise<void> {
     this.sub?.close()
-    if (this.ownsRedis) await this.redis.quit().catch(() => undefined)
+    if (this.ownsRedis) await closeRedis(this.redis)
   }
 
   /** Agents registered by running runtimes. */

@@ -12,7 +12,7 @@ import type { ProtocolContext } from './claims.ts'
 import { TroupeError } from './errors.ts'
 import { createLogger, type Logger } from './log.ts'
 import { RuntimeMetrics } from './metrics.ts'
-import { createRedis, waitReachable, type RedisClient } from './redis/connection.ts'
+import { closeRedis, createRedis, waitReachable, type RedisClient } from './redis/connection.ts'
 import { Keys } from './redis/keys.ts'
 import { loadScripts } from './redis/scripts.ts'
 import { execAll } from './redis/batch.ts'
@@ -262,7 +262,7 @@ export class Runtime {
     }
     this.sub?.close()
     await new Promise<void>((r) => (this.server ? this.server.close(() => r()) : r()))
-    await this.redis.quit().catch(() => undefined)
+    await closeRedis(this.redis)
   }
 }
 

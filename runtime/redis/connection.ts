@@ -52,3 +52,17 @@ export async function waitReachable(redis: RedisClient, url: string, timeoutMs =
     clearTimeout(timer)
   }
 }
+
+/**
+ * Closes a client: a polite QUIT when connected (bounded to 2 s), else an
+ * immediate disconnect. QUIT on a dead connection would wait forever, since
+ * commands queue while reconnecting.
+ */
+export async function closeRedis(redis: RedisClient): Promise<void> {
+  if (redis.status === 'ready') {
+    let timer: NodeJS.Timeout | undefined
+    await Promise.race([redis.quit().catch(() => undefined), new Promise((r) => (timer = setTimeout(r, 2000)))])
+    clearTimeout(timer)
+  }
+  redis.disconnect()
+}

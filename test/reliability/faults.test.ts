@@ -83,12 +83,12 @@ describe('faults', () => {
       for (let i = 0; i < WF; i++) wfs.push((await client.startWorkflow({ agent: 'tally', type: 'tick', payload: { i: 0 }, validate: false })).workflowId)
       const faults = (async () => {
         await new Promise((r) => setTimeout(r, 200))
-        await admin.client('KILL', 'TYPE', 'normal')
-        await admin.client('KILL', 'TYPE', 'pubsub')
+        await admin.call('CLIENT', 'KILL', 'TYPE', 'normal')
+        await admin.call('CLIENT', 'KILL', 'TYPE', 'pubsub')
         await new Promise((r) => setTimeout(r, 300))
         await admin.call('CLIENT', 'PAUSE', '1000', 'WRITE')
         await new Promise((r) => setTimeout(r, 1200))
-        await admin.client('KILL', 'TYPE', 'normal')
+        await admin.call('CLIENT', 'KILL', 'TYPE', 'normal')
       })()
       await sendTicks(wfs, TICKS)
       await faults
