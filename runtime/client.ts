@@ -157,7 +157,12 @@ export class TroupeClient {
     }
     const [r] = await enqueueMany(this.ctx, [args])
     if (r instanceof Error) throw r
-    const index: Op[] = [{ cmd: 'zadd', args: [this.keys.byOwner(owner), Date.now(), wf] }]
+    // The owner index forgets workflows created more than the retention ago (their
+    // keys are gone or going), so it cannot grow without bound.
+    const index: Op[] = [
+      { cmd: 'zadd', args: [this.keys.byOwner(owner), Date.now(), wf] },
+      { cmd: 'zremrangebyscore', args: [this.keys.byOwner(owner), '-inf', Date.now() - this.cfg.retentionMs] },
+    ]
     if (opts.deadlineMs) index.push({ cmd: 'zadd', args: [this.keys.deadlines(), Date.now() + Math.round(opts.deadlineMs), wf] })
     await execAll(this.redis, index)
     return { workflowId: wf, actionId }
