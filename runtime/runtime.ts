@@ -158,6 +158,10 @@ export class Runtime {
     this.sub = new Subscriber(this.redis)
     await this.sub.subscribe(this.keys.control(), (msg) => this.onControl(msg))
     for (const def of this.opts.agents) {
+      // Known label values start at zero so dashboards and rate() see every series from the first scrape.
+      for (const outcome of ['completed', 'retried', 'dead', 'cancelled']) this.metrics.actions.inc({ agent: def.name, outcome }, 0)
+      for (const c of [this.metrics.activations, this.metrics.lockContention, this.metrics.fenceRejections, this.metrics.redeliveries, this.metrics.transitions, this.metrics.eventsPublished]) c.inc({ agent: def.name }, 0)
+      this.metrics.activeActors.set({ agent: def.name }, 0)
       const w = new AgentWorker(env, def)
       this.workers.set(def.name, w)
       await this.sub.subscribe(this.keys.wake(def.name), () => w.wake())
@@ -189,7 +193,8 @@ export class Runtime {
     })
     await new Promise<void>((resolve, reject) => {
       this.server?.once('error', reject)
-      this.server?.listen(port, '127.0.0.1', () => resolve())
+      // Loopback unless told otherwise (containers set TROUPE_METRICS_HOST=0.0.0.0).
+      this.server?.listen(port, process.env.TROUPE_METRICS_HOST ?? '127.0.0.1', () => resolve())
     })
     const addr = this.server.address()
     if (addr && typeof addr === 'object') this.metricsUrl = `http://127.0.0.1:${addr.port}/metrics`
