@@ -45,12 +45,13 @@ export async function deadlineDuty(fence: LeaderFence, client: TroupeClient, opt
         log.warn(`deadline of ${wf} not enforced yet; retrying after ${opts.leaseMs} ms`, { error: err instanceof Error ? err.message : String(err) })
       }
     }
+    if (result === 'fired') {
+      await fence.publish({ type: 'system.deadline.fired', at: Date.now(), term: fence.term, leader: fence.serviceId, workflowId: wf, due, dropped })
+    }
     if (result !== 'error') done.push(wf)
     out.push({ wf, due, result, dropped })
   }
+  // Removed last: an entry still present means its workflow may not have been handled yet.
   if (done.length > 0) await fence.write([{ cmd: 'ZREM', key: fence.keys.deadlines(), args: done }])
-  for (const o of out.filter((x) => x.result === 'fired')) {
-    await fence.publish({ type: 'system.deadline.fired', at: Date.now(), term: fence.term, leader: fence.serviceId, workflowId: o.wf, due: o.due, dropped: o.dropped })
-  }
   return out
 }

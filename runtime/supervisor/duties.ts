@@ -6,7 +6,7 @@ import type { Logger } from '../log.ts'
 import type { RedisClient } from '../redis/connection.ts'
 import type { Keys } from '../redis/keys.ts'
 import { deadlineDuty, type DeadlineOutcome } from './deadlines.ts'
-import { LeaderDeposedError, type LeaderFence } from './fence.ts'
+import { LeaderDeposedError, type LeaderFence, type SystemEvent } from './fence.ts'
 import { healthDuty, readFleet, type FleetSnapshot, type HealthPass } from './health.ts'
 import type { SupervisorMetrics } from './metrics.ts'
 import { knownAgents, readQueues, serverNow, type AgentQueue } from './queues.ts'
@@ -18,13 +18,13 @@ import { WorkflowSweep } from './sweep.ts'
 export interface DutyOptions {
   deadAfterMissed: number
   keepDeadMs: number
-  forgetAfterMs: number
   stuckAfterMs: number
   failingActivations: number
   deadlineBatch: number
   deadlineLeaseMs: number
   rollupTtlMs: number
   sweepBudget: number
+  sweepMaxMs: number
   sweepWindowMs: number
   repairGraceMs: number
   maxActorsPerAgent: number
@@ -61,7 +61,14 @@ export class LeaderDuties {
     private readonly opts: DutyOptions,
   ) {
     this.stuck = new StuckTracker({ stuckAfterMs: opts.stuckAfterMs, failingActivations: opts.failingActivations })
-    this.sweep = new WorkflowSweep(deps.redis, deps.keys, { windowMs: opts.sweepWindowMs, graceMs: opts.repairGraceMs })
+    this.sweep = new WorkflowSweep(deps.redis, deps.keys, {
+      windowMs: opts.sweepWindowMs,
+      graceMs: opts.repairGraceMs,
+      onRepair: (actors) => {
+        deps.metrics.repairs.inc(actors.length)
+        deps.log.warn(`re-hinted ${actors.length} actors whose due work had no ready hint: ${actors.slice(0, 5).map((a) => `${a.agent} in ${a.wf}`).join(', ')}${actors.length > 5 ? ', ...' : ''}`)
+      },
+    })
   }
 
   private async guard<T>(name: string, errors: string[], fn: () => Promise<T>): Promise<T | null> {
@@ -82,7 +89,7 @@ export class LeaderDuties {
       if (this.reportedProblems.has(key)) continue
       this.reportedProblems.add(key)
       this.deps.metrics.badRecords.inc({ kind: p.kind })
-      this.deps.log.warn(`skipping ${p.kind === 'bad-id' ? 'unknown id' : 'corrupted health record'} ${JSON.stringify(p.serviceId)} in system:services: ${p.detail}`)
+      this.deps.log.warn(`skipping ${p.kind === 'corrupt' ? 'corrupted health record of' : 'unknown id'} ${JSON.stringify(p.serviceId)} in system:services: ${p.detail}`)
     }
   }
 
@@ -112,14 +119,19 @@ export class LeaderDuties {
     }
     if (signal?.aborted) return report
 
-    const now = await serverNow(redis)
+    const now = (await this.guard('clock', errors, () => serverNow(redis))) ?? Date.now()
     const hosted = new Set((fleet?.services ?? []).filter((s) => s.status === 'alive').flatMap((s) => s.agents))
-    const agents = await this.guard('agents', errors, () => knownAgents(redis, keys, (fleet?.services ?? []).flatMap((s) => s.agents)))
+    const named = [...(fleet?.services ?? []).flatMap((s) => s.agents), ...(this.sweep.last?.agents ?? [])]
+    const agents = await this.guard('agents', errors, () => knownAgents(redis, keys, named))
     const queues = (await this.guard('queues', errors, () => readQueues(redis, keys, agents ?? [], now, o.maxActorsPerAgent))) ?? new Map<string, AgentQueue>()
     report.stuck = this.stuck.observe(queues.values(), hosted, now)
     if (report.stuck.length > 0) {
       await this.guard('stuck', errors, () =>
-        fence.write(report.stuck.map((s) => ({ cmd: 'PUBLISH' as const, args: [keys.systemChannel(), JSON.stringify({ type: 'system.actor.stuck', at: Date.now(), term: fence.term, leader: fence.serviceId, workflowId: s.wf, ...s })] }))),
+        fence.write(report.stuck.map((s) => {
+          const { wf, ...rest } = s
+          const ev: SystemEvent = { type: 'system.actor.stuck', at: Date.now(), term: fence.term, leader: fence.serviceId, workflowId: wf, ...rest }
+          return { cmd: 'PUBLISH' as const, args: [keys.systemChannel(), JSON.stringify(ev)] }
+        })),
       )
       for (const s of report.stuck) {
         metrics.stuckReports.inc({ agent: s.agent, reason: s.reason })
@@ -128,15 +140,7 @@ export class LeaderDuties {
     }
     if (signal?.aborted) return report
 
-    const before = this.sweep.last
-    await this.guard('sweep', errors, () => this.sweep.step(o.sweepBudget, fence, signal))
-    if (this.sweep.last && this.sweep.last !== before) {
-      report.sweptAt = this.sweep.last.startedAt
-      if (this.sweep.last.repairs > 0) {
-        metrics.repairs.inc(this.sweep.last.repairs)
-        log.warn(`re-hinted ${this.sweep.last.repairs} actors whose due work had no ready hint`)
-      }
-    }
+    if (await this.guard('sweep', errors, () => this.sweep.step(o.sweepBudget, fence, signal, o.sweepMaxMs))) report.sweptAt = this.sweep.last?.startedAt ?? null
     if (signal?.aborted) return report
 
     const persistence: PersistenceBacklog = (await this.guard('persistence', errors, () => readPersistence(redis, keys))) ?? { length: 0, pending: 0, lag: 0, group: false }

@@ -123,10 +123,13 @@ export class LeaderFence {
     await this.write([{ cmd: 'PUBLISH', args: [this.keys.systemChannel(), JSON.stringify(event)] }])
   }
 
-  /** Marks a service dead if its record still shows `lastSeen`; true when marked. */
+  /**
+   * Marks a service dead if its record still shows `lastSeen` (or, when the record
+   * expired, its index entry does); true when marked.
+   */
   async markDead(serviceId: string, lastSeen: string, keepMs: number, missed: number): Promise<boolean> {
     const r = await runSupervisorScript(
-      this.redis, 'mark_dead', [this.keys.leaderTerm(), this.keys.health(serviceId)],
+      this.redis, 'mark_dead', [this.keys.leaderTerm(), this.keys.health(serviceId), this.keys.services()],
       [String(this.term), lastSeen, Math.round(keepMs), this.keys.systemChannel(), serviceId, this.serviceId, missed], this.term,
     )
     return Number(r) === 1

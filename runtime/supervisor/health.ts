@@ -36,7 +36,7 @@ export interface ServiceRecord {
 /** A record that could not be used. */
 export interface FleetProblem {
   serviceId: string
-  kind: 'corrupt' | 'bad-id'
+  kind: 'corrupt' | 'bad-id' | 'unknown'
   detail: string
 }
 
@@ -57,6 +57,13 @@ export interface ReadFleetOptions {
   /** Longest listing read (default 10,000 services). */
   limit?: number
 }
+
+/**
+ * An id whose health record is gone but that heartbeated less than this ago died
+ * unannounced (a live record expires after 5 missed heartbeats, while the runtime
+ * keeps a stopped one for 10 minutes). Older ids without a record are unknown.
+ */
+export const UNANNOUNCED_DEATH_MS = 5 * 60_000
 
 const SERVICE_ID_RE = /^[A-Za-z0-9_.:@-]{1,200}$/
 const DEFAULT_HEARTBEAT_MS = 2000
@@ -100,7 +107,7 @@ export function parseHealth(serviceId: string, h: Record<string, string>, now: n
   if (stored === 'alive' && now - lastSeen > deadAfterMissed * heartbeatMs) {
     status = 'dead'
     note = `missed ${Math.floor((now - lastSeen) / heartbeatMs)} heartbeats`
-  } else if (stored === 'dead') note = 'marked dead by the supervisor'
+  } else if (stored === 'dead') note = h.note || 'marked dead by the supervisor'
   const list = (v: string | undefined): string[] => (v ?? '').split(',').map((s) => s.trim()).filter(Boolean)
   return {
     serviceId, status, stored, note, lastSeen, heartbeatMs, active,
@@ -139,6 +146,10 @@ export async function readFleet(redis: RedisClient, keys: Keys, opts: ReadFleetO
     const h = (value ?? {}) as Record<string, string>
     if (Object.keys(h).length === 0) {
       const seen = indexed.get(id) ?? 0
+      if (now - seen > UNANNOUNCED_DEATH_MS) {
+        problems.push({ serviceId: id, kind: 'unknown', detail: `no health record; indexed as last seen ${Math.round((now - seen) / 1000)} s ago` })
+        return
+      }
       services.push({
         serviceId: id, status: 'dead', stored: '', note: 'health record expired', lastSeen: seen, heartbeatMs: 0, active: {},
         roles: [], agents: [], host: '', pid: '', version: '', startedAt: 0, metricsUrl: '', fields: {},
@@ -155,10 +166,11 @@ export async function readFleet(redis: RedisClient, keys: Keys, opts: ReadFleetO
 /** Options of the leader's health duty. */
 export interface HealthDutyOptions {
   deadAfterMissed: number
-  /** How long a dead service's record is kept (its TTL once marked). */
+  /**
+   * How long a dead service's record is kept (its TTL once marked); index entries
+   * last seen longer ago than this, without a live record, are removed.
+   */
   keepDeadMs: number
-  /** Index entries last seen longer ago than this, without a live record, are removed. */
-  forgetAfterMs: number
 }
 
 /** What one health pass did. */
@@ -169,18 +181,21 @@ export interface HealthPass {
 
 /**
  * Marks stale services dead (compare-and-set on `lastSeen`, fenced) and removes
- * index entries nobody has heard of for `forgetAfterMs`.
+ * index entries of services gone for `keepDeadMs` and of unknown ids.
  */
 export async function healthDuty(fence: LeaderFence, fleet: FleetSnapshot, opts: HealthDutyOptions): Promise<HealthPass> {
   const markedDead: string[] = []
   for (const s of fleet.services) {
-    if (s.stored !== 'alive' || s.status !== 'dead') continue
-    const missed = Math.floor((fleet.now - s.lastSeen) / s.heartbeatMs)
+    // '' is a record that expired before anyone marked it: it gets a tombstone.
+    if ((s.stored !== 'alive' && s.stored !== '') || s.status !== 'dead') continue
+    const missed = s.heartbeatMs > 0 ? Math.floor((fleet.now - s.lastSeen) / s.heartbeatMs) : 0
     if (await fence.markDead(s.serviceId, String(s.lastSeen), opts.keepDeadMs, missed)) markedDead.push(s.serviceId)
   }
-  const cutoff = fleet.now - opts.forgetAfterMs
+  const cutoff = fleet.now - opts.keepDeadMs
   const live = new Set(fleet.services.filter((s) => s.status === 'alive').map((s) => s.serviceId))
-  const forgotten = [...fleet.indexed].filter(([id, seen]) => seen < cutoff && !live.has(id)).map(([id]) => id)
+  // Reported once (by the caller); nothing more will ever be learnt about them.
+  const unknown = new Set(fleet.problems.filter((p) => p.kind === 'unknown').map((p) => p.serviceId))
+  const forgotten = [...fleet.indexed].filter(([id, seen]) => !live.has(id) && (seen < cutoff || unknown.has(id))).map(([id]) => id)
   if (forgotten.length > 0) await fence.write([{ cmd: 'ZREM', key: fence.keys.services(), args: forgotten }])
   return { markedDead, forgotten }
 }

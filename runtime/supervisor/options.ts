@@ -14,10 +14,8 @@ export interface SupervisorOptions {
   retryMs?: number
   /** Heartbeats a service may miss before it is marked dead. Default 3; at most 4 (records expire after 5). */
   deadAfterMissed?: number
-  /** How long a dead service's record is kept. Default 1 h. */
+  /** How long a dead service stays listed (its record's TTL once marked); older index entries without a live record are removed. Default 1 h. */
   keepDeadMs?: number
-  /** When a `system:services` entry last seen this long ago, without a live record, is removed. Default 6 h. */
-  forgetAfterMs?: number
   /** How long work may wait before its actor is reported stuck. Default 60 s (`TROUPE_SUPERVISOR_STUCK_MS`). */
   stuckAfterMs?: number
   /** Activations without progress that make an actor "failing". Default 3. */
@@ -26,6 +24,8 @@ export interface SupervisorOptions {
   deadlineBatch?: number
   /** SCAN calls of the workflow sweep per tick. Default 20. */
   sweepBudget?: number
+  /** Time the sweep may take per tick, so a big keyspace never delays failure detection. Default a quarter of the tick (at least 50 ms). */
+  sweepMaxMs?: number
   /** Window of the completed/failed-per-minute figures. Default 60 s. */
   sweepWindowMs?: number
   /** Hints walked per agent for the queue figures. Default 5000. */
@@ -65,8 +65,6 @@ export function resolveSupervisorOptions(o: SupervisorOptions = {}): ResolvedSup
   const deadAfterMissed = positive(o.deadAfterMissed ?? 3, 'deadAfterMissed')
   if (deadAfterMissed > 4) throw new TroupeError('config', 'supervisor deadAfterMissed must be at most 4: health records expire after 5 missed heartbeats')
   const keepDeadMs = positive(o.keepDeadMs ?? 3_600_000, 'keepDeadMs', 1000)
-  const forgetAfterMs = positive(o.forgetAfterMs ?? 6 * 3_600_000, 'forgetAfterMs', 1000)
-  if (forgetAfterMs < keepDeadMs) throw new TroupeError('config', 'supervisor forgetAfterMs must be at least keepDeadMs')
   const envSd = envNum('TROUPE_SD_PORT')
   const sdPort = o.sdPort === false ? false : o.sdPort ?? envSd ?? 0
   if (sdPort !== false && (!Number.isInteger(sdPort) || sdPort > 65535)) throw new TroupeError('config', `supervisor sdPort must be a port number, got ${sdPort}`)
@@ -76,7 +74,6 @@ export function resolveSupervisorOptions(o: SupervisorOptions = {}): ResolvedSup
     retryMs: positive(o.retryMs ?? Math.max(50, Math.floor(leaseMs / 5)), 'retryMs', 10),
     deadAfterMissed,
     keepDeadMs,
-    forgetAfterMs,
     stuckAfterMs: positive(o.stuckAfterMs ?? envNum('TROUPE_SUPERVISOR_STUCK_MS') ?? 60_000, 'stuckAfterMs', 100),
     failingActivations: positive(o.failingActivations ?? 3, 'failingActivations'),
     deadlineBatch: positive(o.deadlineBatch ?? 100, 'deadlineBatch'),
@@ -85,6 +82,7 @@ export function resolveSupervisorOptions(o: SupervisorOptions = {}): ResolvedSup
     // Rollups outlive a failover but vanish when no supervisor runs at all.
     rollupTtlMs: Math.max(60_000, tickMs * 10),
     sweepBudget: positive(o.sweepBudget ?? 20, 'sweepBudget'),
+    sweepMaxMs: positive(o.sweepMaxMs ?? Math.max(50, tickMs / 4), 'sweepMaxMs', 10),
     sweepWindowMs: positive(o.sweepWindowMs ?? 60_000, 'sweepWindowMs', 1000),
     repairGraceMs: Math.max(2000, tickMs),
     maxActorsPerAgent: positive(o.maxActorsPerAgent ?? 5000, 'maxActorsPerAgent'),

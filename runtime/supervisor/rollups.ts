@@ -27,7 +27,7 @@ export interface Rollup {
   at: number
   term: number
   leader: string
-  services: Record<ServiceStatus | 'corrupt', number>
+  services: Record<ServiceStatus | 'unusable', number>
   /** Per agent: figures from queues, health records and the last sweep. */
   agents: Record<string, AgentFigures>
   persistence: PersistenceBacklog
@@ -95,7 +95,7 @@ export function buildRollup(input: {
   sweep: SweepFigures | null
   persistence: PersistenceBacklog
 }): Rollup {
-  const services: Rollup['services'] = { alive: 0, stopped: 0, dead: 0, corrupt: input.fleet.problems.length }
+  const services: Rollup['services'] = { alive: 0, stopped: 0, dead: 0, unusable: input.fleet.problems.length }
   const active: Record<string, number> = {}
   for (const s of input.fleet.services) {
     services[s.status]++
@@ -176,7 +176,7 @@ export async function readRollup(redis: RedisClient, keys: Keys): Promise<Rollup
   const pers = h(base + 2)
   return {
     at: num(summary.at), term: num(summary.term), leader: summary.leader ?? '',
-    services: { alive: num(svc.alive), stopped: num(svc.stopped), dead: num(svc.dead), corrupt: num(svc.corrupt) },
+    services: { alive: num(svc.alive), stopped: num(svc.stopped), dead: num(svc.dead), unusable: num(svc.unusable) },
     agents,
     persistence: { length: num(pers.length), pending: num(pers.pending), lag: num(pers.lag), group: pers.group === '1' },
     workflows: Object.fromEntries(Object.entries(h(base + 1)).map(([k, v]) => [k, num(v)])),

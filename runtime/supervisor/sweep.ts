@@ -22,6 +22,8 @@ export interface SweepFigures {
   deadLetters: Record<string, number>
   completed: Record<string, number>
   failed: Record<string, number>
+  /** Agents named by the workflows swept (so agents nobody hosts still get figures). */
+  agents: string[]
   /** Hints re-added during this sweep. */
   repairs: number
   /** True when some event stream had more entries in the window than were read. */
@@ -36,6 +38,8 @@ export interface SweepOptions {
   scanCount?: number
   /** How long a due action or orphaned in-flight action must wait before it is re-hinted (default 2 s). */
   graceMs?: number
+  /** Told about each batch of re-hinted actors as soon as it is written. */
+  onRepair?: (actors: { agent: string; wf: string }[]) => void
 }
 
 const TERMINAL = new Set(['completed', 'failed', 'cancelled'])
@@ -57,12 +61,14 @@ export class WorkflowSweep {
   private readonly windowMs: number
   private readonly scanCount: number
   private readonly graceMs: number
+  private readonly onRepair: NonNullable<SweepOptions['onRepair']>
 
   constructor(
     private readonly redis: RedisClient,
     private readonly keys: Keys,
     opts: SweepOptions = {},
   ) {
+    this.onRepair = opts.onRepair ?? (() => undefined)
     this.windowMs = opts.windowMs ?? 60_000
     this.scanCount = opts.scanCount ?? 500
     this.graceMs = opts.graceMs ?? 2000
@@ -73,19 +79,21 @@ export class WorkflowSweep {
   }
 
   /**
-   * Runs up to `budget` SCAN calls; repairs go through `fence` (none without one:
-   * read-only). Resolves to true when this step completed a sweep.
+   * Runs up to `budget` SCAN calls, stopping early after `maxMs`; repairs go
+   * through `fence` (none without one: read-only). Resolves to true when this
+   * step completed a sweep.
    */
-  async step(budget: number, fence: LeaderFence | null, signal?: AbortSignal): Promise<boolean> {
+  async step(budget: number, fence: LeaderFence | null, signal?: AbortSignal, maxMs = Infinity): Promise<boolean> {
+    const until = Date.now() + maxMs
     if (!this.cur) {
       const now = await serverNow(this.redis)
-      this.cur = { startedAt: now, finishedAt: 0, windowStart: now - this.windowMs, workflows: {}, deadLetters: {}, completed: {}, failed: {}, repairs: 0, truncated: false }
+      this.cur = { startedAt: now, finishedAt: 0, windowStart: now - this.windowMs, workflows: {}, deadLetters: {}, completed: {}, failed: {}, agents: [], repairs: 0, truncated: false }
       this.node = 0
       this.cursor = '0'
     }
     const prefix = this.keys.status('')
     const head = prefix.slice(0, prefix.indexOf('{'))
-    for (let calls = 0; calls < budget && !signal?.aborted; calls++) {
+    for (let calls = 0; calls < budget && !signal?.aborted && Date.now() < until; calls++) {
       const nodes = this.nodes()
       const node = nodes[this.node]
       if (!node) return this.finish()
@@ -127,6 +135,7 @@ export class WorkflowSweep {
       const [status, updatedAt, dead] = fields as (string | null)[]
       if (!status) return
       inc(fig.workflows, status)
+      for (const f of (names ?? []) as string[]) if (f.startsWith('agent:') && !fig.agents.includes(f.slice(6))) fig.agents.push(f.slice(6))
       if (Number(dead ?? 0) > 0) {
         p2.zrange(k.dead(wf), '0', String(MAX_DEAD_READ - 1))
         reads.push({ wf, kind: 'dead' })
@@ -151,6 +160,7 @@ export class WorkflowSweep {
     const r2 = ((await p2.exec()) ?? []) as Reply[]
     const deadIds: { wf: string; ids: string[] }[] = []
     const repairs: FencedWrite[] = []
+    const repaired: { agent: string; wf: string }[] = []
     let at = 0
     for (const r of reads) {
       if (r.kind === 'dead') {
@@ -170,20 +180,22 @@ export class WorkflowSweep {
         if (replies.some(([e]) => e) || Number(locked) === 1) continue
         const headAt = Array.isArray(headRaw) && headRaw[1] !== undefined ? Number(headRaw[1]) : null
         const hint = hintRaw === null || hintRaw === undefined ? null : Number(hintRaw)
-        const orphaned = typeof inflight === 'string' && inflight !== ''
+        const orphaned = typeof inflight === 'string' && inflight !== '' && inflight !== '[]'
         const waiting = headAt !== null && headAt <= now - this.graceMs
         // A hint in the future with no lock holder is a lease nobody extends any more.
         const late = hint === null || hint > now + this.graceMs
         if ((waiting || orphaned) && late) {
           repairs.push({ cmd: 'ZADD', key: k.ready(agent), args: ['LT', now, r.wf] })
           repairs.push({ cmd: 'PUBLISH', args: [k.wake(agent), r.wf] })
+          repaired.push({ agent, wf: r.wf })
         }
       }
     }
     if (deadIds.length > 0) await this.countDead(deadIds, fig)
     if (repairs.length > 0 && fence) {
       await fence.write(repairs)
-      fig.repairs += repairs.length / 2
+      fig.repairs += repaired.length
+      this.onRepair(repaired)
     }
   }
 

@@ -1,0 +1,86 @@
+// Deadlines with three supervisor processes racing (and the leader killed while
+// more deadlines pass): each passed deadline fails its workflow exactly once,
+// aborts its running action and drops what was queued; workflows that finish in
+// time are left alone.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { TroupeClient, type StreamedEvent } from '../../runtime/index.ts'
+import { eventually, testConfig } from '../helpers/redis.ts'
+import { until, spawnSupervisor, spawnWorker, stopAll, SystemEvents, type Child } from './helpers.ts'
+
+const cfg = testConfig({ lockTtlMs: 2000 })
+let client: TroupeClient
+let events: SystemEvents
+const children: Child[] = []
+
+beforeAll(async () => {
+  client = TroupeClient.connect(cfg)
+  events = await SystemEvents.listen(cfg)
+})
+afterAll(async () => {
+  await stopAll(children)
+  await events?.close()
+  await client?.close()
+})
+
+const ofType = (l: StreamedEvent[], t: string): StreamedEvent[] => l.filter((e) => e.event.type === t)
+
+async function long(n: number, deadlineMs: number): Promise<string[]> {
+  const out: string[] = []
+  for (let i = 0; i < n; i++) {
+    const { workflowId } = await client.startWorkflow({ agent: 'napper', type: 'nap', payload: { ms: 8000, end: true }, deadlineMs })
+    // Queued behind the nap: dropped by the deadline.
+    await client.sendAction(workflowId, 'napper', 'nap', { ms: 10 })
+    out.push(workflowId)
+  }
+  return out
+}
+
+async function expectFailedOnce(wf: string): Promise<void> {
+  await eventually(async () => (await client.getStatus(wf))?.status === 'failed', 20_000, `deadline of ${wf}`)
+  const st = await client.getStatus(wf)
+  expect(st?.error).toBe('deadline')
+  const ev = await client.readEvents(wf, '0', 1000)
+  const failed = ofType(ev, 'workflow.failed')
+  expect(failed).toHaveLength(1)
+  // Queued actions are dropped (how many depends on what the worker had claimed).
+  const content = failed[0]?.event.content as { reason: string; dropped: number }
+  expect(content.reason).toBe('deadline')
+  expect(content.dropped).toBeGreaterThanOrEqual(0)
+  expect(ofType(ev, 'workflow.completed')).toHaveLength(0)
+  expect(ofType(ev, 'action.completed')).toHaveLength(0)
+}
+
+describe('deadlines', () => {
+  it('fire once and only once with three supervisors, across a leader kill', async () => {
+    const sups = await Promise.all([0, 1, 2].map(() => spawnSupervisor(cfg)))
+    children.push(...sups, await spawnWorker(cfg))
+    await until(() => events.of('system.leader.elected')[0], 10_000, 'a leader')
+
+    const early = await long(6, 1000)
+    const quick = await Promise.all(Array.from({ length: 4 }, () => client.startWorkflow({ agent: 'napper', type: 'nap', payload: { ms: 50, end: true }, deadlineMs: 2500 })))
+    for (const wf of early) await expectFailedOnce(wf)
+    // The running nap was aborted, not left to run out its 8 s.
+    await eventually(async () => {
+      const locks = await Promise.all(early.map((wf) => client.redis.exists(client.keys.lock(wf, 'napper'))))
+      return locks.every((l) => l === 0)
+    }, 4000, 'running actions aborted and their locks released')
+
+    await until(() => events.of('system.deadline.fired').length >= early.length, 5000, 'fired events of the first batch')
+    const leader = events.of('system.leader.elected').at(-1)?.leader
+    sups.find((s) => s.serviceId === leader)?.signal('SIGKILL')
+    // These pass while the lease of the dead leader runs out.
+    const during = await long(6, 500)
+    for (const wf of during) await expectFailedOnce(wf)
+
+    for (const { workflowId } of quick) {
+      await eventually(async () => (await client.getStatus(workflowId))?.status === 'completed', 10_000, `quick ${workflowId}`)
+      expect(ofType(await client.readEvents(workflowId, '0', 1000), 'workflow.failed')).toHaveLength(0)
+    }
+    // Every entry is gone once handled, including the quick ones' (already ended) deadlines.
+    await eventually(async () => (await client.redis.zcard(client.keys.deadlines())) === 0, 15_000, 'deadline index drained')
+    const fired = events.of('system.deadline.fired').map((e) => e.workflowId as string)
+    expect(new Set(fired).size).toBe(fired.length)
+    expect(fired.sort()).toEqual([...early, ...during].sort())
+    expect(new Set(events.of('system.leader.elected').map((e) => e.leader)).size).toBeGreaterThanOrEqual(2)
+  })
+})
