@@ -96,6 +96,8 @@ export class Runtime {
   private knownAgents = new Set<string>()
   private heartbeatTimer: NodeJS.Timeout | null = null
   readonly startedAt = Date.now()
+  /** Heartbeat interval: the option, else `TROUPE_HEARTBEAT_MS`, else 2 s. */
+  readonly heartbeatMs: number
   /** Address of the metrics server once listening, e.g. `http://127.0.0.1:9464/metrics`. */
   metricsUrl = ''
   private stopped = false
@@ -107,6 +109,8 @@ export class Runtime {
     readonly log: Logger,
   ) {
     this.serviceId = opts.serviceId ?? `${hostname()}-${process.pid}-${nanoid(6)}`
+    const fromEnv = Number(process.env.TROUPE_HEARTBEAT_MS)
+    this.heartbeatMs = opts.heartbeatMs ?? (Number.isFinite(fromEnv) && fromEnv >= 100 ? fromEnv : 2000)
     this.keys = new Keys(cfg.namespace)
   }
 
@@ -168,7 +172,7 @@ export class Runtime {
     }
     if (this.opts.metricsPort !== false) await this.listen(this.opts.metricsPort ?? 0)
     await this.heartbeat('alive')
-    const every = this.opts.heartbeatMs ?? 2000
+    const every = this.heartbeatMs
     this.heartbeatTimer = setInterval(() => this.background(this.heartbeat('alive')), every)
     this.heartbeatTimer.unref()
     for (const w of this.workers.values()) w.start()
@@ -228,7 +232,7 @@ export class Runtime {
 
   /** Writes this process's `system:health` record and `system:services` entry. */
   async heartbeat(status: 'alive' | 'stopped'): Promise<void> {
-    const every = this.opts.heartbeatMs ?? 2000
+    const every = this.heartbeatMs
     const now = Date.now()
     const extra: Record<string, string> = {}
     for (const s of this.opts.services ?? []) Object.assign(extra, s.health?.() ?? {})
