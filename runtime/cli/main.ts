@@ -11,6 +11,9 @@ const COMMANDS: Record<string, () => Promise<{ command: Command }>> = {
   supervisor: () => import('./supervisor.ts'),
   gateway: () => import('./gateway.ts'),
   auth: () => import('./auth.ts'),
+  persister: () => import('./persister.ts'),
+  history: () => import('./history.ts'),
+  reconcile: () => import('./reconcile.ts'),
 }
 
 /** Registers another command (used by built-in services that bring their own). */

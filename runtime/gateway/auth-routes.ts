@@ -2,13 +2,15 @@
 // (browsers), rotate refresh tokens, sign out. Token responses are never cached.
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import { AuthError, type AuthContext } from './auth-store.ts'
-import { caller, presentedToken } from './authenticate.ts'
+import { caller, checkOrigin, presentedToken } from './authenticate.ts'
 import { sessionCookie } from './cookies.ts'
 import type { GatewayDeps } from './deps.ts'
 import { GatewayError } from './problem.ts'
 import { credentialBody, logoutBody, noQuery, refreshBody } from './schemas.ts'
 
 const NO_STORE = { 'cache-control': 'no-store', pragma: 'no-cache' }
+// Auth bodies are a token or two: no reason to read a megabyte.
+const SMALL = 8 * 1024
 
 function secureCookie(request: FastifyRequest, setting: boolean | 'auto'): boolean {
   return setting === 'auto' ? request.protocol === 'https' : setting
@@ -37,12 +39,12 @@ export function registerAuthRoutes(app: FastifyInstance, deps: GatewayDeps): voi
     }
   }
 
-  app.post<{ Body: { credential: string } }>('/v1/auth/token', { schema: { body: credentialBody, querystring: noQuery }, config: { public: true } }, async (request, reply) => {
+  app.post<{ Body: { credential: string } }>('/v1/auth/token', { schema: { body: credentialBody, querystring: noQuery }, config: { public: true }, bodyLimit: SMALL }, async (request, reply) => {
     const user = await exchange(request.body.credential)
     return reply.headers(NO_STORE).send(await store.issueTokens(user))
   })
 
-  app.post<{ Body: { refresh_token: string } }>('/v1/auth/refresh', { schema: { body: refreshBody, querystring: noQuery }, config: { public: true } }, async (request, reply) => {
+  app.post<{ Body: { refresh_token: string } }>('/v1/auth/refresh', { schema: { body: refreshBody, querystring: noQuery }, config: { public: true }, bodyLimit: SMALL }, async (request, reply) => {
     try {
       return reply.headers(NO_STORE).send(await store.refresh(request.body.refresh_token))
     } catch (err) {
@@ -51,16 +53,18 @@ export function registerAuthRoutes(app: FastifyInstance, deps: GatewayDeps): voi
     }
   })
 
-  app.post<{ Body: { credential: string } }>('/v1/auth/session', { schema: { body: credentialBody, querystring: noQuery }, config: { public: true } }, async (request, reply) => {
+  app.post<{ Body: { credential: string } }>('/v1/auth/session', { schema: { body: credentialBody, querystring: noQuery }, config: { public: true }, bodyLimit: SMALL }, async (request, reply) => {
+    // Another site must not sign the browser into an account of its choosing.
+    checkOrigin(request)
     const user = await exchange(request.body.credential)
     const s = await store.issueSession(user)
     return reply
       .headers(NO_STORE)
-      .header('set-cookie', sessionCookie(s.token, s.expiresAt - deps.now(), secureCookie(request, deps.settings.auth.cookieSecure)))
+      .header('set-cookie', sessionCookie(s.token, deps.settings.auth.sessionTtlMs, secureCookie(request, deps.settings.auth.cookieSecure)))
       .send({ user, expiresAt: s.expiresAt })
   })
 
-  app.post<{ Body: { refresh_token?: string; all?: boolean } | null }>('/v1/auth/logout', { schema: { body: logoutBody, querystring: noQuery }, config: { public: true } }, async (request, reply: FastifyReply) => {
+  app.post<{ Body: { refresh_token?: string; all?: boolean } | null }>('/v1/auth/logout', { schema: { body: logoutBody, querystring: noQuery }, config: { public: true }, bodyLimit: SMALL }, async (request, reply: FastifyReply) => {
     // Sign-out must work with an expired or revoked token too: it only ever removes.
     let ctx: AuthContext | null = null
     try {

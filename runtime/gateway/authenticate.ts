@@ -43,7 +43,8 @@ const SAFE_METHODS = new Set(['GET', 'HEAD', 'OPTIONS'])
 // SameSite=Strict already keeps other sites' requests cookie-less in current
 // browsers; this second check refuses cookie-authenticated writes whose Origin is
 // another site, for older browsers and same-site subdomains.
-function checkOrigin(request: FastifyRequest): void {
+/** Refuses unsafe cookie-session requests coming from another site (403 forbidden_origin). */
+export function checkOrigin(request: FastifyRequest): void {
   if (SAFE_METHODS.has(request.method)) return
   if (request.headers['sec-fetch-site'] === 'cross-site') throw new GatewayError('forbidden_origin', 'cross-site request refused for cookie sessions')
   const origin = request.headers.origin

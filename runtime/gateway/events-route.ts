@@ -16,7 +16,8 @@ export function registerEventsRoute(app: FastifyInstance, deps: GatewayDeps): vo
 
   app.get<{ Params: { id: string }; Querystring: { after?: string } }>(
     '/v1/workflows/:id/events',
-    { schema: { params: workflowParams, querystring: eventsQuery }, config: { sse: true } },
+    // No automatic HEAD twin: a HEAD request must not open a stream.
+    { schema: { params: workflowParams, querystring: eventsQuery }, config: { sse: true }, exposeHeadRoute: false },
     async (request, reply) => {
       const { user } = caller(request)
       const wf = request.params.id

@@ -9,8 +9,20 @@ const HTTP_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25
 /** Why an SSE client was dropped: its socket stayed full (`slow`) or it fell too far behind (`overflow`). */
 export type DropReason = 'slow' | 'overflow'
 
+const byRegistry = new WeakMap<Registry, GatewayMetrics>()
+
 /** Series of one gateway. */
 export class GatewayMetrics {
+  /** The gateway series on `registry`, registered once (a restarted gateway keeps counting). */
+  static for(registry: Registry): GatewayMetrics {
+    let m = byRegistry.get(registry)
+    if (!m) {
+      m = new GatewayMetrics(registry)
+      byRegistry.set(registry, m)
+    }
+    return m
+  }
+
   readonly sseConnections: Gauge
   readonly sseDropped: Counter<'reason'>
   readonly authFailures: Counter<'reason'>
@@ -18,8 +30,7 @@ export class GatewayMetrics {
   readonly httpRequests: Counter<'route' | 'status'>
   readonly httpDuration: Histogram<'route'>
 
-  /** Registers the series on `registry` (one gateway per registry). */
-  constructor(registry: Registry) {
+  private constructor(registry: Registry) {
     const registers = [registry]
     this.sseConnections = new Gauge({ name: 'troupe_sse_connections', help: 'Open SSE streams served by this gateway', registers })
     this.sseDropped = new Counter({ name: 'troupe_sse_dropped_total', help: 'SSE clients dropped for being too slow (they resume on reconnect)', labelNames: ['reason'], registers })

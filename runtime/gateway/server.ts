@@ -76,7 +76,7 @@ export async function createGateway(opts: GatewayOptions): Promise<Gateway> {
   const now = opts.now ?? Date.now
   const keys = new Keys(opts.cfg.namespace)
   const client = new TroupeClient(opts.redis, opts.cfg)
-  const metrics = new GatewayMetrics(opts.registry ?? new Registry())
+  const metrics = GatewayMetrics.for(opts.registry ?? new Registry())
   const deps: GatewayDeps = {
     redis: opts.redis,
     keys,

@@ -82,11 +82,18 @@ export class SseHub {
         unsubscribe: null,
         ready: this.sub
           .subscribe(this.keys.channel(wf), (msg) => this.deliver(clients, msg))
-          .then((unsub) => {
-            created.unsubscribe = unsub
-            // Everyone left while we were subscribing.
-            if (clients.size === 0 && this.feeds.get(wf) !== created) void unsub()
-          }),
+          .then(
+            (unsub) => {
+              created.unsubscribe = unsub
+              // Everyone left while we were subscribing.
+              if (clients.size === 0 && this.feeds.get(wf) !== created) void unsub()
+            },
+            (err: unknown) => {
+              // A failed subscription must not poison the next client's attempt.
+              if (this.feeds.get(wf) === created) this.feeds.delete(wf)
+              throw err
+            },
+          ),
       }
       feed = created
       this.feeds.set(wf, feed)

@@ -9,7 +9,7 @@
 //   live       frames are written as they arrive (queued while the socket is full)
 //   closed     ended (final event sent, client left, dropped, or gateway stopping)
 import type { ServerResponse } from 'node:http'
-import { compareStreamIds } from '../events.ts'
+import { compareStreamIds, parseEntry } from '../events.ts'
 import type { RedisClient } from '../redis/connection.ts'
 import type { Keys } from '../redis/keys.ts'
 import { TERMINAL_STATUSES, type WorkflowStatusValue } from '../types.ts'
@@ -66,6 +66,7 @@ export class SseStream implements FeedClient {
   private drainWaiters: (() => void)[] = []
   private replayAgain = false
   private released = false
+  private corked = false
 
   constructor(
     readonly wf: string,
@@ -96,11 +97,9 @@ export class SseStream implements FeedClient {
       for (;;) {
         const start = this.last === '0' || this.last === '0-0' ? '-' : `(${this.last}`
         const page = (await this.deps.redis.xrange(this.deps.keys.events(this.wf), start, '+', 'COUNT', REPLAY_PAGE)) as [string, string[]][]
-        for (const [id, fields] of page) {
+        for (const entry of page) {
           if (this.isClosed()) return
-          const i = fields.indexOf('e')
-          const json = i >= 0 ? (fields[i + 1] ?? 'null') : 'null'
-          this.writeFrame(frameOf(id, json, this.typeOf(json)))
+          this.writeFrame(this.entryFrame(entry))
           if (this.congested && !(await this.waitDrain())) return
         }
         if (page.length < REPLAY_PAGE) break
@@ -112,13 +111,21 @@ export class SseStream implements FeedClient {
     if (!this.isClosed()) await this.endIfTerminal()
   }
 
-  private typeOf(json: string): string {
+  // Stored entries are sent as stored; one that is not an event (written by
+  // hand, truncated) becomes the same `troupe.malformed` event readers get.
+  private entryFrame(entry: [string, string[]]): Frame {
+    const [id, fields] = entry
+    const i = fields.indexOf('e')
+    const raw = i >= 0 ? fields[i + 1] : undefined
+    let type: unknown
     try {
-      const t = (JSON.parse(json) as { type?: unknown } | null)?.type
-      return typeof t === 'string' ? t : 'troupe.malformed'
+      type = (JSON.parse(raw ?? '') as { type?: unknown } | null)?.type
     } catch {
-      return 'troupe.malformed'
+      type = undefined
     }
+    if (raw !== undefined && typeof type === 'string') return frameOf(id, raw, type)
+    const ev = parseEntry(this.wf, entry).event
+    return frameOf(id, JSON.stringify(ev), ev.type)
   }
 
   // A workflow that ended with its final event trimmed (or racing our replay)
@@ -127,10 +134,9 @@ export class SseStream implements FeedClient {
     const st = (await this.deps.redis.hget(this.deps.keys.status(this.wf), 'status')) as WorkflowStatusValue | null
     if (this.isClosed() || st === null || !TERMINAL_STATUSES.has(st)) return
     const rest = (await this.deps.redis.xrange(this.deps.keys.events(this.wf), `(${this.last}`, '+', 'COUNT', REPLAY_PAGE)) as [string, string[]][]
-    for (const [id, fields] of rest) {
+    for (const entry of rest) {
       if (this.isClosed()) return
-      const json = fields[fields.indexOf('e') + 1] ?? 'null'
-      this.writeFrame(frameOf(id, json, this.typeOf(json)))
+      this.writeFrame(this.entryFrame(entry))
     }
     if (!this.isClosed()) this.end(st)
   }
@@ -196,6 +202,16 @@ export class SseStream implements FeedClient {
 
   private write(text: string): void {
     if (this.state === 'closed' || this.res.destroyed || this.res.writableEnded) return
+    // Frames published together (a batch of tokens arrives in one Redis read)
+    // leave in one syscall: cork now, uncork once the current tick is done.
+    if (!this.corked) {
+      this.corked = true
+      this.res.cork()
+      process.nextTick(() => {
+        this.corked = false
+        this.res.uncork()
+      })
+    }
     if (!this.res.write(text) && !this.congested) {
       this.congested = true
       this.slowTimer = setTimeout(() => this.drop('slow'), this.deps.settings.slowClientMs)

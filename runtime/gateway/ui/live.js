@@ -1,0 +1,126 @@
+// The live timeline: follows one workflow over EventSource (which reconnects by
+// itself with Last-Event-ID), batches DOM work per animation frame, and merges
+// streamed tokens of one action into one growing row.
+import { clock, el, summary, typeClass } from './format.js'
+
+const MAX_ROWS = 1500
+const $ = (id) => document.getElementById(id)
+
+/**
+ * Creates the follower. `hooks.event(ev)` sees every non-token event,
+ * `hooks.reset(status)` a trimmed history, `hooks.end(status)` the end, `hooks.open()` each (re)connect.
+ */
+export function createLive(hooks) {
+  let source = null
+  let pending = []
+  let flushing = false
+  const streams = new Map()
+
+  function setConn(kind, text) {
+    $('d-conn').className = `conn ${kind}`
+    $('d-conn-text').textContent = text
+  }
+
+  function closeStream() {
+    if (source) source.close()
+    source = null
+    pending = []
+  }
+
+  function openStream(wf) {
+    setConn('', 'connecting')
+    const es = new EventSource(`/v1/workflows/${encodeURIComponent(wf)}/events`)
+    source = es
+    es.onopen = () => {
+      setConn('live', 'live')
+      hooks.open()
+    }
+    es.onerror = () => {
+      if (source !== es) return
+      // CLOSED: the server said 204 (nothing more will come) or refused us.
+      if (es.readyState === EventSource.CLOSED) setConn('ended', 'ended')
+      else setConn('retrying', 'reconnecting…')
+    }
+    es.onmessage = (m) => {
+      if (source !== es) return
+      try {
+        pending.push(JSON.parse(m.data))
+      } catch {
+        return
+      }
+      scheduleFlush()
+    }
+    es.addEventListener('reset', (m) => {
+      if (source !== es) return
+      const data = JSON.parse(m.data)
+      streams.clear()
+      $('d-timeline').replaceChildren(el('li', 'note', 'Earlier events were trimmed from the stream; the status below is current.'))
+      if (data.status) hooks.reset(data.status)
+    })
+    es.addEventListener('end', (m) => {
+      if (source !== es) return
+      es.close()
+      const { status } = JSON.parse(m.data)
+      setConn('ended', `ended (${status})`)
+      hooks.end(status)
+    })
+  }
+
+  // Tokens can arrive hundreds per second: batch DOM work into one pass per frame.
+  function scheduleFlush() {
+    if (flushing) return
+    flushing = true
+    requestAnimationFrame(() => {
+      flushing = false
+      const batch = pending.splice(0)
+      const ol = $('d-timeline')
+      const stick = $('d-follow').checked
+      for (const item of batch) addEvent(ol, item)
+      while (ol.children.length > MAX_ROWS) ol.firstElementChild.remove()
+      if (stick) ol.scrollTop = ol.scrollHeight
+    })
+  }
+
+  function addEvent(ol, { streamId, event: ev }) {
+    const agent = ev.metadata?.agent ?? ''
+    const at = ev.metadata?.at ?? Number(streamId.split('-')[0])
+    if (ev.type === 'token') {
+      const key = `${ev.metadata?.actionId ?? ''}:${agent}`
+      let row = streams.get(key)
+      if (!row || !row.isConnected) {
+        row = eventRow(at, 'token', agent, '')
+        row.classList.add('streaming')
+        row.querySelector('.c').classList.add('stream')
+        streams.set(key, row)
+        ol.append(row)
+      }
+      row.querySelector('.c').textContent += typeof ev.content === 'string' ? ev.content : JSON.stringify(ev.content)
+      return
+    }
+    // Any other event of the same action closes that action's token stream.
+    for (const [key, row] of streams) {
+      if (key.startsWith(`${ev.metadata?.actionId ?? '-'}:`)) {
+        row.classList.remove('streaming')
+        streams.delete(key)
+      }
+    }
+    ol.append(eventRow(at, ev.type, agent, summary(ev)))
+    hooks.event(ev)
+  }
+
+  function eventRow(at, type, agent, text) {
+    const li = el('li', 'new')
+    li.append(el('span', 't', clock(at)), el('span', typeClass(type), type), el('span', 'ag', agent), el('span', 'c', text))
+    li.title = type
+    return li
+  }
+
+  return {
+    open: openStream,
+    close: closeStream,
+    clear() {
+      streams.clear()
+      $('d-timeline').replaceChildren()
+    },
+  }
+}

@@ -1,0 +1,203 @@
+// The /v1 API against a real runtime and Redis: happy paths, problem+json errors,
+// 401 on every route without credentials, 404 (never 403) for other users' workflows.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { problemCatalog } from '../../runtime/gateway/problem.ts'
+import { eventually } from '../helpers/redis.ts'
+import { call, startStack, type Reply, type Stack } from './helpers.ts'
+
+let s: Stack
+let alice: string
+let bob: string
+
+beforeAll(async () => {
+  s = await startStack()
+  alice = (await s.login('alice')).access_token
+  bob = (await s.login('bob')).access_token
+})
+afterAll(async () => {
+  await s?.stop()
+})
+
+function expectProblem(r: Reply, status: number, code: string): void {
+  expect(r.status, r.text).toBe(status)
+  expect(r.headers.get('content-type')).toMatch(/^application\/problem\+json/)
+  const p = r.json as { type: string; status: number; code: string; title: string; requestId: string; instance: string }
+  expect(p.status).toBe(status)
+  expect(p.code).toBe(code)
+  expect(p.type).toBe(`urn:troupe:problem:${code.replace(/_/g, '-')}`)
+  expect(p.title).toBeTruthy()
+  expect(p.requestId).toBe(r.headers.get('x-request-id'))
+}
+
+const ROUTES: [string, string, unknown?][] = [
+  ['GET', '/v1/workflows'],
+  ['POST', '/v1/workflows', { agent: 'counter', type: 'ping' }],
+  ['GET', '/v1/workflows/WF'],
+  ['POST', '/v1/workflows/WF/actions', { agent: 'counter', type: 'ping' }],
+  ['POST', '/v1/workflows/WF/cancel', {}],
+  ['GET', '/v1/workflows/WF/dead-letters'],
+  ['POST', '/v1/workflows/WF/dead-letters/AID/retry'],
+  ['GET', '/v1/workflows/WF/events'],
+  ['GET', '/v1/agents'],
+  ['GET', '/v1/me'],
+]
+
+describe('gateway API', () => {
+  it('starts, lists, reads, sends to and cancels a workflow', async () => {
+    const start = await call(s, 'POST', '/v1/workflows', { token: alice, body: { agent: 'counter', type: 'ping', payload: { i: 1 } } })
+    expect(start.status, start.text).toBe(201)
+    const { workflowId } = start.json as { workflowId: string; actionId: string }
+    expect(start.headers.get('location')).toBe(`/v1/workflows/${workflowId}`)
+
+    const sent = await call(s, 'POST', `/v1/workflows/${workflowId}/actions`, { token: alice, body: { agent: 'counter', type: 'ping', payload: { i: 2 } } })
+    expect(sent.status).toBe(202)
+    await eventually(async () => {
+      const st = await call(s, 'GET', `/v1/workflows/${workflowId}`, { token: alice })
+      const b = st.json as { counts: { done: number }; agents: Record<string, unknown>; owner: string }
+      return b.counts.done === 2 && b.agents.counter === 'counting' && b.owner === 'alice'
+    }, 10_000, 'two pings done')
+
+    const list = await call(s, 'GET', '/v1/workflows', { token: alice })
+    expect(list.status).toBe(200)
+    expect((list.json as { items: { workflowId: string }[] }).items.map((i) => i.workflowId)).toContain(workflowId)
+
+    const cancel = await call(s, 'POST', `/v1/workflows/${workflowId}/cancel`, { token: alice, body: { reason: 'test over' } })
+    expect(cancel.status, cancel.text).toBe(200)
+    const again = await call(s, 'POST', `/v1/workflows/${workflowId}/cancel`, { token: alice })
+    expectProblem(again, 409, 'workflow_ended')
+    const late = await call(s, 'POST', `/v1/workflows/${workflowId}/actions`, { token: alice, body: { agent: 'counter', type: 'ping' } })
+    expectProblem(late, 409, 'workflow_ended')
+  })
+
+  it('pages my workflows newest first with a stable cursor', async () => {
+    const carol = (await s.login('carol')).access_token
+    const ids: string[] = []
+    for (let i = 0; i < 7; i++) {
+      const r = await call(s, 'POST', '/v1/workflows', { token: carol, body: { agent: 'counter', type: 'ping', workflowId: `carol-${i}` } })
+      expect(r.status).toBe(201)
+      ids.push(`carol-${i}`)
+    }
+    const seen: string[] = []
+    let cursor: string | null = null
+    let pages = 0
+    do {
+      const q: string = cursor ? `?limit=3&cursor=${encodeURIComponent(cursor)}` : '?limit=3'
+      const r = await call(s, 'GET', `/v1/workflows${q}`, { token: carol })
+      const b = r.json as { items: { workflowId: string; createdAt: number }[]; nextCursor: string | null }
+      seen.push(...b.items.map((i) => i.workflowId))
+      cursor = b.nextCursor
+      pages++
+    } while (cursor && pages < 10)
+    expect(pages).toBe(3)
+    expect(seen.sort()).toEqual([...ids].sort())
+    expect(new Set(seen).size).toBe(7)
+  })
+
+  it('lists and retries dead letters with the same agent, type and payload', async () => {
+    const r = await call(s, 'POST', '/v1/workflows', { token: alice, body: { agent: 'fragile', type: 'explode', payload: { n: 42 } } })
+    const { workflowId } = r.json as { workflowId: string }
+    const first = await eventually(async () => {
+      const d = await call(s, 'GET', `/v1/workflows/${workflowId}/dead-letters`, { token: alice })
+      return (d.json as { items: { actionId: string; agent: string; type: string; error: string }[] }).items[0]
+    }, 15_000, 'dead letter')
+    expect(first.agent).toBe('fragile')
+    expect(first.type).toBe('explode')
+    expect(first.error).toMatch(/boom/)
+
+    const retry = await call(s, 'POST', `/v1/workflows/${workflowId}/dead-letters/${first.actionId}/retry`, { token: alice })
+    expect(retry.status, retry.text).toBe(202)
+    const { actionId, retryOf } = retry.json as { actionId: string; retryOf: string }
+    expect(retryOf).toBe(first.actionId)
+    const twice = await call(s, 'POST', `/v1/workflows/${workflowId}/dead-letters/${first.actionId}/retry`, { token: alice })
+    expectProblem(twice, 404, 'dead_letter_not_found')
+    const rec = JSON.parse((await s.redis.hget(s.gw.deps.keys.actions(workflowId), actionId)) ?? '{}') as { agent: string; type: string; payload: unknown }
+    expect(rec).toMatchObject({ agent: 'fragile', type: 'explode', payload: { n: 42 } })
+    // The retry dies the same way and comes back as a new dead letter.
+    await eventually(async () => {
+      const d = await call(s, 'GET', `/v1/workflows/${workflowId}/dead-letters`, { token: alice })
+      return (d.json as { items: { actionId: string }[] }).items.some((i) => i.actionId === actionId)
+    }, 15_000, 'retried action dead again')
+  })
+
+  it('answers problem+json for bad input, unknown routes and unknown agents', async () => {
+    expectProblem(await call(s, 'POST', '/v1/workflows', { token: alice, body: { agent: 'counter' } }), 400, 'validation')
+    expectProblem(await call(s, 'POST', '/v1/workflows', { token: alice, body: { agent: 'counter', type: 'ping', extra: 1 } }), 400, 'validation')
+    expectProblem(await call(s, 'POST', '/v1/workflows', { token: alice, body: { agent: 'no{pe', type: 'ping' } }), 400, 'validation')
+    expectProblem(await call(s, 'POST', '/v1/workflows', { token: alice, rawBody: '{"agent":', headers: { 'content-type': 'application/json' } }), 400, 'bad_request')
+    expectProblem(await call(s, 'POST', '/v1/workflows', { token: alice, rawBody: 'agent=counter', headers: { 'content-type': 'text/plain' } }), 415, 'unsupported_media_type')
+    expectProblem(await call(s, 'POST', '/v1/workflows', { token: alice, body: { agent: 'ghost', type: 'ping' } }), 422, 'unknown_agent')
+    expectProblem(await call(s, 'POST', '/v1/workflows', { token: alice, body: { agent: 'counter', type: 'fly' } }), 422, 'unknown_action')
+    const big = 'x'.repeat(s.cfg.maxPayloadBytes + 70 * 1024)
+    expectProblem(await call(s, 'POST', '/v1/workflows', { token: alice, body: { agent: 'counter', type: 'ping', payload: big } }), 413, 'body_too_large')
+    expectProblem(await call(s, 'GET', '/v1/workflows/bad%20id', { token: alice }), 400, 'validation')
+    expectProblem(await call(s, 'GET', '/v1/workflows/nope', { token: alice }), 404, 'workflow_not_found')
+    expectProblem(await call(s, 'GET', '/v1/nothing-here', { token: alice }), 404, 'not_found')
+    expectProblem(await call(s, 'GET', '/v1/workflows?limit=1000', { token: alice }), 400, 'validation')
+    const dup = await call(s, 'POST', '/v1/workflows', { token: alice, body: { agent: 'counter', type: 'ping', workflowId: 'dup-1' } })
+    expect(dup.status).toBe(201)
+    expectProblem(await call(s, 'POST', '/v1/workflows', { token: alice, body: { agent: 'counter', type: 'ping', workflowId: 'dup-1' } }), 409, 'workflow_exists')
+  })
+
+  it('honours a tame X-Request-Id and mints one otherwise', async () => {
+    const r = await call(s, 'GET', '/v1/me', { token: alice, headers: { 'x-request-id': 'trace-123' } })
+    expect(r.headers.get('x-request-id')).toBe('trace-123')
+    const r2 = await call(s, 'GET', '/v1/me', { token: alice, headers: { 'x-request-id': 'no spaces\tallowed' } })
+    expect(r2.headers.get('x-request-id')).toMatch(/^[A-Za-z0-9_-]{12}$/)
+  })
+
+  it('answers 401 problem+json on every /v1 route without credentials', async () => {
+    for (const [method, path, body] of ROUTES) {
+      const r = await call(s, method, path.replace('WF', 'some-wf').replace('AID', 'some-action'), body === undefined ? {} : { body })
+      expectProblem(r, 401, 'unauthorized')
+      expect(r.headers.get('www-authenticate')).toMatch(/^Bearer/)
+    }
+  })
+
+  it("answers 404 for another user's workflow on every route, exactly like a missing one", async () => {
+    const r = await call(s, 'POST', '/v1/workflows', { token: alice, body: { agent: 'fragile', type: 'explode' } })
+    const wf = (r.json as { workflowId: string }).workflowId
+    const dead = await eventually(async () => {
+      const d = await call(s, 'GET', `/v1/workflows/${wf}/dead-letters`, { token: alice })
+      return (d.json as { items: { actionId: string }[] }).items[0]
+    }, 15_000, 'dead letter')
+    for (const [method, path, body] of ROUTES) {
+      if (!path.includes('WF')) continue
+      const p = path.replace('WF', wf).replace('AID', dead.actionId)
+      const theirs = await call(s, method, p, body === undefined ? { token: bob } : { token: bob, body })
+      const missing = await call(s, method, path.replace('WF', 'no-such-wf').replace('AID', dead.actionId), body === undefined ? { token: bob } : { token: bob, body })
+      expectProblem(theirs, 404, 'workflow_not_found')
+      expect(missing.status).toBe(404)
+      expect((theirs.json as { title: string }).title).toBe((missing.json as { title: string }).title)
+    }
+    const mine = await call(s, 'GET', '/v1/workflows', { token: bob })
+    expect((mine.json as { items: { workflowId: string }[] }).items.map((i) => i.workflowId)).not.toContain(wf)
+    // Alice's dead letter is untouched by Bob's attempts.
+    const still = await call(s, 'GET', `/v1/workflows/${wf}/dead-letters`, { token: alice })
+    expect((still.json as { items: { actionId: string }[] }).items.map((i) => i.actionId)).toContain(dead.actionId)
+  })
+
+  it('maps every problem code to a stable urn type and a real HTTP status', () => {
+    const cat = problemCatalog()
+    expect(cat.find((p) => p.code === 'redis_oom')?.status).toBe(503)
+    for (const p of cat) {
+      expect(p.type).toMatch(/^urn:troupe:problem:[a-z-]+$/)
+      expect(p.status).toBeGreaterThanOrEqual(400)
+    }
+  })
+
+  it('serves the web UI with a strict CSP and exports request metrics by route pattern', async () => {
+    const page = await call(s, 'GET', '/')
+    expect(page.status).toBe(200)
+    expect(page.headers.get('content-type')).toMatch(/text\/html/)
+    expect(page.headers.get('content-security-policy')).toContain("script-src 'self'")
+    const etag = page.headers.get('etag') ?? ''
+    expect((await call(s, 'GET', '/', { headers: { 'if-none-match': etag } })).status).toBe(304)
+    expect((await call(s, 'GET', '/ui/app.js')).headers.get('content-type')).toMatch(/javascript/)
+    expect((await call(s, 'GET', '/ui/../server.ts')).status).toBe(404)
+    const text = await s.rt.metrics.registry.metrics()
+    expect(text).toMatch(/troupe_http_requests_total\{route="\/v1\/workflows\/:id",status="200"\} \d+/)
+    expect(text).toMatch(/troupe_http_request_duration_seconds_count\{route="\/v1\/workflows"\} \d+/)
+    expect(text).not.toMatch(/route="\/v1\/workflows\/[A-Za-z0-9_-]{10,}"/)
+    expect(text).toMatch(/troupe_auth_failures_total\{reason="missing"\} \d+/)
+  })
+})

@@ -1,0 +1,225 @@
+// Tokens and sessions: expiry, refresh rotation, reuse revoking the family
+// (RFC 9700), logout, cookie sessions (including for SSE), cross-origin refusal,
+// credential rotation, hashes-only storage, and the admin CLI.
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest'
+import { main } from '../../runtime/cli/main.ts'
+import type { TokenPair } from '../../runtime/gateway/auth-store.ts'
+import { hashToken } from '../../runtime/gateway/tokens.ts'
+import { call, openSse, startStack, type Stack } from './helpers.ts'
+
+let s: Stack
+const ACCESS_TTL = 60_000
+const SESSION_TTL = 3_600_000
+
+beforeAll(async () => {
+  s = await startStack({ gateway: { auth: { accessTtlMs: ACCESS_TTL, refreshTtlMs: 24 * 3600_000, sessionTtlMs: SESSION_TTL } } })
+})
+afterAll(async () => {
+  await s?.stop()
+})
+
+async function me(opts: { token?: string; cookie?: string }): Promise<number> {
+  return (await call(s, 'GET', '/v1/me', opts)).status
+}
+
+describe('gateway auth', () => {
+  it('exchanges a credential for tokens stored only as hashes', async () => {
+    const credential = await s.issue('dora')
+    const r = await call(s, 'POST', '/v1/auth/token', { body: { credential } })
+    expect(r.status).toBe(200)
+    expect(r.headers.get('cache-control')).toBe('no-store')
+    const t = r.json as TokenPair
+    expect(t.token_type).toBe('Bearer')
+    expect(t.access_token).toMatch(/^tat\.dora\./)
+    expect(t.refresh_token).toMatch(/^trt\.dora\./)
+    expect(await me({ token: t.access_token })).toBe(200)
+    // Nothing secret in Redis: no plaintext, only SHA-256 hex digests.
+    const keys = s.gw.deps.keys
+    const dump = JSON.stringify([
+      await s.redis.hgetall(keys.authToken('dora')),
+      await s.redis.hgetall(keys.authRefresh('dora')),
+      await s.redis.hgetall(keys.authCredential('dora')),
+    ])
+    for (const secret of [credential, t.access_token, t.refresh_token]) {
+      expect(dump).not.toContain(secret)
+      expect(dump).not.toContain(secret.split('.').at(-1))
+    }
+    expect(dump).toContain(hashToken(t.access_token))
+    for (const k of [keys.authToken('dora'), keys.authRefresh('dora'), keys.authCredential('dora'), keys.authRate('dora')]) {
+      expect(await s.redis.pttl(k), k).toBeGreaterThan(0)
+    }
+  })
+
+  it('rejects bad credentials and counts the failures', async () => {
+    const credential = await s.issue('eve')
+    const forged = credential.replace(/.$/, (c) => (c === 'A' ? 'B' : 'A'))
+    const bad = await call(s, 'POST', '/v1/auth/token', { body: { credential: forged } })
+    expect(bad.status).toBe(401)
+    expect((bad.json as { code: string }).code).toBe('invalid_credentials')
+    expect((await call(s, 'POST', '/v1/auth/token', { body: { credential: 'tcr.nobody.AAAAAAAAAAAAAAAA.' + 'A'.repeat(43) } })).status).toBe(401)
+    expect((await call(s, 'POST', '/v1/auth/token', { body: { credential: 'hello' } })).status).toBe(401)
+    expect(await me({ token: 'tat.eve.AAAAAAAAAAAAAAAA.' + 'A'.repeat(43) })).toBe(401)
+    expect(await me({ token: credential })).toBe(401)
+    const text = await s.rt.metrics.registry.metrics()
+    expect(text).toMatch(/troupe_auth_failures_total\{reason="bad_credential"\} [1-9]/)
+    expect(text).toMatch(/troupe_auth_failures_total\{reason="malformed"\} [1-9]/)
+  })
+
+  it('expires access tokens, and refreshing rotates both tokens', async () => {
+    const t = await s.login('finn')
+    expect(await me({ token: t.access_token })).toBe(200)
+    s.advance(ACCESS_TTL + 1000)
+    const expired = await call(s, 'GET', '/v1/me', { token: t.access_token })
+    expect(expired.status).toBe(401)
+    expect((expired.json as { code: string }).code).toBe('token_expired')
+
+    const r = await call(s, 'POST', '/v1/auth/refresh', { body: { refresh_token: t.refresh_token } })
+    expect(r.status, r.text).toBe(200)
+    const t2 = r.json as TokenPair
+    expect(t2.refresh_token).not.toBe(t.refresh_token)
+    expect(t2.refresh_token.split('.')[2]).toBe(t.refresh_token.split('.')[2]) // same family id
+    expect(await me({ token: t2.access_token })).toBe(200)
+
+    const r3 = await call(s, 'POST', '/v1/auth/refresh', { body: { refresh_token: t2.refresh_token } })
+    expect(r3.status).toBe(200)
+    const t3 = r3.json as TokenPair
+    // Rotation retires the previous access token of the family at once.
+    expect(await me({ token: t2.access_token })).toBe(401)
+    expect(await me({ token: t3.access_token })).toBe(200)
+  })
+
+  it('revokes the whole family when an old refresh token is reused', async () => {
+    const t1 = await s.login('gus')
+    const other = await s.login('gus') // a second, independent family
+    const t2 = (await call(s, 'POST', '/v1/auth/refresh', { body: { refresh_token: t1.refresh_token } })).json as TokenPair
+    expect(await me({ token: t2.access_token })).toBe(200)
+
+    const reuse = await call(s, 'POST', '/v1/auth/refresh', { body: { refresh_token: t1.refresh_token } })
+    expect(reuse.status).toBe(401)
+    expect((reuse.json as { code: string }).code).toBe('refresh_reused')
+    // The attacker's (or victim's) newer tokens of that family are dead too...
+    expect(await me({ token: t2.access_token })).toBe(401)
+    expect((await call(s, 'POST', '/v1/auth/refresh', { body: { refresh_token: t2.refresh_token } })).status).toBe(401)
+    // ...while the user's other sessions live on.
+    expect(await me({ token: other.access_token })).toBe(200)
+    expect(await s.rt.metrics.registry.metrics()).toMatch(/troupe_auth_failures_total\{reason="refresh_reused"\} [1-9]/)
+  })
+
+  it('lets exactly one of two concurrent refreshes with the same token win', async () => {
+    const t = await s.login('hal')
+    const [a, b] = await Promise.all([
+      call(s, 'POST', '/v1/auth/refresh', { body: { refresh_token: t.refresh_token } }),
+      call(s, 'POST', '/v1/auth/refresh', { body: { refresh_token: t.refresh_token } }),
+    ])
+    expect([a.status, b.status].sort()).toEqual([200, 401])
+    // The loser's detection revoked the family, so even the winner must sign in again.
+    const winner = (a.status === 200 ? a.json : b.json) as TokenPair
+    expect(await me({ token: winner.access_token })).toBe(401)
+  })
+
+  it('logs out: access token, refresh family, or everything', async () => {
+    const t = await s.login('ivy')
+    const out = await call(s, 'POST', '/v1/auth/logout', { token: t.access_token })
+    expect(out.status).toBe(204)
+    expect(await me({ token: t.access_token })).toBe(401)
+    expect((await call(s, 'POST', '/v1/auth/refresh', { body: { refresh_token: t.refresh_token } })).status).toBe(401)
+
+    const t2 = await s.login('ivy')
+    expect((await call(s, 'POST', '/v1/auth/logout', { body: { refresh_token: t2.refresh_token } })).status).toBe(204)
+    expect(await me({ token: t2.access_token })).toBe(401)
+
+    const a = await s.login('ivy')
+    const b = await s.login('ivy')
+    const cookie = await s.session('ivy')
+    expect((await call(s, 'POST', '/v1/auth/logout', { token: a.access_token, body: { all: true } })).status).toBe(204)
+    expect(await me({ token: b.access_token })).toBe(401)
+    expect(await me({ cookie })).toBe(401)
+  })
+
+  it('runs browser sessions on an HttpOnly SameSite=Strict cookie, SSE included', async () => {
+    const credential = await s.issue('jo')
+    const r = await call(s, 'POST', '/v1/auth/session', { body: { credential } })
+    expect(r.status).toBe(200)
+    const set = r.headers.get('set-cookie') ?? ''
+    expect(set).toMatch(/^troupe_session=tss\.jo\./)
+    expect(set).toMatch(/HttpOnly/)
+    expect(set).toMatch(/SameSite=Strict/)
+    expect(set).toMatch(/Path=\//)
+    expect(set).toMatch(new RegExp(`Max-Age=${SESSION_TTL / 1000}`))
+    const cookie = set.split(';')[0] ?? ''
+
+    const start = await call(s, 'POST', '/v1/workflows', { cookie, body: { agent: 'counter', type: 'ping' }, headers: { origin: s.url } })
+    expect(start.status, start.text).toBe(201)
+    const wf = (start.json as { workflowId: string }).workflowId
+    const sse = openSse(s, `/v1/workflows/${wf}/events`, { cookie })
+    expect(await sse.status).toBe(200)
+    await sse.until((m) => m.some((x) => x.data.includes('workflow.started')))
+    sse.close()
+
+    // A session cookie never authorises another site's write.
+    const csrf = await call(s, 'POST', '/v1/workflows', { cookie, body: { agent: 'counter', type: 'ping' }, headers: { origin: 'https://evil.example' } })
+    expect(csrf.status).toBe(403)
+    expect((csrf.json as { code: string }).code).toBe('forbidden_origin')
+    expect((await call(s, 'POST', '/v1/workflows', { cookie, body: { agent: 'counter', type: 'ping' }, headers: { 'sec-fetch-site': 'cross-site' } })).status).toBe(403)
+    // Nor may another site sign the browser in (login CSRF).
+    expect((await call(s, 'POST', '/v1/auth/session', { body: { credential }, headers: { origin: 'https://evil.example' } })).status).toBe(403)
+
+    const out = await call(s, 'POST', '/v1/auth/logout', { cookie })
+    expect(out.status).toBe(204)
+    expect(out.headers.get('set-cookie')).toMatch(/^troupe_session=; .*Max-Age=0/)
+    // Server-side revocation: the old cookie value is worthless even if a client keeps it.
+    expect(await me({ cookie })).toBe(401)
+    const refused = openSse(s, `/v1/workflows/${wf}/events`, { cookie })
+    expect(await refused.status).toBe(401)
+    refused.close()
+  })
+
+  it('ends sessions when they expire', async () => {
+    const cookie = await s.session('kim')
+    expect(await me({ cookie })).toBe(200)
+    s.advance(SESSION_TTL + 1000)
+    expect(await me({ cookie })).toBe(401)
+  })
+
+  it('rotating a credential signs the user out everywhere', async () => {
+    const t = await s.login('lee')
+    const cookie = await s.session('lee')
+    const fresh = await s.issue('lee') // rotate: true
+    expect(await me({ token: t.access_token })).toBe(401)
+    expect(await me({ cookie })).toBe(401)
+    expect((await call(s, 'POST', '/v1/auth/token', { body: { credential: fresh } })).status).toBe(200)
+  })
+
+  it('troupe auth issue prints a working credential; revoke removes the user', async () => {
+    const out: string[] = []
+    const stdout = vi.spyOn(process.stdout, 'write').mockImplementation((chunk) => {
+      out.push(String(chunk))
+      return true
+    })
+    const stderr = vi.spyOn(process.stderr, 'write').mockImplementation(() => true)
+    const flags = ['--user', 'max', '--redis', s.cfg.redisUrl, '--namespace', s.cfg.namespace]
+    let code: number
+    let again: number
+    try {
+      code = await main(['auth', 'issue', ...flags])
+      again = await main(['auth', 'issue', ...flags])
+    } finally {
+      stdout.mockRestore()
+    }
+    expect(code).toBe(0)
+    expect(again).toBe(3) // exists: needs --rotate
+    const credential = (out[0] ?? '').trim()
+    expect(credential).toMatch(/^tcr\.max\./)
+    const t = await call(s, 'POST', '/v1/auth/token', { body: { credential } })
+    expect(t.status).toBe(200)
+    let revoked: number
+    try {
+      revoked = await main(['auth', 'revoke', ...flags])
+    } finally {
+      stderr.mockRestore()
+    }
+    expect(revoked).toBe(0)
+    expect(await me({ token: (t.json as TokenPair).access_token })).toBe(401)
+    expect((await call(s, 'POST', '/v1/auth/token', { body: { credential } })).status).toBe(401)
+  })
+})
