@@ -1,0 +1,163 @@
+// One batch, end to end: parse the pointers (malformed ones are parked), read the
+// events they name, write them to Neo4j in as few transactions as the size limits
+// allow, and only then ack and delete the entries. A batch whose data Neo4j
+// refuses is split in halves until the entry at fault is found and parked, so one
+// bad entry never blocks those behind it. Outages are not split: the error goes
+// up and the same batch is retried after a backoff.
+import type { Driver } from 'neo4j-driver'
+import type { Logger } from '../log.ts'
+import type { RedisClient } from '../redis/connection.ts'
+import type { Keys } from '../redis/keys.ts'
+import { collectBatch } from './collect.ts'
+import { countEvents, planTransactions, writeRows } from './graph.ts'
+import type { PersisterMetrics } from './metrics.ts'
+import { describeError, isDataError } from './neo4j.ts'
+import type { ResolvedPersisterOptions } from './options.ts'
+import { coalesce, isParked, parsePointer, type Delivery, type Parked, type Pointer } from './pointers.ts'
+import type { PersistenceQueue } from './queue.ts'
+import { applyRetention } from './retention.ts'
+import type { GraphRows, WorkflowReading } from './rows.ts'
+
+/** Dependencies of a {@link BatchWriter}. */
+export interface BatchDeps {
+  redis: RedisClient
+  keys: Keys
+  driver: Driver
+  queue: PersistenceQueue
+  metrics: PersisterMetrics
+  log: Logger
+  opts: ResolvedPersisterOptions
+}
+
+/** What one batch did. */
+export interface BatchReport {
+  entries: number
+  events: number
+  transactions: number
+  parked: number
+  expired: number
+  seconds: number
+}
+
+interface Written {
+  events: number
+  transactions: number
+  parked: Parked[]
+  readings: WorkflowReading[]
+}
+
+/** Writes batches of queue entries to Neo4j and acks them. */
+export class BatchWriter {
+  constructor(private readonly d: BatchDeps) {}
+
+  /**
+   * Persists `deliveries` (plus entries already judged unusable in `preParked`),
+   * then acks them all. Rejects, without acking anything, when Redis or Neo4j
+   * fails: the caller retries the same batch later.
+   */
+  async write(deliveries: readonly Delivery[], preParked: readonly Parked[] = []): Promise<BatchReport> {
+    const started = process.hrtime.bigint()
+    const parked: Parked[] = [...preParked]
+    const pointers: Pointer[] = []
+    for (const d of deliveries) {
+      const p = parsePointer(d)
+      if (isParked(p)) parked.push(p)
+      else pointers.push(p)
+    }
+    const w = await this.writePointers(pointers)
+    parked.push(...w.parked)
+    await this.d.queue.ack([...deliveries.map((d) => d.id), ...preParked.map((p) => p.entryId)], parked, Date.now())
+    for (const p of parked) this.d.metrics.parked.inc({ reason: p.reason })
+    if (parked.length > 0) {
+      // One line per batch: a flood of bad entries must not flood the log too.
+      const first = parked[0] as Parked
+      this.d.log.warn(`parked ${parked.length} persistence entr${parked.length === 1 ? 'y' : 'ies'} in ${this.d.queue.parkedKey}, e.g. ${first.entryId}: ${first.reason} (${first.detail})`)
+    }
+    let expired: string[] = []
+    try {
+      expired = await applyRetention({ redis: this.d.redis, keys: this.d.keys, driver: this.d.driver, database: this.d.opts.database, ttlMs: this.d.opts.retentionMs }, w.readings.map((r) => ({ wf: r.wf, status: r.status })))
+      this.d.metrics.expired.inc(expired.length)
+    } catch (err) {
+      // The events are written and acked; reconciliation applies retention later.
+      this.d.metrics.errors.inc({ kind: 'retention' })
+      this.d.log.warn('retention check failed', { error: describeError(err) })
+    }
+    const seconds = Number(process.hrtime.bigint() - started) / 1e9
+    this.d.metrics.writeSeconds.observe(seconds)
+    return { entries: deliveries.length + preParked.length, events: w.events, transactions: w.transactions, parked: parked.length, expired: expired.length, seconds }
+  }
+
+  /** Reads and writes what `pointers` name; splits on data errors down to the single bad pointer. */
+  private async writePointers(pointers: readonly Pointer[]): Promise<Written> {
+    if (pointers.length === 0) return { events: 0, transactions: 0, parked: [], readings: [] }
+    try {
+      return await this.writeOnce(pointers)
+    } catch (err) {
+      if (!isDataError(err)) throw err
+      this.d.metrics.errors.inc({ kind: 'data' })
+      if (pointers.length === 1) {
+        const p = pointers[0] as Pointer
+        return { events: 0, transactions: 0, readings: [], parked: [{ entryId: p.entryId, fields: ['wf', p.wf, 'from', p.from, 'to', p.to], reason: 'unwritable', detail: describeError(err) }] }
+      }
+      const half = Math.ceil(pointers.length / 2)
+      const a = await this.writePointers(pointers.slice(0, half))
+      const b = await this.writePointers(pointers.slice(half))
+      return { events: a.events + b.events, transactions: a.transactions + b.transactions, parked: [...a.parked, ...b.parked], readings: [...a.readings, ...b.readings] }
+    }
+  }
+
+  private async writeOnce(pointers: readonly Pointer[]): Promise<Written> {
+    const batch = await collectBatch(this.d.redis, this.d.keys, coalesce(pointers))
+    const o = this.d.opts
+    const txs = planTransactions(batch.parts, o.maxEventsPerTx, o.maxBytesPerTx, o.writeConcurrency)
+    // A few transactions at once keep Neo4j's cores busy; the ack still waits for all of them.
+    let next = 0
+    let failed = false
+    const worker = async (): Promise<void> => {
+      while (next < txs.length && !failed) {
+        const rows = txs[next++] as GraphRows
+        try {
+          await writeRows(this.d.driver, o.database, rows)
+        } catch (err) {
+          failed = true
+          throw err
+        }
+        const n = countEvents(rows)
+        this.d.metrics.batchSize.observe(n)
+        this.d.metrics.events.inc(n)
+      }
+    }
+    await Promise.all(Array.from({ length: Math.min(o.writeConcurrency, txs.length) }, worker))
+    return { events: batch.events, transactions: txs.length, parked: batch.empty, readings: batch.readings }
+  }
+}
+
+/**
+ * The read size: grows (doubling) while reads come back full and writes stay
+ * under the target time, shrinks (halving) when a write takes twice the target.
+ * Small when idle (low latency), large under a backlog (throughput).
+ */
+export class AdaptiveSize {
+  private n: number
+
+  constructor(
+    private readonly min: number,
+    private readonly max: number,
+    private readonly targetMs: number,
+  ) {
+    // A few hundred to begin with: a backlog found at start is drained at once in
+    // sizeable batches, and an idle queue returns whatever is there anyway.
+    this.n = Math.min(max, Math.max(min, 250))
+  }
+
+  /** How many entries to ask for next. */
+  get value(): number {
+    return this.n
+  }
+
+  /** Feeds back one batch: how many entries it asked for, got, and how long the write took. */
+  observe(asked: number, got: number, writeMs: number): void {
+    if (writeMs > this.targetMs * 2) this.n = Math.max(this.min, Math.floor(this.n / 2))
+    else if (got >= asked && writeMs < this.targetMs) this.n = Math.min(this.max, this.n * 2)
+  }
+}

@@ -1,0 +1,103 @@
+// Settings of the persister: flags override environment variables, which override
+// defaults. Neo4j's address and credentials come from the same NEO4J_* variables
+// the local services bootstrap (scripts/with-services.ts) exports.
+import { TroupeError } from '../errors.ts'
+
+/** What a persister can be told; every field is optional. */
+export interface PersisterOptions {
+  /** `NEO4J_URI` (default `bolt://127.0.0.1:7687`); `neo4j://` for clusters and Aura. */
+  neo4jUri?: string
+  /** `NEO4J_USER` (default `neo4j`). */
+  neo4jUser?: string
+  /** `NEO4J_PASSWORD` (default empty: no auth when the server allows it). */
+  neo4jPassword?: string
+  /** `NEO4J_DATABASE` (default: the server's default database). */
+  database?: string
+  /** Fewest / most pointer entries read at once; the read size adapts in between. */
+  minBatch?: number
+  maxBatch?: number
+  /** Most events written in one transaction (a batch is split beyond it). */
+  maxEventsPerTx?: number
+  /** Most bytes of event content and metadata in one transaction. */
+  maxBytesPerTx?: number
+  /** Transactions of one batch written at once (workflows split between them; default 2). */
+  writeConcurrency?: number
+  /** Write time above which the read size shrinks (and below which it may grow). */
+  targetWriteMs?: number
+  /** How long one XREADGROUP blocks waiting for new entries. */
+  blockMs?: number
+  /** `TROUPE_PERSISTER_CLAIM_IDLE_MS`: entries unacked this long are taken over from their consumer (default 30 s). */
+  claimIdleMs?: number
+  /** An entry delivered more often than this is parked instead of retried forever (default 10). */
+  maxDeliveries?: number
+  /** First and largest pause between attempts while Neo4j or Redis is down. */
+  backoffMinMs?: number
+  backoffMaxMs?: number
+  /** `TROUPE_RECONCILE_MS`: interval of the reconciliation sweep steps (default 30 s; 0 turns it off). */
+  reconcileMs?: number
+  /** The sweep leaves workflows alone whose last event is younger than this plus the current lag (default 5 s). */
+  reconcileSettleMs?: number
+  /** SCAN calls per reconciliation step. */
+  reconcileScanBudget?: number
+  /** `TROUPE_RETENTION_MS`: TTL put on a finished workflow's keys once it is fully persisted (default 7 days). */
+  retentionMs?: number
+  /** Approximate cap of `persistence:parked`. */
+  parkedMaxLen?: number
+}
+
+/** Options with every default applied. */
+export type ResolvedPersisterOptions = Required<Omit<PersisterOptions, 'database'>> & { database: string | undefined }
+
+function envNumber(name: string): number | undefined {
+  const raw = process.env[name]
+  if (raw === undefined || raw === '') return undefined
+  const v = Number(raw)
+  if (!Number.isFinite(v) || v < 0) throw new TroupeError('config', `${name}=${raw} is not a non-negative number`)
+  return v
+}
+
+/**
+ * Applies environment variables and defaults to `opts`, and checks the result.
+ *
+ * @example
+ * ```ts
+ * const o = resolvePersisterOptions({ claimIdleMs: 5000 })
+ * o.neo4jUri // NEO4J_URI or bolt://127.0.0.1:7687
+ * ```
+ */
+export function resolvePersisterOptions(opts: PersisterOptions = {}): ResolvedPersisterOptions {
+  const env = process.env
+  const o: ResolvedPersisterOptions = {
+    neo4jUri: opts.neo4jUri ?? (env.NEO4J_URI || 'bolt://127.0.0.1:7687'),
+    neo4jUser: opts.neo4jUser ?? (env.NEO4J_USER || 'neo4j'),
+    neo4jPassword: opts.neo4jPassword ?? env.NEO4J_PASSWORD ?? '',
+    database: opts.database ?? (env.NEO4J_DATABASE || undefined),
+    minBatch: opts.minBatch ?? 50,
+    maxBatch: opts.maxBatch ?? 2000,
+    maxEventsPerTx: opts.maxEventsPerTx ?? 5000,
+    maxBytesPerTx: opts.maxBytesPerTx ?? 8 * 1024 * 1024,
+    writeConcurrency: opts.writeConcurrency ?? 2,
+    targetWriteMs: opts.targetWriteMs ?? 500,
+    blockMs: opts.blockMs ?? 1000,
+    claimIdleMs: opts.claimIdleMs ?? envNumber('TROUPE_PERSISTER_CLAIM_IDLE_MS') ?? 30_000,
+    maxDeliveries: opts.maxDeliveries ?? 10,
+    backoffMinMs: opts.backoffMinMs ?? 200,
+    backoffMaxMs: opts.backoffMaxMs ?? 10_000,
+    reconcileMs: opts.reconcileMs ?? envNumber('TROUPE_RECONCILE_MS') ?? 30_000,
+    reconcileSettleMs: opts.reconcileSettleMs ?? 5000,
+    reconcileScanBudget: opts.reconcileScanBudget ?? 4,
+    retentionMs: opts.retentionMs ?? envNumber('TROUPE_RETENTION_MS') ?? 7 * 24 * 3600 * 1000,
+    parkedMaxLen: opts.parkedMaxLen ?? 10_000,
+  }
+  if (!/^(bolt|neo4j)(\+s|\+ssc)?:\/\//.test(o.neo4jUri)) {
+    throw new TroupeError('config', `NEO4J_URI=${o.neo4jUri} is not a Neo4j URI: use bolt://host:7687 or neo4j://host:7687`)
+  }
+  const positive: (keyof ResolvedPersisterOptions)[] = ['minBatch', 'maxBatch', 'maxEventsPerTx', 'writeConcurrency', 'maxBytesPerTx', 'blockMs', 'claimIdleMs', 'maxDeliveries', 'backoffMinMs', 'backoffMaxMs', 'retentionMs', 'parkedMaxLen', 'reconcileScanBudget']
+  for (const k of positive) {
+    const v = o[k]
+    if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0) throw new TroupeError('config', `persister option ${k} must be a positive number (got ${String(v)})`)
+  }
+  if (o.minBatch > o.maxBatch) throw new TroupeError('config', `persister minBatch (${o.minBatch}) is larger than maxBatch (${o.maxBatch})`)
+  if (o.reconcileMs < 0) throw new TroupeError('config', 'persister reconcileMs must be 0 (off) or positive')
+  return o
+}

@@ -1,0 +1,207 @@
+// The consumer side of `persistence:queue`: consumer group `persister`, one
+// consumer per process (its serviceId). Blocking reads use a connection of their
+// own so they never stall the runtime's command connection. Entries are acked and
+// deleted only after their events are committed to Neo4j; entries of consumers
+// that died are taken over with XAUTOCLAIM once idle long enough.
+import type { RedisClient } from '../redis/connection.ts'
+import type { Keys } from '../redis/keys.ts'
+import type { QueueProbe } from './metrics.ts'
+import type { Delivery, Parked } from './pointers.ts'
+
+/** The consumer group every persister joins. */
+export const GROUP = 'persister'
+
+function isBusyGroup(err: unknown): boolean {
+  return err instanceof Error && err.message.startsWith('BUSYGROUP')
+}
+
+function toDeliveries(raw: unknown): Delivery[] {
+  if (!Array.isArray(raw)) return []
+  const out: Delivery[] = []
+  for (const e of raw) {
+    if (!Array.isArray(e) || typeof e[0] !== 'string') continue
+    // A pending entry deleted meanwhile comes back with nil fields; it is acked like the rest.
+    out.push({ id: e[0], fields: Array.isArray(e[1]) ? (e[1] as unknown[]).map(String) : [] })
+  }
+  return out
+}
+
+/** Reads, claims, acks and parks entries of `persistence:queue` for one consumer. */
+export class PersistenceQueue {
+  readonly key: string
+  readonly parkedKey: string
+  private blockingId: number | null = null
+
+  /**
+   * @param redis the shared command connection
+   * @param blocking a connection used only for XREADGROUP BLOCK
+   * @param consumer this consumer's name in the group (the runtime's serviceId)
+   */
+  constructor(
+    private readonly redis: RedisClient,
+    private readonly blocking: RedisClient,
+    readonly keys: Keys,
+    readonly consumer: string,
+    private readonly parkedMaxLen: number,
+  ) {
+    this.key = keys.persistence()
+    this.parkedKey = keys.persistenceParked()
+  }
+
+  /**
+   * Creates the group (and the stream) if missing. It starts at `0` so pointers
+   * written before any persister ever ran are persisted too.
+   */
+  async ensureGroup(): Promise<void> {
+    try {
+      await this.redis.xgroup('CREATE', this.key, GROUP, '0', 'MKSTREAM')
+    } catch (err) {
+      if (!isBusyGroup(err)) throw err
+    }
+    if (!('nodes' in this.blocking)) {
+      // Remembered so that stop() can wake a blocked read with CLIENT UNBLOCK.
+      this.blockingId = Number(await this.blocking.client('ID'))
+    }
+  }
+
+  /** Up to `count` new entries, waiting at most `blockMs` for the first. */
+  async read(count: number, blockMs: number): Promise<Delivery[]> {
+    const res = (await this.blocking.xreadgroup('GROUP', GROUP, this.consumer, 'COUNT', count, 'BLOCK', blockMs, 'STREAMS', this.key, '>')) as unknown
+    if (!Array.isArray(res)) return []
+    const out: Delivery[] = []
+    for (const stream of res) if (Array.isArray(stream)) out.push(...toDeliveries(stream[1]))
+    return out
+  }
+
+  /** Entries delivered to this consumer name and never acked (from an earlier life under the same name). */
+  async readOwnPending(count: number): Promise<Delivery[]> {
+    const res = (await this.redis.xreadgroup('GROUP', GROUP, this.consumer, 'COUNT', count, 'STREAMS', this.key, '0')) as unknown
+    if (!Array.isArray(res)) return []
+    const out: Delivery[] = []
+    for (const stream of res) if (Array.isArray(stream)) out.push(...toDeliveries(stream[1]))
+    return out
+  }
+
+  /** Wakes a blocked {@link read} at once (it returns no entries); used when stopping. */
+  async unblock(): Promise<void> {
+    if (this.blockingId !== null) await this.redis.client('UNBLOCK', this.blockingId).catch(() => undefined)
+  }
+
+  /**
+   * Takes over up to `count` entries idle for `minIdleMs` or more (their consumer
+   * died or hangs). Returns them with how often each was delivered so far.
+   */
+  async claim(minIdleMs: number, count: number): Promise<{ entry: Delivery; deliveries: number }[]> {
+    const res = (await this.redis.xautoclaim(this.key, GROUP, this.consumer, minIdleMs, '0-0', 'COUNT', count))
+    const claimed = toDeliveries(res[1])
+    if (claimed.length === 0) return []
+    const first = claimed[0] as Delivery
+    const last = claimed[claimed.length - 1] as Delivery
+    const pending = (await this.redis.xpending(this.key, GROUP, first.id, last.id, claimed.length * 2, this.consumer))
+    const times = new Map<string, number>()
+    for (const p of pending) if (Array.isArray(p)) times.set(String(p[0]), Number(p[3]))
+    return claimed.map((entry) => ({ entry, deliveries: times.get(entry.id) ?? 1 }))
+  }
+
+  /**
+   * {@link claim}, with the entries delivered more than `maxDeliveries` times set
+   * aside to be parked: an entry that keeps killing or stalling its persisters must
+   * not be retried forever.
+   */
+  async claimBatch(minIdleMs: number, count: number, maxDeliveries: number): Promise<{ deliveries: Delivery[]; parked: Parked[] }> {
+    const out: { deliveries: Delivery[]; parked: Parked[] } = { deliveries: [], parked: [] }
+    for (const c of await this.claim(minIdleMs, count)) {
+      if (c.deliveries > maxDeliveries) out.parked.push({ entryId: c.entry.id, fields: c.entry.fields, reason: 'too_many_deliveries', detail: `delivered ${c.deliveries} times without being written` })
+      else out.deliveries.push(c.entry)
+    }
+    return out
+  }
+
+  /**
+   * Resets the idle time of entries we still hold (a long write or a backoff),
+   * so other persisters do not take them over while we are alive.
+   */
+  async touch(ids: readonly string[]): Promise<void> {
+    if (ids.length === 0) return
+    await this.redis.call('XCLAIM', this.key, GROUP, this.consumer, 0, ...ids, 'JUSTID')
+  }
+
+  /**
+   * Hands entries we hold back to the group at once (a stop in the middle of a
+   * backoff): their idle time is set past the claim threshold, so the next
+   * persister's XAUTOCLAIM takes them without waiting.
+   */
+  async release(ids: readonly string[], idleMs: number): Promise<void> {
+    if (ids.length === 0) return
+    await this.redis.call('XCLAIM', this.key, GROUP, this.consumer, 0, ...ids, 'IDLE', idleMs, 'JUSTID')
+  }
+
+  /**
+   * Parks the malformed entries, then acks and deletes every entry of the batch,
+   * in one round trip. Deleting acked entries keeps the stream's length equal to
+   * the backlog (and lets retention free memory).
+   */
+  async ack(ids: readonly string[], parked: readonly Parked[], at: number): Promise<void> {
+    if (ids.length === 0 && parked.length === 0) return
+    const pipe = this.redis.pipeline()
+    for (const p of parked) {
+      pipe.xadd(this.parkedKey, 'MAXLEN', '~', this.parkedMaxLen, '*', 'entry', p.entryId, 'reason', p.reason, 'detail', p.detail, 'consumer', this.consumer, 'at', at, 'fields', JSON.stringify(p.fields).slice(0, 4096))
+    }
+    if (ids.length > 0) {
+      pipe.xack(this.key, GROUP, ...ids)
+      pipe.xdel(this.key, ...ids)
+    }
+    const res = (await pipe.exec()) ?? []
+    for (const [err] of res) if (err) throw err
+  }
+
+  /** Length, age of the oldest entry, and the server clock, in one round trip. */
+  async probe(): Promise<QueueProbe> {
+    const before = Date.now()
+    const res = (await this.redis.pipeline().xlen(this.key).xrange(this.key, '-', '+', 'COUNT', 1).time().exec()) ?? []
+    const after = Date.now()
+    const [e0, len] = res[0] ?? [null, 0]
+    const [e1, first] = res[1] ?? [null, []]
+    const [e2, time] = res[2] ?? [null, ['0', '0']]
+    const err = e0 ?? e1 ?? e2
+    if (err) throw err
+    const t = time as [string, string]
+    const serverMs = Number(t[0]) * 1000 + Math.floor(Number(t[1]) / 1000)
+    const oldest = (first as [string, unknown][])[0]?.[0]
+    return { length: Number(len), oldestMs: oldest ? Number(oldest.split('-')[0]) : null, clockOffsetMs: serverMs - Math.round((before + after) / 2) }
+  }
+
+  /** Consumers of the group (name, pending, idle ms). */
+  async consumers(): Promise<{ name: string; pending: number; idleMs: number }[]> {
+    let raw: unknown[] = []
+    try {
+      raw = (await this.redis.xinfo('CONSUMERS', this.key, GROUP)) as unknown[]
+    } catch {
+      return []
+    }
+    const out: { name: string; pending: number; idleMs: number }[] = []
+    for (const c of raw) {
+      if (!Array.isArray(c)) continue
+      const f: Record<string, unknown> = {}
+      for (let i = 0; i + 1 < c.length; i += 2) f[String(c[i])] = c[i + 1]
+      out.push({ name: String(f.name), pending: Number(f.pending ?? 0), idleMs: Number(f.idle ?? 0) })
+    }
+    return out
+  }
+
+  /**
+   * Removes consumers of past processes that hold nothing and have been idle for
+   * `idleMs`: each process joins under a new name, so they would pile up. A live
+   * consumer reads every `blockMs`, so an idle time of minutes means it is gone
+   * (DELCONSUMER would drop the pending list of a live one).
+   */
+  async pruneConsumers(idleMs: number): Promise<number> {
+    let n = 0
+    for (const c of await this.consumers()) {
+      if (c.name === this.consumer || c.pending > 0 || c.idleMs < idleMs) continue
+      await this.redis.xgroup('DELCONSUMER', this.key, GROUP, c.name)
+      n++
+    }
+    return n
+  }
+}

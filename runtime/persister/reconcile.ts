@@ -1,0 +1,251 @@
+// Reconciliation: the runtime appends an event and then, in a separate write,
+// its pointer; a crash in between leaves an event no pointer names. This job
+// compares each workflow still in Redis with Neo4j (last stream id, number of
+// events, status) and backfills what is missing straight from the stream.
+//
+// Which workflows: a SCAN of `workflow:status:*`, a few SCAN calls per step, so a
+// large keyspace is spread over many steps. Finished workflows that already carry
+// their retention TTL were verified complete and are skipped; workflows whose last
+// event is younger than the settle time (plus the current lag) are left to the
+// queue, whose pointers are probably still on their way.
+import neo4j, { type Driver } from 'neo4j-driver'
+import { compareStreamIds, parseEntry } from '../events.ts'
+import type { Logger } from '../log.ts'
+import type { RedisClient } from '../redis/connection.ts'
+import { isWorkflowId, type Keys } from '../redis/keys.ts'
+import { readState } from './collect.ts'
+import { planTransactions, writeRows } from './graph.ts'
+import type { PersisterMetrics } from './metrics.ts'
+import type { ResolvedPersisterOptions } from './options.ts'
+import { streamMs } from './pointers.ts'
+import { applyRetention, persistedState } from './retention.ts'
+import { workflowRows } from './rows.ts'
+
+/** Dependencies of a {@link Reconciler}. */
+export interface ReconcileDeps {
+  redis: RedisClient
+  keys: Keys
+  driver: Driver
+  metrics: PersisterMetrics
+  log: Logger
+  opts: ResolvedPersisterOptions
+}
+
+/** What reconciliation found and did for one workflow. */
+export interface WorkflowCheck {
+  wf: string
+  /** `ok`: nothing missing; `backfilled`: events written; `status`: only the status differed; `skipped`: too fresh or already retained; `gone`: not in Redis. */
+  outcome: 'ok' | 'backfilled' | 'status' | 'skipped' | 'gone'
+  redisLastId: string | null
+  redisEvents: number
+  neo4jLastId: string | null
+  neo4jEvents: number
+  backfilled: number
+  expired: boolean
+}
+
+/** Totals of a reconciliation run. */
+export interface ReconcileReport {
+  checked: number
+  backfilledWorkflows: number
+  backfilledEvents: number
+  statusFixed: number
+  expired: number
+  skipped: number
+  /** True when the run reached the end of the keyspace (a sweep is complete). */
+  complete: boolean
+  workflows: WorkflowCheck[]
+}
+
+interface RedisSide {
+  len: number
+  last: string | null
+  status: Record<string, string>
+  ttl: number
+}
+
+const TERMINAL = new Set(['completed', 'failed', 'cancelled'])
+const PAGE = 2000
+
+function emptyReport(): ReconcileReport {
+  return { checked: 0, backfilledWorkflows: 0, backfilledEvents: 0, statusFixed: 0, expired: 0, skipped: 0, complete: false, workflows: [] }
+}
+
+function add(into: ReconcileReport, r: ReconcileReport): void {
+  into.checked += r.checked
+  into.backfilledWorkflows += r.backfilledWorkflows
+  into.backfilledEvents += r.backfilledEvents
+  into.statusFixed += r.statusFixed
+  into.expired += r.expired
+  into.skipped += r.skipped
+  into.workflows.push(...r.workflows)
+}
+
+/** Compares workflows in Redis with Neo4j and backfills the differences. */
+export class Reconciler {
+  private node = 0
+  private cursor = '0'
+
+  constructor(private readonly d: ReconcileDeps) {}
+
+  private nodes(): RedisClient[] {
+    return 'nodes' in this.d.redis ? this.d.redis.nodes('master') : [this.d.redis]
+  }
+
+  /** Checks the given workflows now, fresh or not (`troupe reconcile <wf>`). */
+  async workflows(ids: readonly string[], force = true, lagMs = 0): Promise<ReconcileReport> {
+    const report = emptyReport()
+    for (let i = 0; i < ids.length; i += 200) add(report, await this.check(ids.slice(i, i + 200), force, lagMs))
+    report.complete = true
+    return report
+  }
+
+  /**
+   * One step of the periodic sweep: up to `reconcileScanBudget` SCAN calls and
+   * the workflows they find. `complete` is set when the sweep wrapped around.
+   */
+  async step(lagMs: number, signal?: AbortSignal): Promise<ReconcileReport> {
+    const report = emptyReport()
+    const match = `${this.d.keys.status('')}`.replace(/\{\}$/, '*')
+    for (let calls = 0; calls < this.d.opts.reconcileScanBudget && !signal?.aborted; calls++) {
+      const nodes = this.nodes()
+      const node = nodes[this.node % nodes.length] as RedisClient
+      const [next, found] = await node.scan(this.cursor, 'MATCH', match, 'COUNT', 500)
+      this.cursor = next
+      const ids = found.map((k) => /\{([^}]*)\}$/.exec(k)?.[1] ?? '').filter(isWorkflowId)
+      if (ids.length > 0) add(report, await this.check(ids, false, lagMs))
+      if (next === '0') {
+        this.node++
+        if (this.node % nodes.length === 0) {
+          report.complete = true
+          break
+        }
+      }
+    }
+    return report
+  }
+
+  /** A whole sweep, every workflow in Redis, ignoring the settle time (`troupe reconcile`). */
+  async all(signal?: AbortSignal): Promise<ReconcileReport> {
+    this.node = 0
+    this.cursor = '0'
+    const report = emptyReport()
+    const match = `${this.d.keys.status('')}`.replace(/\{\}$/, '*')
+    for (const node of this.nodes()) {
+      let cursor = '0'
+      do {
+        if (signal?.aborted) return report
+        const [next, found] = await node.scan(cursor, 'MATCH', match, 'COUNT', 500)
+        cursor = next
+        const ids = found.map((k) => /\{([^}]*)\}$/.exec(k)?.[1] ?? '').filter(isWorkflowId)
+        if (ids.length > 0) add(report, await this.check(ids, true, 0))
+      } while (cursor !== '0')
+    }
+    report.complete = true
+    return report
+  }
+
+  private async readRedis(ids: readonly string[]): Promise<{ sides: Map<string, RedisSide>; now: number }> {
+    const k = this.d.keys
+    const pipe = this.d.redis.pipeline()
+    for (const wf of ids) pipe.xlen(k.events(wf)).xrevrange(k.events(wf), '+', '-', 'COUNT', 1).hgetall(k.status(wf)).pttl(k.status(wf))
+    pipe.time()
+    const res = (await pipe.exec()) ?? []
+    const sides = new Map<string, RedisSide>()
+    ids.forEach((wf, i) => {
+      const vals = res.slice(i * 4, i * 4 + 4).map(([err, v]) => {
+        if (err) throw err
+        return v
+      })
+      sides.set(wf, {
+        len: Number(vals[0] ?? 0),
+        last: (vals[1] as [string, unknown][] | undefined)?.[0]?.[0] ?? null,
+        status: (vals[2] ?? {}) as Record<string, string>,
+        ttl: Number(vals[3] ?? -2),
+      })
+    })
+    const [terr, t] = res[res.length - 1] ?? [null, ['0', '0']]
+    if (terr) throw terr
+    const time = t as [string, string]
+    return { sides, now: Number(time[0]) * 1000 + Math.floor(Number(time[1]) / 1000) }
+  }
+
+  private async check(ids: readonly string[], force: boolean, lagMs: number): Promise<ReconcileReport> {
+    const report = emptyReport()
+    const { sides, now } = await this.readRedis(ids)
+    const neo = await persistedState(this.d.driver, this.d.opts.database, ids)
+    const settle = this.d.opts.reconcileSettleMs + lagMs
+    const retain: { wf: string; status: Record<string, string> }[] = []
+    for (const wf of ids) {
+      const r = sides.get(wf) as RedisSide
+      const n = neo.get(wf) ?? { lastStreamId: null, events: 0, status: null, backfilledLen: null }
+      const c: WorkflowCheck = { wf, outcome: 'ok', redisLastId: r.last, redisEvents: r.len, neo4jLastId: n.lastStreamId, neo4jEvents: n.events, backfilled: 0, expired: false }
+      report.checked++
+      report.workflows.push(c)
+      const terminal = TERMINAL.has(r.status.status ?? '')
+      if (!r.last && !r.status.status) {
+        c.outcome = 'gone'
+        continue
+      }
+      if (!force && ((terminal && r.ttl > 0) || (r.last !== null && streamMs(r.last) > now - settle))) {
+        c.outcome = 'skipped'
+        report.skipped++
+        continue
+      }
+      const behind = r.last !== null && (n.lastStreamId === null || compareStreamIds(r.last, n.lastStreamId) > 0)
+      // A stream rewritten whole at this length is complete even if Neo4j counts
+      // fewer events (two entries sharing an event id are one node).
+      const holes = n.events < r.len && n.backfilledLen !== r.len
+      if (holes || behind) {
+        // With holes anywhere the whole stream is rewritten (MERGE skips what exists);
+        // with only a missing tail, just the tail.
+        const start = holes || n.lastStreamId === null ? '-' : `(${n.lastStreamId}`
+        c.backfilled = await this.backfill(wf, start)
+        if (start === '-') await this.markBackfilled(wf, r.len)
+        c.outcome = 'backfilled'
+        report.backfilledWorkflows++
+        report.backfilledEvents += c.backfilled
+        this.d.metrics.backfilled.inc(c.backfilled)
+        if (c.backfilled > 0) this.d.log.info(`reconciliation backfilled ${c.backfilled} events of workflow ${wf}`)
+      } else if (r.status.status && n.status !== r.status.status) {
+        await this.backfill(wf, `(${r.last ?? '0-0'}`)
+        c.outcome = 'status'
+        report.statusFixed++
+      }
+      if (terminal && r.ttl < 0) retain.push({ wf, status: r.status })
+    }
+    if (retain.length > 0) {
+      const expired = new Set(await applyRetention({ redis: this.d.redis, keys: this.d.keys, driver: this.d.driver, database: this.d.opts.database, ttlMs: this.d.opts.retentionMs }, retain))
+      for (const c of report.workflows) c.expired = expired.has(c.wf)
+      report.expired += expired.size
+      this.d.metrics.expired.inc(expired.size)
+    }
+    return report
+  }
+
+  private async markBackfilled(wf: string, len: number): Promise<void> {
+    await this.d.driver.executeQuery('MATCH (w:Workflow {id: $wf}) SET w.backfilledLen = $len', { wf, len: neo4j.int(len) }, this.d.opts.database ? { database: this.d.opts.database } : {})
+  }
+
+  /**
+   * Writes the stream of `wf` from `start` to its end, a page at a time, with the
+   * workflow's current status. A start past the end writes only the status.
+   */
+  private async backfill(wf: string, start: string): Promise<number> {
+    let from = start
+    let written = 0
+    for (;;) {
+      const entries = (await this.d.redis.xrange(this.d.keys.events(wf), from, '+', 'COUNT', PAGE)) as [string, string[]][]
+      const events = entries.map((e) => parseEntry(wf, e))
+      const [reading] = await readState(this.d.redis, this.d.keys, new Map([[wf, events]]))
+      if (!reading) return written
+      for (const rows of planTransactions([workflowRows(reading)], this.d.opts.maxEventsPerTx, this.d.opts.maxBytesPerTx)) {
+        await writeRows(this.d.driver, this.d.opts.database, rows)
+      }
+      written += events.length
+      const last = entries[entries.length - 1]
+      if (entries.length < PAGE || !last) return written
+      from = `(${last[0]}`
+    }
+  }
+}

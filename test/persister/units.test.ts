@@ -1,0 +1,105 @@
+// The persister's pure pieces: pointer parsing and merging, sortable stream keys,
+// cutting batches into transactions, the adaptive read size, backoff, and the
+// causal tree (including a hostile parent cycle).
+import { describe, expect, it } from 'vitest'
+import { backoffMs } from '../../agents/persister.ts'
+import { AdaptiveSize } from '../../runtime/persister/batch.ts'
+import { planTransactions, type WorkflowPart } from '../../runtime/persister/graph.ts'
+import { causalTree, treeDepth, type HistoryEvent } from '../../runtime/persister/history.ts'
+import { coalesce, isParked, parsePointer, streamKey, type Pointer } from '../../runtime/persister/pointers.ts'
+import { eventRow, workflowRows } from '../../runtime/persister/rows.ts'
+
+describe('pointers', () => {
+  it('parses good entries and names what is wrong with bad ones', () => {
+    expect(parsePointer({ id: '1-0', fields: ['wf', 'abc', 'from', '5-0', 'to', '5-3'] })).toEqual({ entryId: '1-0', wf: 'abc', from: '5-0', to: '5-3' })
+    const reason = (fields: string[]): string => {
+      const p = parsePointer({ id: '1-1', fields })
+      return isParked(p) ? p.reason : 'ok'
+    }
+    expect(reason(['wf', 'abc'])).toBe('missing_fields')
+    expect(reason([])).toBe('missing_fields')
+    expect(reason(['wf', 'a{b}', 'from', '1', 'to', '2'])).toBe('bad_workflow_id')
+    expect(reason(['wf', 'abc', 'from', 'x', 'to', '2'])).toBe('bad_range')
+    expect(reason(['wf', 'abc', 'from', '3-0', 'to', '2-9'])).toBe('bad_range')
+  })
+
+  it('merges the pointers of one workflow into one range', () => {
+    const p = (entryId: string, wf: string, from: string, to: string): Pointer => ({ entryId, wf, from, to })
+    const ranges = coalesce([p('1', 'a', '10-0', '10-2'), p('2', 'b', '11-0', '11-0'), p('3', 'a', '9-5', '9-9'), p('4', 'a', '12-0', '12-1')])
+    expect(ranges.map((r) => [r.wf, r.from, r.to, r.pointers.length])).toEqual([['a', '9-5', '12-1', 3], ['b', '11-0', '11-0', 1]])
+  })
+
+  it('sorts stream keys like stream ids', () => {
+    const ids = ['1700000000000-10', '1700000000000-9', '999999999999-99', '1700000000001-0']
+    expect([...ids].sort((x, y) => (streamKey(x) < streamKey(y) ? -1 : 1))).toEqual(['999999999999-99', '1700000000000-9', '1700000000000-10', '1700000000001-0'])
+  })
+})
+
+describe('rows and transactions', () => {
+  const part = (wf: string, n: number, bytes = 10): WorkflowPart =>
+    workflowRows({
+      wf,
+      entries: Array.from({ length: n }, (_, i) => ({ streamId: `1-${i}`, event: { id: `${wf}-${i}`, workflowId: wf, type: 't', content: 'x'.repeat(bytes), metadata: { actionId: `${wf}-a` } } })),
+      status: { status: 'running' },
+      lastId: `1-${n - 1}`,
+      actions: new Map(),
+    })
+
+  it('keeps transactions under the event and byte limits, and spreads big batches', () => {
+    const txs = planTransactions([part('a', 7), part('b', 3), part('c', 12)], 5, 1e9)
+    expect(txs.map((t) => t.groups.reduce((s, g) => s + g.events.length, 0))).toEqual([5, 5, 5, 5, 2])
+    for (const t of txs) for (const g of t.groups) expect(t.workflows.some((w) => w.id === g.wf)).toBe(true)
+    // The actions of a split workflow go with its first piece only.
+    expect(txs.flatMap((t) => t.actions.map((a) => a.id)).sort()).toEqual(['a-a', 'b-a', 'c-a'])
+    expect(planTransactions([part('big', 3, 4000)], 100, 5000)).toHaveLength(2)
+    expect(planTransactions([part('a', 300), part('b', 300)], 5000, 1e9, 2)).toHaveLength(2)
+    expect(planTransactions([part('a', 30), part('b', 30)], 5000, 1e9, 2)).toHaveLength(1)
+  })
+
+  it('derives a stable id for events without one, and never makes an event its own parent', () => {
+    const e = eventRow('wf', { streamId: '5-1', event: { id: '', workflowId: 'wf', type: 'x', content: { a: 1 }, parentId: '' } })
+    expect(e.id).toBe('wf:5-1')
+    expect(e.parentId).toBeNull()
+    expect(eventRow('wf', { streamId: '5-2', event: { id: 'me', workflowId: 'wf', type: 'x', content: null, parentId: 'me' } }).parentId).toBeNull()
+    expect(e.createdAt.toNumber()).toBe(5)
+  })
+})
+
+describe('control', () => {
+  it('grows the read size under a backlog and shrinks it when writes get slow', () => {
+    const s = new AdaptiveSize(50, 2000, 500)
+    for (let i = 0; i < 10; i++) s.observe(s.value, s.value, 100)
+    expect(s.value).toBe(2000)
+    s.observe(2000, 2000, 1500)
+    expect(s.value).toBe(1000)
+    s.observe(1000, 10, 50)
+    expect(s.value).toBe(1000)
+  })
+
+  it('backs off exponentially within its bounds', () => {
+    expect(backoffMs(1, 200, 10_000, () => 1)).toBe(200)
+    expect(backoffMs(3, 200, 10_000, () => 1)).toBe(800)
+    expect(backoffMs(50, 200, 10_000, () => 1)).toBe(10_000)
+    expect(backoffMs(50, 200, 10_000, () => 0)).toBe(200)
+  })
+})
+
+describe('causal tree', () => {
+  const ev = (id: string, parentId: string | null): HistoryEvent => ({ id, type: id, content: null, metadata: {}, createdAt: 0, streamId: '0-0', agent: null, actionId: null, parentId })
+
+  it('nests children under parents in stream order and measures depth', () => {
+    const roots = causalTree([ev('a', null), ev('b', 'a'), ev('c', 'b'), ev('d', 'a'), ev('e', 'missing')])
+    expect(roots.map((r) => r.event.id)).toEqual(['a', 'e'])
+    expect(roots[0]?.children.map((c) => c.event.id)).toEqual(['b', 'd'])
+    expect(treeDepth(roots)).toBe(3)
+  })
+
+  it('cuts a parent cycle instead of looping', () => {
+    const roots = causalTree([ev('x', 'y'), ev('y', 'x'), ev('z', null)])
+    const seen: string[] = []
+    const walk = (ns: typeof roots): void => ns.forEach((n) => (seen.push(n.event.id), walk(n.children)))
+    walk(roots)
+    expect(seen.sort()).toEqual(['x', 'y', 'z'])
+    expect(treeDepth(roots)).toBe(2)
+  })
+})
