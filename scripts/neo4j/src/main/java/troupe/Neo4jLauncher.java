@@ -162,9 +162,16 @@ public final class Neo4jLauncher {
      * first use) without going through Bolt.
      */
     private static void setInitialPassword(DatabaseManagementService dbms, String password) {
-        dbms.database(GraphDatabaseSettings.SYSTEM_DATABASE_NAME).executeTransactionally(
-                "ALTER USER " + USER + " SET PLAINTEXT PASSWORD $password CHANGE NOT REQUIRED",
-                Map.of("password", password));
+        try {
+            dbms.database(GraphDatabaseSettings.SYSTEM_DATABASE_NAME).executeTransactionally(
+                    "ALTER USER " + USER + " SET PLAINTEXT PASSWORD $password CHANGE NOT REQUIRED",
+                    Map.of("password", password));
+        } catch (RuntimeException e) {
+            // A restart on an existing data directory already has this password;
+            // Neo4j refuses to "change" it to itself, which is fine.
+            String msg = String.valueOf(e.getMessage());
+            if (!msg.contains("cannot be the same")) throw e;
+        }
     }
 
     /**
