@@ -60,3 +60,12 @@ export type { Logger, LogLevel } from './log.ts'
 export { TERMINAL_STATUSES } from './types.ts'
 /** Shapes of events, actions and statuses. */
 export type { WorkflowEvent, StreamedEvent, ActionEvent, ActionMeta, ActionRecord, ActionState, WorkflowStatus, WorkflowStatusValue } from './types.ts'
+
+/** The built-in supervisor (leader election, fleet health, deadlines, rollups, http_sd), to host with `startRuntime({ services })`. */
+export { supervisorService } from '../agents/supervisor.ts'
+/** Options of the supervisor service. */
+export type { SupervisorOptions } from '../agents/supervisor.ts'
+/** The built-in persister (workflow history into Neo4j), to host with `startRuntime({ services })`. */
+export { persisterService } from '../agents/persister.ts'
+/** The HTTP API, SSE and web UI, to host with `startRuntime({ services })`. */
+export { gatewayService } from './gateway/service.ts'
