@@ -52,7 +52,7 @@ try {
   const metricsUrl = services.find((s) => s.metricsUrl)?.metricsUrl
   if (metricsUrl) {
     const text = await (await fetch(metricsUrl)).text()
-    const lines = text.split('\n').filter((l) => /^troupe_(actions_total|activations_total|transitions_total|events_published_total)/.test(l))
+    const lines = text.split('\n').filter((l) => /^troupe_(actions_total|activations_total|transitions_total|events_published_total)/.test(l) && !l.endsWith(' 0'))
     say(`\nmetrics from ${metricsUrl} (one of the two processes):`)
     process.stdout.write(`${lines.join('\n')}\n`)
   }
