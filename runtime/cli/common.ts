@@ -3,6 +3,7 @@
 import { readFileSync } from 'node:fs'
 import { parseArgs, type ParseArgsConfig } from 'node:util'
 import { TroupeError } from '../errors.ts'
+import type { Runtime } from '../runtime.ts'
 
 /** Exit codes of every command. */
 export const EXIT = { ok: 0, failed: 1, usage: 2, input: 3, unavailable: 4 } as const
@@ -81,4 +82,37 @@ export function reportError(err: unknown, usage?: string): number {
   const msg = err instanceof Error ? err.message : String(err)
   process.stderr.write(`error: ${msg}\n`)
   return /cannot reach Redis|ECONNREFUSED/.test(msg) ? EXIT.unavailable : EXIT.failed
+}
+
+/** Parses a port flag; undefined when absent. */
+export function portFlag(text: string | undefined, name: string): number | undefined {
+  if (text === undefined) return undefined
+  const p = Number(text)
+  if (!Number.isInteger(p) || p < 0 || p > 65535) throw new UsageError(`${name} must be a port number (0-65535)`)
+  return p
+}
+
+/** The metrics server port: `--metrics-port`, else `TROUPE_METRICS_PORT`, else 0 (a free one). */
+export function metricsPortFlag(values: Record<string, string | boolean | undefined>): number {
+  const text = typeof values['metrics-port'] === 'string' ? values['metrics-port'] : process.env.TROUPE_METRICS_PORT
+  return portFlag(text, '--metrics-port') ?? 0
+}
+
+/** Serves until SIGTERM or SIGINT, then stops the runtime (draining it) and returns the exit code. */
+export async function serveUntilSignal(rt: Runtime, doing = 'stopping'): Promise<number> {
+  const sig = await new Promise<string>((resolve) => {
+    const onTerm = (): void => done('SIGTERM')
+    const onInt = (): void => done('SIGINT')
+    function done(name: string): void {
+      process.off('SIGTERM', onTerm)
+      process.off('SIGINT', onInt)
+      resolve(name)
+    }
+    process.on('SIGTERM', onTerm)
+    process.on('SIGINT', onInt)
+  })
+  rt.log.info(`${sig}: ${doing}`)
+  await rt.stop()
+  rt.log.info('stopped')
+  return EXIT.ok
 }

@@ -3,7 +3,7 @@
 // to agents instead.
 import { startRuntime } from '../runtime.ts'
 import { gatewayService, type GatewayServiceOptions } from '../gateway/service.ts'
-import { configFlags, EXIT, parse, UsageError, type Command } from './common.ts'
+import { configFlags, metricsPortFlag, parse, portFlag, serveUntilSignal, UsageError, type Command } from './common.ts'
 
 const usage = `usage: troupe gateway [--port 8080] [--host 127.0.0.1] [--metrics-port N]
 
@@ -12,14 +12,6 @@ Serves the HTTP API (/v1), live SSE streams and the web UI (/) until SIGTERM/SIG
   --host          listening address (default TROUPE_GATEWAY_HOST or 127.0.0.1)
   --metrics-port  port of /metrics, /healthz, /readyz (default TROUPE_METRICS_PORT or a free one)
 Users sign in with credentials from 'troupe auth issue --user <name>' (see docs/gateway.md).`
-
-/** Parses a port flag; undefined when absent. */
-export function portFlag(text: string | undefined, name: string): number | undefined {
-  if (text === undefined) return undefined
-  const p = Number(text)
-  if (!Number.isInteger(p) || p < 0 || p > 65535) throw new UsageError(`${name} must be a port number (0-65535)`)
-  return p
-}
 
 /** Gateway options from `--gateway-port` / `--port` / `--host` (as `troupe start --gateway` passes them). */
 export function gatewayFlags(values: Record<string, string | boolean | undefined>): GatewayServiceOptions {
@@ -41,22 +33,9 @@ export const command: Command = {
       'metrics-port': { type: 'string' },
     })
     if (positionals.length) throw new UsageError(`unexpected argument ${positionals[0] ?? ''}`)
-    const metricsPort = portFlag(values['metrics-port'] ?? process.env.TROUPE_METRICS_PORT, '--metrics-port') ?? 0
+    const metricsPort = metricsPortFlag(values)
     const gw = gatewayService(gatewayFlags(values))
     const rt = await startRuntime({ agents: [], services: [gw], config: configFlags(values), metricsPort })
-    await new Promise<void>((resolve) => {
-      const stop = (sig: string): void => {
-        rt.log.info(`${sig}: stopping the gateway`)
-        process.off('SIGTERM', onTerm)
-        process.off('SIGINT', onInt)
-        resolve()
-      }
-      const onTerm = (): void => stop('SIGTERM')
-      const onInt = (): void => stop('SIGINT')
-      process.on('SIGTERM', onTerm)
-      process.on('SIGINT', onInt)
-    })
-    await rt.stop()
-    return EXIT.ok
+    return await serveUntilSignal(rt, 'stopping the gateway')
   },
 }

@@ -8,7 +8,7 @@ import { GROUP, PersistenceQueue } from '../persister/queue.ts'
 import { TroupeClient } from '../client.ts'
 import { waitReachable } from '../redis/connection.ts'
 import { startRuntime } from '../runtime.ts'
-import { configFlags, EXIT, parse, parseDuration, UsageError, type Command } from './common.ts'
+import { configFlags, EXIT, metricsPortFlag, parse, serveUntilSignal, parseDuration, UsageError, type Command } from './common.ts'
 
 const usage = `usage: troupe persister [status] [options]
 
@@ -141,27 +141,11 @@ export const command: Command = {
     const service = persisterService(persisterFlags(v))
     const heartbeatMs = typeof v.heartbeat === 'string' ? parseDuration(v.heartbeat) : undefined
     if (heartbeatMs !== undefined && heartbeatMs < 50) throw new UsageError('--heartbeat must be at least 50ms')
-    const portText = typeof v['metrics-port'] === 'string' ? v['metrics-port'] : process.env.TROUPE_METRICS_PORT
-    const metricsPort = portText === undefined ? 0 : Number(portText)
-    if (!Number.isInteger(metricsPort) || metricsPort < 0 || metricsPort > 65535) throw new UsageError('--metrics-port must be a port number')
+    const metricsPort = metricsPortFlag(v)
     const rt = await startRuntime({
       agents: [], services: [service], config: configFlags(v), allowEviction: v['allow-eviction'] === true, metricsPort,
       ...(heartbeatMs ? { heartbeatMs } : {}),
     })
-    await new Promise<void>((resolve) => {
-      const stop = (sig: string): void => {
-        rt.log.info(`${sig}: stopping`)
-        process.off('SIGTERM', onTerm)
-        process.off('SIGINT', onInt)
-        resolve()
-      }
-      const onTerm = (): void => stop('SIGTERM')
-      const onInt = (): void => stop('SIGINT')
-      process.on('SIGTERM', onTerm)
-      process.on('SIGINT', onInt)
-    })
-    await rt.stop()
-    rt.log.info('stopped')
-    return EXIT.ok
+    return await serveUntilSignal(rt, 'stopping')
   },
 }

@@ -2,7 +2,7 @@
 import { startRuntime } from '../runtime.ts'
 import type { HostedService } from '../runtime.ts'
 import { TroupeError } from '../errors.ts'
-import { configFlags, EXIT, parse, UsageError, type Command } from './common.ts'
+import { configFlags, metricsPortFlag, parse, serveUntilSignal, UsageError, type Command } from './common.ts'
 import { loadAgents } from './load-agents.ts'
 import { SERVICES } from './services.ts'
 
@@ -64,26 +64,10 @@ export const command: Command = {
       if (!Number.isInteger(c) || c < 1) throw new UsageError('--concurrency must be a positive integer')
       agents = agents.map((a) => ({ ...a, concurrency: c }))
     }
-    const portText = typeof v['metrics-port'] === 'string' ? v['metrics-port'] : process.env.TROUPE_METRICS_PORT
-    const metricsPort = portText === undefined ? 0 : Number(portText)
-    if (!Number.isInteger(metricsPort) || metricsPort < 0 || metricsPort > 65535) throw new UsageError('--metrics-port must be a port number')
+    const metricsPort = metricsPortFlag(v)
     const drain = typeof v['drain-timeout'] === 'string' ? Number(v['drain-timeout']) : 10_000
     if (!Number.isFinite(drain) || drain < 0) throw new UsageError('--drain-timeout must be a number of milliseconds')
     const rt = await startRuntime({ agents, services, config: configFlags(v), allowEviction: v['allow-eviction'] === true, metricsPort, drainTimeoutMs: drain })
-    await new Promise<void>((resolve) => {
-      const stop = (sig: string): void => {
-        rt.log.info(`${sig}: draining`)
-        process.off('SIGTERM', onTerm)
-        process.off('SIGINT', onInt)
-        resolve()
-      }
-      const onTerm = (): void => stop('SIGTERM')
-      const onInt = (): void => stop('SIGINT')
-      process.on('SIGTERM', onTerm)
-      process.on('SIGINT', onInt)
-    })
-    await rt.stop()
-    rt.log.info('stopped')
-    return EXIT.ok
+    return await serveUntilSignal(rt, 'draining')
   },
 }

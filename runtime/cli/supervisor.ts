@@ -2,7 +2,7 @@
 // (the same service `troupe start --supervisor` hosts next to agents).
 import { startRuntime } from '../runtime.ts'
 import type { SupervisorOptions } from '../supervisor/options.ts'
-import { configFlags, EXIT, parse, parseDuration, UsageError, type Command } from './common.ts'
+import { configFlags, metricsPortFlag, parse, portFlag, serveUntilSignal, parseDuration, UsageError, type Command } from './common.ts'
 
 const usage = `usage: troupe supervisor [options]
 
@@ -24,13 +24,6 @@ options:
   --redis <url>          Redis URL (default REDIS_URL or redis://127.0.0.1:6379)
   --namespace <prefix:>  key prefix (default TROUPE_NAMESPACE or none)`
 
-function port(text: string | undefined, flag: string): number | undefined {
-  if (text === undefined) return undefined
-  const p = Number(text)
-  if (!Number.isInteger(p) || p < 0 || p > 65535) throw new UsageError(`${flag} must be a port number`)
-  return p
-}
-
 /** Supervisor options from the flags shared by `troupe supervisor` and `troupe start --supervisor`. */
 export function supervisorFlags(v: Record<string, string | boolean | undefined>, prefix = ''): SupervisorOptions {
   const str = (name: string): string | undefined => {
@@ -50,7 +43,7 @@ export function supervisorFlags(v: Record<string, string | boolean | undefined>,
     if (!Number.isInteger(n) || n < 1 || n > 4) throw new UsageError('--dead-after must be an integer from 1 to 4')
     o.deadAfterMissed = n
   }
-  const sd = port(str('sd-port'), '--sd-port')
+  const sd = portFlag(str('sd-port'), '--sd-port')
   if (sd !== undefined) o.sdPort = sd
   if (v[`${prefix}no-sd`] === true) o.sdPort = false
   return o
@@ -78,25 +71,11 @@ export const command: Command = {
     const service = supervisorService(supervisorFlags(v))
     const heartbeatMs = typeof v.heartbeat === 'string' ? parseDuration(v.heartbeat) : undefined
     if (heartbeatMs !== undefined && heartbeatMs < 50) throw new UsageError('--heartbeat must be at least 50ms')
-    const metricsPort = port(typeof v['metrics-port'] === 'string' ? v['metrics-port'] : process.env.TROUPE_METRICS_PORT, '--metrics-port') ?? 0
+    const metricsPort = metricsPortFlag(v)
     const rt = await startRuntime({
       agents: [], services: [service], config: configFlags(v), allowEviction: v['allow-eviction'] === true, metricsPort,
       ...(heartbeatMs ? { heartbeatMs } : {}),
     })
-    await new Promise<void>((resolve) => {
-      const stop = (sig: string): void => {
-        rt.log.info(`${sig}: stopping`)
-        process.off('SIGTERM', onTerm)
-        process.off('SIGINT', onInt)
-        resolve()
-      }
-      const onTerm = (): void => stop('SIGTERM')
-      const onInt = (): void => stop('SIGINT')
-      process.on('SIGTERM', onTerm)
-      process.on('SIGINT', onInt)
-    })
-    await rt.stop()
-    rt.log.info('stopped')
-    return EXIT.ok
+    return await serveUntilSignal(rt, 'stopping')
   },
 }

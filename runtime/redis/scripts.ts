@@ -15,36 +15,60 @@ interface Script {
   readonly sha: string
 }
 
-const lib = readFileSync(new URL('./scripts/lib.lua', import.meta.url), 'utf8')
-const cache = new Map<ScriptName, Script>()
-
-function script(name: ScriptName): Script {
-  let s = cache.get(name)
-  if (!s) {
-    // The shebang makes Redis 7 judge the whole script before it runs: when the
-    // server is out of memory a writing script is refused up front instead of
-    // failing at its first write and leaving the earlier ones behind.
-    const source = `#!lua\n${lib}\n${readFileSync(new URL(`./scripts/${name}.lua`, import.meta.url), 'utf8')}`
-    s = { source, sha: createHash('sha1').update(source).digest('hex') }
-    cache.set(name, s)
-  }
-  return s
-}
-
 function isNoScript(err: unknown): boolean {
   return err instanceof Error && err.message.startsWith('NOSCRIPT')
 }
 
-/** Runs a script; script errors come back as TroupeError (see errors.ts). */
-export async function runScript(client: RedisClient, name: ScriptName, keys: readonly string[], args: readonly (string | number)[]): Promise<unknown> {
-  const s = script(name)
-  try {
+/**
+ * A folder of Lua scripts, loaded on first use. Every script gets a `#!lua`
+ * shebang, which makes Redis 7 judge a writing script as a whole before it runs:
+ * when the server is out of memory it is refused up front instead of failing at
+ * its first write and keeping the writes before it. `prelude` (shared helpers) is
+ * put in front of each script.
+ */
+export class LuaScripts<N extends string> {
+  private readonly cache = new Map<N, Script>()
+
+  constructor(
+    private readonly dir: URL,
+    private readonly prelude = '',
+  ) {}
+
+  /** Source and SHA-1 of a script. */
+  get(name: N): Script {
+    let s = this.cache.get(name)
+    if (!s) {
+      const body = readFileSync(new URL(`${name}.lua`, this.dir), 'utf8')
+      const source = `#!lua\n${this.prelude}\n${body}`
+      s = { source, sha: createHash('sha1').update(source).digest('hex') }
+      this.cache.set(name, s)
+    }
+    return s
+  }
+
+  /** EVALSHA, then EVAL when the server answers NOSCRIPT (a restarted Redis, a new cluster node). Errors are raw. */
+  async run(client: RedisClient, name: N, keys: readonly string[], args: readonly (string | number)[]): Promise<unknown> {
+    const s = this.get(name)
     try {
       return await client.evalsha(s.sha, keys.length, ...keys, ...args)
     } catch (err) {
       if (!isNoScript(err)) throw err
       return await client.eval(s.source, keys.length, ...keys, ...args)
     }
+  }
+}
+
+const lib = readFileSync(new URL('./scripts/lib.lua', import.meta.url), 'utf8')
+const core = new LuaScripts<ScriptName>(new URL('./scripts/', import.meta.url), lib)
+
+function script(name: ScriptName): Script {
+  return core.get(name)
+}
+
+/** Runs a script; script errors come back as TroupeError (see errors.ts). */
+export async function runScript(client: RedisClient, name: ScriptName, keys: readonly string[], args: readonly (string | number)[]): Promise<unknown> {
+  try {
+    return await core.run(client, name, keys, args)
   } catch (err) {
     throw fromRedisError(err)
   }

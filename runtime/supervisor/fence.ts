@@ -5,25 +5,14 @@
 //
 // These scripts touch the term key and their target keys together, which needs
 // one Redis node (or, on Redis Cluster, the keys in one slot); see docs/supervisor.md.
-import { createHash } from 'node:crypto'
-import { readFileSync } from 'node:fs'
 import type { RedisClient } from '../redis/connection.ts'
 import type { Keys } from '../redis/keys.ts'
+import { LuaScripts } from '../redis/scripts.ts'
 
 /** Names of the scripts in runtime/supervisor/scripts (without `.lua`). */
 export type SupervisorScript = 'takeover' | 'fenced' | 'mark_dead' | 'claim_deadlines'
 
-const cache = new Map<SupervisorScript, { source: string; sha: string }>()
-
-function load(name: SupervisorScript): { source: string; sha: string } {
-  let s = cache.get(name)
-  if (!s) {
-    const source = readFileSync(new URL(`./scripts/${name}.lua`, import.meta.url), 'utf8')
-    s = { source, sha: createHash('sha1').update(source).digest('hex') }
-    cache.set(name, s)
-  }
-  return s
-}
+const scripts = new LuaScripts<SupervisorScript>(new URL('./scripts/', import.meta.url))
 
 /** Thrown when a write is refused because another leader took over since `term`. */
 export class LeaderDeposedError extends Error {
@@ -46,14 +35,8 @@ export class NotLeaderError extends Error {
  * its TROUPE_DEPOSED / TROUPE_NOTLEADER errors to typed errors.
  */
 export async function runSupervisorScript(redis: RedisClient, name: SupervisorScript, keys: readonly string[], args: readonly (string | number)[], term = 0): Promise<unknown> {
-  const s = load(name)
   try {
-    try {
-      return await redis.evalsha(s.sha, keys.length, ...keys, ...args)
-    } catch (err) {
-      if (!(err instanceof Error && err.message.startsWith('NOSCRIPT'))) throw err
-      return await redis.eval(s.source, keys.length, ...keys, ...args)
-    }
+    return await scripts.run(redis, name, keys, args)
   } catch (err) {
     const msg = err instanceof Error ? err.message : String(err)
     if (msg.includes('TROUPE_DEPOSED')) throw new LeaderDeposedError(term, msg.replace(/^.*TROUPE_DEPOSED /s, '').replace(/ script: .*$/s, ''))
