@@ -100,6 +100,14 @@ export async function createGateway(opts: GatewayOptions): Promise<Gateway> {
     // Payload limit plus room for the envelope (agent, type, ...).
     bodyLimit: opts.cfg.maxPayloadBytes + 64 * 1024,
     ajv: { customOptions: { removeAdditional: false, coerceTypes: 'array', useDefaults: true, allErrors: false } },
+    // Node's defaults (headers within 60 s, the connection check every 30 s) and
+    // Fastify's (no request limit) let slowloris clients hold sockets for minutes.
+    requestTimeout: settings.http.requestTimeoutMs,
+    http: {
+      headersTimeout: settings.http.headersTimeoutMs,
+      requestTimeout: settings.http.requestTimeoutMs,
+      connectionsCheckingInterval: Math.min(1000, Math.max(50, Math.floor(settings.http.headersTimeoutMs / 4))),
+    },
     trustProxy: ['1', 'true', 'yes'].includes((process.env.TROUPE_GATEWAY_TRUST_PROXY ?? '').toLowerCase()),
   })
   // Only JSON bodies: a text/plain body is a client mistake, answered with 415.

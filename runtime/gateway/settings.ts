@@ -39,6 +39,14 @@ export interface SseSettings {
   maxQueueBytes: number
 }
 
+/** Limits on how long a client may take to send its request (slowloris defence). */
+export interface HttpSettings {
+  /** `TROUPE_HEADERS_TIMEOUT_MS`: a client must send its complete request headers within this (default 20 s). */
+  headersTimeoutMs: number
+  /** `TROUPE_REQUEST_TIMEOUT_MS`: ... and its whole request, body included (default 60 s; must be >= headersTimeoutMs). */
+  requestTimeoutMs: number
+}
+
 /** Everything the gateway reads from its environment. */
 export interface GatewaySettings {
   /** `--gateway-port` / `TROUPE_GATEWAY_PORT` (default 8080; 0 picks a free port). */
@@ -50,6 +58,7 @@ export interface GatewaySettings {
   auth: AuthSettings
   limits: LimitSettings
   sse: SseSettings
+  http: HttpSettings
 }
 
 /** Partial settings, as given in code (each group may be partial too). */
@@ -60,6 +69,7 @@ export interface GatewaySettingsInput {
   auth?: Partial<AuthSettings>
   limits?: Partial<LimitSettings>
   sse?: Partial<SseSettings>
+  http?: Partial<HttpSettings>
 }
 
 function envNum(name: string, fallback: number, min = 0): number {
@@ -100,7 +110,16 @@ export function gatewaySettings(input: GatewaySettingsInput = {}): GatewaySettin
     maxQueueBytes: envNum('TROUPE_SSE_MAX_QUEUE_BYTES', 8 * 1024 * 1024, 1024),
     ...input.sse,
   }
-  for (const [k, v] of Object.entries({ ...auth, ...sse })) if (typeof v === 'number') positive(k, v)
+  const http: HttpSettings = {
+    headersTimeoutMs: envNum('TROUPE_HEADERS_TIMEOUT_MS', 20_000, 1),
+    requestTimeoutMs: envNum('TROUPE_REQUEST_TIMEOUT_MS', 60_000, 1),
+    ...input.http,
+  }
+  for (const [k, v] of Object.entries({ ...auth, ...sse, ...http })) if (typeof v === 'number') positive(k, v)
+  // Node refuses to start a server whose headers may take longer than the whole request.
+  if (http.headersTimeoutMs > http.requestTimeoutMs) {
+    throw new TroupeError('config', `gateway headersTimeoutMs (${http.headersTimeoutMs}) must not exceed requestTimeoutMs (${http.requestTimeoutMs})`)
+  }
   positive('burst', limits.burst)
   positive('authPerMin', limits.authPerMin)
   return {
@@ -110,5 +129,6 @@ export function gatewaySettings(input: GatewaySettingsInput = {}): GatewaySettin
     auth,
     limits,
     sse,
+    http,
   }
 }

@@ -10,8 +10,8 @@ import type { Subscriber } from '../subscriber.ts'
 export interface Frame {
   /** Stream id (the SSE `id:`). */
   id: string
-  /** The encoded `id:` + `data:` lines, blank-line terminated. */
-  text: string
+  /** The encoded `id:` + `data:` lines, blank-line terminated, as UTF-8 once for every client. */
+  bytes: Buffer
   /** Event type, e.g. `token` or `workflow.completed`. */
   type: string
   /** True for the workflow's last event. */
@@ -35,7 +35,7 @@ export function frameOf(id: string, json: string, type: string): Frame {
   let data = `{"streamId":"${id}","event":${json}}`
   // A line break would split the SSE data field; only hand-written entries can have one.
   if (/[\r\n]/.test(data)) data = JSON.stringify({ streamId: id, event: JSON.parse(json) as unknown })
-  return { id, text: `id: ${id}\ndata: ${data}\n\n`, type, final: FINAL_EVENT_TYPES.has(type) }
+  return { id, bytes: Buffer.from(`id: ${id}\ndata: ${data}\n\n`), type, final: FINAL_EVENT_TYPES.has(type) }
 }
 
 interface Feed {
@@ -121,7 +121,7 @@ export class SseHub {
     if (!live) return
     let frame: Frame
     if (/[\r\n]/.test(msg)) frame = frameOf(live.streamId, JSON.stringify(live.event), live.event.type)
-    else frame = { id: live.streamId, text: `id: ${live.streamId}\ndata: ${msg}\n\n`, type: live.event.type, final: FINAL_EVENT_TYPES.has(live.event.type) }
+    else frame = { id: live.streamId, bytes: Buffer.from(`id: ${live.streamId}\ndata: ${msg}\n\n`), type: live.event.type, final: FINAL_EVENT_TYPES.has(live.event.type) }
     for (const c of [...clients]) c.push(frame)
   }
 
