@@ -57,6 +57,11 @@ export class ActorActivation {
     private lease: number,
   ) {}
 
+  /** The hint's score was re-leased to `lease` by a pick in this process: release against that. */
+  adoptLease(lease: number): void {
+    this.lease = lease
+  }
+
   /** Finish the current action, then release (graceful shutdown). */
   drain(): void {
     if (this.state === 'active') this.state = 'draining'

@@ -87,7 +87,14 @@ export class AgentWorker {
           await ctx.redis.zrem(ctx.keys.ready(agent), p.wf)
           continue
         }
-        if (this.active.has(p.wf)) continue
+        const local = this.active.get(p.wf)
+        if (local) {
+          // We hold this actor already; the pick just re-leased its hint. Hand the
+          // new lease to the activation, or its compare-and-delete at release would
+          // miss and leave the hint parked for a whole lease (delaying a retry).
+          local.adoptLease(p.lease)
+          continue
+        }
         const act = new ActorActivation(this.env, this.def, p.wf, p.lease)
         this.active.set(p.wf, act)
         started++
