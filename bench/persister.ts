@@ -1,4 +1,4 @@
-// The persister's benchmark (called by the bench harness, bench/lib/persister-section.ts):
+// The persister's benchmark (called by the bench harness, bench/lib/sections.ts):
 // events/s the persister writes from a backlog, against (a) one transaction per
 // event and (b) a raw `UNWIND ... CREATE` of the same rows straight from the
 // driver, on the same Neo4j in the same run; and the persistence lag while the

@@ -185,7 +185,10 @@ async function handle(m: ToClients): Promise<FromClients> {
 
 process.on('message', (m: ToClients) => {
   handle(m).then(
-    (reply) => process.send?.(reply),
+    // Some messages (unknown kinds) have no reply; sending undefined would throw.
+    (reply) => {
+      if (reply !== undefined && process.connected) process.send?.(reply)
+    },
     (err: unknown) => process.send?.({ t: 'error', id: m.id, message: err instanceof Error ? err.message : String(err) } satisfies FromClients),
   )
 })
