@@ -177,7 +177,13 @@ describe('rollups', () => {
       expect(new Set(stuck.map((e) => e.workflowId))).toEqual(orphanWfs)
       expect(stuck.every((e) => e.reason === 'unpicked' && e.noWorker === true && e.agent === 'orphan')).toBe(true)
       expect(stuck).toHaveLength(orphanWfs.size)
-      expect(rollup.agents.orphan?.stuck).toBe(orphanWfs.size)
+      // The rollup read above may predate the reports (actors become stuck after a
+      // threshold): a later rollup must count them.
+      const later = await eventually(async () => {
+        const r = await readRollup(client.redis, client.keys)
+        return r && r.agents.orphan?.stuck === orphanWfs.size ? r : null
+      }, 20_000, 'a rollup counting the stuck actors')
+      expect(later.agents.orphan?.stuck).toBe(orphanWfs.size)
     }
     // Cluster gauges come from the same rollup.
     const text = await rt.metrics.registry.getSingleMetricAsString('troupe_cluster_dead_letters')
