@@ -3,7 +3,8 @@
 # missing ones, on Debian/Ubuntu as root; elsewhere prints the exact command.
 #   demo:  redis-server, Java 17 + Maven (a real Neo4j 5.26 runs embedded)
 #   tests: the same, plus redis-tools (cluster tests), prometheus (observability
-#          tests) and chromium (browser tests of the web UI)
+#          tests), chromium (browser tests of the web UI) and, where a docker
+#          client exists without compose, docker-compose (compose file check)
 set -euo pipefail
 need=()
 have() { command -v "$1" >/dev/null 2>&1; }
@@ -14,6 +15,9 @@ if [ "${1:-}" != "--demo" ]; then
   have redis-cli || need+=(redis-tools)
   have prometheus || need+=(prometheus)
   [ -x /usr/bin/chromium ] || need+=(chromium)
+  # The compose file is validated with `docker compose config` wherever a docker
+  # client exists; without the compose plugin, Debian's docker-compose does it.
+  if have docker && ! docker compose version >/dev/null 2>&1 && ! have docker-compose; then need+=(docker-compose); fi
 fi
 if [ ${#need[@]} -eq 0 ]; then
   echo "prerequisites: all present"
