@@ -145,8 +145,10 @@ describe('rollups', () => {
     const quietAt = (quiet[0] ?? 0) * 1000 + Math.floor((quiet[1] ?? 0) / 1000)
     const rollup = await eventually(async () => {
       const r = await readRollup(client.redis, client.keys)
-      return r && r.sweepAt > quietAt ? r : null
-    }, 20_000, 'a rollup swept after the workload')
+      // Active counts come from heartbeats, which lag the workload by up to one
+      // interval: wait for a rollup taken after every actor was released.
+      return r && r.sweepAt > quietAt && Object.values(r.agents).every((f) => f.active === 0) ? r : null
+    }, 20_000, 'a rollup swept after the workload, with every actor released')
 
     const gt = await groundTruth(rollup.at, rollup.windowStart, rollup.sweepAt)
     const nonzero = (r: Record<string, number>): Record<string, number> => Object.fromEntries(Object.entries(r).filter(([, v]) => v !== 0))
