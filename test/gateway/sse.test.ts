@@ -8,6 +8,7 @@ import { emitEvents } from '../../runtime/claims.ts'
 import { compareStreamIds, encodeEvent } from '../../runtime/events.ts'
 import { eventually } from '../helpers/redis.ts'
 import { call, openSse, sleep, startStack, xrangeIds, type SseMessage, type Stack } from './helpers.ts'
+import { seededRandom } from '../helpers/rng.ts'
 
 let s: Stack
 let token: string
@@ -22,17 +23,7 @@ afterAll(async () => {
 
 const auth = (): Record<string, string> => ({ authorization: `Bearer ${token}` })
 
-/** Small deterministic PRNG so a failing run can be replayed with the same seed. */
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
+const mulberry32 = seededRandom
 
 async function start(body: Record<string, unknown>): Promise<string> {
   const r = await call(s, 'POST', '/v1/workflows', { token, body })

@@ -4,22 +4,13 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { TroupeClient } from '../../runtime/index.ts'
 import { eventually, testConfig } from '../helpers/redis.ts'
 import { spawnRuntime, type RuntimeChild } from '../helpers/processes.ts'
+import { seededRandom } from '../helpers/rng.ts'
 
 const SEED = Number(process.env.STRESS_SEED ?? Date.now() % 1_000_000)
 const WORKFLOWS = 40
 const PINGS = 25
 
-/** mulberry32: a tiny seeded PRNG so a failing run can be replayed with STRESS_SEED. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
+const rng = seededRandom
 
 const cfg = testConfig({ lockTtlMs: 2000 })
 let client: TroupeClient

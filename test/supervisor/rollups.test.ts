@@ -9,6 +9,7 @@ import { readRollup, type AgentFigures } from '../../runtime/supervisor/rollups.
 import { mixer } from '../fixtures/supervisor-agents.ts'
 import { eventually, rawRedis, testConfig } from '../helpers/redis.ts'
 import { SystemEvents, until } from './helpers.ts'
+import { seededRandom } from '../helpers/rng.ts'
 
 const cfg = testConfig({ lockTtlMs: 2000 })
 const seed = Number(process.env.TEST_SEED ?? Date.now() % 1_000_000)
@@ -18,16 +19,7 @@ let client: TroupeClient
 let redis: Redis
 let events: SystemEvents
 
-function rng(s: number): () => number {
-  let a = s >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
+const rng = seededRandom
 
 beforeAll(async () => {
   redis = rawRedis()
