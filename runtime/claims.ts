@@ -42,10 +42,11 @@ function str(v: unknown): string {
  * The follow-up writes after a script: ready hints (ZADD LT: never postpone an
  * earlier due time), wake-ups for idle workers, and persistence pointers.
  */
-export function followUpOps(ctx: ProtocolContext, hints: readonly Hint[], appended: readonly Appended[]): Op[] {
+export function followUpOps(ctx: ProtocolContext, hints: readonly Hint[], appended: readonly Appended[], wake = true): Op[] {
   const ops: Op[] = []
   for (const h of hints) {
-    ops.push({ cmd: 'zadd', args: [ctx.keys.ready(h.agent), 'LT', h.score, h.wf] }, { cmd: 'publish', args: [ctx.keys.wake(h.agent), h.wf] })
+    ops.push({ cmd: 'zadd', args: [ctx.keys.ready(h.agent), 'LT', h.score, h.wf] })
+    if (wake) ops.push({ cmd: 'publish', args: [ctx.keys.wake(h.agent), h.wf] })
   }
   if (ctx.cfg.persistence) {
     for (const a of appended) if (a.first) ops.push({ cmd: 'xadd', args: [ctx.keys.persistence(), '*', 'wf', a.wf, 'from', a.first, 'to', a.last] })
@@ -54,8 +55,8 @@ export function followUpOps(ctx: ProtocolContext, hints: readonly Hint[], append
 }
 
 /** Sends {@link followUpOps} and waits for them. */
-export async function writeFollowUps(ctx: ProtocolContext, hints: readonly Hint[], appended: readonly Appended[]): Promise<void> {
-  await execAll(ctx.redis, followUpOps(ctx, hints, appended))
+export async function writeFollowUps(ctx: ProtocolContext, hints: readonly Hint[], appended: readonly Appended[], wake = true): Promise<void> {
+  await execAll(ctx.redis, followUpOps(ctx, hints, appended, wake))
 }
 
 /** Arguments of one enqueue. */
@@ -105,6 +106,12 @@ export async function enqueueMany(ctx: ProtocolContext, list: readonly EnqueueAr
     const [keys, args] = enqueueKeysArgs(ctx, a)
     ops.push({ cmd: 'zadd', args: [ctx.keys.ready(a.agent), 'LT', Date.now() + a.delayMs, a.wf] }, { script: 'enqueue', keys, args })
   }
+  // Wake idle workers in the same write, after the scripts: they pick the pre-hint
+  // one round trip sooner than if the wake waited for the post-hints. A wake for an
+  // actor that turns out to be held only costs a pick.
+  const woken = new Map<string, string>()
+  for (const a of list) if (!woken.has(a.agent)) woken.set(a.agent, a.wf)
+  for (const [agent, wf] of woken) ops.push({ cmd: 'publish', args: [ctx.keys.wake(agent), wf] })
   const res = await execOps(ctx.redis, ops)
   const out: (EnqueueResult | Error)[] = []
   const hints: Hint[] = []
@@ -120,7 +127,7 @@ export async function enqueueMany(ctx: ProtocolContext, list: readonly EnqueueAr
       appended.push(r.appended)
     }
   }
-  await writeFollowUps(ctx, hints, appended)
+  await writeFollowUps(ctx, hints, appended, false)
   return out
 }
 
