@@ -3,7 +3,7 @@
 import { readFileSync } from 'node:fs'
 import { parseArgs, type ParseArgsConfig } from 'node:util'
 import { TroupeError } from '../errors.ts'
-import type { Runtime } from '../runtime.ts'
+import { startRuntime, type HostedService, type Runtime } from '../runtime.ts'
 
 /** Exit codes of every command. */
 export const EXIT = { ok: 0, failed: 1, usage: 2, input: 3, unavailable: 4 } as const
@@ -115,4 +115,18 @@ export async function serveUntilSignal(rt: Runtime, doing = 'stopping'): Promise
   await rt.stop()
   rt.log.info('stopped')
   return EXIT.ok
+}
+
+/**
+ * Runs one built-in service alone (`troupe supervisor`, `troupe persister`) with the
+ * flags they share (`--heartbeat`, `--metrics-port`, `--allow-eviction`, Redis), until a signal.
+ */
+export async function serveAlone(service: HostedService, values: Record<string, string | boolean | undefined>): Promise<number> {
+  const heartbeatMs = typeof values.heartbeat === 'string' ? parseDuration(values.heartbeat) : undefined
+  if (heartbeatMs !== undefined && heartbeatMs < 50) throw new UsageError('--heartbeat must be at least 50ms')
+  const rt = await startRuntime({
+    agents: [], services: [service], config: configFlags(values), allowEviction: values['allow-eviction'] === true, metricsPort: metricsPortFlag(values),
+    ...(heartbeatMs ? { heartbeatMs } : {}),
+  })
+  return await serveUntilSignal(rt, 'stopping')
 }

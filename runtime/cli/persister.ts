@@ -7,8 +7,7 @@ import { PersisterMetrics } from '../persister/metrics.ts'
 import { GROUP, PersistenceQueue } from '../persister/queue.ts'
 import { TroupeClient } from '../client.ts'
 import { waitReachable } from '../redis/connection.ts'
-import { startRuntime } from '../runtime.ts'
-import { configFlags, EXIT, metricsPortFlag, parse, serveUntilSignal, parseDuration, UsageError, type Command } from './common.ts'
+import { configFlags, EXIT, parse, serveAlone, parseDuration, UsageError, type Command } from './common.ts'
 
 const usage = `usage: troupe persister [status] [options]
 
@@ -139,13 +138,6 @@ export const command: Command = {
     }
     const { persisterService } = await import('../../agents/persister.ts')
     const service = persisterService(persisterFlags(v))
-    const heartbeatMs = typeof v.heartbeat === 'string' ? parseDuration(v.heartbeat) : undefined
-    if (heartbeatMs !== undefined && heartbeatMs < 50) throw new UsageError('--heartbeat must be at least 50ms')
-    const metricsPort = metricsPortFlag(v)
-    const rt = await startRuntime({
-      agents: [], services: [service], config: configFlags(v), allowEviction: v['allow-eviction'] === true, metricsPort,
-      ...(heartbeatMs ? { heartbeatMs } : {}),
-    })
-    return await serveUntilSignal(rt, 'stopping')
+    return await serveAlone(service, v)
   },
 }

@@ -1,8 +1,7 @@
 // `troupe supervisor`: a process that runs only the leader-elected supervisor
 // (the same service `troupe start --supervisor` hosts next to agents).
-import { startRuntime } from '../runtime.ts'
 import type { SupervisorOptions } from '../supervisor/options.ts'
-import { configFlags, metricsPortFlag, parse, portFlag, serveUntilSignal, parseDuration, UsageError, type Command } from './common.ts'
+import { parse, portFlag, serveAlone, parseDuration, UsageError, type Command } from './common.ts'
 
 const usage = `usage: troupe supervisor [options]
 
@@ -69,13 +68,6 @@ export const command: Command = {
     const v = values as Record<string, string | boolean | undefined>
     const { supervisorService } = await import('../../agents/supervisor.ts')
     const service = supervisorService(supervisorFlags(v))
-    const heartbeatMs = typeof v.heartbeat === 'string' ? parseDuration(v.heartbeat) : undefined
-    if (heartbeatMs !== undefined && heartbeatMs < 50) throw new UsageError('--heartbeat must be at least 50ms')
-    const metricsPort = metricsPortFlag(v)
-    const rt = await startRuntime({
-      agents: [], services: [service], config: configFlags(v), allowEviction: v['allow-eviction'] === true, metricsPort,
-      ...(heartbeatMs ? { heartbeatMs } : {}),
-    })
-    return await serveUntilSignal(rt, 'stopping')
+    return await serveAlone(service, v)
   },
 }
