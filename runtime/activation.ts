@@ -1,10 +1,15 @@
 // One activation of one actor (agent × workflow): lock, activate, deliver actions
 // one at a time while the mailbox has due work (each commit claims the next), then
 // release. DESIGN §4 steps 3–7.
-import type { Lock, Redlock } from '@sesamecare-oss/redlock'
+import { randomBytes } from 'node:crypto'
+import { Lock, type Redlock } from '@sesamecare-oss/redlock'
 import { backoffDelay, type AgentDefinition } from './agent.ts'
 import { nanoid } from 'nanoid'
-import { activate, commit, emitEvents, releaseHint, writeFollowUps, type ActionResult, type Appended, type Claimed, type CommitResult, type Hint, type ProtocolContext } from './claims.ts'
+import {
+  activateOp, commit, emitEvents, followUpOps, leaseOp, parseActivation, releaseHintOp,
+  type Activation, type ActionResult, type Appended, type Claimed, type CommitResult, type Hint, type ProtocolContext,
+} from './claims.ts'
+import { execAll, execOps, type Op } from './redis/batch.ts'
 import { TroupeError } from './errors.ts'
 import { LiveActor, type DeliveryOutcome } from './live-actor.ts'
 import type { Logger } from './log.ts'
@@ -21,6 +26,12 @@ export interface ActivationEnv {
   checkSend(to: string, type: string, payloadJson: string): string | null
   /** Runs follow-up writes (hints, persistence pointers) without blocking the actor. */
   background(p: Promise<unknown>): void
+  /**
+   * Starts an activation of `agent`'s actor in `wf` in this process right away, if
+   * it hosts that agent and has a free slot; false otherwise (then a hint and a
+   * wake-up go out as usual).
+   */
+  handOff(agent: string, wf: string): boolean
 }
 
 /** Consecutive actions one activation handles before yielding its slot (fairness). */
@@ -32,7 +43,7 @@ const BUSY_RETRY_MS = 250
 
 /**
  * Lifecycle of an activation, one line per state:
- * - `locking`: trying the actor's Redlock once, no retries;
+ * - `locking`: taking the actor's lock once, no retries (inside the activate script);
  * - `active`: delivering and committing actions, lock extended in the background;
  * - `draining`: finishing the current action, then releasing whatever is due;
  * - `done`: lock released (or lost) and hint settled; nothing more happens.
@@ -54,7 +65,8 @@ export class ActorActivation {
     private readonly env: ActivationEnv,
     private readonly def: AgentDefinition,
     readonly wf: string,
-    private lease: number,
+    /** The ready hint's score as this process leased it; null: handed off, leased with the activation. */
+    private lease: number | null,
   ) {}
 
   /** The hint's score was re-leased to `lease` by a pick in this process: release against that. */
@@ -81,19 +93,42 @@ export class ActorActivation {
   async run(): Promise<void> {
     const { ctx, metrics } = this.env
     const agent = this.def.name
+    let act: Activation
+    // The lock value a Redlock acquire would choose; the activate script sets it.
+    const lockValue = randomBytes(16).toString('hex')
+    const lockedAt = Date.now()
     try {
-      this.lock = await this.env.redlock.acquire([ctx.keys.lock(this.wf, agent)], ctx.cfg.lockTtlMs, { retryCount: 0 })
-    } catch {
+      act = await this.lockAndActivate(lockValue)
+    } catch (err) {
+      // Nothing was claimed, or the lock expires and the claim is redelivered.
+      metrics.protocolErrors.inc({ step: err instanceof TroupeError ? err.code : 'activate' })
+      this.env.log.error(`activation of ${agent} in ${this.wf} failed`, { error: err instanceof Error ? err.message : String(err) })
+      this.state = 'done'
+      return
+    }
+    if (act.code === 'busy') {
       metrics.lockContention.inc({ agent })
       await ctx.redis.zadd(ctx.keys.ready(agent), 'XX', Date.now() + BUSY_RETRY_MS, this.wf).catch(() => undefined)
       this.state = 'done'
       return
     }
+    metrics.activations.inc({ agent })
+    if (act.code !== 'ok') {
+      // The script released the lock already.
+      await this.settle(act.code === 'idle' ? act.nextDue : null, [], [])
+      this.state = 'done'
+      return
+    }
+    // From here Redlock owns the lock's life: it extends it while we work. Its
+    // expiry estimate is the acquire's, minus the same drift Redlock allows.
+    const ttl = ctx.cfg.lockTtlMs
+    const drift = Math.round(this.env.redlock.settings.driftFactor * ttl) + 2
+    this.lock = new Lock(this.env.redlock, [ctx.keys.lock(this.wf, agent)], lockValue, [], lockedAt + ttl - drift)
     if (this.state === 'locking') this.state = 'active'
     this.startExtender()
     metrics.activeActors.inc({ agent })
     try {
-      await this.activated()
+      await this.activated(act)
     } catch (err) {
       // The lock expires by itself and an action in flight is redelivered; report only.
       metrics.protocolErrors.inc({ step: err instanceof TroupeError ? err.code : 'activation' })
@@ -106,16 +141,26 @@ export class ActorActivation {
     }
   }
 
-  private async activated(): Promise<void> {
+  /** The activate script; a handed-off actor leases its hint in the same write. */
+  private async lockAndActivate(lockValue: string): Promise<Activation> {
+    const { ctx } = this.env
+    const op = activateOp(ctx, this.wf, this.def.name, lockValue, BATCH)
+    const ops: Op[] = this.lease === null ? [leaseOp(ctx, this.def.name, this.wf), op] : [op]
+    const res = await execOps(ctx.redis, ops)
+    if (this.lease === null) {
+      // Without a lease the release below leaves the hint alone: a harmless second look.
+      const [leaseErr, lease] = res[0] ?? [null, null]
+      this.lease = leaseErr ? 0 : Number(lease)
+    }
+    const [err, raw] = res[res.length - 1] ?? [new Error('no reply'), null]
+    if (err) throw err
+    return parseActivation(raw)
+  }
+
+  private async activated(act: Activation & { code: 'ok' }): Promise<void> {
     const { ctx, metrics } = this.env
     const agent = this.def.name
     const lockValue = (this.lock as Lock).value
-    const act = await activate(ctx, this.wf, agent, lockValue, BATCH)
-    metrics.activations.inc({ agent })
-    if (act.code !== 'ok') {
-      await this.settleHint(act.code === 'idle' ? act.nextDue : null)
-      return
-    }
     if (act.redelivered) metrics.redeliveries.inc({ agent }, act.batch.length)
     let snapshot = act.snapshot
     let restoreError = ''
@@ -206,12 +251,12 @@ export class ActorActivation {
         if (r.events.length > 0) metrics.eventsPublished.inc({ agent }, r.events.length)
       }
       if (transitions > 0) metrics.transitions.inc({ agent }, transitions)
-      this.followUps(res.hints, [res.appended])
       if (res.code === 'next') {
+        this.followUps(res.hints, [res.appended])
         batch = res.next
         continue
       }
-      await this.settleHint(res.code === 'idle' ? res.nextDue : null)
+      await this.settle(res.code === 'idle' ? res.nextDue : null, res.hints, [res.appended])
       batch = []
     }
   }
@@ -246,14 +291,33 @@ export class ActorActivation {
     return stateValue
   }
 
-  private followUps(hints: Hint[], appended: Appended[]): void {
-    if (hints.length === 0 && appended.every((a) => !a.first)) return
-    this.env.background(writeFollowUps(this.env.ctx, hints, appended))
+  /**
+   * Follow-up writes of a commit: actors it sent work to that this process can run
+   * now are handed over directly (no hint round trip, no wake-up of every process);
+   * the others get their hint and a wake-up.
+   */
+  private followUpOps(hints: Hint[], appended: Appended[]): Op[] {
+    const now = Date.now()
+    const rest = hints.filter((h) => h.score > now || !this.env.handOff(h.agent, h.wf))
+    return followUpOps(this.env.ctx, rest, appended)
   }
 
-  private async settleHint(nextDue: number | null): Promise<void> {
+  private followUps(hints: Hint[], appended: Appended[]): void {
+    const ops = this.followUpOps(hints, appended)
+    if (ops.length > 0) this.env.background(execAll(this.env.ctx.redis, ops))
+  }
+
+  /** Stops the extender, then releases our hint together with the last follow-ups (one write). */
+  private async settle(nextDue: number | null, hints: Hint[], appended: Appended[]): Promise<void> {
     await this.stopExtender()
-    await releaseHint(this.env.ctx, this.def.name, this.wf, this.lease, nextDue)
+    const ops = this.followUpOps(hints, appended)
+    ops.push(releaseHintOp(this.env.ctx, this.def.name, this.wf, this.lease ?? 0, nextDue))
+    const res = await execOps(this.env.ctx.redis, ops)
+    const failed = res.find(([err]) => err)
+    if (failed?.[0]) {
+      this.env.metrics.protocolErrors.inc({ step: 'follow-up' })
+      this.env.log.error(`releasing ${this.def.name} in ${this.wf} failed`, { error: failed[0].message })
+    }
   }
 
   private startExtender(): void {

@@ -6,7 +6,7 @@ import { nanoid } from 'nanoid'
 import type { TroupeConfig } from './config.ts'
 import { effectiveMaxLen, effectiveRetention } from './config.ts'
 import { runScript } from './redis/scripts.ts'
-import { execAll, execOps, type Op } from './redis/batch.ts'
+import { execAll, execOps, type Op, type ScriptOp } from './redis/batch.ts'
 import type { Keys } from './redis/keys.ts'
 import type { RedisClient } from './redis/connection.ts'
 
@@ -44,10 +44,9 @@ function str(v: unknown): string {
  */
 export function followUpOps(ctx: ProtocolContext, hints: readonly Hint[], appended: readonly Appended[], wake = true): Op[] {
   const ops: Op[] = []
-  for (const h of hints) {
-    ops.push({ cmd: 'zadd', args: [ctx.keys.ready(h.agent), 'LT', h.score, h.wf] })
-    if (wake) ops.push({ cmd: 'publish', args: [ctx.keys.wake(h.agent), h.wf] })
-  }
+  for (const h of hints) ops.push({ cmd: 'zadd', args: [ctx.keys.ready(h.agent), 'LT', h.score, h.wf] })
+  // One wake per agent is enough: a woken worker picks every due hint at once.
+  if (wake) for (const [agent, h] of new Map(hints.map((h) => [h.agent, h]))) ops.push({ cmd: 'publish', args: [ctx.keys.wake(agent), h.wf] })
   if (ctx.cfg.persistence) {
     for (const a of appended) if (a.first) ops.push({ cmd: 'xadd', args: [ctx.keys.persistence(), '*', 'wf', a.wf, 'from', a.first, 'to', a.last] })
   }
@@ -158,19 +157,28 @@ export type Activation =
   | { code: 'ok'; fence: number; snapshot: string; version: number; redelivered: boolean; batch: Claimed[] }
   | { code: 'idle'; fence: number; nextDue: number | null }
   | { code: 'ended'; fence: number }
+  | { code: 'busy'; fence: number }
 
-/** Activates the actor whose lock we hold: bumps the fence, claims up to `batch` due actions. */
-export async function activate(ctx: ProtocolContext, wf: string, agent: string, lockValue: string, batch: number): Promise<Activation> {
+/**
+ * The activate script as an op: takes the actor's lock (value `lockValue`, TTL
+ * `cfg.lockTtlMs`), bumps the fence, claims up to `batch` due actions. Its reply
+ * goes through {@link parseActivation}; `busy` when another activation holds the lock.
+ */
+export function activateOp(ctx: ProtocolContext, wf: string, agent: string, lockValue: string, batch: number): ScriptOp {
   const k = ctx.keys
-  const r = (await runScript(
-    ctx.redis,
-    'activate',
-    [k.actor(wf, agent), k.lock(wf, agent), k.mailbox(wf, agent), k.actions(wf), k.status(wf), k.events(wf)],
-    [lockValue, wf, agent, nanoid(), k.channel(wf), effectiveMaxLen(ctx.cfg), effectiveRetention(ctx.cfg), batch],
-  )) as unknown[]
+  return {
+    script: 'activate',
+    keys: [k.actor(wf, agent), k.lock(wf, agent), k.mailbox(wf, agent), k.actions(wf), k.status(wf), k.events(wf)],
+    args: [lockValue, wf, agent, nanoid(), k.channel(wf), effectiveMaxLen(ctx.cfg), effectiveRetention(ctx.cfg), batch, ctx.cfg.lockTtlMs],
+  }
+}
+
+/** Reads the reply of the activate script. */
+export function parseActivation(raw: unknown): Activation {
+  const r = raw as unknown[]
   const code = str(r[0])
   const fence = Number(r[1])
-  if (code === 'ended') return { code, fence }
+  if (code === 'ended' || code === 'busy') return { code, fence }
   if (code === 'idle') return { code, fence, nextDue: str(r[5]) === '' ? null : Number(r[5]) }
   return { code: 'ok', fence, snapshot: str(r[2]), version: Number(str(r[3]) || '0'), redelivered: Number(r[4]) === 1, batch: parseClaimed(r, 6) }
 }
@@ -272,10 +280,14 @@ export async function commit(ctx: ProtocolContext, a: CommitArgs): Promise<Commi
   }
 }
 
-/** Compare-and-delete (or move to `nextDue`) of our lease on an actor's ready hint. */
-export async function releaseHint(ctx: ProtocolContext, agent: string, wf: string, lease: number, nextDue: number | null): Promise<boolean> {
-  const r = await runScript(ctx.redis, 'release_hint', [ctx.keys.ready(agent)], [wf, lease, nextDue === null ? '' : nextDue])
-  return Number(r) === 1
+/** Compare-and-delete (or move to `nextDue`) of our lease on an actor's ready hint, as an op. */
+export function releaseHintOp(ctx: ProtocolContext, agent: string, wf: string, lease: number, nextDue: number | null): ScriptOp {
+  return { script: 'release_hint', keys: [ctx.keys.ready(agent)], args: [wf, lease, nextDue === null ? '' : nextDue] }
+}
+
+/** Leases the ready hint of an actor handed to this process (see lease.lua), as an op; replies the lease. */
+export function leaseOp(ctx: ProtocolContext, agent: string, wf: string): ScriptOp {
+  return { script: 'lease', keys: [ctx.keys.ready(agent)], args: [wf, ctx.cfg.lockTtlMs] }
 }
 
 /** Appends and publishes events right away; returns the stream ids for the persister. */

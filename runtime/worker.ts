@@ -95,15 +95,8 @@ export class AgentWorker {
           local.adoptLease(p.lease)
           continue
         }
-        const act = new ActorActivation(this.env, this.def, p.wf, p.lease)
-        this.active.set(p.wf, act)
+        this.launch(p.wf, p.lease)
         started++
-        this.env.background(
-          act.run().finally(() => {
-            this.active.delete(p.wf)
-            this.wake()
-          }),
-        )
       }
       if (res.picked.length === 0) {
         const wait = res.nextDue === null ? IDLE_POLL_MS : Math.min(IDLE_POLL_MS, Math.max(0, res.nextDue - res.now))
@@ -112,6 +105,27 @@ export class AgentWorker {
         await this.sleep(50)
       }
     }
+  }
+
+  /**
+   * Runs `wf`'s actor here now, without a pick, when a slot is free (a commit in
+   * this process just sent it work); false when busy or draining.
+   */
+  handOff(wf: string): boolean {
+    if (this.state !== 'running' || this.active.size >= this.def.concurrency || this.active.has(wf)) return false
+    this.launch(wf, null)
+    return true
+  }
+
+  private launch(wf: string, lease: number | null): void {
+    const act = new ActorActivation(this.env, this.def, wf, lease)
+    this.active.set(wf, act)
+    this.env.background(
+      act.run().finally(() => {
+        this.active.delete(wf)
+        this.wake()
+      }),
+    )
   }
 
   /** Stops picking; activations finish their action (aborted after `timeoutMs`) and release. */

@@ -7,7 +7,14 @@ import type { RedisClient } from './connection.ts'
 import { pipeScript, runScript, type ScriptName } from './scripts.ts'
 
 /** One command of a batch: a plain Redis command or one of our scripts. */
-export type Op = { cmd: string; args: (string | number)[] } | { script: ScriptName; keys: readonly string[]; args: readonly (string | number)[] }
+export type Op = { cmd: string; args: (string | number)[] } | ScriptOp
+
+/** One of our scripts as an op. */
+export interface ScriptOp {
+  script: ScriptName
+  keys: readonly string[]
+  args: readonly (string | number)[]
+}
 
 /** The outcome of each op, in order: an error (mapped to TroupeError where ours) or the reply. */
 export type OpResult = [Error | null, unknown]

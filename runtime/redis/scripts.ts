@@ -8,7 +8,7 @@ import { fromRedisError } from '../errors.ts'
 import type { RedisClient } from './connection.ts'
 
 /** Names of the scripts in runtime/redis/scripts (without `.lua`). */
-export type ScriptName = 'enqueue' | 'pick' | 'activate' | 'commit' | 'release_hint' | 'emit' | 'cancel'
+export type ScriptName = 'enqueue' | 'pick' | 'lease' | 'activate' | 'commit' | 'release_hint' | 'emit' | 'cancel'
 
 interface Script {
   readonly source: string

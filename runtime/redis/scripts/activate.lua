@@ -1,22 +1,29 @@
--- activate: turns a lock we hold into an activation of the actor: checks the lock
--- value, bumps the fence, and claims a batch of due actions (or redelivers the
--- batch a dead activation left in flight, each with attempt + 1).
+-- activate: takes the actor's lock and turns it into an activation: sets the lock
+-- (the same SET PX value a single-instance Redlock acquire writes, so Redlock
+-- extends and releases it), bumps the fence, and claims a batch of due actions
+-- (or redelivers the batch a dead activation left in flight, each with attempt + 1).
+-- Taking the lock here, in the workflow's slot, saves the separate acquire round
+-- trip and makes lock + fence one atomic step.
 --
 -- KEYS: 1 workflow:actor:<agent>  2 lock:<agent>  3 workflow:queue:<agent>
 --       4 workflow:actions  5 workflow:status  6 workflow:events
--- ARGV: 1 lock value  2 wf  3 agent  4 event id base  5 channel  6 stream maxlen  7 retention ms (0 = none)
---       8 batch size (most actions to claim at once)
+-- ARGV: 1 lock value (random, unique to this activation)  2 wf  3 agent  4 event id base  5 channel
+--       6 stream maxlen  7 retention ms (0 = none)  8 batch size (most actions to claim at once)
+--       9 lock ttl ms
 -- Returns: { code, fence, snapshot|'', version|'', redelivered (0|1), nextDue|'', record1, attempt1, id1, ... }
---          code 'ok': actions are claimed; 'idle': nothing due, lock released;
---          'ended': the workflow is over, leftovers dropped, lock released
--- Errors: TROUPE_NOTLOCKED the lock is not (or no longer) ours
+--          code 'ok': lock taken and actions claimed; 'idle': nothing due, lock released;
+--          'ended': the workflow is over, leftovers dropped, lock released;
+--          'busy': another activation holds the lock (fence 0, nothing changed)
 local actor_key, lock_key, mailbox, actions_key, status_key, events_key =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local lock_value, wf, agent, ev_base, channel = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local maxlen, retention, batch = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
-if redis.call('GET', lock_key) ~= lock_value then
-  return redis.error_reply('TROUPE_NOTLOCKED lock for ' .. agent .. ' in ' .. wf .. ' is not held by this activation')
+local maxlen, retention, batch, ttl = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
+local holder = redis.call('GET', lock_key)
+if holder and holder ~= lock_value then
+  return { 'busy', 0, '', '', 0, '' }
 end
+-- A holder equal to our value is this same call replayed after a dropped connection.
+redis.call('SET', lock_key, lock_value, 'PX', ttl)
 local now = now_ms()
 local fence = redis.call('HINCRBY', actor_key, 'fence', 1)
 local status = redis.call('HGET', status_key, 'status')
