@@ -165,7 +165,7 @@ export class Runtime {
     for (const def of this.opts.agents) {
       // Known label values start at zero so dashboards and rate() see every series from the first scrape.
       for (const outcome of ['completed', 'retried', 'dead', 'cancelled']) this.metrics.actions.inc({ agent: def.name, outcome }, 0)
-      for (const c of [this.metrics.activations, this.metrics.lockContention, this.metrics.fenceRejections, this.metrics.redeliveries, this.metrics.transitions, this.metrics.eventsPublished]) c.inc({ agent: def.name }, 0)
+      for (const c of [this.metrics.activations, this.metrics.handOffs, this.metrics.lockContention, this.metrics.fenceRejections, this.metrics.redeliveries, this.metrics.transitions, this.metrics.eventsPublished]) c.inc({ agent: def.name }, 0)
       this.metrics.activeActors.set({ agent: def.name }, 0)
       const w = new AgentWorker(env, def)
       this.workers.set(def.name, w)

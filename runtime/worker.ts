@@ -113,6 +113,7 @@ export class AgentWorker {
    */
   handOff(wf: string): boolean {
     if (this.state !== 'running' || this.active.size >= this.def.concurrency || this.active.has(wf)) return false
+    this.env.metrics.handOffs.inc({ agent: this.def.name })
     this.launch(wf, null)
     return true
   }
