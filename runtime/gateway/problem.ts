@@ -20,6 +20,9 @@ export type GatewayErrorCode =
   | 'unsupported_media_type'
   | 'body_too_large'
   | 'method_not_allowed'
+  | 'malformed_request'
+  | 'request_timeout'
+  | 'headers_too_large'
   | 'unavailable'
   | 'internal'
 
@@ -77,6 +80,9 @@ const KINDS: Record<ProblemCode, ProblemKind> = {
   unsupported_media_type: { status: 415, title: 'Unsupported media type' },
   body_too_large: { status: 413, title: 'Request body too large' },
   method_not_allowed: { status: 405, title: 'Method not allowed' },
+  malformed_request: { status: 400, title: 'Malformed HTTP request' },
+  request_timeout: { status: 408, title: 'Request timeout' },
+  headers_too_large: { status: 431, title: 'Request headers too large' },
   unavailable: { status: 503, title: 'Service unavailable' },
   internal: { status: 500, title: 'Internal error' },
 }
@@ -167,4 +173,32 @@ export function sendProblem(err: unknown, request: FastifyRequest, reply: Fastif
   else request.log.info({ code: problem.code }, problem.detail)
   if (problem.status === 401) headers['www-authenticate'] ??= 'Bearer realm="troupe"'
   return reply.code(problem.status).headers(headers).type('application/problem+json').send(problem)
+}
+
+/** A problem for a connection Node's HTTP parser gave up on: no route, so no `instance`. */
+export type ConnectionProblem = Omit<Problem, 'instance' | 'errors'>
+
+/**
+ * The problem for a `'clientError'` (the parser failed or a request timer fired
+ * before Fastify saw a request), or null when there is nobody left to answer
+ * (the peer reset the connection).
+ */
+export function connectionProblem(err: { code?: string }, requestId: string): ConnectionProblem | null {
+  const nodeCode = err.code ?? ''
+  if (nodeCode === 'ECONNRESET' || nodeCode === 'EPIPE') return null
+  let code: ProblemCode
+  let detail: string
+  if (nodeCode === 'ERR_HTTP_REQUEST_TIMEOUT') {
+    code = 'request_timeout'
+    detail = 'the request was not received in time; the connection is closed'
+  } else if (nodeCode === 'HPE_HEADER_OVERFLOW') {
+    code = 'headers_too_large'
+    detail = 'the request line and headers exceed the size limit'
+  } else {
+    code = 'malformed_request'
+    // Only the parser's own error name: its message can quote the client's bytes.
+    detail = /^HPE_[A-Z_]+$/.test(nodeCode) ? `the request is not valid HTTP/1.1 (${nodeCode})` : 'the request is not valid HTTP/1.1'
+  }
+  const kind = KINDS[code]
+  return { type: problemType(code), title: kind.title, status: kind.status, detail, code, requestId }
 }

@@ -1,6 +1,8 @@
 // Builds the gateway: a Fastify 5 app with the /v1 API, SSE, auth, rate limits,
 // problem+json errors, request ids in pino logs, metrics, and the web UI.
-import Fastify, { type FastifyInstance } from 'fastify'
+import { STATUS_CODES } from 'node:http'
+import type { Socket } from 'node:net'
+import Fastify, { type ConnectionError, type FastifyInstance } from 'fastify'
 import { nanoid } from 'nanoid'
 import { Registry } from 'prom-client'
 import { TroupeClient } from '../client.ts'
@@ -13,7 +15,7 @@ import { createAuthHook } from './authenticate.ts'
 import type { GatewayDeps } from './deps.ts'
 import { registerEventsRoute } from './events-route.ts'
 import { GatewayMetrics } from './metrics.ts'
-import { GatewayError, sendProblem } from './problem.ts'
+import { connectionProblem, GatewayError, sendProblem } from './problem.ts'
 import { RateLimiter } from './rate-limit.ts'
 import { gatewaySettings, type GatewaySettingsInput } from './settings.ts'
 import { SseHub } from './sse-hub.ts'
@@ -33,6 +35,37 @@ export interface GatewayOptions {
 }
 
 const REQUEST_ID_RE = /^[A-Za-z0-9._-]{1,64}$/
+
+/** What Node leaves on a socket while a routed request's response exists (not in its typings). */
+type HttpSocket = Socket & { _httpMessage?: { headersSent?: boolean } | null }
+
+/**
+ * Answers what Node's HTTP parser refuses before Fastify sees a request (bytes
+ * that are not HTTP, oversized headers, slowloris timeouts) with the same
+ * problem+json as every routed error, so clients and proxies need one error
+ * format. The connection is always dropped: the parser cannot resynchronise.
+ * Bound to the Fastify instance, like Fastify's own default handler.
+ */
+function answerClientError(this: FastifyInstance, metrics: GatewayMetrics, err: ConnectionError, socket: HttpSocket): void {
+  const requestId = nanoid(12)
+  const problem = connectionProblem(err, requestId)
+  // A timer can fire on a routed request whose reply has already begun (a slow
+  // body); a second status line spliced into that stream would corrupt it.
+  const replyStarted = socket._httpMessage?.headersSent === true
+  if (problem && socket.writable && !replyStarted) {
+    const body = JSON.stringify(problem)
+    socket.write(
+      `HTTP/1.1 ${problem.status} ${STATUS_CODES[problem.status] ?? ''}\r\n` +
+        'Content-Type: application/problem+json\r\n' +
+        `Content-Length: ${Buffer.byteLength(body)}\r\n` +
+        'Connection: close\r\n' +
+        `X-Request-Id: ${requestId}\r\n\r\n${body}`,
+    )
+    this.log.info({ reqId: requestId, code: problem.code, nodeCode: err.code }, problem.detail)
+    metrics.httpRequests.inc({ route: 'unparsed', status: String(problem.status) })
+  }
+  socket.destroy()
+}
 
 /** A built gateway; `listen()` serves it, `close()` ends streams and stops it. */
 export class Gateway {
@@ -107,6 +140,9 @@ export async function createGateway(opts: GatewayOptions): Promise<Gateway> {
       headersTimeout: settings.http.headersTimeoutMs,
       requestTimeout: settings.http.requestTimeoutMs,
       connectionsCheckingInterval: Math.min(1000, Math.max(50, Math.floor(settings.http.headersTimeoutMs / 4))),
+    },
+    clientErrorHandler(this: FastifyInstance, err: ConnectionError, socket: Socket) {
+      answerClientError.call(this, metrics, err, socket)
     },
     trustProxy: ['1', 'true', 'yes'].includes((process.env.TROUPE_GATEWAY_TRUST_PROXY ?? '').toLowerCase()),
   })

@@ -2,7 +2,8 @@
 // (headers and bodies a byte at a time, SSE clients that never read), header
 // floods and garbage bytes. Each is refused with the right status, slow sockets
 // are closed by the gateway's own timeouts, memory stays bounded, and a normal
-// sign-in, start and follow works afterwards.
+// sign-in, start and follow works afterwards. What Node's parser refuses before
+// routing (400/408/431) is problem+json like every other gateway error.
 import { connect, type Socket } from 'node:net'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { emitEvents } from '../../runtime/claims.ts'
@@ -70,6 +71,30 @@ function raw(bytes: string | Buffer, timeoutMs = 5000): Promise<RawReply> {
   })
 }
 
+/** A problem document a raw reply carried, checked for the parts clients rely on. */
+function expectRawProblem(r: RawReply, status: number, code: string): void {
+  expect(r.status, r.text.slice(0, 200)).toBe(status)
+  const split = r.text.indexOf('\r\n\r\n')
+  expect(split, 'a complete header block').toBeGreaterThan(0)
+  const headers = new Map(
+    r.text
+      .slice(0, split)
+      .split('\r\n')
+      .slice(1)
+      .map((l) => [l.slice(0, l.indexOf(':')).toLowerCase(), l.slice(l.indexOf(':') + 1).trim()] as const),
+  )
+  expect(headers.get('content-type')).toMatch(/^application\/problem\+json/)
+  expect(headers.get('connection')).toBe('close')
+  const body = r.text.slice(split + 4)
+  expect(Number(headers.get('content-length'))).toBe(Buffer.byteLength(body, 'latin1'))
+  const p = JSON.parse(body) as Record<string, unknown>
+  expect(p).toMatchObject({ type: `urn:troupe:problem:${code.replace(/_/g, '-')}`, status, code })
+  expect(p.title).toBeTruthy()
+  expect(p.requestId).toBe(headers.get('x-request-id'))
+  expect(body).not.toMatch(/"stack"|\n\s+at |node:internal/)
+  expect(r.closed, 'the gateway closes the connection').toBe(true)
+}
+
 /** Resolves when `sock` closes, with the time it took from `since`. */
 function closedAfter(sock: Socket, since: number): Promise<number> {
   return new Promise((resolve) => {
@@ -116,10 +141,9 @@ describe('HTTP abuse', () => {
 
   it('header floods get 431 and the gateway keeps serving', async () => {
     const many = Array.from({ length: 5000 }, (_, i) => `X-Flood-${i}: ${'v'.repeat(8)}\r\n`).join('')
-    expect((await raw(`GET /v1/me HTTP/1.1\r\nHost: x\r\n${many}\r\n`)).status).toBe(431)
-    expect((await raw(`GET /v1/me HTTP/1.1\r\nHost: x\r\nX-Big: ${'a'.repeat(64 * 1024)}\r\n\r\n`)).status).toBe(431)
-    const longUrl = await raw(`GET /v1/workflows/${'w'.repeat(64 * 1024)} HTTP/1.1\r\nHost: x\r\n\r\n`)
-    expect(longUrl.status).toBe(431)
+    expectRawProblem(await raw(`GET /v1/me HTTP/1.1\r\nHost: x\r\n${many}\r\n`), 431, 'headers_too_large')
+    expectRawProblem(await raw(`GET /v1/me HTTP/1.1\r\nHost: x\r\nX-Big: ${'a'.repeat(64 * 1024)}\r\n\r\n`), 431, 'headers_too_large')
+    expectRawProblem(await raw(`GET /v1/workflows/${'w'.repeat(64 * 1024)} HTTP/1.1\r\nHost: x\r\n\r\n`), 431, 'headers_too_large')
     // Many small headers that fit the size limit are simply a request.
     const fits = Array.from({ length: 1500 }, (_, i) => `a${i}: b\r\n`).join('')
     const ok = await raw(`GET /v1/me HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${token}\r\nConnection: close\r\n${fits}\r\n`)
@@ -127,7 +151,7 @@ describe('HTTP abuse', () => {
     await meOk()
   })
 
-  it('garbage bytes on the socket get 400 and no crash', async () => {
+  it('garbage bytes on the socket get 400 problem+json and no crash', async () => {
     let seed = 7
     const rnd = (): number => {
       seed = (seed * 1103515245 + 12345) & 0x7fffffff
@@ -146,7 +170,29 @@ describe('HTTP abuse', () => {
     for (const c of cases) {
       const r = await raw(c)
       expect(r.status, JSON.stringify(c.toString().slice(0, 40))).toBe(400)
+      expectRawProblem(r, 400, 'malformed_request')
     }
+    // A malformed request line names the parser's error, never echoes the bytes.
+    const line = await raw('GET /v1/me <script>alert(1)</script> HTTP/1.1\r\nHost: x\r\n\r\n')
+    expectRawProblem(line, 400, 'malformed_request')
+    expect(line.text).not.toContain('<script>')
+    const lineProblem = JSON.parse(line.text.slice(line.text.indexOf('\r\n\r\n') + 4)) as { detail: string }
+    expect(lineProblem.detail).toMatch(/\(HPE_[A-Z_]+\)$/)
+    await meOk()
+  })
+
+  it('unfinished headers and bodies get 408 problem+json from the gateway timeouts', { timeout: 40_000 }, async () => {
+    const t0 = performance.now()
+    const [headers, body] = await Promise.all([
+      // Headers that never end: the headers timeout fires.
+      raw('GET /v1/me HTTP/1.1\r\nHost: x\r\nX-Slow: 1\r\n', 15_000),
+      // Complete headers, a body that never ends: the request timeout fires on a routed request.
+      raw(`POST /v1/workflows HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${token}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{`, 15_000),
+    ])
+    expectRawProblem(headers, 408, 'request_timeout')
+    expectRawProblem(body, 408, 'request_timeout')
+    // The gateway's own (short) settings, not Node's 60 s default, cut them.
+    expect(performance.now() - t0).toBeLessThan(REQUEST_TIMEOUT_MS + 10_000)
     await meOk()
   })
 
