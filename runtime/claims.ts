@@ -45,12 +45,21 @@ function str(v: unknown): string {
 export function followUpOps(ctx: ProtocolContext, hints: readonly Hint[], appended: readonly Appended[], wake = true): Op[] {
   const ops: Op[] = []
   for (const h of hints) ops.push({ cmd: 'zadd', args: [ctx.keys.ready(h.agent), 'LT', h.score, h.wf] })
-  // One wake per agent is enough: a woken worker picks every due hint at once.
-  if (wake) for (const [agent, h] of new Map(hints.map((h) => [h.agent, h]))) ops.push({ cmd: 'publish', args: [ctx.keys.wake(agent), h.wf] })
+  // One wake-up per agent is enough: the woken worker picks every due hint at
+  // once and passes the wake-up on when more is due than it can take.
+  if (wake) for (const agent of new Set(hints.map((h) => h.agent))) ops.push(wakeOp(ctx, agent))
   if (ctx.cfg.persistence) {
     for (const a of appended) if (a.first) ops.push({ cmd: 'xadd', args: [ctx.keys.persistence(), '*', 'wf', a.wf, 'from', a.first, 'to', a.last] })
   }
   return ops
+}
+
+/**
+ * Wakes one idle worker of `agent`: sets the agent's single wake-up marker, which
+ * exactly one worker blocked in BZPOPMIN receives (or the next one to block).
+ */
+export function wakeOp(ctx: ProtocolContext, agent: string): Op {
+  return { cmd: 'zadd', args: [ctx.keys.wake(agent), 0, 'w'] }
 }
 
 /** Sends {@link followUpOps} and waits for them. */
@@ -108,9 +117,7 @@ export async function enqueueMany(ctx: ProtocolContext, list: readonly EnqueueAr
   // Wake idle workers in the same write, after the scripts: they pick the pre-hint
   // one round trip sooner than if the wake waited for the post-hints. A wake for an
   // actor that turns out to be held only costs a pick.
-  const woken = new Map<string, string>()
-  for (const a of list) if (!woken.has(a.agent)) woken.set(a.agent, a.wf)
-  for (const [agent, wf] of woken) ops.push({ cmd: 'publish', args: [ctx.keys.wake(agent), wf] })
+  for (const agent of new Set(list.map((a) => a.agent))) ops.push(wakeOp(ctx, agent))
   const res = await execOps(ctx.redis, ops)
   const out: (EnqueueResult | Error)[] = []
   const hints: Hint[] = []

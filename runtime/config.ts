@@ -17,6 +17,8 @@ export interface TroupeConfig {
   retentionMs: number
   /** Lock TTL and ready-hint lease; held locks are extended every third of it. */
   lockTtlMs: number
+  /** `TROUPE_IDLE_POLL_MS`: longest an idle worker sleeps without a wake-up before it looks at its ready queue again. */
+  idlePollMs: number
 }
 
 function num(name: string, fallback: number): number {
@@ -38,12 +40,14 @@ export function loadConfig(overrides: Partial<TroupeConfig> = {}): TroupeConfig 
     maxPayloadBytes: num('TROUPE_MAX_PAYLOAD_BYTES', 1024 * 1024),
     retentionMs: num('TROUPE_RETENTION_MS', 7 * 24 * 3600 * 1000),
     lockTtlMs: num('TROUPE_LOCK_TTL_MS', 30_000),
+    idlePollMs: num('TROUPE_IDLE_POLL_MS', 1000),
     ...overrides,
   }
   if (cfg.namespace && !/^[A-Za-z0-9_.-]+:$/.test(cfg.namespace)) {
     throw new TroupeError('config', `TROUPE_NAMESPACE=${cfg.namespace} must be letters, digits, _ . - and end with ':' (e.g. "staging:")`)
   }
   if (cfg.lockTtlMs < 1000) throw new TroupeError('config', 'lockTtlMs must be at least 1000 ms')
+  if (cfg.idlePollMs < 10) throw new TroupeError('config', 'idlePollMs must be at least 10 ms')
   return cfg
 }
 

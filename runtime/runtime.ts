@@ -165,11 +165,10 @@ export class Runtime {
     for (const def of this.opts.agents) {
       // Known label values start at zero so dashboards and rate() see every series from the first scrape.
       for (const outcome of ['completed', 'retried', 'dead', 'cancelled']) this.metrics.actions.inc({ agent: def.name, outcome }, 0)
-      for (const c of [this.metrics.activations, this.metrics.handOffs, this.metrics.lockContention, this.metrics.fenceRejections, this.metrics.redeliveries, this.metrics.transitions, this.metrics.eventsPublished]) c.inc({ agent: def.name }, 0)
+      for (const c of [this.metrics.activations, this.metrics.handOffs, this.metrics.wakeUps, this.metrics.lockContention, this.metrics.fenceRejections, this.metrics.redeliveries, this.metrics.transitions, this.metrics.eventsPublished]) c.inc({ agent: def.name }, 0)
       this.metrics.activeActors.set({ agent: def.name }, 0)
       const w = new AgentWorker(env, def)
       this.workers.set(def.name, w)
-      await this.sub.subscribe(this.keys.wake(def.name), () => w.wake())
     }
     if (this.opts.metricsPort !== false) await this.listen(this.opts.metricsPort ?? 0)
     await this.heartbeat('alive')

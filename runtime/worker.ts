@@ -1,13 +1,12 @@
 // The per-agent loop of a runtime process: pick due actors (batched, one round trip
 // for many), start an activation for each within the agent's concurrency, and
-// sleep until the next due time or a wake message when nothing is due.
+// sleep until the next due time or a wake-up when nothing is due.
 import type { AgentDefinition } from './agent.ts'
 import { ActorActivation, type ActivationEnv } from './activation.ts'
-import { pick } from './claims.ts'
+import { pick, wakeOp } from './claims.ts'
+import { duplicateClient, type RedisClient } from './redis/connection.ts'
 import { isWorkflowId } from './redis/keys.ts'
 
-/** Longest idle sleep between picks; wake messages normally cut it short. */
-const IDLE_POLL_MS = 1000
 
 /**
  * Lifecycle of a worker, one line per state:
@@ -24,6 +23,10 @@ export class AgentWorker {
   private wakeUp: (() => void) | null = null
   private wakePending = false
   private loopDone: Promise<void> = Promise.resolve()
+  /** Own connection for BZPOPMIN on the agent's wake-up marker (a blocked connection serves nothing else). */
+  private blocker: RedisClient | null = null
+  /** The BZPOPMIN in flight, if any: it cannot be cancelled, so at most one at a time. */
+  private listening: Promise<void> | null = null
 
   constructor(
     private readonly env: ActivationEnv,
@@ -31,10 +34,14 @@ export class AgentWorker {
   ) {}
 
   start(): void {
+    const blocker = duplicateClient(this.env.ctx.redis)
+    // Failures surface as rejected BZPOPMINs; the poll keeps the worker going meanwhile.
+    blocker.on('error', () => undefined)
+    this.blocker = blocker
     this.loopDone = this.loop()
   }
 
-  /** Someone hinted work for this agent: stop sleeping. */
+  /** Work for this agent appeared in this process (a slot freed): stop sleeping. */
   wake(): void {
     if (this.wakeUp) this.wakeUp()
     else this.wakePending = true
@@ -45,11 +52,16 @@ export class AgentWorker {
     this.active.get(wf)?.abort(reason)
   }
 
-  private async sleep(ms: number): Promise<void> {
+  /**
+   * Sleeps up to `ms`, cut short by a local wake() or, when `listen`, by the
+   * agent's wake-up marker (Redis hands it to exactly one blocked worker).
+   */
+  private async sleep(ms: number, listen = false): Promise<void> {
     if (this.wakePending) {
       this.wakePending = false
       return
     }
+    if (listen) this.listen()
     await new Promise<void>((resolve) => {
       const t = setTimeout(done, ms)
       function done(): void {
@@ -61,13 +73,42 @@ export class AgentWorker {
     this.wakeUp = null
   }
 
+  private listen(): void {
+    const blocker = this.blocker
+    if (!blocker || this.listening) return
+    const { ctx } = this.env
+    const key = ctx.keys.wake(this.def.name)
+    this.listening = blocker.bzpopmin(key, this.env.ctx.cfg.idlePollMs / 1000).then(
+      (got) => {
+        this.listening = null
+        if (!got) return
+        // Popped while full or stopping (the BZPOPMIN outlived the sleep that
+        // started it): hand the wake-up to another worker instead of losing it.
+        if (this.state !== 'running' || this.active.size >= this.def.concurrency) this.passWakeOn()
+        else {
+          this.env.metrics.wakeUps.inc({ agent: this.def.name })
+          this.wake()
+        }
+      },
+      () => {
+        // Closed at shutdown, a reconnect, or junk in the key: the poll covers it.
+        this.listening = null
+      },
+    )
+  }
+
+  private passWakeOn(): void {
+    const op = wakeOp(this.env.ctx, this.def.name)
+    if ('cmd' in op) this.env.background(this.env.ctx.redis.call(op.cmd, ...op.args))
+  }
+
   private async loop(): Promise<void> {
     const { ctx, log, metrics } = this.env
     const agent = this.def.name
     while (this.state === 'running') {
       const free = this.def.concurrency - this.active.size
       if (free <= 0) {
-        await this.sleep(IDLE_POLL_MS)
+        await this.sleep(this.env.ctx.cfg.idlePollMs)
         continue
       }
       let res: Awaited<ReturnType<typeof pick>>
@@ -98,11 +139,13 @@ export class AgentWorker {
         this.launch(p.wf, p.lease)
         started++
       }
+      // More is due than this worker took: wake another one for the rest.
+      if (res.picked.length > 0 && res.nextDue !== null && res.nextDue <= res.now) this.passWakeOn()
       if (res.picked.length === 0) {
-        const wait = res.nextDue === null ? IDLE_POLL_MS : Math.min(IDLE_POLL_MS, Math.max(0, res.nextDue - res.now))
-        if (wait > 0) await this.sleep(wait)
+        const wait = res.nextDue === null ? this.env.ctx.cfg.idlePollMs : Math.min(this.env.ctx.cfg.idlePollMs, Math.max(0, res.nextDue - res.now))
+        if (wait > 0) await this.sleep(wait, true)
       } else if (started === 0) {
-        await this.sleep(50)
+        await this.sleep(50, true)
       }
     }
   }
@@ -135,6 +178,8 @@ export class AgentWorker {
     this.state = 'draining'
     this.wake()
     await this.loopDone
+    this.blocker?.disconnect()
+    this.blocker = null
     for (const a of this.active.values()) a.drain()
     const deadline = Date.now() + timeoutMs
     while (this.active.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20))

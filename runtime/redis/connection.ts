@@ -66,3 +66,8 @@ export async function closeRedis(redis: RedisClient): Promise<void> {
   }
   redis.disconnect()
 }
+
+/** A second connection with the same settings (for blocking commands, which hold a connection). */
+export function duplicateClient(redis: RedisClient): RedisClient {
+  return redis instanceof Cluster ? redis.duplicate() : redis.duplicate()
+}

@@ -68,7 +68,10 @@ export class Keys {
   ready(agent: string): string {
     return `${this.ns}agent:ready:${agent}`
   }
-  /** Pub/sub channel that wakes idle workers of an agent when work is hinted. */
+  /**
+   * Wake-up marker of an agent (ZSET with at most one member): idle workers block
+   * on it with BZPOPMIN, so one hinted actor wakes one worker, not every process.
+   */
   wake(agent: string): string {
     return `${this.ns}agent:wake:${agent}`
   }

@@ -186,7 +186,7 @@ export class WorkflowSweep {
         const late = hint === null || hint > now + this.graceMs
         if ((waiting || orphaned) && late) {
           repairs.push({ cmd: 'ZADD', key: k.ready(agent), args: ['LT', now, r.wf] })
-          repairs.push({ cmd: 'PUBLISH', args: [k.wake(agent), r.wf] })
+          repairs.push({ cmd: 'ZADD', key: k.wake(agent), args: [0, 'w'] })
           repaired.push({ agent, wf: r.wf })
         }
       }

@@ -78,13 +78,24 @@ describe('hostile input', () => {
     const follow = (async () => {
       for await (const e of client.follow(workflowId, { untilEnd: true })) seen.push(e.event.type)
     })()
-    for (const ch of [k.channel(workflowId), k.control(), k.wake('counter')]) {
+    for (const ch of [k.channel(workflowId), k.control()]) {
       for (const junk of ['', 'null', '{"streamId":5}', '{"op":"abort"}', '\u0000\xff', 'x'.repeat(100_000)]) await client.redis.publish(ch, junk)
     }
     await client.sendAction(workflowId, 'counter', 'finish')
     await follow
     expect(seen.filter((t) => t === 'troupe.malformed')).toHaveLength(2)
     expect(seen.at(-1)).toBe('workflow.completed')
+    await stillServes()
+  })
+
+  it('junk in the wake-up marker: odd members wake harmlessly, a wrong type only slows wake-ups to the poll', async () => {
+    const wake = client.keys.wake('counter')
+    await client.redis.zadd(wake, '-inf', '', 5, 'x'.repeat(100_000), 'inf', '\u0000\xff')
+    await stillServes()
+    await client.redis.del(wake)
+    await client.redis.set(wake, 'not a sorted set')
+    await stillServes()
+    await client.redis.del(wake)
     await stillServes()
   })
 })

@@ -1,0 +1,48 @@
+// Idle workers block on their agent's wake-up marker: one enqueue wakes one
+// worker, not every process. The idle poll is set far beyond the test's waits, so
+// anything that completes here was started by a wake-up.
+import { afterAll, describe, expect, it } from 'vitest'
+import { startRuntime, TroupeClient, type Runtime } from '../../runtime/index.ts'
+import { counter } from '../fixtures/agents.ts'
+import { eventually, testConfig } from '../helpers/redis.ts'
+
+const cfg = testConfig({ idlePollMs: 60_000 })
+const client = TroupeClient.connect(cfg)
+let runtimes: Runtime[] = []
+
+afterAll(async () => {
+  await Promise.all(runtimes.map((r) => r.stop()))
+  await client.close()
+})
+
+async function total(name: string): Promise<number> {
+  let sum = 0
+  for (const rt of runtimes) {
+    const m = await rt.metrics.registry.getSingleMetric(name)?.get()
+    sum += m?.values.find((v) => v.labels.agent === 'counter')?.value ?? 0
+  }
+  return sum
+}
+
+async function pings(wf: string): Promise<number> {
+  return (await client.readEvents(wf, '0', 1000)).filter((e) => e.event.type === 'action.completed').length
+}
+
+describe('wake-ups', () => {
+  it('an action for an idle agent wakes exactly one of three idle processes', async () => {
+    runtimes = await Promise.all([1, 2, 3].map(() => startRuntime({ agents: [counter], config: cfg, metricsPort: false })))
+    // Let every worker finish its first pick and block on the marker.
+    await new Promise((r) => setTimeout(r, 300))
+    const { workflowId } = await client.startWorkflow({ agent: 'counter', type: 'ping' })
+    await eventually(async () => (await pings(workflowId)) === 1, 10_000, 'the ping to run (only a wake-up can start it)')
+    expect(await total('troupe_wakeups_total')).toBe(1)
+    expect(await total('troupe_activations_total')).toBe(1)
+
+    // Later actions to the same idle agent keep waking one worker each.
+    for (let i = 0; i < 3; i++) {
+      await client.sendAction(workflowId, 'counter', 'ping', { i })
+      await eventually(async () => (await pings(workflowId)) === i + 2, 10_000, `ping ${i + 2}`)
+    }
+    expect(await total('troupe_wakeups_total')).toBe(4)
+  })
+})
