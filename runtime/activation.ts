@@ -58,6 +58,8 @@ export class ActorActivation {
   private extending: Promise<void> = Promise.resolve()
   private abortCtl = new AbortController()
   private live: LiveActor | null = null
+  /** True when the release left the actor's hint alone (someone re-hinted it meanwhile): it may be due now. */
+  hintLeft = false
   /** State value last written to the status hash by this activation (skip rewriting it). */
   private lastState = ''
 
@@ -313,6 +315,8 @@ export class ActorActivation {
     const ops = this.followUpOps(hints, appended)
     ops.push(releaseHintOp(this.env.ctx, this.def.name, this.wf, this.lease ?? 0, nextDue))
     const res = await execOps(this.env.ctx.redis, ops)
+    const [releaseErr, released] = res[res.length - 1] ?? [null, 0]
+    this.hintLeft = releaseErr !== null || Number(released) !== 1
     const failed = res.find(([err]) => err)
     if (failed?.[0]) {
       this.env.metrics.protocolErrors.inc({ step: 'follow-up' })

@@ -85,55 +85,56 @@ export interface EnqueueArgs {
 /** Result of the enqueue script. */
 export interface EnqueueResult {
   availableAt: number
-  lockHeld: boolean
   appended: Appended
 }
 
 function enqueueKeysArgs(ctx: ProtocolContext, a: EnqueueArgs): [string[], (string | number)[]] {
   const k = ctx.keys
   return [
-    [k.status(a.wf), k.actions(a.wf), k.seq(a.wf), k.events(a.wf), k.mailbox(a.wf, a.agent), k.lock(a.wf, a.agent)],
+    [k.status(a.wf), k.actions(a.wf), k.seq(a.wf), k.events(a.wf), k.mailbox(a.wf, a.agent)],
     [a.wf, a.actionId, a.agent, a.type, a.record, a.delayMs, a.eventId, a.parentEventId, ctx.keys.channel(a.wf), a.mode, a.owner, effectiveMaxLen(ctx.cfg), `${a.eventId}.w`, a.deadlineMs],
   ]
 }
 
 function parseEnqueue(wf: string, raw: unknown): EnqueueResult {
   const r = raw as unknown[]
-  return { availableAt: Number(r[0]), lockHeld: Number(r[1]) === 1, appended: { wf, first: str(r[2]), last: str(r[3]) } }
+  return { availableAt: Number(r[0]), appended: { wf, first: str(r[1]), last: str(r[2]) } }
 }
 
 /**
- * Enqueues actions: a pre-hint and the script for each in one pipeline (so even a
- * crash right after leaves a hint), then the hints of free actors and the
- * persistence pointers. Returns one result or error per action, in order.
+ * Enqueues actions in one write: per action a pre-hint, the script and a
+ * post-hint, then one wake-up per agent; then the persistence pointers. Returns
+ * one result or error per action, in order.
+ *
+ * The pre-hint goes first so that even a write cut short after the script leaves
+ * a hint. The post-hint (`ZADD LT now`, also for delayed actions: see
+ * docs/architecture.md) covers the one race the pre-hint cannot: a worker that
+ * picked the pre-hint, found nothing yet and released between the two. It rides
+ * in the same write, so it lands before any worker the wake-up rouses can lease
+ * the hint; sent after the reply, it turned such fresh leases back into due hints
+ * that other processes then found locked.
  */
 export async function enqueueMany(ctx: ProtocolContext, list: readonly EnqueueArgs[]): Promise<(EnqueueResult | Error)[]> {
   if (list.length === 0) return []
   const ops: Op[] = []
   for (const a of list) {
     const [keys, args] = enqueueKeysArgs(ctx, a)
-    ops.push({ cmd: 'zadd', args: [ctx.keys.ready(a.agent), 'LT', Date.now() + a.delayMs, a.wf] }, { script: 'enqueue', keys, args })
+    const now = Date.now()
+    const ready = ctx.keys.ready(a.agent)
+    ops.push({ cmd: 'zadd', args: [ready, 'LT', now + a.delayMs, a.wf] }, { script: 'enqueue', keys, args }, { cmd: 'zadd', args: [ready, 'LT', now, a.wf] })
   }
-  // Wake idle workers in the same write, after the scripts: they pick the pre-hint
-  // one round trip sooner than if the wake waited for the post-hints. A wake for an
-  // actor that turns out to be held only costs a pick.
   for (const agent of new Set(list.map((a) => a.agent))) ops.push(wakeOp(ctx, agent))
   const res = await execOps(ctx.redis, ops)
   const out: (EnqueueResult | Error)[] = []
-  const hints: Hint[] = []
   const appended: Appended[] = []
   for (let i = 0; i < list.length; i++) {
     const a = list[i] as EnqueueArgs
-    const [err, raw] = res[i * 2 + 1] ?? [new Error('no reply'), null]
+    const [err, raw] = res[i * 3 + 1] ?? [new Error('no reply'), null]
     const r: EnqueueResult | Error = err ?? parseEnqueue(a.wf, raw)
     out.push(r)
-    if (!(r instanceof Error)) {
-      // Server time: the script's availableAt minus the delay is the server's now.
-      if (!r.lockHeld) hints.push({ agent: a.agent, wf: a.wf, score: r.availableAt - a.delayMs })
-      appended.push(r.appended)
-    }
+    if (!(r instanceof Error)) appended.push(r.appended)
   }
-  await writeFollowUps(ctx, hints, appended, false)
+  await writeFollowUps(ctx, [], appended)
   return out
 }
 

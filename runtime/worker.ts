@@ -139,13 +139,17 @@ export class AgentWorker {
         this.launch(p.wf, p.lease)
         started++
       }
-      // More is due than this worker took: wake another one for the rest.
-      if (res.picked.length > 0 && res.nextDue !== null && res.nextDue <= res.now) this.passWakeOn()
+      const idleFor = res.nextDue === null ? this.env.ctx.cfg.idlePollMs : Math.min(this.env.ctx.cfg.idlePollMs, Math.max(0, res.nextDue - res.now))
       if (res.picked.length === 0) {
-        const wait = res.nextDue === null ? this.env.ctx.cfg.idlePollMs : Math.min(this.env.ctx.cfg.idlePollMs, Math.max(0, res.nextDue - res.now))
-        if (wait > 0) await this.sleep(wait, true)
-      } else if (started === 0) {
-        await this.sleep(50, true)
+        if (idleFor > 0) await this.sleep(idleFor, true)
+      } else if (res.nextDue !== null && res.nextDue <= res.now) {
+        // More is due than this worker took: wake another one for the rest, and
+        // look again when a slot frees.
+        this.passWakeOn()
+        if (started === 0) await this.sleep(50, true)
+      } else if (idleFor > 0) {
+        // The pick took everything due: nothing to look at until a wake-up or the next due time.
+        await this.sleep(idleFor, true)
       }
     }
   }
@@ -166,8 +170,12 @@ export class AgentWorker {
     this.active.set(wf, act)
     this.env.background(
       act.run().finally(() => {
+        const wasFull = this.active.size >= this.def.concurrency
         this.active.delete(wf)
-        this.wake()
+        // Look again only when this worker may have left due work unpicked (it
+        // was full and not listening), or the release left a hint that may be
+        // due; otherwise it is already listening for wake-ups.
+        if (wasFull || act.hintLeft) this.wake()
       }),
     )
   }

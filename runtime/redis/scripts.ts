@@ -81,7 +81,7 @@ export function pipeScript(pipe: ChainableCommander, name: ScriptName, keys: rea
 
 /** Loads every script on the server (once per connection is plenty; cheap to repeat). */
 export async function loadScripts(client: RedisClient): Promise<void> {
-  const names: ScriptName[] = ['enqueue', 'pick', 'activate', 'commit', 'release_hint', 'emit', 'cancel']
+  const names: ScriptName[] = ['enqueue', 'pick', 'lease', 'activate', 'commit', 'release_hint', 'emit', 'cancel']
   for (const n of names) {
     const s = script(n)
     if ('nodes' in client) {

@@ -34,8 +34,11 @@ const ofType = (l: StreamedEvent[], t: string): StreamedEvent[] => l.filter((e) 
 describe('across processes', () => {
   it('completes research workflows across two processes with every event in order', async () => {
     const env = { TROUPE_FAKE_MODEL_DELAY_MS: '1' }
-    const a = await runtimeChild({ agents: 'examples/research-team/agents.ts', env })
-    const b = await runtimeChild({ agents: 'examples/research-team/agents.ts', env })
+    // Four slots per agent: a process that takes a burst passes the wake-up on for
+    // the rest, so both processes must get work (each keeps what it starts local).
+    const args = ['--concurrency', '4']
+    const a = await runtimeChild({ agents: 'examples/research-team/agents.ts', env, args })
+    const b = await runtimeChild({ agents: 'examples/research-team/agents.ts', env, args })
     const wfs = await Promise.all(Array.from({ length: 12 }, (_, i) => client.startWorkflow({ agent: 'planner', type: 'plan', payload: { topic: `topic ${i}` } })))
     for (const { workflowId } of wfs) {
       await eventually(async () => (await client.getStatus(workflowId))?.status === 'completed', 30_000, `workflow ${workflowId}`)

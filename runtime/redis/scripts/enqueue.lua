@@ -1,19 +1,19 @@
 -- enqueue: stores one action, adds it to its actor's mailbox, updates the workflow
 -- status and appends + publishes action.enqueued (and workflow.started on start).
--- The ready hint (a global key) is set by the caller afterwards, only when this
--- returns lockHeld = 0: a held actor's holder claims the action itself.
+-- The ready hint (a global key) is set by the caller in the same write, before and
+-- after this script (runtime/claims.ts enqueueMany).
 --
 -- KEYS: 1 workflow:status  2 workflow:actions  3 workflow:seq  4 workflow:events
---       5 workflow:queue:<agent> (mailbox)  6 lock:<agent>
+--       5 workflow:queue:<agent> (mailbox)
 -- ARGV: 1 wf  2 actionId  3 agent  4 type  5 record JSON (immutable part, built by the client)
 --       6 delayMs  7 eventId (action.enqueued)  8 parent event id or ''  9 channel
 --       10 mode: 'start' | 'send'  11 owner  12 stream maxlen (0 = no trim)
 --       13 workflow.started event id  14 deadline ms from now (0 = none)
--- Returns: { availableAt, lockHeld (0|1), firstStreamId, lastStreamId } (stream ids '' for a replay)
+-- Returns: { availableAt, firstStreamId, lastStreamId } (stream ids '' for a replay)
 -- Errors: TROUPE_EXISTS workflow id taken (start) | TROUPE_NOWF no such workflow (send)
 --         TROUPE_ENDED workflow already ended (send) | TROUPE_DUP action id taken
-local status_key, actions_key, seq_key, events_key, mailbox, lock_key =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local status_key, actions_key, seq_key, events_key, mailbox =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local wf, action_id, agent, typ, record = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local delay = tonumber(ARGV[6])
 local event_id, parent_event, channel, mode, owner = ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11]
@@ -27,7 +27,7 @@ local prior = redis.call('HGET', actions_key, action_id .. ':st')
 if prior then
   local ok, st = pcall(cjson.decode, prior)
   local at = (ok and type(st) == 'table' and tonumber(st.availableAt)) or now
-  return { at, redis.call('EXISTS', lock_key), '', '' }
+  return { at, '', '' }
 end
 
 local status = redis.call('HGET', status_key, 'status')
@@ -66,5 +66,4 @@ if changed then
     make_event(event_id .. '.s', wf, 'workflow.status', { status = changed }, '', '', 0, '', now))
 end
 
-local held = redis.call('EXISTS', lock_key)
-return { available_at, held, first_sid, sid }
+return { available_at, first_sid, sid }
