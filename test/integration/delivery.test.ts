@@ -2,6 +2,8 @@
 // one runtime against real Redis.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { startRuntime, TroupeClient, type Runtime, type StreamedEvent } from '../../runtime/index.ts'
+import { emitEvents } from '../../runtime/claims.ts'
+import { encodeEvent } from '../../runtime/events.ts'
 import { counter, echo, flaky, slow } from '../fixtures/agents.ts'
 import { eventually, testConfig } from '../helpers/redis.ts'
 
@@ -107,6 +109,10 @@ describe('delivery', () => {
     }
     await expect(client.sendAction(workflowId, 'slow', 'work', {})).rejects.toMatchObject({ code: 'workflow_ended' })
     await expect(client.cancelWorkflow(workflowId)).rejects.toMatchObject({ code: 'workflow_ended' })
+    // Agent code that keeps streaming after the cancel appends nothing: the final event stays last.
+    const late = await emitEvents({ redis: client.redis, keys: client.keys, cfg }, workflowId, [encodeEvent({ workflowId, type: 'token', agent: 'slow', content: 'late' })])
+    expect(late.first).toBe('')
+    expect((await events(workflowId)).at(-1)?.event.type).toBe('workflow.cancelled')
   })
 
   it('fails the workflow from agent code', async () => {
