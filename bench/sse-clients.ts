@@ -1,15 +1,21 @@
-// Child process of bench/sse.ts: the receiving side. It holds the SSE clients, the
-// raw Redis subscriber of the baseline and the status-request load generator, so
-// the gateway (another child) and the emitter (the parent) never share an event
-// loop with what measures them. Driven over IPC; exits when the parent goes away.
-import { Agent, request as httpRequest, type ClientRequest } from 'node:http'
+// Child process of bench/sse.ts: the receiving side (the parent starts two and
+// splits the SSE clients between them). It holds SSE clients, and in the first
+// one the raw Redis subscriber of the baseline and the status-request load
+// generator, so the gateway (another child) and the emitter (the parent) never
+// share an event loop with what measures them. Driven over IPC; exits when the
+// parent goes away.
+import { Agent, request as httpRequest } from 'node:http'
+import { connect as netConnect, type Socket } from 'node:net'
+import { resolve as resolvePath } from 'node:path'
+import { fileURLToPath } from 'node:url'
 import { Redis } from 'ioredis'
 
 /** Commands from the parent. */
 export type ToClients =
   | { t: 'raw'; id: number; redisUrl: string; channel: string }
   | { t: 'sse'; id: number; url: string; token: string; n: number }
-  | { t: 'reset'; id: number }
+  /** Forget what was recorded; from now on count only events stamped at or after `since` (wall ms). */
+  | { t: 'reset'; id: number; since: number }
   | { t: 'collect'; id: number }
   | { t: 'rps'; id: number; url: string; token: string; conns: number; durationMs: number }
 
@@ -21,10 +27,17 @@ export interface LatencyStats {
   max: number
 }
 
+/** One process's latencies of a phase: its non-empty histogram buckets as [bucket, count] pairs, flattened. */
+export interface Histogram {
+  buckets: number[]
+  count: number
+  max: number
+}
+
 /** Answers to the parent (same `id` as the command). */
 export type FromClients =
   | { t: 'ok'; id: number; opened?: number }
-  | { t: 'stats'; id: number; stats: LatencyStats }
+  | { t: 'stats'; id: number; hist: Histogram }
   | { t: 'rps'; id: number; requests: number; errors: number; seconds: number }
   | { t: 'error'; id: number; message: string }
 
@@ -37,6 +50,8 @@ const BUCKETS = 1_000_000
 const hist = new Uint32Array(BUCKETS + 1)
 let samples = 0
 let maxMs = 0
+// Events of the warm-up still in flight at the reset are not the window's.
+let since = Number.NEGATIVE_INFINITY
 
 function record(ms: number): void {
   const b = Math.min(BUCKETS, Math.max(0, Math.floor(ms / BUCKET_MS)))
@@ -45,80 +60,208 @@ function record(ms: number): void {
   if (ms > maxMs) maxMs = ms
 }
 
-function stats(): LatencyStats {
-  const at = (q: number): number => {
-    const want = Math.ceil(q * samples)
-    let seen = 0
-    for (let b = 0; b <= BUCKETS; b++) {
-      seen += hist[b] ?? 0
-      if (seen >= want) return (b + 1) * BUCKET_MS
-    }
-    return maxMs
-  }
-  return { count: samples, p50: samples ? at(0.5) : 0, p99: samples ? at(0.99) : 0, max: maxMs }
+function histogram(): Histogram {
+  const buckets: number[] = []
+  for (let b = 0; b <= BUCKETS; b++) if (hist[b]) buckets.push(b, hist[b] as number)
+  return { buckets, count: samples, max: maxMs }
 }
 
-function reset(): void {
+/** Percentiles over the histograms of every receiving process. */
+export function latencyStats(parts: readonly Histogram[]): LatencyStats {
+  const merged = new Map<number, number>()
+  let count = 0
+  let max = 0
+  for (const p of parts) {
+    for (let i = 0; i < p.buckets.length; i += 2) merged.set(p.buckets[i] as number, (merged.get(p.buckets[i] as number) ?? 0) + (p.buckets[i + 1] as number))
+    count += p.count
+    max = Math.max(max, p.max)
+  }
+  const sorted = [...merged].sort((a, b) => a[0] - b[0])
+  const at = (q: number): number => {
+    const want = Math.ceil(q * count)
+    let seen = 0
+    for (const [b, n] of sorted) {
+      seen += n
+      if (seen >= want) return (b + 1) * BUCKET_MS
+    }
+    return max
+  }
+  return { count, p50: count ? at(0.5) : 0, p99: count ? at(0.99) : 0, max }
+}
+
+function reset(from = Number.NEGATIVE_INFINITY): void {
   hist.fill(0)
   samples = 0
   maxMs = 0
+  since = from
 }
 
-const MARK = '"sentAt":'
+// Searched by its rare tail: a pattern starting with a quote is slow to find in
+// JSON (quotes are everywhere), and the receiver scans about 250 MB/s.
+const TAIL = 'At":'
+const HEAD = '"sent'
+const ZERO = 48
+const DOT = 46
 
-/** Records one latency per `"sentAt":<ms>` in `text`, all received at `at`. */
-function scan(text: string, at: number): void {
-  let i = text.indexOf(MARK)
-  while (i >= 0) {
-    const sent = Number.parseFloat(text.slice(i + MARK.length, i + MARK.length + 24))
-    if (Number.isFinite(sent)) record(at - sent)
-    i = text.indexOf(MARK, i + MARK.length)
+/**
+ * The JSON number at `i` of `text` (plain decimal notation, as JavaScript writes
+ * wall-clock milliseconds), read from the character codes: the receiver handles
+ * a million frames a second, so it parses only the one field it measures.
+ */
+function numberAt(text: string, i: number): number {
+  let v = 0
+  let digits = 0
+  for (; ; i++, digits++) {
+    const d = text.charCodeAt(i) - ZERO
+    if (!(d >= 0 && d <= 9)) break
+    v = v * 10 + d
+  }
+  if (digits === 0) return Number.NaN
+  if (text.charCodeAt(i) !== DOT) return v
+  let scale = 1
+  let frac = 0
+  for (i++; ; i++) {
+    const d = text.charCodeAt(i) - ZERO
+    if (!(d >= 0 && d <= 9)) break
+    frac = frac * 10 + d
+    scale *= 10
+  }
+  return v + frac / scale
+}
+
+/**
+ * Records one latency per `"sentAt":<ms>` in `text` before `end`, all received
+ * at `at`. `text` is the bytes as latin1 (one char per byte, no UTF-8 decoding):
+ * the marker and the digits are ASCII, and no byte of a multi-byte UTF-8
+ * character can look like them.
+ */
+function scan(text: string, end: number, at: number): void {
+  let i = text.indexOf(TAIL)
+  while (i >= 0 && i < end) {
+    if (i >= HEAD.length && text.startsWith(HEAD, i - HEAD.length)) {
+      const sent = numberAt(text, i + TAIL.length)
+      if (sent >= since) record(at - sent)
+    }
+    i = text.indexOf(TAIL, i + TAIL.length)
+  }
+}
+
+const HEX: Record<number, number> = {}
+for (let i = 0; i < 16; i++) HEX[i.toString(16).charCodeAt(0)] = i
+for (let i = 10; i < 16; i++) HEX[i.toString(16).toUpperCase().charCodeAt(0)] = i
+const CR = 13
+const LF = 10
+const READ_BUFFER = Buffer.allocUnsafe(256 * 1024)
+
+/**
+ * One SSE stream over a plain TCP socket: the request written by hand, the
+ * response head checked (200, chunked), the chunked body decoded here, frames
+ * found by their blank line. The receivers read a million frames a second on a
+ * machine they share with the gateway; `http.request` would spend most of that
+ * in its parser and stream plumbing, which measures the receiver, not the gateway. Every frame is still
+ * counted, and its latency taken when its bytes reach this process.
+ */
+class RawSse {
+  private head = ''
+  private inBody = false
+  /** -1: reading a chunk-size line; >0: data bytes left in the chunk; 0: its CRLF. */
+  private left = -1
+  private size = 0
+  private crlf = 0
+  private ended = false
+  /** Body text (latin1) after the last complete SSE frame. */
+  private text = ''
+  private readonly socket: Socket
+  readonly opened: Promise<void>
+
+  constructor(url: string, token: string) {
+    const u = new URL(url)
+    let onData: (n: number) => void = () => undefined
+    // Reads land in one buffer shared by all streams and are consumed at once:
+    // no allocation and no stream machinery per read.
+    this.socket = netConnect({ port: Number(u.port), host: u.hostname, onread: { buffer: READ_BUFFER, callback: (n) => (onData(n), true) } })
+    this.socket.setNoDelay(true)
+    this.socket.write(
+      `GET ${u.pathname}${u.search} HTTP/1.1\r\nHost: ${u.host}\r\nAccept: text/event-stream\r\nAuthorization: Bearer ${token}\r\n\r\n`,
+    )
+    this.opened = new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error('SSE client: no retry line within 30 s')), 30_000)
+      const fail = (err: Error): void => {
+        clearTimeout(timer)
+        reject(err)
+        this.socket.destroy()
+      }
+      this.socket.on('error', fail)
+      onData = (n) => {
+        const at = wallMs()
+        try {
+          if (this.read(READ_BUFFER, n, at)) {
+            clearTimeout(timer)
+            resolve()
+          }
+        } catch (err) {
+          fail(err as Error)
+        }
+      }
+    })
+  }
+
+  /** Consumes the `n` bytes of one read; true once the first complete frame (`retry:`) arrived. */
+  private read(chunk: Buffer, n: number, at: number): boolean {
+    let pos = 0
+    if (!this.inBody) {
+      this.head += chunk.toString('latin1', 0, n)
+      const end = this.head.indexOf('\r\n\r\n')
+      if (end < 0) return false
+      const status = /^HTTP\/1\.1 (\d{3})/.exec(this.head)?.[1]
+      if (status !== '200') throw new Error(`SSE client: status ${status ?? '?'}`)
+      if (!/\r\ntransfer-encoding: *chunked\r\n/i.test(this.head.slice(0, end + 2))) throw new Error('SSE client: body not chunked')
+      pos = n - (this.head.length - (end + 4))
+      this.head = ''
+      this.inBody = true
+    }
+    while (pos < n && !this.ended) {
+      if (this.left > 0) {
+        const take = Math.min(this.left, n - pos)
+        this.text += chunk.toString('latin1', pos, pos + take)
+        pos += take
+        this.left -= take
+        if (this.left === 0) this.crlf = 2
+      } else if (this.left === 0) {
+        // The CRLF after a chunk's data.
+        const c = chunk[pos++]
+        if (c !== (this.crlf === 2 ? CR : LF)) throw new Error('SSE client: bad chunk end')
+        if (--this.crlf === 0) this.left = -1
+      } else {
+        const c = chunk[pos++] as number
+        const v = HEX[c]
+        if (v !== undefined) this.size = this.size * 16 + v
+        else if (c === LF) {
+          if (this.size === 0) this.ended = true
+          else this.left = this.size
+          this.size = 0
+        } else if (c !== CR) throw new Error('SSE client: bad chunk size')
+      }
+    }
+    const cut = this.text.lastIndexOf('\n\n')
+    if (cut < 0) return false
+    scan(this.text, cut, at)
+    this.text = this.text.slice(cut + 2)
+    return true
+  }
+
+  close(): void {
+    this.socket.destroy()
   }
 }
 
 let sub: Redis | null = null
-const streams: ClientRequest[] = []
-const agent = new Agent({ keepAlive: false, maxSockets: Infinity })
+const streams: RawSse[] = []
 
 function openOne(url: string, token: string): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const req = httpRequest(url, { agent, headers: { accept: 'text/event-stream', authorization: `Bearer ${token}` } })
-    streams.push(req)
-    const timer = setTimeout(() => reject(new Error('SSE client: no retry line within 30 s')), 30_000)
-    req.on('response', (res) => {
-      if (res.statusCode !== 200) {
-        clearTimeout(timer)
-        reject(new Error(`SSE client: status ${res.statusCode ?? '?'}`))
-        res.resume()
-        return
-      }
-      res.setEncoding('utf8')
-      // Only the tail after the last complete frame is kept between chunks.
-      let carry = ''
-      let opened = false
-      res.on('data', (chunk: string) => {
-        const at = wallMs()
-        const text = carry + chunk
-        const cut = text.lastIndexOf('\n\n')
-        if (cut < 0) {
-          carry = text
-          return
-        }
-        carry = text.slice(cut + 2)
-        if (!opened) {
-          opened = true
-          clearTimeout(timer)
-          resolve()
-        }
-        scan(text.slice(0, cut), at)
-      })
-    })
-    req.on('error', (err) => {
-      clearTimeout(timer)
-      reject(err)
-    })
-    req.end()
-  })
+  const s = new RawSse(url, token)
+  streams.push(s)
+  return s.opened
 }
 
 /** Keep-alive GET loop: `conns` requests in flight until `durationMs` passes. */
@@ -154,7 +297,7 @@ async function handle(m: ToClients): Promise<FromClients> {
   switch (m.t) {
     case 'raw': {
       sub = new Redis(m.redisUrl, { maxRetriesPerRequest: null })
-      sub.on('message', (_ch: string, msg: string) => scan(msg, wallMs()))
+      sub.on('messageBuffer', (_ch: Buffer, msg: Buffer) => scan(msg.toString('latin1'), msg.length, wallMs()))
       await sub.subscribe(m.channel)
       return { t: 'ok', id: m.id }
     }
@@ -166,31 +309,36 @@ async function handle(m: ToClients): Promise<FromClients> {
       return { t: 'ok', id: m.id, opened: m.n }
     }
     case 'reset':
-      reset()
+      reset(m.since)
       return { t: 'ok', id: m.id }
     case 'collect': {
-      const s = stats()
-      for (const r of streams.splice(0)) r.destroy()
+      const h = histogram()
+      for (const r of streams.splice(0)) r.close()
       if (sub) {
         sub.disconnect()
         sub = null
       }
       reset()
-      return { t: 'stats', id: m.id, stats: s }
+      return { t: 'stats', id: m.id, hist: h }
     }
     case 'rps':
       return { t: 'rps', id: m.id, ...(await rps(m.url, m.token, m.conns, m.durationMs)) }
   }
 }
 
-process.on('message', (m: ToClients) => {
-  handle(m).then(
-    // Some messages (unknown kinds) have no reply; sending undefined would throw.
-    (reply) => {
-      if (reply !== undefined && process.connected) process.send?.(reply)
-    },
-    (err: unknown) => process.send?.({ t: 'error', id: m.id, message: err instanceof Error ? err.message : String(err) } satisfies FromClients),
-  )
-})
-process.on('disconnect', () => process.exit(0))
-process.send?.({ t: 'ok', id: 0 } satisfies FromClients)
+// Only as the child: bench/sse.ts imports this module for its types and helpers.
+if (process.argv[1] && resolvePath(process.argv[1]) === fileURLToPath(import.meta.url)) {
+  process.on('message', (m: ToClients) => {
+    handle(m).then(
+      // Some messages (unknown kinds) have no reply; sending undefined would throw.
+      (reply) => {
+        if (reply !== undefined && process.connected) process.send?.(reply)
+      },
+      (err: unknown) => process.send?.({ t: 'error', id: m.id, message: err instanceof Error ? err.message : String(err) } satisfies FromClients),
+    )
+  })
+  process.on('disconnect', () => process.exit(0))
+  // An orderly exit on the parent's SIGTERM, so `--cpu-prof` gets to write its profile.
+  process.on('SIGTERM', () => process.exit(0))
+  process.send?.({ t: 'ok', id: 0 } satisfies FromClients)
+}

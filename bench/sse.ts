@@ -2,13 +2,18 @@
 // with many concurrent SSE clients, next to raw Redis PUBLISH-to-subscriber latency
 // measured in the same run, and requests/s of the status endpoint.
 //
-// Three processes, so no event loop measures itself: this one emits (the real
+// Separate processes, so no event loop measures itself: this one emits (the real
 // path, `emitEvents` against a started workflow, as an agent streaming tokens
-// does), `troupe gateway` serves, bench/sse-clients.ts receives. Timestamps are
-// wall-clock with sub-millisecond resolution, which processes on one machine share.
+// does), `troupe gateway` serves, bench/sse-clients.ts receives (the clients split
+// over two processes). Timestamps are wall-clock with sub-millisecond resolution,
+// which processes on one machine share. Each phase also reports where the CPU went
+// during its window (per process, from /proc and Redis INFO) and the gateway's
+// CPU per delivered frame.
 import { spawn, type ChildProcess } from 'node:child_process'
+import { readFileSync } from 'node:fs'
 import { createServer } from 'node:net'
 import { cpus, loadavg } from 'node:os'
+import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { Redis } from 'ioredis'
 import { nanoid } from 'nanoid'
@@ -19,11 +24,13 @@ import { encodeEvent } from '../runtime/events.ts'
 import { AuthStore } from '../runtime/gateway/auth-store.ts'
 import { gatewaySettings } from '../runtime/gateway/settings.ts'
 import { Keys } from '../runtime/redis/keys.ts'
-import { wallMs, type FromClients, type LatencyStats, type ToClients } from './sse-clients.ts'
+import { latencyStats, wallMs, type FromClients, type LatencyStats, type ToClients } from './sse-clients.ts'
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url))
 const CLIENTS = fileURLToPath(new URL('./sse-clients.ts', import.meta.url))
 const TICK_MS = 10
+// SSE_BENCH_CLIENT_PROCS=1 puts every client in one process (to compare).
+const CLIENT_PROCS = Math.max(1, Number(process.env.SSE_BENCH_CLIENT_PROCS ?? 2) || 2)
 
 /** A command without its id (distributes over the union, which plain Omit does not). */
 type Command = ToClients extends infer T ? (T extends ToClients ? Omit<T, 'id'> : never) : never
@@ -62,15 +69,16 @@ async function stopChild(p: ChildProcess, graceMs: number): Promise<void> {
   clearTimeout(t)
 }
 
-/** The receiving child, driven by request/answer over IPC. */
-class Clients {
+/** One receiving child, driven by request/answer over IPC. */
+class ClientProc {
   private next = 1
   private readonly waiting = new Map<number, (m: FromClients) => void>()
   private readonly ready: Promise<void>
   readonly proc: ChildProcess
 
-  constructor() {
-    this.proc = spawn(process.execPath, ['--import', 'tsx', CLIENTS], { cwd: ROOT, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] })
+  constructor(profDir?: string) {
+    const prof = profDir ? ['--cpu-prof', '--cpu-prof-dir', profDir] : []
+    this.proc = spawn(process.execPath, [...prof, '--import', 'tsx', CLIENTS], { cwd: ROOT, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] })
     let started!: () => void
     this.ready = new Promise((r) => (started = r))
     this.proc.on('message', (m: FromClients) => {
@@ -100,10 +108,59 @@ class Clients {
     return answer
   }
 
+  async stop(): Promise<void> {
+    if (this.proc.connected) this.proc.disconnect()
+    await stopChild(this.proc, 5000)
+  }
+}
+
+/**
+ * The receiving side: the SSE clients spread evenly over {@link CLIENT_PROCS}
+ * processes (a thousand streams at a thousand events/s is a million frames/s to
+ * read, more than one event loop keeps up with next to the gateway); the raw
+ * subscriber and the status load run in the first.
+ */
+class Clients {
+  readonly procs: ClientProc[]
+
+  constructor(profDir?: string) {
+    this.procs = Array.from({ length: CLIENT_PROCS }, () => new ClientProc(profDir))
+  }
+
+  get first(): ClientProc {
+    return this.procs[0] as ClientProc
+  }
+
+  get pids(): (number | undefined)[] {
+    return this.procs.map((p) => p.proc.pid)
+  }
+
+  /** Opens `n` streams, split over the processes; resolves with how many opened. */
+  async open(url: string, token: string, n: number): Promise<number> {
+    const k = this.procs.length
+    const answers = await Promise.all(this.procs.map((p, i) => p.ask({ t: 'sse', url, token, n: Math.floor(n / k) + (i < n % k ? 1 : 0) }, 180_000)))
+    return answers.reduce((sum, a) => sum + (a.t === 'ok' ? (a.opened ?? 0) : 0), 0)
+  }
+
+  /** Starts a measuring window: what was emitted before now is not counted. */
+  async reset(): Promise<void> {
+    const since = wallMs()
+    await Promise.all(this.procs.map((p) => p.ask({ t: 'reset', since })))
+  }
+
+  /** Every process's latencies since the last reset, merged; closes the streams. */
   async stats(): Promise<LatencyStats> {
-    const m = await this.ask({ t: 'collect' })
-    if (m.t !== 'stats') throw new Error(`clients: expected stats, got ${m.t}`)
-    return m.stats
+    const answers = await Promise.all(this.procs.map((p) => p.ask({ t: 'collect' })))
+    return latencyStats(
+      answers.map((m) => {
+        if (m.t !== 'stats') throw new Error(`clients: expected stats, got ${m.t}`)
+        return m.hist
+      }),
+    )
+  }
+
+  async stop(): Promise<void> {
+    await Promise.all(this.procs.map((p) => p.stop()))
   }
 }
 
@@ -130,14 +187,96 @@ async function paced(rate: number, ms: number, send: (n: number) => Promise<void
 
 const round = (v: number): number => Math.round(v * 100) / 100
 
+/** CPU milliseconds a process has used (all its threads), from /proc; NaN where there is no /proc. */
+function procCpuMs(pid: number | undefined): number {
+  if (pid === undefined) return Number.NaN
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+    // Fields after the parenthesised command name; utime and stime are the 14th and 15th, in 10 ms ticks.
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+    return (Number(f[11]) + Number(f[12])) * 10
+  } catch {
+    return Number.NaN
+  }
+}
+
+/** Busy and total CPU milliseconds of the whole machine (all cores), from /proc/stat. */
+function machineCpuMs(): { busy: number; total: number } {
+  try {
+    const f = (readFileSync('/proc/stat', 'utf8').split('\n')[0] ?? '').trim().split(/\s+/).slice(1, 9).map(Number)
+    const total = f.reduce((a, b) => a + b, 0) * 10
+    return { busy: total - ((f[3] ?? 0) + (f[4] ?? 0)) * 10, total }
+  } catch {
+    return { busy: Number.NaN, total: Number.NaN }
+  }
+}
+
+async function redisCpuMs(redis: Redis): Promise<number> {
+  const info = await redis.info('cpu')
+  const num = (k: string): number => Number(new RegExp(`^${k}:([\\d.]+)`, 'm').exec(info)?.[1] ?? Number.NaN)
+  return (num('used_cpu_sys') + num('used_cpu_user')) * 1000
+}
+
+interface CpuSnap {
+  at: number
+  gateway: number
+  clients: number
+  emitter: number
+  redis: number
+  machine: { busy: number; total: number }
+}
+
+async function cpuSnap(redis: Redis, gatewayPid: number | undefined, clientPids: (number | undefined)[]): Promise<CpuSnap> {
+  const u = process.cpuUsage()
+  return {
+    at: performance.now(),
+    gateway: procCpuMs(gatewayPid),
+    clients: clientPids.reduce<number>((a, p) => a + procCpuMs(p), 0),
+    emitter: (u.user + u.system) / 1000,
+    redis: await redisCpuMs(redis),
+    machine: machineCpuMs(),
+  }
+}
+
+/**
+ * Where the CPU went between two snapshots, as % of one core per process (the
+ * machine's busy share is % of all cores), plus the gateway's µs per delivered frame.
+ */
+function cpuReport(a: CpuSnap, b: CpuSnap, prefix: string, delivered: number, out: Record<string, number | string>, tail: CpuSnap = b): string {
+  const wall = b.at - a.at
+  const pct = (k: 'gateway' | 'clients' | 'emitter' | 'redis'): number => round((100 * (b[k] - a[k])) / wall)
+  const parts: string[] = []
+  for (const k of ['gateway', 'clients', 'emitter', 'redis'] as const) {
+    const v = pct(k)
+    if (!Number.isFinite(v)) continue
+    out[`${prefix}Cpu${k[0]?.toUpperCase()}${k.slice(1)}Pct`] = v
+    parts.push(`${k} ${v}%`)
+  }
+  const busy = round((100 * (b.machine.busy - a.machine.busy)) / (b.machine.total - a.machine.total))
+  if (Number.isFinite(busy)) {
+    out[`${prefix}CpuMachineBusyPct`] = busy
+    parts.push(`machine busy ${busy}% of ${cpus().length} cores`)
+  }
+  // Frames delivered after the window (a backlog draining) were paid for after it too.
+  const perFrame = round((1000 * (tail.gateway - a.gateway)) / Math.max(1, delivered))
+  if (Number.isFinite(perFrame) && delivered > 0) {
+    out[`${prefix}GatewayUsPerFrame`] = perFrame
+    parts.push(`gateway ${perFrame} µs per delivered frame`)
+  }
+  return `CPU (% of one core): ${parts.join(', ')}`
+}
+
 /**
  * Runs the SSE benchmark against the Redis at `redisUrl` (in a private namespace,
  * removed afterwards). Loopback only; stops by itself. Set `SSE_BENCH_CPU_PROF` to
- * a directory to get a `--cpu-prof` profile of the gateway process there.
+ * a directory to get `--cpu-prof` profiles of the gateway and the clients processes
+ * in its `gateway/` and `clients/` subdirectories.
  */
 export async function benchSse(opts: SseBenchOptions): Promise<Record<string, number | string>> {
   const { quick, log } = opts
-  const clientCounts = quick ? [20, 100] : [100, 1000]
+  // SSE_BENCH_CLIENTS=1000 runs only that phase and no status load (e.g. to profile it).
+  const only = process.env.SSE_BENCH_CLIENTS?.split(',').map(Number).filter((n) => n > 0)
+  const clientCounts = only?.length ? only : quick ? [20, 100] : [100, 1000]
   const rate = quick ? 200 : 1000
   const warmMs = quick ? 500 : 1000
   const measureMs = quick ? 1500 : 4000
@@ -153,7 +292,7 @@ export async function benchSse(opts: SseBenchOptions): Promise<Record<string, nu
   const prof = process.env.SSE_BENCH_CPU_PROF
   const gateway = spawn(
     process.execPath,
-    [...(prof ? ['--cpu-prof', '--cpu-prof-dir', prof] : []), 'bin/troupe.mjs', 'gateway', '--port', String(port), '--host', '127.0.0.1'],
+    [...(prof ? ['--cpu-prof', '--cpu-prof-dir', join(prof, 'gateway')] : []), 'bin/troupe.mjs', 'gateway', '--port', String(port), '--host', '127.0.0.1'],
     {
       cwd: ROOT,
       stdio: ['ignore', 'ignore', 'inherit'],
@@ -169,7 +308,7 @@ export async function benchSse(opts: SseBenchOptions): Promise<Record<string, nu
       },
     },
   )
-  const clients = new Clients()
+  const clients = new Clients(prof ? join(prof, 'clients') : undefined)
   try {
     // Up when an unauthenticated request gets its 401.
     const deadline = Date.now() + 60_000
@@ -187,7 +326,7 @@ export async function benchSse(opts: SseBenchOptions): Promise<Record<string, nu
 
     // Baseline: the same pacing and batching, straight PUBLISH to a plain subscriber.
     const channel = `${namespace}raw`
-    await clients.ask({ t: 'raw', redisUrl: opts.redisUrl, channel })
+    await clients.first.ask({ t: 'raw', redisUrl: opts.redisUrl, channel })
     let seq = 0
     const publish = async (n: number): Promise<void> => {
       const p = redis.pipeline()
@@ -196,12 +335,17 @@ export async function benchSse(opts: SseBenchOptions): Promise<Record<string, nu
       await p.exec()
     }
     await paced(rate, warmMs, publish)
-    await clients.ask({ t: 'reset' })
+    await clients.reset()
+    const rawCpu0 = await cpuSnap(redis, gateway.pid, clients.pids)
     await paced(rate, measureMs, publish)
+    const rawCpu1 = await cpuSnap(redis, gateway.pid, clients.pids)
+    // The last tick's messages may still be on their way.
+    await sleep(100)
     const raw = await clients.stats()
     out.rawP50Ms = round(raw.p50)
     out.rawP99Ms = round(raw.p99)
     log(`raw PUBLISH→subscriber at ${rate}/s: p50 ${out.rawP50Ms} ms, p99 ${out.rawP99Ms} ms (${raw.count} messages)`)
+    log(`  ${cpuReport(rawCpu0, rawCpu1, 'raw', 0, {})}`)
 
     let statusWf = ''
     for (const n of clientCounts) {
@@ -209,45 +353,53 @@ export async function benchSse(opts: SseBenchOptions): Promise<Record<string, nu
       // and its stream holds only what this phase emits.
       const { workflowId: wf } = await client.startWorkflow({ agent: 'bench', type: 'stream', owner: 'bench', validate: false })
       statusWf = wf
-      const opened = await clients.ask({ t: 'sse', url: `${base}/v1/workflows/${wf}/events`, token, n }, 180_000)
-      if (opened.t !== 'ok' || opened.opened !== n) throw new Error(`opened ${opened.t === 'ok' ? String(opened.opened) : '?'} of ${n} streams`)
+      const opened = await clients.open(`${base}/v1/workflows/${wf}/events`, token, n)
+      if (opened !== n) throw new Error(`opened ${opened} of ${n} streams`)
       const emit = async (k: number): Promise<void> => {
         const sentAt = wallMs()
         const events = Array.from({ length: k }, () => encodeEvent({ workflowId: wf, type: 'token', content: { sentAt, seq: seq++ } }))
         await emitEvents(ctx, wf, events, { agent: 'bench', value: '"streaming"' })
       }
       await paced(rate, warmMs, emit)
-      await clients.ask({ t: 'reset' })
+      await clients.reset()
+      const cpu0 = await cpuSnap(redis, gateway.pid, clients.pids)
       const emitted = await paced(rate, measureMs, emit)
+      const cpu1 = await cpuSnap(redis, gateway.pid, clients.pids)
       // Let the tail arrive before collecting.
       await sleep(Math.min(2000, 200 + n))
+      const cpu2 = await cpuSnap(redis, gateway.pid, clients.pids)
       const s = await clients.stats()
       out[`sse${n}P50Ms`] = round(s.p50)
       out[`sse${n}P99Ms`] = round(s.p99)
       out[`sse${n}MaxMs`] = round(s.max)
       out[`sse${n}DeliveredPct`] = round((100 * s.count) / Math.max(1, emitted * n))
       log(`SSE ${n} clients at ${rate}/s: p50 ${out[`sse${n}P50Ms`]} ms, p99 ${out[`sse${n}P99Ms`]} ms, max ${out[`sse${n}MaxMs`]} ms, delivered ${out[`sse${n}DeliveredPct`]}%`)
+      log(`  ${cpuReport(cpu0, cpu1, `sse${n}`, s.count, out, cpu2)}`)
     }
 
     const conns = quick ? 8 : 32
-    const r = await clients.ask({ t: 'rps', url: `${base}/v1/workflows/${statusWf}`, token, conns, durationMs: quick ? 1500 : 5000 })
-    if (r.t !== 'rps') throw new Error(`clients: expected rps, got ${r.t}`)
-    if (r.requests === 0) throw new Error(`status load: no successful request (${r.errors} errors)`)
-    out.statusRps = Math.round(r.requests / r.seconds)
-    out.statusErrors = r.errors
-    log(`GET /v1/workflows/:id with ${conns} keep-alive connections: ${out.statusRps} requests/s (${r.errors} errors)`)
+    if (!only?.length) {
+      const r = await clients.first.ask({ t: 'rps', url: `${base}/v1/workflows/${statusWf}`, token, conns, durationMs: quick ? 1500 : 5000 })
+      if (r.t !== 'rps') throw new Error(`clients: expected rps, got ${r.t}`)
+      if (r.requests === 0) throw new Error(`status load: no successful request (${r.errors} errors)`)
+      out.statusRps = Math.round(r.requests / r.seconds)
+      out.statusErrors = r.errors
+      log(`GET /v1/workflows/:id with ${conns} keep-alive connections: ${out.statusRps} requests/s (${r.errors} errors)`)
+    }
 
     out.load1End = round(loadavg()[0] ?? 0)
     out.note =
-      `${out.cores} cores shared by Redis, the gateway, the SSE clients process and the emitter: latencies include ` +
+      `${out.cores} cores shared by Redis, the gateway, ${CLIENT_PROCS} SSE client processes and the emitter: latencies include ` +
       `scheduling between them. Events emitted with emitEvents in ${TICK_MS} ms batches (as streamed tokens arrive), ` +
       `stamped at emit time; ${rate}/s for ${measureMs / 1000} s after ${warmMs / 1000} s warm-up, each phase on a fresh workflow. ` +
-      `Raw baseline: pipelined PUBLISH at the same pace to one ioredis subscriber in the clients process. ` +
+      `Every event counted and its latency taken when its bytes reach the client process (clients speak HTTP/1.1 over ` +
+      `plain sockets, decode the chunked body and read only each event's sentAt, no full parse). ` +
+      `CPU figures are % of one core per process during the window; "machine busy" is of all cores and includes other work. ` +
+      `Raw baseline: pipelined PUBLISH at the same pace to one ioredis subscriber in a clients process. ` +
       `Status load: ${conns} keep-alive connections, rate limits off.`
     return out
   } finally {
-    clients.proc.disconnect()
-    await stopChild(clients.proc, 5000)
+    await clients.stop()
     await stopChild(gateway, 15_000)
     let cursor = '0'
     do {

@@ -1,16 +1,19 @@
 // Fan-out of live workflow events to SSE clients over the gateway's ONE shared
 // Subscriber: one channel subscription per followed workflow (not per client),
-// each message parsed once and turned into one SSE frame shared by every client
-// of that workflow. One heartbeat timer serves all streams.
-import { FINAL_EVENT_TYPES, parseLive } from '../events.ts'
+// each message parsed once and turned into one SSE frame. The frames of one
+// workflow that arrive in the same tick (a batch of tokens comes in one Redis
+// read) are joined into one Batch whose bytes every client gets in ONE write:
+// with a thousand clients the per-write cost, not the per-byte cost, is what
+// limits the gateway. One heartbeat timer serves all streams.
+import { FINAL_EVENT_TYPES, compareStreamIds, parseLive } from '../events.ts'
 import type { Keys } from '../redis/keys.ts'
 import type { Subscriber } from '../subscriber.ts'
 
-/** One SSE message, encoded once and written to many clients. */
+/** One SSE message, encoded once. */
 export interface Frame {
   /** Stream id (the SSE `id:`). */
   id: string
-  /** The encoded `id:` + `data:` lines, blank-line terminated, as UTF-8 once for every client. */
+  /** The encoded `id:` + `data:` lines, blank-line terminated, as UTF-8. */
   bytes: Buffer
   /** Event type, e.g. `token` or `workflow.completed`. */
   type: string
@@ -18,10 +21,46 @@ export interface Frame {
   final: boolean
 }
 
+/** Consecutive frames of one workflow, written to many clients as one buffer. */
+export interface Batch {
+  /** In stream order; never empty. */
+  readonly frames: readonly Frame[]
+  /** Every frame's bytes, concatenated once for all clients. */
+  readonly bytes: Buffer
+  /** `bytes` as one HTTP/1.1 chunk (size line, bytes, CRLF), for responses sent chunked. */
+  readonly chunk: Buffer
+  /** Id of the first frame. */
+  readonly first: string
+  /** Id of the last frame. */
+  readonly last: string
+  /**
+   * True when the whole batch may go out as `bytes`: ids strictly increase and
+   * no final event is followed by more frames. Otherwise a client takes it frame
+   * by frame (the frames of a well-behaved workflow always qualify).
+   */
+  readonly whole: boolean
+}
+
+const CRLF = Buffer.from('\r\n', 'latin1')
+
+/** Joins `frames` (non-empty) into one batch. */
+export function batchOf(frames: readonly Frame[]): Batch {
+  let whole = true
+  for (let i = 1; i < frames.length && whole; i++) {
+    const prev = frames[i - 1] as Frame
+    if (prev.final || compareStreamIds(prev.id, (frames[i] as Frame).id) >= 0) whole = false
+  }
+  const first = frames[0] as Frame
+  const last = frames[frames.length - 1] as Frame
+  const bytes = frames.length === 1 ? first.bytes : Buffer.concat(frames.map((f) => f.bytes))
+  const chunk = Buffer.concat([Buffer.from(`${bytes.length.toString(16)}\r\n`, 'latin1'), bytes, CRLF])
+  return { frames, bytes, chunk, first: first.id, last: last.id, whole }
+}
+
 /** What the hub needs from a client stream. */
 export interface FeedClient {
-  /** A live frame for this client's workflow (possibly one it has already seen). */
-  push(frame: Frame): void
+  /** Live frames for this client's workflow (possibly some it has already seen). */
+  push(batch: Batch): void
   /** Redis reconnected: pub/sub may have lost messages, replay from the last id. */
   resync(): void
   /** Writes a heartbeat comment if the socket has room. */
@@ -40,6 +79,8 @@ export function frameOf(id: string, json: string, type: string): Frame {
 
 interface Feed {
   readonly clients: Set<FeedClient>
+  /** Frames received in the current tick, not yet handed to the clients. */
+  pending: Frame[]
   readonly ready: Promise<void>
   unsubscribe: (() => Promise<void>) | null
 }
@@ -76,17 +117,17 @@ export class SseHub {
   async attach(wf: string, client: FeedClient): Promise<void> {
     let feed = this.feeds.get(wf)
     if (!feed) {
-      const clients = new Set<FeedClient>()
       const created: Feed = {
-        clients,
+        clients: new Set<FeedClient>(),
+        pending: [],
         unsubscribe: null,
         ready: this.sub
-          .subscribe(this.keys.channel(wf), (msg) => this.deliver(clients, msg))
+          .subscribe(this.keys.channel(wf), (msg) => this.receive(created, msg))
           .then(
             (unsub) => {
               created.unsubscribe = unsub
               // Everyone left while we were subscribing.
-              if (clients.size === 0 && this.feeds.get(wf) !== created) void unsub()
+              if (created.clients.size === 0 && this.feeds.get(wf) !== created) void unsub()
             },
             (err: unknown) => {
               // A failed subscription must not poison the next client's attempt.
@@ -115,14 +156,24 @@ export class SseHub {
     if (feed.unsubscribe) void feed.unsubscribe()
   }
 
-  private deliver(clients: Set<FeedClient>, msg: string): void {
-    if (clients.size === 0) return
+  private receive(feed: Feed, msg: string): void {
+    if (feed.clients.size === 0) return
     const live = parseLive(msg)
     if (!live) return
     let frame: Frame
     if (/[\r\n]/.test(msg)) frame = frameOf(live.streamId, JSON.stringify(live.event), live.event.type)
     else frame = { id: live.streamId, bytes: Buffer.from(`id: ${live.streamId}\ndata: ${msg}\n\n`), type: live.event.type, final: FINAL_EVENT_TYPES.has(live.event.type) }
-    for (const c of [...clients]) c.push(frame)
+    // The subscriber hands over every message of one Redis read synchronously:
+    // deliver them together once that read is done, in the same turn of the loop.
+    if (feed.pending.push(frame) === 1) process.nextTick(() => this.deliver(feed))
+  }
+
+  private deliver(feed: Feed): void {
+    const frames = feed.pending
+    feed.pending = []
+    if (frames.length === 0 || feed.clients.size === 0) return
+    const batch = batchOf(frames)
+    for (const c of [...feed.clients]) c.push(batch)
   }
 
   /** Ends every stream and stops the heartbeat (gateway shutdown). */

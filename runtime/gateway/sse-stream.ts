@@ -9,12 +9,13 @@
 //   live       frames are written as they arrive (queued while the socket is full)
 //   closed     ended (final event sent, client left, dropped, or gateway stopping)
 import type { ServerResponse } from 'node:http'
+import type { Socket } from 'node:net'
 import { compareStreamIds, parseEntry } from '../events.ts'
 import type { RedisClient } from '../redis/connection.ts'
 import type { Keys } from '../redis/keys.ts'
 import { TERMINAL_STATUSES, type WorkflowStatusValue } from '../types.ts'
 import type { DropReason } from './metrics.ts'
-import { frameOf, type FeedClient, type Frame } from './sse-hub.ts'
+import { batchOf, frameOf, type Batch, type FeedClient, type Frame } from './sse-hub.ts'
 import type { SseSettings } from './settings.ts'
 
 /** Lifecycle of a stream. */
@@ -32,6 +33,7 @@ export interface SseStreamDeps {
 }
 
 const REPLAY_PAGE = 200
+const REPLAY_WRITE_BYTES = 64 * 1024
 
 /** Fields of XINFO STREAM that tell whether entries after `after` were deleted. */
 async function trimmedAfter(redis: RedisClient, key: string, after: string): Promise<boolean> {
@@ -69,14 +71,19 @@ export class SseStream implements FeedClient {
   state: SseState = 'replaying'
   /** Id of the last event written (the client's Last-Event-ID). */
   last: string
-  private queue: Frame[] = []
+  private queue: Batch[] = []
   private queuedBytes = 0
   private congested = false
   private slowTimer: NodeJS.Timeout | null = null
   private drainWaiters: (() => void)[] = []
   private replayAgain = false
   private released = false
-  private corked = false
+  /**
+   * The response's socket once its headers are out, when the body is sent
+   * chunked: batches go to it as their shared, already framed chunk.
+   */
+  private direct: Socket | null = null
+  private readonly drained = (): void => this.onDrain()
 
   constructor(
     readonly wf: string,
@@ -86,12 +93,24 @@ export class SseStream implements FeedClient {
   ) {
     this.last = after
     res.on('close', () => this.close(false))
-    res.on('drain', () => this.onDrain())
+    res.on('drain', this.drained)
   }
 
   /** Sends `retry:`, a reset if needed, the replay, then goes live. Call after the hub attached it. */
   async start(): Promise<void> {
     this.write(`retry: ${this.deps.settings.retryMs}\n\n`)
+    // Written through the response, `retry:` took the headers out: from here on
+    // the socket carries only body chunks. A response writes straight to its
+    // socket once the headers are out, so the two paths stay in order, and a
+    // direct write's `false` is the response's backpressure signal too (but
+    // only the socket then says when it drained).
+    const socket = this.res.socket
+    if (this.res.chunkedEncoding && socket && !this.isClosed()) {
+      this.direct = socket
+      // The response's own 'drain' comes from the same socket event: one listener.
+      this.res.off('drain', this.drained)
+      socket.on('drain', this.drained)
+    }
     if (await trimmedAfter(this.deps.redis, this.deps.keys.events(this.wf), this.last)) {
       const status = await this.deps.status()
       this.write(`event: reset\ndata: ${JSON.stringify({ reason: 'trimmed', after: this.last, status })}\n\n`)
@@ -107,11 +126,23 @@ export class SseStream implements FeedClient {
       for (;;) {
         const start = this.last === '0' || this.last === '0-0' ? '-' : `(${this.last}`
         const page = (await this.deps.redis.xrange(this.deps.keys.events(this.wf), start, '+', 'COUNT', REPLAY_PAGE)) as [string, string[]][]
-        for (const entry of page) {
+        // Entries leave in writes of about REPLAY_WRITE_BYTES (many small events
+        // per write), with backpressure honoured between writes as it was between
+        // events: a page of big events must not land in the socket buffer whole.
+        let frames: Frame[] = []
+        let bytes = 0
+        for (let i = 0; i < page.length; i++) {
+          const f = this.entryFrame(page[i] as [string, string[]])
+          frames.push(f)
+          bytes += f.bytes.length
+          if (bytes < REPLAY_WRITE_BYTES && i < page.length - 1) continue
           if (this.isClosed()) return
-          this.writeFrame(this.entryFrame(entry))
+          this.writeBatch(batchOf(frames))
+          frames = []
+          bytes = 0
           if (this.congested && !(await this.waitDrain())) return
         }
+        if (this.isClosed()) return
         if (page.length < REPLAY_PAGE) break
       }
       if (this.isClosed()) return
@@ -144,10 +175,7 @@ export class SseStream implements FeedClient {
     const st = (await this.deps.redis.hget(this.deps.keys.status(this.wf), 'status')) as WorkflowStatusValue | null
     if (this.isClosed() || st === null || !TERMINAL_STATUSES.has(st)) return
     const rest = (await this.deps.redis.xrange(this.deps.keys.events(this.wf), `(${this.last}`, '+', 'COUNT', REPLAY_PAGE)) as [string, string[]][]
-    for (const entry of rest) {
-      if (this.isClosed()) return
-      this.writeFrame(this.entryFrame(entry))
-    }
+    if (!this.isClosed() && rest.length > 0) this.writeBatch(batchOf(rest.map((e) => this.entryFrame(e))))
     if (!this.isClosed()) this.end(st)
   }
 
@@ -155,15 +183,15 @@ export class SseStream implements FeedClient {
     return this.state === 'closed'
   }
 
-  /** A live frame from the hub. */
-  push(frame: Frame): void {
+  /** Live frames from the hub. */
+  push(batch: Batch): void {
     if (this.state === 'closed') return
     if (this.state === 'live' && !this.congested && this.queue.length === 0) {
-      if (newer(frame.id, this.last)) this.writeFrame(frame)
+      this.writeBatch(batch)
       return
     }
-    this.queue.push(frame)
-    this.queuedBytes += frame.bytes.length
+    this.queue.push(batch)
+    this.queuedBytes += batch.bytes.length
     if (this.queuedBytes > this.deps.settings.maxQueueBytes) this.drop('overflow')
   }
 
@@ -188,8 +216,28 @@ export class SseStream implements FeedClient {
 
   private flush(): void {
     while (this.state === 'live' && !this.congested && this.queue.length > 0) {
-      const f = this.queue.shift() as Frame
-      this.queuedBytes -= f.bytes.length
+      const b = this.queue.shift() as Batch
+      this.queuedBytes -= b.bytes.length
+      this.writeBatch(b)
+    }
+  }
+
+  /**
+   * Writes what the client has not seen yet: the shared bytes in one write when
+   * the whole batch is new (the live case), else frame by frame from the first
+   * new one (a batch overlapping what the replay already sent).
+   */
+  private writeBatch(b: Batch): void {
+    if (!newer(b.last, this.last)) return
+    if (b.whole && newer(b.first, this.last)) {
+      this.last = b.last
+      this.writeBatchBytes(b)
+      const f = b.frames[b.frames.length - 1] as Frame
+      if (f.final) this.end(f.type.slice('workflow.'.length))
+      return
+    }
+    for (const f of b.frames) {
+      if (this.isClosed()) return
       if (newer(f.id, this.last)) this.writeFrame(f)
     }
   }
@@ -210,23 +258,30 @@ export class SseStream implements FeedClient {
     if (stuck) setTimeout(() => this.res.destroy(), this.deps.settings.slowClientMs).unref()
   }
 
+  /**
+   * One write per client per batch. Through the response, Node would frame the
+   * bytes anew for every client (four buffered socket writes and a writev); the
+   * batch's chunk is framed once for all of them.
+   */
+  private writeBatchBytes(b: Batch): void {
+    const socket = this.direct
+    if (!socket) return this.write(b.bytes)
+    if (this.state === 'closed' || this.res.destroyed || this.res.writableEnded || socket.destroyed) return
+    if (!socket.write(b.chunk)) this.full()
+  }
+
   private write(text: string | Buffer): void {
     if (this.state === 'closed' || this.res.destroyed || this.res.writableEnded) return
-    // Frames published together (a batch of tokens arrives in one Redis read)
-    // leave in one syscall: cork now, uncork once the current tick is done.
-    if (!this.corked) {
-      this.corked = true
-      this.res.cork()
-      process.nextTick(() => {
-        this.corked = false
-        this.res.uncork()
-      })
-    }
-    if (!this.res.write(text) && !this.congested) {
-      this.congested = true
-      this.slowTimer = setTimeout(() => this.drop('slow'), this.deps.settings.slowClientMs)
-      this.slowTimer.unref()
-    }
+    // No cork of our own: live frames of one tick already come as one batch, and
+    // Node corks the socket until the end of the tick on a response's first write.
+    if (!this.res.write(text)) this.full()
+  }
+
+  private full(): void {
+    if (this.congested) return
+    this.congested = true
+    this.slowTimer = setTimeout(() => this.drop('slow'), this.deps.settings.slowClientMs)
+    this.slowTimer.unref()
   }
 
   private onDrain(): void {
@@ -251,6 +306,9 @@ export class SseStream implements FeedClient {
   }
 
   private release(): void {
+    // A kept-alive socket outlives this response.
+    this.direct?.off('drain', this.drained)
+    this.direct = null
     if (this.slowTimer) clearTimeout(this.slowTimer)
     this.slowTimer = null
     this.queue = []

@@ -1,0 +1,228 @@
+// Live frames coalesced per tick (sse-hub.ts Batch, written to each client's
+// socket as one pre-framed HTTP chunk), driven deterministically: a fake
+// subscriber delivers exactly the messages a test wants in one tick, a fake
+// stream store decides what the replay sees, and real HTTP clients parse the
+// chunked responses. Exactly once and in order: batches overlapping the replay,
+// overlapping what a client already has, a final event inside a batch, a
+// reconnect with Last-Event-ID, and a client that stops reading.
+import { createServer, type Server } from 'node:http'
+import type { AddressInfo } from 'node:net'
+import { afterEach, describe, expect, it } from 'vitest'
+import { encodeEvent } from '../../runtime/events.ts'
+import { SseHub, type Batch, type FeedClient } from '../../runtime/gateway/sse-hub.ts'
+import { SseStream } from '../../runtime/gateway/sse-stream.ts'
+import type { SseSettings } from '../../runtime/gateway/settings.ts'
+import type { RedisClient } from '../../runtime/redis/connection.ts'
+import { Keys } from '../../runtime/redis/keys.ts'
+import type { Subscriber } from '../../runtime/subscriber.ts'
+import { openSse, sleep, type SseMessage } from './helpers.ts'
+
+const WF = 'wf-batch'
+const keys = new Keys('batchtest:')
+
+/** One pub/sub channel the test publishes to by hand. */
+class FakeSubscriber {
+  readonly handlers = new Map<string, Set<(m: string) => void>>()
+  subscribe(channel: string, h: (m: string) => void): Promise<() => Promise<void>> {
+    const set = this.handlers.get(channel) ?? new Set()
+    set.add(h)
+    this.handlers.set(channel, set)
+    return Promise.resolve(() => {
+      set.delete(h)
+      return Promise.resolve()
+    })
+  }
+  onResync(): () => void {
+    return () => undefined
+  }
+  /** Delivers `msgs` synchronously, as one Redis read would. */
+  publish(msgs: string[]): void {
+    for (const m of msgs) for (const h of this.handlers.get(keys.channel(WF)) ?? []) h(m)
+  }
+}
+
+/** The workflow's stream as the replay reads it; `gate` holds XRANGE back until opened. */
+class FakeStore {
+  entries: [string, string[]][] = []
+  status = 'running'
+  gate: Promise<void> = Promise.resolve()
+  xinfo(): Promise<unknown> {
+    return Promise.reject(new Error('no such key'))
+  }
+  async xrange(_key: string, start: string, _end: string, _c: string, count: number): Promise<[string, string[]][]> {
+    await this.gate
+    const after = start === '-' ? null : start.slice(1)
+    const seq = (id: string): number => Number(id.split('-')[1])
+    return this.entries.filter(([id]) => after === null || seq(id) > seq(after)).slice(0, count)
+  }
+  hget(): Promise<string> {
+    return Promise.resolve(this.status)
+  }
+}
+
+const id = (n: number): string => `1700000000000-${n}`
+const event = (n: number, type = 'token'): string => encodeEvent({ workflowId: WF, type, content: { n }, id: `e${n}` })
+const live = (n: number, type?: string): string => `{"streamId":"${id(n)}","event":${event(n, type)}}`
+const stored = (n: number, type?: string): [string, string[]] => [id(n), ['e', event(n, type)]]
+const range = (a: number, b: number): number[] => Array.from({ length: b - a + 1 }, (_, i) => a + i)
+const ids = (ms: SseMessage[]): string[] => ms.filter((m) => m.event === 'message').map((m) => m.id ?? '')
+
+interface Rig {
+  url: string
+  sub: FakeSubscriber
+  store: FakeStore
+  hub: SseHub
+  streams: SseStream[]
+  drops: string[]
+  server: Server
+}
+
+let rig: Rig | null = null
+
+async function startRig(settings: Partial<SseSettings> = {}): Promise<Rig> {
+  const sub = new FakeSubscriber()
+  const store = new FakeStore()
+  const hub = new SseHub(sub as unknown as Subscriber, keys, 60_000)
+  const streams: SseStream[] = []
+  const drops: string[] = []
+  const sse: SseSettings = { heartbeatMs: 60_000, retryMs: 1000, slowClientMs: 300, maxQueueBytes: 8 * 1024 * 1024, ...settings }
+  const server = createServer((req, res) => {
+    const header = req.headers['last-event-id']
+    res.writeHead(200, { 'content-type': 'text/event-stream' })
+    const stream: SseStream = new SseStream(WF, res, typeof header === 'string' ? header : '0', {
+      redis: store as unknown as RedisClient,
+      keys,
+      settings: sse,
+      status: () => Promise.resolve({}),
+      onDrop: (reason) => drops.push(reason),
+      onClose: () => hub.detach(WF, stream),
+    })
+    streams.push(stream)
+    void hub.attach(WF, stream).then(() => stream.start())
+  })
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r))
+  const r: Rig = { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, sub, store, hub, streams, drops, server }
+  rig = r
+  return r
+}
+
+afterEach(async () => {
+  if (!rig) return
+  rig.hub.close()
+  rig.server.closeAllConnections()
+  await new Promise((r) => rig?.server.close(r))
+  rig = null
+})
+
+describe('SSE live frames coalesced per tick', () => {
+  it('hands every client one batch per tick, its bytes concatenated once', async () => {
+    const sub = new FakeSubscriber()
+    const hub = new SseHub(sub as unknown as Subscriber, keys, 60_000)
+    const seen: Batch[][] = [[], []]
+    const client = (i: number): FeedClient => ({ push: (b) => seen[i]?.push(b), resync: () => undefined, heartbeat: () => undefined, shutdown: () => undefined })
+    await hub.attach(WF, client(0))
+    await hub.attach(WF, client(1))
+    sub.publish(range(1, 10).map((n) => live(n)))
+    expect(seen[0]).toHaveLength(0) // delivered once the read is done
+    await sleep(0)
+    sub.publish(range(11, 12).map((n) => live(n)))
+    await sleep(0)
+    const [a, b] = seen as [Batch[], Batch[]]
+    expect(a.map((x) => x.frames.map((f) => f.id))).toEqual([range(1, 10).map(id), range(11, 12).map(id)])
+    expect(b[0]).toBe(a[0]) // one object for every client
+    const first = a[0] as Batch
+    expect(first.whole).toBe(true)
+    expect(first.bytes.toString()).toBe(first.frames.map((f) => f.bytes.toString()).join(''))
+    expect(first.chunk.toString()).toBe(`${first.bytes.length.toString(16)}\r\n${first.bytes.toString()}\r\n`)
+    hub.close()
+  })
+
+  it('writes a batch overlapping the replay from its first new frame, then live batches whole, exactly once', async () => {
+    const r = await startRig()
+    r.store.entries = range(1, 5).map((n) => stored(n))
+    let open!: () => void
+    r.store.gate = new Promise((g) => (open = g))
+    const a = openSse(r, '/events')
+    const b = openSse(r, '/events')
+    await sleep(50) // both attached, their replays held at XRANGE
+    // Published while the replays wait; they will read up to 5, so this batch
+    // overlaps them and only 6..8 of it are new.
+    r.sub.publish(range(4, 8).map((n) => live(n)))
+    await sleep(10)
+    open()
+    await a.until((m) => ids(m).length >= 8)
+    await b.until((m) => ids(m).length >= 8)
+    r.store.entries.push(...range(6, 8).map((n) => stored(n)))
+    // Live: a batch repeating the last frame a client has, then a clean one.
+    r.sub.publish(range(8, 10).map((n) => live(n)))
+    await sleep(5)
+    r.sub.publish(range(11, 15).map((n) => live(n)))
+    for (const c of [a, b]) {
+      await c.until((m) => ids(m).length >= 15)
+      await sleep(20)
+      expect(ids(c.messages)).toEqual(range(1, 15).map(id))
+      for (const m of c.messages) expect((JSON.parse(m.data) as { streamId: string }).streamId).toBe(m.id)
+    }
+
+    // A reconnect resumes after its Last-Event-ID while batches keep coming.
+    a.close()
+    r.store.entries.push(...range(9, 15).map((n) => stored(n)))
+    r.store.gate = new Promise((g) => (open = g))
+    const again = openSse(r, '/events', { 'last-event-id': id(12) })
+    await sleep(30)
+    // Published while this replay waits, and read by it too: skipped whole.
+    r.store.entries.push(...range(16, 18).map((n) => stored(n)))
+    r.sub.publish(range(16, 18).map((n) => live(n)))
+    open()
+    await again.until((m) => ids(m).length >= 6)
+    r.sub.publish(range(19, 20).map((n) => live(n)))
+    await again.until((m) => ids(m).length >= 8)
+    await b.until((m) => ids(m).length >= 20)
+    await sleep(20)
+    expect(ids(again.messages)).toEqual(range(13, 20).map(id))
+    expect(ids(b.messages)).toEqual(range(1, 20).map(id))
+    again.close()
+    b.close()
+  })
+
+  it('ends after a final event inside a batch, without the frames behind it', async () => {
+    const r = await startRig()
+    const c = openSse(r, '/events')
+    await sleep(30)
+    r.sub.publish([live(1), live(2, 'workflow.completed'), live(3)])
+    await c.until((m) => m.some((x) => x.event === 'end'), 5000)
+    await c.closed
+    expect(ids(c.messages)).toEqual([id(1), id(2)])
+    expect(c.messages.at(-1)?.event).toBe('end')
+    expect(JSON.parse(c.messages.at(-1)?.data ?? '{}')).toEqual({ status: 'completed' })
+
+    // A batch ending with the final event goes out whole, then the end.
+    const d = openSse(r, '/events', { 'last-event-id': id(3) })
+    await sleep(30)
+    r.sub.publish([live(4), live(5), live(6, 'workflow.failed')])
+    await d.until((m) => m.some((x) => x.event === 'end'), 5000)
+    await d.closed
+    expect(ids(d.messages)).toEqual([id(4), id(5), id(6)])
+    expect(JSON.parse(d.messages.at(-1)?.data ?? '{}')).toEqual({ status: 'failed' })
+  })
+
+  it('drops a client that stops reading while batches go straight to its socket, and keeps the others live', async () => {
+    const r = await startRig({ slowClientMs: 200 })
+    const fast = openSse(r, '/events')
+    const slow = openSse(r, '/events')
+    await sleep(30)
+    slow.pause()
+    const big = 'x'.repeat(32 * 1024)
+    const bigLive = (n: number): string => `{"streamId":"${id(n)}","event":${encodeEvent({ workflowId: WF, type: 'blob', content: { big }, id: `e${n}` })}}`
+    for (let t = 0; t < 40; t++) {
+      r.sub.publish(range(t * 10 + 1, t * 10 + 10).map(bigLive))
+      await sleep(5)
+    }
+    await fast.until((m) => ids(m).length >= 400, 20_000)
+    expect(ids(fast.messages)).toEqual(range(1, 400).map(id))
+    await sleep(400)
+    expect(r.drops.length).toBe(1)
+    fast.close()
+    slow.close()
+  })
+})
