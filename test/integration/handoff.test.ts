@@ -27,8 +27,9 @@ async function counterValue(rt: Runtime, name: string, agent: string, outcome?: 
   return m?.values.find((v) => v.labels.agent === agent && (outcome === undefined || v.labels.outcome === outcome))?.value ?? 0
 }
 
+/** True once echo's action committed (its 'echoed' event streams earlier, before the commit). */
 async function echoed(wf: string): Promise<boolean> {
-  return (await client.readEvents(wf, '0', 1000)).some((e) => e.event.type === 'echoed')
+  return (await client.readEvents(wf, '0', 1000)).some((e) => e.event.type === 'action.completed' && (e.event.content as { agent?: string }).agent === 'echo')
 }
 
 /** Starts `n` workflows whose counter relays `text` to echo; resolves their ids once all echoed. */
@@ -71,12 +72,14 @@ describe('hand-off of sent work', () => {
     runtimes.push(a, b)
     // Each echo streams 100 characters (about 0.2 s), so a's single slot stays busy.
     const ids = await relayAll(6, 'x'.repeat(100))
+    // The metric follows the commit's reply, a moment after the event is visible.
+    const completed = async (): Promise<number> => (await counterValue(a, 'troupe_actions_total', 'echo', 'completed')) + (await counterValue(b, 'troupe_actions_total', 'echo', 'completed'))
+    await eventually(async () => (await completed()) >= 6, 5000, 'six echo commits counted')
+    expect(await completed()).toBe(6)
     const handedOff = await counterValue(a, 'troupe_handoffs_total', 'echo')
     expect(handedOff).toBeGreaterThanOrEqual(1)
     expect(handedOff).toBeLessThan(6)
     expect(await counterValue(b, 'troupe_activations_total', 'echo')).toBeGreaterThanOrEqual(1)
-    const total = (await counterValue(a, 'troupe_actions_total', 'echo', 'completed')) + (await counterValue(b, 'troupe_actions_total', 'echo', 'completed'))
-    expect(total).toBe(6)
     await eventually(async () => (await leftovers(ids)).length === 0, 5000, 'hints and locks released')
   })
 })
