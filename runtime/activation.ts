@@ -58,8 +58,12 @@ export class ActorActivation {
   private extending: Promise<void> = Promise.resolve()
   private abortCtl = new AbortController()
   private live: LiveActor | null = null
-  /** True when the release left the actor's hint alone (someone re-hinted it meanwhile): it may be due now. */
-  hintLeft = false
+  /**
+   * True when the actor's hint may be due right after the release: the release
+   * left it alone (someone re-hinted it meanwhile), or handed the actor back with
+   * work still due (fairness, drain). The worker then looks again at once.
+   */
+  lookAgain = false
   /** State value last written to the status hash by this activation (skip rewriting it). */
   private lastState = ''
 
@@ -316,7 +320,7 @@ export class ActorActivation {
     ops.push(releaseHintOp(this.env.ctx, this.def.name, this.wf, this.lease ?? 0, nextDue))
     const res = await execOps(this.env.ctx.redis, ops)
     const [releaseErr, released] = res[res.length - 1] ?? [null, 0]
-    this.hintLeft = releaseErr !== null || Number(released) !== 1
+    this.lookAgain = releaseErr !== null || Number(released) !== 1 || (nextDue !== null && nextDue <= Date.now())
     const failed = res.find(([err]) => err)
     if (failed?.[0]) {
       this.env.metrics.protocolErrors.inc({ step: 'follow-up' })

@@ -175,7 +175,7 @@ export class AgentWorker {
         // Look again only when this worker may have left due work unpicked (it
         // was full and not listening), or the release left a hint that may be
         // due; otherwise it is already listening for wake-ups.
-        if (wasFull || act.hintLeft) this.wake()
+        if (wasFull || act.lookAgain) this.wake()
       }),
     )
   }

@@ -6,7 +6,7 @@ import { startRuntime, TroupeClient, type Runtime } from '../../runtime/index.ts
 import { counter } from '../fixtures/agents.ts'
 import { eventually, testConfig } from '../helpers/redis.ts'
 
-const cfg = testConfig({ idlePollMs: 60_000 })
+const cfg = testConfig({ idlePollMs: 60_000, lockTtlMs: 60_000 })
 const client = TroupeClient.connect(cfg)
 let runtimes: Runtime[] = []
 
@@ -44,5 +44,12 @@ describe('wake-ups', () => {
       await eventually(async () => (await pings(workflowId)) === i + 2, 10_000, `ping ${i + 2}`)
     }
     expect(await total('troupe_wakeups_total')).toBe(4)
+  })
+
+  it('an actor handed back for fairness (64 turns) with work still due is picked again at once', async () => {
+    const { workflowId } = await client.startWorkflow({ agent: 'counter', type: 'ping', payload: { i: 0 } })
+    await Promise.all(Array.from({ length: 199 }, (_, i) => client.sendAction(workflowId, 'counter', 'ping', { i: i + 1 })))
+    // Three fairness releases on the way; each would otherwise wait for the 60 s poll.
+    await eventually(async () => (await pings(workflowId)) === 200, 15_000, '200 pings')
   })
 })
