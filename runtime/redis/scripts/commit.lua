@@ -19,6 +19,8 @@
 -- Returns: { code, nextDue|'', firstStreamId, lastStreamId, hintCount, agent1, score1, ..., record1, attempt1, id1, ... }
 --          code 'next' (a new batch is claimed and follows the hints), 'idle' (lock released),
 --          'ended' (workflow over, lock released); hints are targets whose actor nobody holds
+--          A replay of the same commit (same event id base) answers like the first run,
+--          without its hints, and changes nothing.
 -- Errors: TROUPE_FENCE the fence moved on: a newer activation owns this actor
 --         TROUPE_STALE a result names an action that is not in flight for this actor
 local actor_key, lock_key, mailbox, actions_key, status_key, events_key, seq_key, dead_key =
@@ -34,6 +36,36 @@ if held[1] ~= fence then
 end
 local in_flight = {}
 for _, id in ipairs(inflight_ids(held[2])) do in_flight[id] = true end
+
+-- The same commit again (ioredis resends a command whose reply a dropped
+-- connection lost): it took effect once, so answer as it did instead of
+-- rejecting it as stale, which would stall the actor for a lock TTL and count a
+-- spurious attempt. The claimed next batch is whatever is in flight now.
+local marker = redis.call('HGET', actor_key, 'committed')
+if marker then
+  local base, m_first, m_last = string.match(marker, '^(%S+) (%S*) (%S*)$')
+  if base == ev_base then
+    local st_now = redis.call('HGET', status_key, 'status')
+    local out = { 'idle', '', m_first, m_last, 0 }
+    if not st_now or TERMINAL[st_now] then
+      out[1] = 'ended'
+    elseif next(in_flight) ~= nil and redis.call('GET', lock_key) == lock_value then
+      out[1] = 'next'
+      for _, id in ipairs(inflight_ids(held[2])) do
+        local got = redis.call('HMGET', actions_key, id, id .. ':st')
+        local ok, st = pcall(cjson.decode, got[2] or '')
+        if got[1] and ok and type(st) == 'table' then
+          out[#out + 1] = got[1]
+          out[#out + 1] = tonumber(st.attempt) or 1
+          out[#out + 1] = id
+        end
+      end
+    else
+      out[2] = next_at(mailbox) or ''
+    end
+    return out
+  end
+end
 
 -- Read the results first: a stale one rejects the whole commit before any write.
 local results = {}
@@ -72,6 +104,8 @@ local function set_st(id, fields)
   return st
 end
 local function finish(code, nxt, hints, claimed)
+  -- What a replay of this same commit needs to answer the same way (see above).
+  redis.call('HSET', actor_key, 'committed', ev_base .. ' ' .. (first_sid or '') .. ' ' .. (last_sid or ''))
   local out = { code, nxt or '', first_sid or '', last_sid or '', #hints / 2 }
   for _, h in ipairs(hints) do out[#out + 1] = h end
   for _, c in ipairs(claimed or {}) do out[#out + 1] = c end

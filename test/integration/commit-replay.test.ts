@@ -1,0 +1,65 @@
+// A commit sent twice (ioredis resends a command whose reply a dropped connection
+// lost) takes effect once and answers the same both times, instead of being
+// rejected as stale and stalling the actor for a lock TTL.
+import { afterAll, describe, expect, it } from 'vitest'
+import { TroupeClient } from '../../runtime/index.ts'
+import { commit, parseActivation, activateOp, type CommitArgs, type ProtocolContext } from '../../runtime/claims.ts'
+import { runScript } from '../../runtime/redis/scripts.ts'
+import { testConfig } from '../helpers/redis.ts'
+
+const cfg = testConfig()
+const client = TroupeClient.connect(cfg)
+const ctx: ProtocolContext = { redis: client.redis, keys: client.keys, cfg }
+const LOCK = 'r'.repeat(32)
+
+afterAll(async () => {
+  await client.close()
+})
+
+async function activate(wf: string, batch: number): Promise<ReturnType<typeof parseActivation>> {
+  const op = activateOp(ctx, wf, 'counter', LOCK, batch)
+  return parseActivation(await runScript(ctx.redis, op.script, op.keys, op.args))
+}
+
+function okCommit(wf: string, fence: number, actionId: string, eventBase: string): CommitArgs {
+  return {
+    wf, agent: 'counter', fence, lockValue: LOCK, snapshot: '', stateValue: '', version: 1, op: '', opPayload: '', release: false, batch: 1, eventBase,
+    results: [{ actionId, outcome: 'ok', error: '', retryDelayMs: 0, parentEventId: '', durationMs: 1, attempt: 1, events: [], outbox: [] }],
+  }
+}
+
+async function completedCount(wf: string): Promise<number> {
+  return (await client.readEvents(wf, '0', 1000)).filter((e) => e.event.type === 'action.completed').length
+}
+
+describe('commit replay', () => {
+  it('answers a repeated commit like the first one and applies it once', async () => {
+    // No runtime runs here: the test plays the activation itself.
+    const { workflowId: wf } = await client.startWorkflow({ agent: 'counter', type: 'ping', payload: { i: 1 }, validate: false })
+    await client.sendAction(wf, 'counter', 'ping', { i: 2 }, { validate: false })
+    const act = await activate(wf, 1)
+    if (act.code !== 'ok') throw new Error(`activation: ${act.code}`)
+    const [first] = act.batch
+    const args = okCommit(wf, act.fence, first?.actionId ?? '', 'replay.0')
+
+    const once = await commit(ctx, args)
+    const twice = await commit(ctx, args)
+    expect(once.code).toBe('next')
+    expect(twice.code).toBe('next')
+    expect(twice.next.map((c) => [c.actionId, c.attempt])).toEqual(once.next.map((c) => [c.actionId, c.attempt]))
+    expect(twice.appended).toEqual(once.appended)
+    expect(await completedCount(wf)).toBe(1)
+    expect((await client.getStatus(wf))?.counts).toMatchObject({ done: 1 })
+
+    // The second action's commit goes idle (lock released); its replay says idle too.
+    const second = once.next[0]
+    const last = okCommit(wf, act.fence, second?.actionId ?? '', 'replay.1')
+    expect((await commit(ctx, last)).code).toBe('idle')
+    expect((await commit(ctx, last)).code).toBe('idle')
+    expect(await completedCount(wf)).toBe(2)
+    expect((await client.getStatus(wf))?.counts).toMatchObject({ done: 2, queued: 0 })
+
+    // A different commit naming actions no longer in flight is still stale.
+    await expect(commit(ctx, okCommit(wf, act.fence, second?.actionId ?? '', 'other.0'))).rejects.toMatchObject({ code: 'stale_action' })
+  })
+})
