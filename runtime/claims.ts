@@ -6,7 +6,7 @@ import { nanoid } from 'nanoid'
 import type { TroupeConfig } from './config.ts'
 import { effectiveMaxLen, effectiveRetention } from './config.ts'
 import { runScript } from './redis/scripts.ts'
-import { execAll, execOps, type Op, type ScriptOp } from './redis/batch.ts'
+import { execAll, execOps, type CmdOp, type Op, type ScriptOp } from './redis/batch.ts'
 import type { Keys } from './redis/keys.ts'
 import type { RedisClient } from './redis/connection.ts'
 
@@ -58,7 +58,7 @@ export function followUpOps(ctx: ProtocolContext, hints: readonly Hint[], append
  * Wakes one idle worker of `agent`: sets the agent's single wake-up marker, which
  * exactly one worker blocked in BZPOPMIN receives (or the next one to block).
  */
-export function wakeOp(ctx: ProtocolContext, agent: string): Op {
+export function wakeOp(ctx: ProtocolContext, agent: string): CmdOp {
   return { cmd: 'zadd', args: [ctx.keys.wake(agent), 0, 'w'] }
 }
 

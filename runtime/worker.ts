@@ -99,7 +99,7 @@ export class AgentWorker {
 
   private passWakeOn(): void {
     const op = wakeOp(this.env.ctx, this.def.name)
-    if ('cmd' in op) this.env.background(this.env.ctx.redis.call(op.cmd, ...op.args))
+    this.env.background(this.env.ctx.redis.call(op.cmd, ...op.args))
   }
 
   private async loop(): Promise<void> {

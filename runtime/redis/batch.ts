@@ -7,7 +7,13 @@ import type { RedisClient } from './connection.ts'
 import { pipeScript, runScript, type ScriptName } from './scripts.ts'
 
 /** One command of a batch: a plain Redis command or one of our scripts. */
-export type Op = { cmd: string; args: (string | number)[] } | ScriptOp
+export type Op = CmdOp | ScriptOp
+
+/** A plain Redis command as an op. */
+export interface CmdOp {
+  cmd: string
+  args: (string | number)[]
+}
 
 /** One of our scripts as an op. */
 export interface ScriptOp {
