@@ -103,8 +103,9 @@ function parseEnqueue(wf: string, raw: unknown): EnqueueResult {
 
 /**
  * Enqueues actions in one write: per action a pre-hint, the script and a
- * post-hint, then one wake-up per agent; then the persistence pointers. Returns
- * one result or error per action, in order.
+ * post-hint, then one wake-up per agent; then the persistence pointers, with
+ * `extra` when every enqueue succeeded. Returns one result or error per action,
+ * in order.
  *
  * The pre-hint goes first so that even a write cut short after the script leaves
  * a hint. The post-hint (`ZADD LT now`, also for delayed actions: see
@@ -114,7 +115,7 @@ function parseEnqueue(wf: string, raw: unknown): EnqueueResult {
  * the hint; sent after the reply, it turned such fresh leases back into due hints
  * that other processes then found locked.
  */
-export async function enqueueMany(ctx: ProtocolContext, list: readonly EnqueueArgs[]): Promise<(EnqueueResult | Error)[]> {
+export async function enqueueMany(ctx: ProtocolContext, list: readonly EnqueueArgs[], extra: readonly Op[] = []): Promise<(EnqueueResult | Error)[]> {
   if (list.length === 0) return []
   const ops: Op[] = []
   for (const a of list) {
@@ -134,7 +135,10 @@ export async function enqueueMany(ctx: ProtocolContext, list: readonly EnqueueAr
     out.push(r)
     if (!(r instanceof Error)) appended.push(r.appended)
   }
-  await writeFollowUps(ctx, [], appended)
+  const after = followUpOps(ctx, [], appended)
+  // The caller's own writes (e.g. a start's owner index) ride along, only when every enqueue took.
+  if (out.every((r) => !(r instanceof Error))) after.push(...extra)
+  await execAll(ctx.redis, after)
   return out
 }
 

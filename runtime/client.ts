@@ -9,7 +9,7 @@ import { compareStreamIds, FINAL_EVENT_TYPES, parseEntry, parseLive } from './ev
 import { closeRedis, createRedis, type RedisClient } from './redis/connection.ts'
 import { assertActionType, assertAgentName, assertWorkflowId, Keys } from './redis/keys.ts'
 import { runScript } from './redis/scripts.ts'
-import { execAll, type Op } from './redis/batch.ts'
+import type { Op } from './redis/batch.ts'
 import { Subscriber } from './subscriber.ts'
 import type { ActionRecord, ActionState, StreamedEvent, WorkflowStatus, WorkflowStatusValue } from './types.ts'
 
@@ -155,8 +155,6 @@ export class TroupeClient {
       wf, actionId, agent: opts.agent, type: opts.type, record: this.record(wf, opts.agent, opts.type, payload, actionId, eventId), delayMs: 0, eventId,
       parentEventId: '', mode: 'start', owner, deadlineMs: Math.round(opts.deadlineMs ?? 0),
     }
-    const [r] = await enqueueMany(this.ctx, [args])
-    if (r instanceof Error) throw r
     // The owner index forgets workflows created more than the retention ago (their
     // keys are gone or going), so it cannot grow without bound.
     const index: Op[] = [
@@ -164,7 +162,8 @@ export class TroupeClient {
       { cmd: 'zremrangebyscore', args: [this.keys.byOwner(owner), '-inf', Date.now() - this.cfg.retentionMs] },
     ]
     if (opts.deadlineMs) index.push({ cmd: 'zadd', args: [this.keys.deadlines(), Date.now() + Math.round(opts.deadlineMs), wf] })
-    await execAll(this.redis, index)
+    const [r] = await enqueueMany(this.ctx, [args], index)
+    if (r instanceof Error) throw r
     return { workflowId: wf, actionId }
   }
 
