@@ -56,6 +56,12 @@ export class ActorActivation {
   private lock: Lock | null = null
   private extender: NodeJS.Timeout | null = null
   private extending: Promise<void> = Promise.resolve()
+  /**
+   * True while a commit is on its way: the extender must not write our lease to
+   * the hint then. If that write landed after a final (idle) commit and after an
+   * enqueue that lowered the hint, our release would delete the new action's hint.
+   */
+  private committing = false
   private abortCtl = new AbortController()
   private live: LiveActor | null = null
   /**
@@ -74,11 +80,6 @@ export class ActorActivation {
     /** The ready hint's score as this process leased it; null: handed off, leased with the activation. */
     private lease: number | null,
   ) {}
-
-  /** The hint's score was re-leased to `lease` by a pick in this process: release against that. */
-  adoptLease(lease: number): void {
-    this.lease = lease
-  }
 
   /** Finish the current action, then release (graceful shutdown). */
   drain(): void {
@@ -236,9 +237,12 @@ export class ActorActivation {
       const release = this.stopping() || turns >= MAX_TURNS
       let res: CommitResult
       try {
+        this.committing = true
         res = await commit(ctx, {
           wf: this.wf, agent, fence: act.fence, lockValue, snapshot: live.takeSnapshot(), stateValue: this.stateToWrite(stateValue, transitions),
           version: this.def.version, op, opPayload, release, batch: Math.max(1, Math.min(BATCH, MAX_TURNS - turns)), eventBase: `${eventBase}.${commits++}`, results,
+        }).finally(() => {
+          this.committing = false
         })
       } catch (err) {
         if (err instanceof TroupeError && (err.code === 'fence_rejected' || err.code === 'stale_action')) {
@@ -335,9 +339,12 @@ export class ActorActivation {
         if (!this.lock || this.state === 'done') return
         try {
           this.lock = await this.lock.extend(ttl)
+          // Checked and sent in one tick: a commit sent later reaches Redis after this write.
+          if (this.committing) return
           const lease = Date.now() + ttl
-          await this.env.ctx.redis.zadd(this.env.ctx.keys.ready(this.def.name), 'XX', lease, this.wf)
+          const moved = this.env.ctx.redis.zadd(this.env.ctx.keys.ready(this.def.name), 'XX', lease, this.wf)
           this.lease = lease
+          await moved
         } catch (err) {
           this.env.metrics.protocolErrors.inc({ step: 'extend' })
           this.env.log.warn(`could not extend lock of ${this.def.name} in ${this.wf}`, { error: err instanceof Error ? err.message : String(err) })

@@ -25,6 +25,8 @@ export class AgentWorker {
   private loopDone: Promise<void> = Promise.resolve()
   /** Own connection for BZPOPMIN on the agent's wake-up marker (a blocked connection serves nothing else). */
   private blocker: RedisClient | null = null
+  /** Actors picked again while their activation here was running: run again, under the pick's lease. */
+  private readonly rerun = new Map<string, number>()
   /** The BZPOPMIN in flight, if any: it cannot be cancelled, so at most one at a time. */
   private listening: Promise<void> | null = null
 
@@ -128,12 +130,13 @@ export class AgentWorker {
           await ctx.redis.zrem(ctx.keys.ready(agent), p.wf)
           continue
         }
-        const local = this.active.get(p.wf)
-        if (local) {
-          // We hold this actor already; the pick just re-leased its hint. Hand the
-          // new lease to the activation, or its compare-and-delete at release would
-          // miss and leave the hint parked for a whole lease (delaying a retry).
-          local.adoptLease(p.lease)
+        if (this.active.has(p.wf)) {
+          // An activation of this actor is running here; the pick leased its hint
+          // again, so new work may have arrived after that activation's last
+          // claim. Run the actor once more when it ends, under this lease. (Handing
+          // the lease to the running activation instead lost a hint when its final
+          // commit had already gone idle: its release deleted the new one.)
+          this.rerun.set(p.wf, p.lease)
           continue
         }
         this.launch(p.wf, p.lease)
@@ -172,6 +175,10 @@ export class AgentWorker {
       act.run().finally(() => {
         const wasFull = this.active.size >= this.def.concurrency
         this.active.delete(wf)
+        const again = this.rerun.get(wf)
+        this.rerun.delete(wf)
+        // Draining leaves the leased hint to come due elsewhere.
+        if (again !== undefined && this.state === 'running') return this.launch(wf, again)
         // Look again only when this worker may have left due work unpicked (it
         // was full and not listening), or the release left a hint that may be
         // due; otherwise it is already listening for wake-ups.
