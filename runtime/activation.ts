@@ -65,9 +65,10 @@ export class ActorActivation {
   private abortCtl = new AbortController()
   private live: LiveActor | null = null
   /**
-   * True when the actor's hint may be due right after the release: the release
-   * left it alone (someone re-hinted it meanwhile), or handed the actor back with
-   * work still due (fairness, drain). The worker then looks again at once.
+   * True when the worker should look at its ready queue right after this
+   * activation: the release left the hint alone (someone re-hinted it meanwhile),
+   * or the actor still has work, due now (fairness, drain) or later (a retry, a
+   * durable timer), whose time the worker's next pick learns.
    */
   lookAgain = false
   /** State value last written to the status hash by this activation (skip rewriting it). */
@@ -324,7 +325,9 @@ export class ActorActivation {
     ops.push(releaseHintOp(this.env.ctx, this.def.name, this.wf, this.lease ?? 0, nextDue))
     const res = await execOps(this.env.ctx.redis, ops)
     const [releaseErr, released] = res[res.length - 1] ?? [null, 0]
-    this.lookAgain = releaseErr !== null || Number(released) !== 1 || (nextDue !== null && nextDue <= Date.now())
+    // nextDue in the future (a retry's backoff, a durable timer): the worker's
+    // next pick learns it and sleeps exactly until then, instead of up to the poll.
+    this.lookAgain = releaseErr !== null || Number(released) !== 1 || nextDue !== null
     const failed = res.find(([err]) => err)
     if (failed?.[0]) {
       this.env.metrics.protocolErrors.inc({ step: 'follow-up' })

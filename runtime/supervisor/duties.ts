@@ -119,6 +119,12 @@ export class LeaderDuties {
     }
     if (signal?.aborted) return report
 
+    // The sweep goes first: the queue figures below must cover every agent named
+    // by the sweep this tick's rollup reports (an agent nobody hosts is known only
+    // from the workflows the sweep read).
+    if (await this.guard('sweep', errors, () => this.sweep.step(o.sweepBudget, fence, signal, o.sweepMaxMs))) report.sweptAt = this.sweep.last?.startedAt ?? null
+    if (signal?.aborted) return report
+
     const now = (await this.guard('clock', errors, () => serverNow(redis))) ?? Date.now()
     const hosted = new Set((fleet?.services ?? []).filter((s) => s.status === 'alive').flatMap((s) => s.agents))
     const named = [...(fleet?.services ?? []).flatMap((s) => s.agents), ...(this.sweep.last?.agents ?? [])]
@@ -138,9 +144,6 @@ export class LeaderDuties {
         log.warn(`actor ${s.agent} in ${s.wf} is stuck (${s.reason}${s.noWorker ? ', no live worker hosts this agent' : ''}): waiting ${Math.round(s.waitingMs / 1000)} s`)
       }
     }
-    if (signal?.aborted) return report
-
-    if (await this.guard('sweep', errors, () => this.sweep.step(o.sweepBudget, fence, signal, o.sweepMaxMs))) report.sweptAt = this.sweep.last?.startedAt ?? null
     if (signal?.aborted) return report
 
     const persistence: PersistenceBacklog = (await this.guard('persistence', errors, () => readPersistence(redis, keys))) ?? { length: 0, pending: 0, lag: 0, group: false }

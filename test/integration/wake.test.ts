@@ -3,7 +3,7 @@
 // anything that completes here was started by a wake-up.
 import { afterAll, describe, expect, it } from 'vitest'
 import { startRuntime, TroupeClient, type Runtime } from '../../runtime/index.ts'
-import { counter } from '../fixtures/agents.ts'
+import { counter, flaky } from '../fixtures/agents.ts'
 import { eventually, testConfig } from '../helpers/redis.ts'
 
 const cfg = testConfig({ idlePollMs: 60_000, lockTtlMs: 60_000 })
@@ -51,5 +51,12 @@ describe('wake-ups', () => {
     await Promise.all(Array.from({ length: 199 }, (_, i) => client.sendAction(workflowId, 'counter', 'ping', { i: i + 1 })))
     // Three fairness releases on the way; each would otherwise wait for the 60 s poll.
     await eventually(async () => (await pings(workflowId)) === 200, 15_000, '200 pings')
+  })
+
+  it('a retry runs when its backoff ends, not at the next poll', async () => {
+    runtimes.push(await startRuntime({ agents: [flaky], config: cfg, metricsPort: false }))
+    const { workflowId } = await client.startWorkflow({ agent: 'flaky', type: 'flaky', payload: { failTimes: 2 } })
+    // Backoff 50 ms then 100 ms: only a wake-up at the retry's time can finish it before the 60 s poll.
+    await eventually(async () => (await client.readEvents(workflowId, '0', 1000)).some((e) => e.event.type === 'succeeded'), 15_000, 'success after two retries')
   })
 })
