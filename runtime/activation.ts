@@ -6,10 +6,10 @@ import { Lock, type Redlock } from '@sesamecare-oss/redlock'
 import { backoffDelay, type AgentDefinition } from './agent.ts'
 import { nanoid } from 'nanoid'
 import {
-  activateOp, commit, emitEvents, followUpOps, leaseOp, parseActivation, releaseHintOp,
+  activateOp, commit, emitEvents, extendHint, followUpOps, leaseOp, parseActivation, releaseHintOp,
   type Activation, type ActionResult, type Appended, type Claimed, type CommitResult, type Hint, type ProtocolContext,
 } from './claims.ts'
-import { execAll, execOps, type Op } from './redis/batch.ts'
+import { execOps, execPhases, throwFirst, type Op } from './redis/batch.ts'
 import { TroupeError } from './errors.ts'
 import { LiveActor, type DeliveryOutcome } from './live-actor.ts'
 import type { Logger } from './log.ts'
@@ -56,12 +56,6 @@ export class ActorActivation {
   private lock: Lock | null = null
   private extender: NodeJS.Timeout | null = null
   private extending: Promise<void> = Promise.resolve()
-  /**
-   * True while a commit is on its way: the extender must not write our lease to
-   * the hint then. If that write landed after a final (idle) commit and after an
-   * enqueue that lowered the hint, our release would delete the new action's hint.
-   */
-  private committing = false
   private abortCtl = new AbortController()
   private live: LiveActor | null = null
   /**
@@ -238,12 +232,9 @@ export class ActorActivation {
       const release = this.stopping() || turns >= MAX_TURNS
       let res: CommitResult
       try {
-        this.committing = true
         res = await commit(ctx, {
           wf: this.wf, agent, fence: act.fence, lockValue, snapshot: live.takeSnapshot(), stateValue: this.stateToWrite(stateValue, transitions),
           version: this.def.version, op, opPayload, release, batch: Math.max(1, Math.min(BATCH, MAX_TURNS - turns)), eventBase: `${eventBase}.${commits++}`, results,
-        }).finally(() => {
-          this.committing = false
         })
       } catch (err) {
         if (err instanceof TroupeError && (err.code === 'fence_rejected' || err.code === 'stale_action')) {
@@ -307,24 +298,24 @@ export class ActorActivation {
    * now are handed over directly (no hint round trip, no wake-up of every process);
    * the others get their hint and a wake-up.
    */
-  private followUpOps(hints: Hint[], appended: Appended[]): Op[] {
+  private followUpOps(hints: Hint[], appended: Appended[]): [Op[], Op[]] {
     const now = Date.now()
     const rest = hints.filter((h) => h.score > now || !this.env.handOff(h.agent, h.wf))
     return followUpOps(this.env.ctx, rest, appended)
   }
 
   private followUps(hints: Hint[], appended: Appended[]): void {
-    const ops = this.followUpOps(hints, appended)
-    if (ops.length > 0) this.env.background(execAll(this.env.ctx.redis, ops))
+    const phases = this.followUpOps(hints, appended)
+    if (phases[0].length + phases[1].length > 0) this.env.background(execPhases(this.env.ctx.redis, phases).then(throwFirst))
   }
 
   /** Stops the extender, then releases our hint together with the last follow-ups (one write). */
   private async settle(nextDue: number | null, hints: Hint[], appended: Appended[]): Promise<void> {
     await this.stopExtender()
-    const ops = this.followUpOps(hints, appended)
-    ops.push(releaseHintOp(this.env.ctx, this.def.name, this.wf, this.lease ?? 0, nextDue))
-    const res = await execOps(this.env.ctx.redis, ops)
-    const [releaseErr, released] = res[res.length - 1] ?? [null, 0]
+    const phases = this.followUpOps(hints, appended)
+    const at = phases[0].push(releaseHintOp(this.env.ctx, this.def.name, this.wf, this.lease ?? 0, nextDue)) - 1
+    const res = await execPhases(this.env.ctx.redis, phases)
+    const [releaseErr, released] = res[at] ?? [null, 0]
     // nextDue in the future (a retry's backoff, a durable timer): the worker's
     // next pick learns it and sleeps exactly until then, instead of up to the poll.
     this.lookAgain = releaseErr !== null || Number(released) !== 1 || nextDue !== null
@@ -342,12 +333,10 @@ export class ActorActivation {
         if (!this.lock || this.state === 'done') return
         try {
           this.lock = await this.lock.extend(ttl)
-          // Checked and sent in one tick: a commit sent later reaches Redis after this write.
-          if (this.committing) return
-          const lease = Date.now() + ttl
-          const moved = this.env.ctx.redis.zadd(this.env.ctx.keys.ready(this.def.name), 'XX', lease, this.wf)
-          this.lease = lease
-          await moved
+          if (this.lease === null) return
+          const moved = await extendHint(this.env.ctx, this.def.name, this.wf, this.lease)
+          // Left alone: the release will find someone else's score and leave it too.
+          if (moved !== null) this.lease = moved
         } catch (err) {
           this.env.metrics.protocolErrors.inc({ step: 'extend' })
           this.env.log.warn(`could not extend lock of ${this.def.name} in ${this.wf}`, { error: err instanceof Error ? err.message : String(err) })

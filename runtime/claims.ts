@@ -6,7 +6,7 @@ import { nanoid } from 'nanoid'
 import type { TroupeConfig } from './config.ts'
 import { effectiveMaxLen, effectiveRetention } from './config.ts'
 import { runScript } from './redis/scripts.ts'
-import { execAll, execOps, type CmdOp, type Op, type ScriptOp } from './redis/batch.ts'
+import { execAll, execOps, execPhases, throwFirst, type CmdOp, type Op, type ScriptOp } from './redis/batch.ts'
 import type { Keys } from './redis/keys.ts'
 import type { RedisClient } from './redis/connection.ts'
 
@@ -39,19 +39,21 @@ function str(v: unknown): string {
 }
 
 /**
- * The follow-up writes after a script: ready hints (ZADD LT: never postpone an
- * earlier due time), wake-ups for idle workers, and persistence pointers.
+ * The follow-up writes after a script, as two phases for execPhases: first the
+ * ready hints (ZADD LT: never postpone an earlier due time) and persistence
+ * pointers, then the wake-ups for idle workers, which must not reach a worker
+ * before the hint it is to pick (on a Cluster the two keys live on different nodes).
  */
-export function followUpOps(ctx: ProtocolContext, hints: readonly Hint[], appended: readonly Appended[], wake = true): Op[] {
+export function followUpOps(ctx: ProtocolContext, hints: readonly Hint[], appended: readonly Appended[], wake = true): [Op[], Op[]] {
   const ops: Op[] = []
   for (const h of hints) ops.push({ cmd: 'zadd', args: [ctx.keys.ready(h.agent), 'LT', h.score, h.wf] })
-  // One wake-up per agent is enough: the woken worker picks every due hint at
-  // once and passes the wake-up on when more is due than it can take.
-  if (wake) for (const agent of new Set(hints.map((h) => h.agent))) ops.push(wakeOp(ctx, agent))
   if (ctx.cfg.persistence) {
     for (const a of appended) if (a.first) ops.push({ cmd: 'xadd', args: [ctx.keys.persistence(), '*', 'wf', a.wf, 'from', a.first, 'to', a.last] })
   }
-  return ops
+  // One wake-up per agent is enough: the woken worker picks every due hint at
+  // once and passes the wake-up on when more is due than it can take.
+  const wakes = wake ? [...new Set(hints.map((h) => h.agent))].map((agent) => wakeOp(ctx, agent)) : []
+  return [ops, wakes]
 }
 
 /**
@@ -62,9 +64,9 @@ export function wakeOp(ctx: ProtocolContext, agent: string): CmdOp {
   return { cmd: 'zadd', args: [ctx.keys.wake(agent), 0, 'w'] }
 }
 
-/** Sends {@link followUpOps} and waits for them. */
+/** Sends {@link followUpOps} and waits for them; throws the first error. */
 export async function writeFollowUps(ctx: ProtocolContext, hints: readonly Hint[], appended: readonly Appended[], wake = true): Promise<void> {
-  await execAll(ctx.redis, followUpOps(ctx, hints, appended, wake))
+  throwFirst(await execPhases(ctx.redis, followUpOps(ctx, hints, appended, wake)))
 }
 
 /** Arguments of one enqueue. */
@@ -102,40 +104,44 @@ function parseEnqueue(wf: string, raw: unknown): EnqueueResult {
 }
 
 /**
- * Enqueues actions in one write: per action a pre-hint, the script and a
- * post-hint, then one wake-up per agent; then the persistence pointers, with
+ * Enqueues actions in one write: per action a pre-hint and the script, then the
+ * post-hints and one wake-up per agent; then the persistence pointers, with
  * `extra` when every enqueue succeeded. Returns one result or error per action,
  * in order.
  *
  * The pre-hint goes first so that even a write cut short after the script leaves
  * a hint. The post-hint (`ZADD LT now`, also for delayed actions: see
  * docs/architecture.md) covers the one race the pre-hint cannot: a worker that
- * picked the pre-hint, found nothing yet and released between the two. It rides
- * in the same write, so it lands before any worker the wake-up rouses can lease
- * the hint; sent after the reply, it turned such fresh leases back into due hints
- * that other processes then found locked.
+ * picked the pre-hint, found nothing yet and released between the two. It must
+ * land after the script and before any worker the wake-up rouses can lease the
+ * hint: on one Redis the pipeline's order gives both in the same write (sent
+ * after the reply, it turned such fresh leases back into due hints that other
+ * processes then found locked); on a Cluster the script's node and the hint's
+ * are different servers, so the post-hints and wake-ups wait for the replies.
  */
 export async function enqueueMany(ctx: ProtocolContext, list: readonly EnqueueArgs[], extra: readonly Op[] = []): Promise<(EnqueueResult | Error)[]> {
   if (list.length === 0) return []
-  const ops: Op[] = []
+  const first: Op[] = []
+  const then: Op[] = []
   for (const a of list) {
     const [keys, args] = enqueueKeysArgs(ctx, a)
     const now = Date.now()
     const ready = ctx.keys.ready(a.agent)
-    ops.push({ cmd: 'zadd', args: [ready, 'LT', now + a.delayMs, a.wf] }, { script: 'enqueue', keys, args }, { cmd: 'zadd', args: [ready, 'LT', now, a.wf] })
+    first.push({ cmd: 'zadd', args: [ready, 'LT', now + a.delayMs, a.wf] }, { script: 'enqueue', keys, args })
+    then.push({ cmd: 'zadd', args: [ready, 'LT', now, a.wf] })
   }
-  for (const agent of new Set(list.map((a) => a.agent))) ops.push(wakeOp(ctx, agent))
-  const res = await execOps(ctx.redis, ops)
+  for (const agent of new Set(list.map((a) => a.agent))) then.push(wakeOp(ctx, agent))
+  const res = await execPhases(ctx.redis, [first, then])
   const out: (EnqueueResult | Error)[] = []
   const appended: Appended[] = []
   for (let i = 0; i < list.length; i++) {
     const a = list[i] as EnqueueArgs
-    const [err, raw] = res[i * 3 + 1] ?? [new Error('no reply'), null]
+    const [err, raw] = res[i * 2 + 1] ?? [new Error('no reply'), null]
     const r: EnqueueResult | Error = err ?? parseEnqueue(a.wf, raw)
     out.push(r)
     if (!(r instanceof Error)) appended.push(r.appended)
   }
-  const after = followUpOps(ctx, [], appended)
+  const [after] = followUpOps(ctx, [], appended)
   // The caller's own writes (e.g. a start's owner index) ride along, only when every enqueue took.
   if (out.every((r) => !(r instanceof Error))) after.push(...extra)
   await execAll(ctx.redis, after)
@@ -295,6 +301,16 @@ export async function commit(ctx: ProtocolContext, a: CommitArgs): Promise<Commi
 /** Compare-and-delete (or move to `nextDue`) of our lease on an actor's ready hint, as an op. */
 export function releaseHintOp(ctx: ProtocolContext, agent: string, wf: string, lease: number, nextDue: number | null): ScriptOp {
   return { script: 'release_hint', keys: [ctx.keys.ready(agent)], args: [wf, lease, nextDue === null ? '' : nextDue] }
+}
+
+/**
+ * Moves our lease on an active actor's hint forward, only while the hint still
+ * holds `lease` (see extend_hint.lua). Returns the new lease, or null when the
+ * hint holds someone else's score and was left alone.
+ */
+export async function extendHint(ctx: ProtocolContext, agent: string, wf: string, lease: number): Promise<number | null> {
+  const r = str(await runScript(ctx.redis, 'extend_hint', [ctx.keys.ready(agent)], [wf, lease, ctx.cfg.lockTtlMs]))
+  return r === '' ? null : Number(r)
 }
 
 /** Leases the ready hint of an actor handed to this process (see lease.lua), as an op; replies the lease. */

@@ -1,7 +1,9 @@
 // Sends several commands in one write where possible. A single Redis gets one
 // pipeline (commands reach the server in order, in one round trip). Redis Cluster
 // cannot pipeline across slots, so there each command goes to its own node, all
-// issued in the same tick: they still leave the process together, in order per node.
+// issued in the same tick: they leave the process together, but nothing orders
+// two nodes (a node connected lazily, or stalled, runs its share later). Where a
+// write must land after another one on a different node, use execPhases.
 import { fromRedisError } from '../errors.ts'
 import type { RedisClient } from './connection.ts'
 import { pipeScript, runScript, type ScriptName } from './scripts.ts'
@@ -68,9 +70,26 @@ export async function execOps(client: RedisClient, ops: readonly Op[]): Promise<
   return out
 }
 
-/** Like {@link execOps}, but throws the first error. */
-export async function execAll(client: RedisClient, ops: readonly Op[]): Promise<unknown[]> {
-  const res = await execOps(client, ops)
+/**
+ * Runs ops in phases, each landing only after the one before it: on a single
+ * Redis one pipeline, whose order gives that for free (no extra round trip); on a
+ * Cluster one {@link execOps} per phase, awaited in turn. Results come back flat,
+ * in the order of the ops.
+ */
+export async function execPhases(client: RedisClient, phases: readonly (readonly Op[])[]): Promise<OpResult[]> {
+  if (!isCluster(client)) return await execOps(client, phases.flat())
+  const out: OpResult[] = []
+  for (const phase of phases) out.push(...(await execOps(client, phase)))
+  return out
+}
+
+/** The replies of a batch, or the first error in it thrown. */
+export function throwFirst(res: readonly OpResult[]): unknown[] {
   for (const [err] of res) if (err) throw err
   return res.map(([, v]) => v)
+}
+
+/** Like {@link execOps}, but throws the first error. */
+export async function execAll(client: RedisClient, ops: readonly Op[]): Promise<unknown[]> {
+  return throwFirst(await execOps(client, ops))
 }

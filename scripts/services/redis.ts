@@ -36,6 +36,9 @@ export interface RedisProcess extends LocalService {
   readonly dir: string
   /** SIGKILL, no chance to flush: for crash tests. */
   kill(): void
+  /** SIGSTOP / SIGCONT: a server that stops answering for a while (a stalled node) without losing anything. */
+  pause(): void
+  resume(): void
 }
 
 /** Starts a private redis-server (AOF on, `noeviction`) on loopback. */
@@ -63,6 +66,12 @@ export async function startRedis(opts: StartRedisOptions = {}): Promise<RedisPro
     started: true,
     kill() {
       if (!exited) child.kill('SIGKILL')
+    },
+    pause() {
+      if (!exited) child.kill('SIGSTOP')
+    },
+    resume() {
+      if (!exited) child.kill('SIGCONT')
     },
     async stop() {
       if (!exited) {

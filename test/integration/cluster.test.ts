@@ -4,6 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { startRuntime, TroupeClient, type Runtime } from '../../runtime/index.ts'
 import { startRedisCluster, type RedisCluster } from '../../scripts/services/redis-cluster.ts'
 import { researchTeam } from '../../examples/research-team/agents.ts'
+import { counter } from '../fixtures/agents.ts'
 import { eventually, testConfig } from '../helpers/redis.ts'
 import { spawnRuntime } from '../helpers/processes.ts'
 
@@ -34,11 +35,55 @@ describe('redis cluster', () => {
     expect(seen.at(-1)).toBe('workflow.completed')
     expect(seen.filter((t) => t === 'token').length).toBeGreaterThan(10)
     for (const { workflowId } of wfs) {
-      await eventually(async () => (await client.getStatus(workflowId))?.status === 'completed', 30_000, `workflow ${workflowId}`)
+      await eventually(async () => (await client.getStatus(workflowId))?.status === 'completed', 30_000, `workflow ${workflowId}`).catch(async (err: unknown) => {
+        throw new Error(`${String(err)}; status: ${JSON.stringify(await client.getStatus(workflowId))}`)
+      })
     }
     // the workflow's keys really are spread over the cluster's slots by {wf}
     const slots = new Set(await Promise.all(wfs.map(({ workflowId }) => client.redis.call('CLUSTER', 'KEYSLOT', client.keys.status(workflowId)))))
     expect(slots.size).toBeGreaterThan(1)
+  })
+
+  it('keeps the ready hint when the workflow node runs the enqueue after the hint node was woken', async () => {
+    // The enqueue's script runs on the workflow's node, its hint and wake-up on the
+    // agent's: nothing orders two nodes (a fresh client connects to each node
+    // lazily, a node may stall). The woken worker used to pick, find nothing, and
+    // delete the hint before the action landed, which stranded the workflow.
+    const own = testConfig({ redisUrl: cluster.url, idlePollMs: 60_000, lockTtlMs: 60_000 })
+    const rt2 = await startRuntime({ agents: [counter], config: own, metricsPort: false })
+    const admin = TroupeClient.connect(own)
+    try {
+      const nodeOf = await slotOwners(admin)
+      const busy = new Set([await nodeOf(admin.keys.ready('counter')), await nodeOf(admin.keys.wake('counter'))])
+      await new Promise((r) => setTimeout(r, 300))
+      for (let round = 0; round < 4; round++) {
+        let wf = ''
+        let port = -1
+        for (let i = 0; port < 0 || busy.has(port); i++) {
+          wf = `stall${round}x${i}`
+          port = await nodeOf(admin.keys.status(wf))
+        }
+        const node = cluster.nodes.find((n) => n.port === port)
+        if (!node) throw new Error(`no node for ${wf}`)
+        const fresh = TroupeClient.connect(own)
+        try {
+          node.pause()
+          const started = fresh.startWorkflow({ workflowId: wf, agent: 'counter', type: 'ping' })
+          // Long enough for a woken worker to pick and send its activate to the stalled node.
+          await new Promise((r) => setTimeout(r, 200))
+          node.resume()
+          await started
+        } finally {
+          node.resume()
+          await fresh.close()
+        }
+        await eventually(async () => (await admin.readEvents(wf, '0', 100)).some((e) => e.event.type === 'action.completed'), 5000, `the ping of ${wf} (round ${round}) to run: a lost hint strands it`)
+      }
+    } finally {
+      for (const n of cluster.nodes) n.resume()
+      await rt2.stop()
+      await admin.close()
+    }
   })
 
   it('redelivers after kill -9 of a process on the cluster', async () => {
@@ -57,3 +102,13 @@ describe('redis cluster', () => {
     }
   })
 })
+
+/** Maps a key to the port of the primary that owns its slot. */
+async function slotOwners(c: TroupeClient): Promise<(key: string) => Promise<number>> {
+  const ranges = (await c.redis.call('CLUSTER', 'SLOTS')) as [number, number, [string, number]][]
+  return async (key: string) => {
+    const slot = Number(await c.redis.call('CLUSTER', 'KEYSLOT', key))
+    const r = ranges.find(([from, to]) => slot >= from && slot <= to)
+    return Number(r?.[2][1] ?? -1)
+  }
+}

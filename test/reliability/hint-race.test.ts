@@ -12,6 +12,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { startRuntime, TroupeClient, type Runtime } from '../../runtime/index.ts'
 import { Keys } from '../../runtime/redis/keys.ts'
+import { extendHint } from '../../runtime/claims.ts'
 import { counter, slow } from '../fixtures/agents.ts'
 import { tally } from '../fixtures/chaos-agents.ts'
 import { eventually, testConfig } from '../helpers/redis.ts'
@@ -66,5 +67,27 @@ describe('ready hints under racing sends', () => {
     await eventually(async () => (await activations()) === before + 2, 10_000, 'a second activation after the first ended')
     // The rerun found nothing due and settled the hint instead of leaving it leased for the 120 s lease.
     await eventually(async () => (await client.redis.zscore(keys.ready('slow'), workflowId)) === null, 5000, 'hint settled')
+  })
+  it('the lock extender moves only its own lease, never a due time someone else wrote', async () => {
+    // On a Cluster nothing orders the extender's write (agent's node) against a
+    // commit (workflow's node): written blindly, it could land after an enqueue's
+    // hint and turn it back into a lease that the release then deletes.
+    const keys = new Keys(cfg.namespace)
+    const ctx = { redis: client.redis, keys, cfg }
+    const ready = keys.ready('lone')
+    await client.redis.zadd(ready, Date.now() + 5000, 'wfA')
+    const lease = Number(await client.redis.zscore(ready, 'wfA'))
+    const moved = await extendHint(ctx, 'lone', 'wfA', lease)
+    expect(moved).not.toBeNull()
+    expect(Number(await client.redis.zscore(ready, 'wfA'))).toBe(moved)
+    // An enqueue lowers it to "due now": the next extension must leave it be.
+    const due = Date.now()
+    await client.redis.zadd(ready, 'LT', due, 'wfA')
+    expect(await extendHint(ctx, 'lone', 'wfA', moved as number)).toBeNull()
+    expect(Number(await client.redis.zscore(ready, 'wfA'))).toBe(due)
+    // A hint deleted meanwhile is not brought back either.
+    await client.redis.zrem(ready, 'wfA')
+    expect(await extendHint(ctx, 'lone', 'wfA', due)).toBeNull()
+    expect(await client.redis.zscore(ready, 'wfA')).toBeNull()
   })
 })
