@@ -46,10 +46,13 @@ class FakeStore {
   entries: [string, string[]][] = []
   status = 'running'
   gate: Promise<void> = Promise.resolve()
+  /** XRANGE calls so far: a replay that called it is held at the gate. */
+  reads = 0
   xinfo(): Promise<unknown> {
     return Promise.reject(new Error('no such key'))
   }
   async xrange(_key: string, start: string, _end: string, _c: string, count: number): Promise<[string, string[]][]> {
+    this.reads++
     await this.gate
     const after = start === '-' ? null : start.slice(1)
     const seq = (id: string): number => Number(id.split('-')[1])
@@ -75,6 +78,17 @@ interface Rig {
   streams: SseStream[]
   drops: string[]
   server: Server
+  /** Streams the hub has attached (and started) so far. */
+  attached: number
+}
+
+/** Polls `cond` every few ms: waits on the rig's state, not on a guessed delay (the suite runs loaded). */
+async function until(cond: () => boolean, what: string, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
+    await sleep(2)
+  }
 }
 
 let rig: Rig | null = null
@@ -98,10 +112,13 @@ async function startRig(settings: Partial<SseSettings> = {}): Promise<Rig> {
       onClose: () => hub.detach(WF, stream),
     })
     streams.push(stream)
-    void hub.attach(WF, stream).then(() => stream.start())
+    void hub.attach(WF, stream).then(() => {
+      r.attached++
+      stream.start()
+    })
   })
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r))
-  const r: Rig = { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, sub, store, hub, streams, drops, server }
+  const r: Rig = { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, sub, store, hub, streams, drops, server, attached: 0 }
   rig = r
   return r
 }
@@ -144,7 +161,7 @@ describe('SSE live frames coalesced per tick', () => {
     r.store.gate = new Promise((g) => (open = g))
     const a = openSse(r, '/events')
     const b = openSse(r, '/events')
-    await sleep(50) // both attached, their replays held at XRANGE
+    await until(() => r.store.reads === 2, 'both replays held at XRANGE')
     // Published while the replays wait; they will read up to 5, so this batch
     // overlaps them and only 6..8 of it are new.
     r.sub.publish(range(4, 8).map((n) => live(n)))
@@ -168,8 +185,9 @@ describe('SSE live frames coalesced per tick', () => {
     a.close()
     r.store.entries.push(...range(9, 15).map((n) => stored(n)))
     r.store.gate = new Promise((g) => (open = g))
+    const reads = r.store.reads
     const again = openSse(r, '/events', { 'last-event-id': id(12) })
-    await sleep(30)
+    await until(() => r.store.reads > reads, 'the replay held at XRANGE')
     // Published while this replay waits, and read by it too: skipped whole.
     r.store.entries.push(...range(16, 18).map((n) => stored(n)))
     r.sub.publish(range(16, 18).map((n) => live(n)))
@@ -188,7 +206,7 @@ describe('SSE live frames coalesced per tick', () => {
   it('ends after a final event inside a batch, without the frames behind it', async () => {
     const r = await startRig()
     const c = openSse(r, '/events')
-    await sleep(30)
+    await until(() => r.attached === 1, 'attached')
     r.sub.publish([live(1), live(2, 'workflow.completed'), live(3)])
     await c.until((m) => m.some((x) => x.event === 'end'), 5000)
     await c.closed
@@ -198,7 +216,7 @@ describe('SSE live frames coalesced per tick', () => {
 
     // A batch ending with the final event goes out whole, then the end.
     const d = openSse(r, '/events', { 'last-event-id': id(3) })
-    await sleep(30)
+    await until(() => r.attached === 2, 'attached')
     r.sub.publish([live(4), live(5), live(6, 'workflow.failed')])
     await d.until((m) => m.some((x) => x.event === 'end'), 5000)
     await d.closed
@@ -210,7 +228,7 @@ describe('SSE live frames coalesced per tick', () => {
     const r = await startRig({ slowClientMs: 200 })
     const fast = openSse(r, '/events')
     const slow = openSse(r, '/events')
-    await sleep(30)
+    await until(() => r.attached === 2, 'both attached')
     slow.pause()
     const big = 'x'.repeat(32 * 1024)
     const bigLive = (n: number): string => `{"streamId":"${id(n)}","event":${encodeEvent({ workflowId: WF, type: 'blob', content: { big }, id: `e${n}` })}}`
