@@ -114,7 +114,7 @@ async function startRig(settings: Partial<SseSettings> = {}): Promise<Rig> {
     streams.push(stream)
     void hub.attach(WF, stream).then(() => {
       r.attached++
-      stream.start()
+      return stream.start()
     })
   })
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r))
