@@ -147,8 +147,9 @@ export class ActorActivation {
   private async lockAndActivate(lockValue: string): Promise<Activation> {
     const { ctx } = this.env
     const op = activateOp(ctx, this.wf, this.def.name, lockValue, BATCH)
-    const ops: Op[] = this.lease === null ? [leaseOp(ctx, this.def.name, this.wf), op] : [op]
-    const res = await execOps(ctx.redis, ops)
+    // Leased before the activate runs: on a Cluster a lease landing after an idle
+    // activate (and after someone's fresh due hint) would be released as ours.
+    const res = this.lease === null ? await execPhases(ctx.redis, [[leaseOp(ctx, this.def.name, this.wf)], [op]]) : await execOps(ctx.redis, [op])
     if (this.lease === null) {
       // Without a lease the release below leaves the hint alone: a harmless second look.
       const [leaseErr, lease] = res[0] ?? [null, null]

@@ -4,6 +4,7 @@
 // nothing.
 import type { FastifyInstance } from 'fastify'
 import { TroupeError } from '../errors.ts'
+import { execOps, throwFirst } from '../redis/batch.ts'
 import type { ActionRecord } from '../types.ts'
 import { caller } from './authenticate.ts'
 import type { GatewayDeps } from './deps.ts'
@@ -70,13 +71,12 @@ export function registerWorkflowRoutes(app: FastifyInstance, deps: GatewayDeps):
       const sep = cursor.indexOf(':')
       const score = cursor.slice(0, sep)
       const member = cursor.slice(sep + 1)
-      const res = await redis
-        .pipeline()
-        .zrange(key, score, score, 'BYSCORE', 'REV')
-        .zrange(key, `(${score}`, '-inf', 'BYSCORE', 'REV', 'LIMIT', 0, limit + 1, 'WITHSCORES')
-        .exec()
-      const ties = ((res?.[0]?.[1] ?? []) as string[]).filter((m) => m < member).flatMap((m) => [m, score])
-      rows = [...ties, ...((res?.[1]?.[1] ?? []) as string[])]
+      const [tied, older] = throwFirst(await execOps(redis, [
+        { cmd: 'zrange', args: [key, score, score, 'BYSCORE', 'REV'] },
+        { cmd: 'zrange', args: [key, `(${score}`, '-inf', 'BYSCORE', 'REV', 'LIMIT', 0, limit + 1, 'WITHSCORES'] },
+      ])) as [string[], string[]]
+      const ties = tied.filter((m) => m < member).flatMap((m) => [m, score])
+      rows = [...ties, ...older]
     } else {
       rows = await redis.zrange(key, '+inf', '-inf', 'BYSCORE', 'REV', 'LIMIT', 0, limit + 1, 'WITHSCORES')
     }
@@ -84,13 +84,14 @@ export function registerWorkflowRoutes(app: FastifyInstance, deps: GatewayDeps):
     for (let i = 0; i + 1 < rows.length && page.length < limit + 1; i += 2) page.push({ wf: rows[i] as string, score: rows[i + 1] as string })
     const more = page.length > limit
     const shown = page.slice(0, limit)
-    const pipe = redis.pipeline()
-    for (const p of shown) pipe.hmget(keys.status(p.wf), 'status', 'entry', 'createdAt', 'updatedAt', 'endedAt')
-    const statuses = (await pipe.exec()) ?? []
+    // One status hash per workflow, each in its own slot: execOps pipelines them on
+    // one Redis and sends each to its node on a Cluster.
+    // A failed read throws rather than passing for an expired workflow (which leaves the listing).
+    const statuses = throwFirst(await execOps(redis, shown.map((p) => ({ cmd: 'hmget', args: [keys.status(p.wf), 'status', 'entry', 'createdAt', 'updatedAt', 'endedAt'] }))))
     const items: WorkflowSummary[] = []
     const gone: string[] = []
     shown.forEach((p, i) => {
-      const [status, entry, createdAt, updatedAt, endedAt] = (statuses[i]?.[1] ?? []) as (string | null)[]
+      const [status, entry, createdAt, updatedAt, endedAt] = (statuses[i] ?? []) as (string | null)[]
       if (!status) {
         gone.push(p.wf)
         return

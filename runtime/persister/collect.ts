@@ -4,6 +4,7 @@
 // position those readings are stamped with).
 import { compareStreamIds, parseEntry } from '../events.ts'
 import type { RedisClient } from '../redis/connection.ts'
+import { execOps, type CmdOp } from '../redis/batch.ts'
 import type { Keys } from '../redis/keys.ts'
 import type { StreamedEvent } from '../types.ts'
 import type { WorkflowPart } from './graph.ts'
@@ -33,9 +34,7 @@ export async function readEvents(redis: RedisClient, keys: Keys, ranges: readonl
   const out = new Map<string, StreamedEvent[]>()
   let todo = ranges.map((r) => ({ ...r }))
   while (todo.length > 0) {
-    const pipe = redis.pipeline()
-    for (const r of todo) pipe.xrange(keys.events(r.wf), r.start, r.end, 'COUNT', pageSize)
-    const res = ((await pipe.exec()) ?? []) as Reply[]
+    const res: Reply[] = await execOps(redis, todo.map((r) => ({ cmd: 'xrange', args: [keys.events(r.wf), r.start, r.end, 'COUNT', pageSize] })))
     const next: typeof todo = []
     todo.forEach((r, i) => {
       const entries = (check(res[i]) ?? []) as [string, string[]][]
@@ -56,7 +55,7 @@ export async function readEvents(redis: RedisClient, keys: Keys, ranges: readonl
  * every status change appends an event, so the hash is at least as new as it.
  */
 export async function readState(redis: RedisClient, keys: Keys, events: ReadonlyMap<string, StreamedEvent[]>): Promise<WorkflowReading[]> {
-  const pipe = redis.pipeline()
+  const ops: CmdOp[] = []
   const plan: { wf: string; ids: string[] }[] = []
   for (const [wf, list] of events) {
     const ids = new Set<string>()
@@ -66,11 +65,10 @@ export async function readState(redis: RedisClient, keys: Keys, events: Readonly
     }
     const idList = [...ids]
     plan.push({ wf, ids: idList })
-    pipe.xrevrange(keys.events(wf), '+', '-', 'COUNT', 1)
-    pipe.hgetall(keys.status(wf))
-    if (idList.length > 0) pipe.hmget(keys.actions(wf), ...idList.flatMap((id) => [id, `${id}:st`]))
+    ops.push({ cmd: 'xrevrange', args: [keys.events(wf), '+', '-', 'COUNT', 1] }, { cmd: 'hgetall', args: [keys.status(wf)] })
+    if (idList.length > 0) ops.push({ cmd: 'hmget', args: [keys.actions(wf), ...idList.flatMap((id) => [id, `${id}:st`])] })
   }
-  const res = ((await pipe.exec()) ?? []) as Reply[]
+  const res: Reply[] = await execOps(redis, ops)
   let i = 0
   const readings: WorkflowReading[] = []
   for (const { wf, ids } of plan) {

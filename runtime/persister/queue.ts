@@ -4,6 +4,7 @@
 // deleted only after their events are committed to Neo4j; entries of consumers
 // that died are taken over with XAUTOCLAIM once idle long enough.
 import type { RedisClient } from '../redis/connection.ts'
+import { execPhases, throwFirst, type CmdOp } from '../redis/batch.ts'
 import type { Keys } from '../redis/keys.ts'
 import type { QueueProbe } from './metrics.ts'
 import type { Delivery, Parked } from './pointers.ts'
@@ -143,16 +144,14 @@ export class PersistenceQueue {
    */
   async ack(ids: readonly string[], parked: readonly Parked[], at: number): Promise<void> {
     if (ids.length === 0 && parked.length === 0) return
-    const pipe = this.redis.pipeline()
-    for (const p of parked) {
-      pipe.xadd(this.parkedKey, 'MAXLEN', '~', this.parkedMaxLen, '*', 'entry', p.entryId, 'reason', p.reason, 'detail', p.detail, 'consumer', this.consumer, 'at', at, 'fields', JSON.stringify(p.fields).slice(0, 4096))
-    }
-    if (ids.length > 0) {
-      pipe.xack(this.key, GROUP, ...ids)
-      pipe.xdel(this.key, ...ids)
-    }
-    const res = (await pipe.exec()) ?? []
-    for (const [err] of res) if (err) throw err
+    // Parked before acked: on a Cluster the two keys live on different nodes, so the
+    // ack waits for the parking's reply (a crash in between redelivers, never loses).
+    const park: CmdOp[] = parked.map((p) => ({
+      cmd: 'xadd',
+      args: [this.parkedKey, 'MAXLEN', '~', this.parkedMaxLen, '*', 'entry', p.entryId, 'reason', p.reason, 'detail', p.detail, 'consumer', this.consumer, 'at', at, 'fields', JSON.stringify(p.fields).slice(0, 4096)],
+    }))
+    const done: CmdOp[] = ids.length > 0 ? [{ cmd: 'xack', args: [this.key, GROUP, ...ids] }, { cmd: 'xdel', args: [this.key, ...ids] }] : []
+    throwFirst(await execPhases(this.redis, [park, done]))
   }
 
   /** Length, age of the oldest entry, and the server clock, in one round trip. */

@@ -12,6 +12,7 @@ import neo4j, { type Driver } from 'neo4j-driver'
 import { compareStreamIds, parseEntry } from '../events.ts'
 import type { Logger } from '../log.ts'
 import type { RedisClient } from '../redis/connection.ts'
+import { execOps, type CmdOp } from '../redis/batch.ts'
 import { isWorkflowId, type Keys } from '../redis/keys.ts'
 import { readState } from './collect.ts'
 import { planTransactions, writeRows } from './graph.ts'
@@ -147,10 +148,14 @@ export class Reconciler {
 
   private async readRedis(ids: readonly string[]): Promise<{ sides: Map<string, RedisSide>; now: number }> {
     const k = this.d.keys
-    const pipe = this.d.redis.pipeline()
-    for (const wf of ids) pipe.xlen(k.events(wf)).xrevrange(k.events(wf), '+', '-', 'COUNT', 1).hgetall(k.status(wf)).pttl(k.status(wf))
-    pipe.time()
-    const res = (await pipe.exec()) ?? []
+    const ops: CmdOp[] = ids.flatMap((wf) => [
+      { cmd: 'xlen', args: [k.events(wf)] },
+      { cmd: 'xrevrange', args: [k.events(wf), '+', '-', 'COUNT', 1] },
+      { cmd: 'hgetall', args: [k.status(wf)] },
+      { cmd: 'pttl', args: [k.status(wf)] },
+    ])
+    ops.push({ cmd: 'time', args: [] })
+    const res = await execOps(this.d.redis, ops)
     const sides = new Map<string, RedisSide>()
     ids.forEach((wf, i) => {
       const vals = res.slice(i * 4, i * 4 + 4).map(([err, v]) => {

@@ -7,6 +7,7 @@ import { createHash } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 import neo4j, { type Driver, type Integer } from 'neo4j-driver'
 import type { RedisClient } from '../redis/connection.ts'
+import { execOps } from '../redis/batch.ts'
 import type { Keys } from '../redis/keys.ts'
 import { agentsOf } from './rows.ts'
 
@@ -84,9 +85,10 @@ async function expire(redis: RedisClient, keyList: string[], ttlMs: number, len:
 export async function applyRetention(deps: RetentionDeps, candidates: readonly RetentionCandidate[]): Promise<string[]> {
   const done = candidates.filter((c) => TERMINAL.has(c.status.status ?? ''))
   if (done.length === 0) return []
-  const pipe = deps.redis.pipeline()
-  for (const c of done) pipe.xlen(deps.keys.events(c.wf)).xrevrange(deps.keys.events(c.wf), '+', '-', 'COUNT', 1)
-  const res = (await pipe.exec()) ?? []
+  const res = await execOps(deps.redis, done.flatMap((c) => [
+    { cmd: 'xlen', args: [deps.keys.events(c.wf)] },
+    { cmd: 'xrevrange', args: [deps.keys.events(c.wf), '+', '-', 'COUNT', 1] },
+  ]))
   const neo = await persistedState(deps.driver, deps.database, done.map((c) => c.wf))
   const expired: string[] = []
   for (let i = 0; i < done.length; i++) {

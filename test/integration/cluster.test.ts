@@ -7,6 +7,8 @@ import { researchTeam } from '../../examples/research-team/agents.ts'
 import { counter } from '../fixtures/agents.ts'
 import { eventually, testConfig } from '../helpers/redis.ts'
 import { spawnRuntime } from '../helpers/processes.ts'
+import { call, startStack } from '../gateway/helpers.ts'
+import { cleanGraph, graphCounts, neo4jEnv, openDriver } from '../persister/helpers.ts'
 
 let cluster: RedisCluster
 let rt: Runtime
@@ -83,6 +85,72 @@ describe('redis cluster', () => {
       for (const n of cluster.nodes) n.resume()
       await rt2.stop()
       await admin.close()
+    }
+  })
+
+  it('persists every event of workflows spread over the nodes to Neo4j', async () => {
+    // The persister reads many workflows' streams and states per batch, each in its
+    // own slot: one pipeline on a single Redis, one command per node on a Cluster.
+    const env = neo4jEnv()
+    const own = testConfig({ redisUrl: cluster.url })
+    const c3 = TroupeClient.connect(own)
+    const rt3 = await startRuntime({ agents: [counter], config: own, metricsPort: false })
+    const driver = openDriver(env)
+    const prefix = `cl${Date.now().toString(36)}`
+    const ids = Array.from({ length: 12 }, (_, i) => `${prefix}w${i}`)
+    const child = await spawnRuntime(own, { command: ['persister', '--reconcile-every', '0', '--heartbeat', '500ms'], env: { NEO4J_URI: env.uri, NEO4J_USER: env.user, NEO4J_PASSWORD: env.password } })
+    try {
+      for (const wf of ids) {
+        await c3.startWorkflow({ workflowId: wf, agent: 'counter', type: 'ping', payload: { i: 1 } })
+        await c3.sendAction(wf, 'counter', 'finish', null)
+      }
+      const want = new Map<string, number>()
+      await eventually(async () => {
+        for (const wf of ids) if ((await c3.getStatus(wf))?.status !== 'completed') return false
+        return true
+      }, 20_000, 'every workflow completed')
+      for (const wf of ids) want.set(wf, Number(await c3.redis.xlen(c3.keys.events(wf))))
+      const slots = new Set(await Promise.all(ids.map((wf) => c3.redis.call('CLUSTER', 'KEYSLOT', c3.keys.events(wf)))))
+      expect(slots.size).toBeGreaterThan(1)
+      await eventually(async () => {
+        const got = await graphCounts(driver, ids)
+        return ids.every((wf) => got.get(wf)?.events === want.get(wf))
+      }, 30_000, 'every event in Neo4j').catch((err: unknown) => {
+        throw new Error(`${String(err)}; persister output:\n${child.output().slice(-2000)}`)
+      })
+      for (const [wf, c] of await graphCounts(driver, ids)) expect(c, wf).toMatchObject({ distinct: want.get(wf), maxHas: 1 })
+    } finally {
+      await child.stop(5000)
+      await rt3.stop()
+      await c3.close()
+      await cleanGraph(driver, prefix)
+      await driver.close()
+    }
+  })
+
+  it('lists a user\'s workflows through the gateway, pages included', async () => {
+    const s = await startStack({ config: { redisUrl: cluster.url } })
+    try {
+      const { access_token: accessToken } = await s.login('dana')
+      const started: string[] = []
+      for (let i = 0; i < 7; i++) {
+        const r = await call(s, 'POST', '/v1/workflows', { token: accessToken, body: { agent: 'counter', type: 'ping', workflowId: `dana-${i}` } })
+        expect(r.status).toBe(201)
+        started.push(`dana-${i}`)
+      }
+      const seen: string[] = []
+      let cursor: string | null = null
+      do {
+        const r = await call(s, 'GET', `/v1/workflows?limit=3${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ''}`, { token: accessToken })
+        expect(r.status).toBe(200)
+        const b = r.json as { items: { workflowId: string; status: string }[]; nextCursor: string | null }
+        seen.push(...b.items.map((x) => x.workflowId))
+        cursor = b.nextCursor
+      } while (cursor)
+      expect(seen.sort()).toEqual(started.sort())
+    } finally {
+      await s.rt.stop()
+      await s.redis.quit()
     }
   })
 
