@@ -109,8 +109,7 @@ export class Runtime {
     readonly log: Logger,
   ) {
     this.serviceId = opts.serviceId ?? `${hostname()}-${process.pid}-${nanoid(6)}`
-    const fromEnv = Number(process.env.TROUPE_HEARTBEAT_MS)
-    this.heartbeatMs = opts.heartbeatMs ?? (Number.isFinite(fromEnv) && fromEnv >= 100 ? fromEnv : 2000)
+    this.heartbeatMs = opts.heartbeatMs ?? heartbeatFromEnv(process.env.TROUPE_HEARTBEAT_MS)
     this.keys = new Keys(cfg.namespace)
   }
 
@@ -195,13 +194,14 @@ export class Runtime {
     this.server = createServer((req, res) => {
       void this.serveHttp(req.url ?? '/', res)
     })
+    // Loopback unless told otherwise (containers set TROUPE_METRICS_HOST=0.0.0.0).
+    const bind = process.env.TROUPE_METRICS_HOST || '127.0.0.1'
     await new Promise<void>((resolve, reject) => {
       this.server?.once('error', reject)
-      // Loopback unless told otherwise (containers set TROUPE_METRICS_HOST=0.0.0.0).
-      this.server?.listen(port, process.env.TROUPE_METRICS_HOST ?? '127.0.0.1', () => resolve())
+      this.server?.listen(port, bind, () => resolve())
     })
     const addr = this.server.address()
-    if (addr && typeof addr === 'object') this.metricsUrl = `http://127.0.0.1:${addr.port}/metrics`
+    if (addr && typeof addr === 'object') this.metricsUrl = `http://${advertisedHost(bind)}:${addr.port}/metrics`
   }
 
   private async serveHttp(url: string, res: ServerResponse): Promise<void> {
@@ -304,4 +304,25 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
     throw err
   }
   return rt
+}
+
+/**
+ * The host other machines should scrape, as published in `system:health` (and so
+ * served by the supervisor's service discovery): TROUPE_METRICS_ADVERTISE_HOST
+ * when set, else the bind address when it names one interface, else (bound to
+ * every interface) this machine's host name. It used to be 127.0.0.1 always,
+ * which only worked on one host.
+ */
+export function advertisedHost(bind: string, env: NodeJS.ProcessEnv = process.env, host: string = hostname()): string {
+  const named = env.TROUPE_METRICS_ADVERTISE_HOST
+  const h = named || (bind === '0.0.0.0' || bind === '::' ? host : bind)
+  return h.includes(':') && !h.startsWith('[') ? `[${h}]` : h
+}
+
+/** TROUPE_HEARTBEAT_MS, or 2 s when unset; a bad value is an error like any other setting's (it used to fall back silently). */
+export function heartbeatFromEnv(raw: string | undefined): number {
+  if (raw === undefined || raw === '') return 2000
+  const v = Number(raw)
+  if (!Number.isFinite(v) || v < 100) throw new TroupeError('config', `TROUPE_HEARTBEAT_MS=${raw} must be a number of milliseconds, at least 100`)
+  return v
 }

@@ -19,6 +19,6 @@ export interface ServiceEntry {
 /** The registry: add one entry per built-in service. */
 export const SERVICES: Record<string, ServiceEntry> = {
   supervisor: { describe: 'run the leader-elected supervisor (tune with --supervisor-lease, --supervisor-tick, --supervisor-sd-port)', flags: ['supervisor-lease', 'supervisor-tick', 'supervisor-sd-port'], create: async ({ values }) => (await import('../../agents/supervisor.ts')).supervisorService((await import('./supervisor.ts')).supervisorFlags(values, 'supervisor-')) },
-  gateway: { describe: 'serve the HTTP API, SSE and web UI', flags: ['gateway-port'], create: async ({ values }) => (await import('../gateway/service.ts')).gatewayService((await import('./gateway.ts')).gatewayFlags(values)) },
+  gateway: { describe: 'serve the HTTP API, SSE and web UI (tune with --gateway-port, --gateway-host)', flags: ['gateway-port', 'gateway-host'], create: async ({ values }) => (await import('../gateway/service.ts')).gatewayService((await import('./gateway.ts')).gatewayFlags(values)) },
   persister: { describe: 'write workflow history to Neo4j', flags: ['neo4j-uri', 'neo4j-user', 'neo4j-password', 'neo4j-database', 'persister-batch', 'persister-claim-idle', 'persister-reconcile-every', 'persister-retention'], create: async ({ values }) => (await import('../../agents/persister.ts')).persisterService((await import('./persister.ts')).persisterFlags(values, 'persister-')) },
 }

@@ -2,7 +2,7 @@
 import { startRuntime } from '../runtime.ts'
 import type { HostedService } from '../runtime.ts'
 import { TroupeError } from '../errors.ts'
-import { configFlags, metricsPortFlag, parse, serveUntilSignal, UsageError, type Command } from './common.ts'
+import { configFlags, metricsPortFlag, parse, parseDuration, serveUntilSignal, UsageError, type Command } from './common.ts'
 import { loadAgents } from './load-agents.ts'
 import { SERVICES } from './services.ts'
 
@@ -19,7 +19,7 @@ function usage(): string {
     '  --only a,b               host only these agents of the module',
     '  --concurrency <n>        override every hosted agent\'s concurrency',
     '  --metrics-port <port>    port of /metrics, /healthz, /readyz (default: TROUPE_METRICS_PORT or a free one)',
-    '  --drain-timeout <ms>     bound on the graceful drain (default 10000)',
+    '  --drain-timeout <dur>    bound on the graceful drain (default 10s; bare numbers are ms)',
     '  --allow-eviction         start even if Redis maxmemory-policy may evict keys',
     ...svc,
     '  --redis <url>            Redis URL (default REDIS_URL or redis://127.0.0.1:6379)',
@@ -65,8 +65,7 @@ export const command: Command = {
       agents = agents.map((a) => ({ ...a, concurrency: c }))
     }
     const metricsPort = metricsPortFlag(v)
-    const drain = typeof v['drain-timeout'] === 'string' ? Number(v['drain-timeout']) : 10_000
-    if (!Number.isFinite(drain) || drain < 0) throw new UsageError('--drain-timeout must be a number of milliseconds')
+    const drain = typeof v['drain-timeout'] === 'string' ? parseDuration(v['drain-timeout']) : 10_000
     const rt = await startRuntime({ agents, services, config: configFlags(v), allowEviction: v['allow-eviction'] === true, metricsPort, drainTimeoutMs: drain })
     return await serveUntilSignal(rt, 'draining')
   },

@@ -4,6 +4,7 @@ import { setup } from 'xstate'
 import { backoffDelay, defineAgent, compareStreamIds, encodePayload, isStreamId, parseEntry, parseLive, Keys, assertWorkflowId, TroupeError } from '../../runtime/index.ts'
 import { parseDuration, parsePayload } from '../../runtime/cli/common.ts'
 import { fakeText } from '../../examples/research-team/fake-model.ts'
+import { advertisedHost, heartbeatFromEnv } from '../../runtime/runtime.ts'
 
 describe('backoffDelay', () => {
   const p = { initialMs: 100, maxMs: 1000, factor: 2, jitter: 0.5 }
@@ -81,5 +82,24 @@ describe('fake model', () => {
     expect(fakeText('p', 5)).toBe(fakeText('p', 5))
     expect(fakeText('p', 5)).not.toBe(fakeText('q', 5))
     expect(fakeText('p', 5).split(' ')).toHaveLength(5)
+  })
+})
+
+describe('advertisedHost (the metrics address service discovery hands out)', () => {
+  it('names the bind address, this host when bound to every interface, or the override', () => {
+    expect(advertisedHost('127.0.0.1', {}, 'box')).toBe('127.0.0.1')
+    expect(advertisedHost('10.0.0.7', {}, 'box')).toBe('10.0.0.7')
+    expect(advertisedHost('0.0.0.0', {}, 'worker-1')).toBe('worker-1')
+    expect(advertisedHost('::', {}, 'worker-1')).toBe('worker-1')
+    expect(advertisedHost('0.0.0.0', { TROUPE_METRICS_ADVERTISE_HOST: 'w1.internal' }, 'box')).toBe('w1.internal')
+    expect(advertisedHost('::1', {}, 'box')).toBe('[::1]')
+  })
+})
+
+describe('heartbeatFromEnv', () => {
+  it('defaults to 2 s and refuses what is not a sane interval', () => {
+    expect(heartbeatFromEnv(undefined)).toBe(2000)
+    expect(heartbeatFromEnv('500')).toBe(500)
+    for (const bad of ['2s', '-1', '50', 'NaN']) expect(() => heartbeatFromEnv(bad)).toThrow(/TROUPE_HEARTBEAT_MS/)
   })
 })
