@@ -60,11 +60,13 @@ export class ActorActivation {
   private live: LiveActor | null = null
   /**
    * True when the worker should look at its ready queue right after this
-   * activation: the release left the hint alone (someone re-hinted it meanwhile),
+   * activation: the release found the hint rewritten meanwhile and left it due,
    * or the actor still has work, due now (fairness, drain) or later (a retry, a
    * durable timer), whose time the worker's next pick learns.
    */
   lookAgain = false
+  /** A lease this process's worker took on the hint for a rerun after this activation: the release leaves it. */
+  rerunLease: number | null = null
   /** State value last written to the status hash by this activation (skip rewriting it). */
   private lastState = ''
 
@@ -110,7 +112,10 @@ export class ActorActivation {
     }
     if (act.code === 'busy') {
       metrics.lockContention.inc({ agent })
-      await ctx.redis.zadd(ctx.keys.ready(agent), 'XX', Date.now() + BUSY_RETRY_MS, this.wf).catch(() => undefined)
+      // Look again when the holder's lock would run out: sooner only hammers a long
+      // activation. The holder brings the hint forward itself when it releases
+      // (release_hint.lua), and if it dies the lock has run out by then.
+      await ctx.redis.zadd(ctx.keys.ready(agent), 'XX', Date.now() + Math.max(BUSY_RETRY_MS, act.lockMs), this.wf).catch(() => undefined)
       this.state = 'done'
       return
     }
@@ -314,7 +319,8 @@ export class ActorActivation {
   private async settle(nextDue: number | null, hints: Hint[], appended: Appended[]): Promise<void> {
     await this.stopExtender()
     const phases = this.followUpOps(hints, appended)
-    const at = phases[0].push(releaseHintOp(this.env.ctx, this.def.name, this.wf, this.lease ?? 0, nextDue)) - 1
+    const at = phases[0].length
+    phases[0].push(releaseHintOp(this.env.ctx, this.def.name, this.wf, this.lease ?? 0, nextDue, this.rerunLease))
     const res = await execPhases(this.env.ctx.redis, phases)
     const [releaseErr, released] = res[at] ?? [null, 0]
     // nextDue in the future (a retry's backoff, a durable timer): the worker's

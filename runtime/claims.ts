@@ -175,7 +175,7 @@ export type Activation =
   | { code: 'ok'; fence: number; snapshot: string; version: number; redelivered: boolean; batch: Claimed[] }
   | { code: 'idle'; fence: number; nextDue: number | null }
   | { code: 'ended'; fence: number }
-  | { code: 'busy'; fence: number }
+  | { code: 'busy'; fence: number; lockMs: number }
 
 /**
  * The activate script as an op: takes the actor's lock (value `lockValue`, TTL
@@ -196,7 +196,8 @@ export function parseActivation(raw: unknown): Activation {
   const r = raw as unknown[]
   const code = str(r[0])
   const fence = Number(r[1])
-  if (code === 'ended' || code === 'busy') return { code, fence }
+  if (code === 'busy') return { code, fence, lockMs: Math.max(0, Number(str(r[5])) || 0) }
+  if (code === 'ended') return { code, fence }
   if (code === 'idle') return { code, fence, nextDue: str(r[5]) === '' ? null : Number(r[5]) }
   return { code: 'ok', fence, snapshot: str(r[2]), version: Number(str(r[3]) || '0'), redelivered: Number(r[4]) === 1, batch: parseClaimed(r, 6) }
 }
@@ -299,8 +300,8 @@ export async function commit(ctx: ProtocolContext, a: CommitArgs): Promise<Commi
 }
 
 /** Compare-and-delete (or move to `nextDue`) of our lease on an actor's ready hint, as an op. */
-export function releaseHintOp(ctx: ProtocolContext, agent: string, wf: string, lease: number, nextDue: number | null): ScriptOp {
-  return { script: 'release_hint', keys: [ctx.keys.ready(agent)], args: [wf, lease, nextDue === null ? '' : nextDue] }
+export function releaseHintOp(ctx: ProtocolContext, agent: string, wf: string, lease: number, nextDue: number | null, rerunLease: number | null = null): ScriptOp {
+  return { script: 'release_hint', keys: [ctx.keys.ready(agent)], args: [wf, lease, nextDue === null ? '' : nextDue, rerunLease ?? ''] }
 }
 
 /**

@@ -137,6 +137,8 @@ export class AgentWorker {
           // the lease to the running activation instead lost a hint when its final
           // commit had already gone idle: its release deleted the new one.)
           this.rerun.set(p.wf, p.lease)
+          const running = this.active.get(p.wf)
+          if (running) running.rerunLease = p.lease
           continue
         }
         this.launch(p.wf, p.lease)

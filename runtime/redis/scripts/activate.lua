@@ -13,14 +13,16 @@
 -- Returns: { code, fence, snapshot|'', version|'', redelivered (0|1), nextDue|'', record1, attempt1, id1, ... }
 --          code 'ok': lock taken and actions claimed; 'idle': nothing due, lock released;
 --          'ended': the workflow is over, leftovers dropped, lock released;
---          'busy': another activation holds the lock (fence 0, nothing changed)
+--          'busy': another activation holds the lock (fence 0, nothing changed; in
+--          place of nextDue, the ms the lock has left: the caller pushes the hint
+--          that far instead of bouncing off the lock again and again)
 local actor_key, lock_key, mailbox, actions_key, status_key, events_key =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local lock_value, wf, agent, ev_base, channel = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local maxlen, retention, batch, ttl = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
 local holder = redis.call('GET', lock_key)
 if holder and holder ~= lock_value then
-  return { 'busy', 0, '', '', 0, '' }
+  return { 'busy', 0, '', '', 0, tostring(redis.call('PTTL', lock_key)) }
 end
 -- A holder equal to our value is this same call replayed after a dropped connection.
 redis.call('SET', lock_key, lock_value, 'PX', ttl)
