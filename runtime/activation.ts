@@ -148,7 +148,7 @@ export class ActorActivation {
     }
   }
 
-  /** The activate script; a handed-off actor leases its hint in the same write. */
+  /** The activate script; a handed-off actor leases its hint first (same pipeline on one Redis). */
   private async lockAndActivate(lockValue: string): Promise<Activation> {
     const { ctx } = this.env
     const op = activateOp(ctx, this.wf, this.def.name, lockValue, BATCH)
@@ -315,7 +315,7 @@ export class ActorActivation {
     if (phases[0].length + phases[1].length > 0) this.env.background(execPhases(this.env.ctx.redis, phases).then(throwFirst))
   }
 
-  /** Stops the extender, then releases our hint together with the last follow-ups (one write). */
+  /** Stops the extender, then releases our hint together with the last follow-ups (one pipeline on one Redis). */
   private async settle(nextDue: number | null, hints: Hint[], appended: Appended[]): Promise<void> {
     await this.stopExtender()
     const phases = this.followUpOps(hints, appended)
@@ -340,13 +340,14 @@ export class ActorActivation {
         if (!this.lock || this.state === 'done') return
         try {
           this.lock = await this.lock.extend(ttl)
-          if (this.lease === null) return
+          // No lease of ours (none yet, or the hand-off's lease write failed): nothing to move.
+          if (!this.lease) return
           const moved = await extendHint(this.env.ctx, this.def.name, this.wf, this.lease)
-          // Left alone: the release will find someone else's score and leave it too.
+          // Left alone: the release will find someone else's score and bring it forward.
           if (moved !== null) this.lease = moved
         } catch (err) {
           this.env.metrics.protocolErrors.inc({ step: 'extend' })
-          this.env.log.warn(`could not extend lock of ${this.def.name} in ${this.wf}`, { error: err instanceof Error ? err.message : String(err) })
+          this.env.log.warn(`could not extend the lock or hint lease of ${this.def.name} in ${this.wf}`, { error: err instanceof Error ? err.message : String(err) })
         }
       })
     }, Math.max(250, Math.floor(ttl / 3)))

@@ -1,7 +1,7 @@
 // Typed wrappers around the claim-protocol scripts (DESIGN §4). Each function is one
-// round trip; the global keys (ready hints, persistence pointers) are written by
-// writeFollowUps, after the per-workflow script, so a crash in between leaves at
-// worst a harmless hint.
+// round trip on a single Redis (on a Cluster, one per phase: see execPhases); the
+// global keys (ready hints, persistence pointers) are written by the follow-ups,
+// after the per-workflow script, so a crash in between leaves at worst a harmless hint.
 import { nanoid } from 'nanoid'
 import type { TroupeConfig } from './config.ts'
 import { effectiveMaxLen, effectiveRetention } from './config.ts'
@@ -104,7 +104,7 @@ function parseEnqueue(wf: string, raw: unknown): EnqueueResult {
 }
 
 /**
- * Enqueues actions in one write: per action a pre-hint and the script, then the
+ * Enqueues actions in one write (on a Cluster, two phases): per action a pre-hint and the script, then the
  * post-hints and one wake-up per agent; then the persistence pointers, with
  * `extra` when every enqueue succeeded. Returns one result or error per action,
  * in order.

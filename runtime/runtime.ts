@@ -293,6 +293,8 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
     names.add(a.name)
   }
   const log = opts.logger ?? createLogger('runtime')
+  // Checked before a connection exists: a bad setting must not leave one open.
+  if (opts.heartbeatMs === undefined) heartbeatFromEnv(process.env.TROUPE_HEARTBEAT_MS)
   const redis = createRedis(cfg.redisUrl, { name: 'troupe-runtime' })
   redis.on('error', (err: Error) => log.debug('redis connection error', { error: err.message }))
   const rt = new Runtime(redis, cfg, opts, log)
@@ -323,6 +325,6 @@ export function advertisedHost(bind: string, env: NodeJS.ProcessEnv = process.en
 export function heartbeatFromEnv(raw: string | undefined): number {
   if (raw === undefined || raw === '') return 2000
   const v = Number(raw)
-  if (!Number.isFinite(v) || v < 100) throw new TroupeError('config', `TROUPE_HEARTBEAT_MS=${raw} must be a number of milliseconds, at least 100`)
+  if (!Number.isFinite(v) || v < 50) throw new TroupeError('config', `TROUPE_HEARTBEAT_MS=${raw} must be a number of milliseconds, at least 50 (as --heartbeat)`)
   return v
 }

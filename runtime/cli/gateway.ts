@@ -8,7 +8,7 @@ const usage = `usage: troupe gateway [--port 8080] [--host 127.0.0.1] [--metrics
 
 Serves the HTTP API (/v1), live SSE streams and the web UI (/) until SIGTERM/SIGINT.
   --port          listening port (also --gateway-port; default TROUPE_GATEWAY_PORT or 8080)
-  --host          listening address (default TROUPE_GATEWAY_HOST or 127.0.0.1)
+  --host          listening address (also --gateway-host; default TROUPE_GATEWAY_HOST or 127.0.0.1)
   --metrics-port  port of /metrics, /healthz, /readyz (default TROUPE_METRICS_PORT or a free one)
   --heartbeat     this process's heartbeat interval (default 2s)
   --allow-eviction  start even if Redis maxmemory-policy may evict keys
@@ -31,6 +31,7 @@ export const command: Command = {
       port: { type: 'string' },
       'gateway-port': { type: 'string' },
       host: { type: 'string' },
+      'gateway-host': { type: 'string' },
       'metrics-port': { type: 'string' },
       heartbeat: { type: 'string' },
       'allow-eviction': { type: 'boolean' },

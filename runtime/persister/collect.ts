@@ -27,8 +27,8 @@ function check(r: Reply | undefined): unknown {
 }
 
 /**
- * Reads each range completely, `pageSize` entries per XRANGE, all ranges in one
- * pipeline per page round.
+ * Reads each range completely, `pageSize` entries per XRANGE, all ranges at once
+ * per page round (one pipeline on a single Redis, per node on a Cluster).
  */
 export async function readEvents(redis: RedisClient, keys: Keys, ranges: readonly ReadRange[], pageSize: number): Promise<Map<string, StreamedEvent[]>> {
   const out = new Map<string, StreamedEvent[]>()
@@ -51,7 +51,7 @@ export async function readEvents(redis: RedisClient, keys: Keys, ranges: readonl
 
 /**
  * Reads the status hash, the records of the actions the events mention and the
- * stream's last id of each workflow, in one pipeline. The last id is read first:
+ * stream's last id of each workflow, all at once (see readEvents). The last id is read first:
  * every status change appends an event, so the hash is at least as new as it.
  */
 export async function readState(redis: RedisClient, keys: Keys, events: ReadonlyMap<string, StreamedEvent[]>): Promise<WorkflowReading[]> {

@@ -139,19 +139,21 @@ export class PersistenceQueue {
 
   /**
    * Parks the malformed entries, then acks and deletes every entry of the batch,
-   * in one round trip. Deleting acked entries keeps the stream's length equal to
+   * in one round trip (two when something is parked). Deleting acked entries keeps the stream's length equal to
    * the backlog (and lets retention free memory).
    */
   async ack(ids: readonly string[], parked: readonly Parked[], at: number): Promise<void> {
     if (ids.length === 0 && parked.length === 0) return
-    // Parked before acked: on a Cluster the two keys live on different nodes, so the
-    // ack waits for the parking's reply (a crash in between redelivers, never loses).
+    // Parked before acked, and acked only once parked: on a Cluster the two keys
+    // live on different nodes, so the ack waits for the parking's reply (a crash in
+    // between redelivers, never loses).
     const park: CmdOp[] = parked.map((p) => ({
       cmd: 'xadd',
       args: [this.parkedKey, 'MAXLEN', '~', this.parkedMaxLen, '*', 'entry', p.entryId, 'reason', p.reason, 'detail', p.detail, 'consumer', this.consumer, 'at', at, 'fields', JSON.stringify(p.fields).slice(0, 4096)],
     }))
     const done: CmdOp[] = ids.length > 0 ? [{ cmd: 'xack', args: [this.key, GROUP, ...ids] }, { cmd: 'xdel', args: [this.key, ...ids] }] : []
-    throwFirst(await execPhases(this.redis, [park, done]))
+    if (park.length > 0) throwFirst(await execPhases(this.redis, [park]))
+    throwFirst(await execPhases(this.redis, [done]))
   }
 
   /** Length, age of the oldest entry, and the server clock, in one round trip. */

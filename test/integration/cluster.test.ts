@@ -57,6 +57,7 @@ describe('redis cluster', () => {
     try {
       const nodeOf = await slotOwners(admin)
       const busy = new Set([await nodeOf(admin.keys.ready('counter')), await nodeOf(admin.keys.wake('counter'))])
+      // Let the worker finish its first pick and block on the wake-up marker.
       await new Promise((r) => setTimeout(r, 300))
       for (let round = 0; round < 4; round++) {
         let wf = ''

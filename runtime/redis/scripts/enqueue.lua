@@ -1,7 +1,8 @@
 -- enqueue: stores one action, adds it to its actor's mailbox, updates the workflow
 -- status and appends + publishes action.enqueued (and workflow.started on start).
--- The ready hint (a global key) is set by the caller in the same write, before and
--- after this script (runtime/claims.ts enqueueMany).
+-- The ready hint (a global key) is set by the caller before and after this script:
+-- in the same pipeline on a single Redis, after its reply on a Cluster
+-- (runtime/claims.ts enqueueMany).
 --
 -- KEYS: 1 workflow:status  2 workflow:actions  3 workflow:seq  4 workflow:events
 --       5 workflow:queue:<agent> (mailbox)
