@@ -3,7 +3,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { problemCatalog } from '../../runtime/gateway/problem.ts'
 import { eventually } from '../helpers/redis.ts'
-import { call, startStack, type Reply, type Stack } from './helpers.ts'
+import { call, listAll, startNamed, startStack, type Reply, type Stack } from './helpers.ts'
 
 let s: Stack
 let alice: string
@@ -71,23 +71,8 @@ describe('gateway API', () => {
 
   it('pages my workflows newest first with a stable cursor', async () => {
     const carol = (await s.login('carol')).access_token
-    const ids: string[] = []
-    for (let i = 0; i < 7; i++) {
-      const r = await call(s, 'POST', '/v1/workflows', { token: carol, body: { agent: 'counter', type: 'ping', workflowId: `carol-${i}` } })
-      expect(r.status).toBe(201)
-      ids.push(`carol-${i}`)
-    }
-    const seen: string[] = []
-    let cursor: string | null = null
-    let pages = 0
-    do {
-      const q: string = cursor ? `?limit=3&cursor=${encodeURIComponent(cursor)}` : '?limit=3'
-      const r = await call(s, 'GET', `/v1/workflows${q}`, { token: carol })
-      const b = r.json as { items: { workflowId: string; createdAt: number }[]; nextCursor: string | null }
-      seen.push(...b.items.map((i) => i.workflowId))
-      cursor = b.nextCursor
-      pages++
-    } while (cursor && pages < 10)
+    const ids = await startNamed(s, carol, 'carol', 7)
+    const { ids: seen, pages } = await listAll(s, carol, 3)
     expect(pages).toBe(3)
     expect(seen.sort()).toEqual([...ids].sort())
     expect(new Set(seen).size).toBe(7)

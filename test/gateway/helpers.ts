@@ -144,6 +144,34 @@ export async function call(
   return { status: res.status, headers: res.headers, text, json }
 }
 
+/** Starts `n` counter workflows named `<prefix>-0..n-1` through the API; returns their ids. */
+export async function startNamed(s: { url: string }, token: string, prefix: string, n: number): Promise<string[]> {
+  const ids: string[] = []
+  for (let i = 0; i < n; i++) {
+    const r = await call(s, 'POST', '/v1/workflows', { token, body: { agent: 'counter', type: 'ping', workflowId: `${prefix}-${i}` } })
+    if (r.status !== 201) throw new Error(`start ${prefix}-${i}: ${r.status} ${r.text}`)
+    ids.push(`${prefix}-${i}`)
+  }
+  return ids
+}
+
+/** Pages through GET /v1/workflows `limit` at a time (at most 10 pages); returns the ids seen and the page count. */
+export async function listAll(s: { url: string }, token: string, limit: number): Promise<{ ids: string[]; pages: number }> {
+  const ids: string[] = []
+  let cursor: string | null = null
+  let pages = 0
+  do {
+    const q: string = cursor ? `?limit=${limit}&cursor=${encodeURIComponent(cursor)}` : `?limit=${limit}`
+    const r = await call(s, 'GET', `/v1/workflows${q}`, { token })
+    if (r.status !== 200) throw new Error(`list: ${r.status} ${r.text}`)
+    const b = r.json as { items: { workflowId: string }[]; nextCursor: string | null }
+    ids.push(...b.items.map((i) => i.workflowId))
+    cursor = b.nextCursor
+    pages++
+  } while (cursor && pages < 10)
+  return { ids, pages }
+}
+
 /** One parsed SSE message. */
 export interface SseMessage {
   id?: string

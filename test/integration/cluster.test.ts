@@ -7,7 +7,7 @@ import { researchTeam } from '../../examples/research-team/agents.ts'
 import { counter } from '../fixtures/agents.ts'
 import { eventually, testConfig } from '../helpers/redis.ts'
 import { spawnRuntime } from '../helpers/processes.ts'
-import { call, startStack } from '../gateway/helpers.ts'
+import { listAll, startNamed, startStack } from '../gateway/helpers.ts'
 import { cleanGraph, graphCounts, neo4jEnv, openDriver } from '../persister/helpers.ts'
 
 let cluster: RedisCluster
@@ -133,21 +133,8 @@ describe('redis cluster', () => {
     const s = await startStack({ config: { redisUrl: cluster.url } })
     try {
       const { access_token: accessToken } = await s.login('dana')
-      const started: string[] = []
-      for (let i = 0; i < 7; i++) {
-        const r = await call(s, 'POST', '/v1/workflows', { token: accessToken, body: { agent: 'counter', type: 'ping', workflowId: `dana-${i}` } })
-        expect(r.status).toBe(201)
-        started.push(`dana-${i}`)
-      }
-      const seen: string[] = []
-      let cursor: string | null = null
-      do {
-        const r = await call(s, 'GET', `/v1/workflows?limit=3${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ''}`, { token: accessToken })
-        expect(r.status).toBe(200)
-        const b = r.json as { items: { workflowId: string; status: string }[]; nextCursor: string | null }
-        seen.push(...b.items.map((x) => x.workflowId))
-        cursor = b.nextCursor
-      } while (cursor)
+      const started = await startNamed(s, accessToken, 'dana', 7)
+      const { ids: seen } = await listAll(s, accessToken, 3)
       expect(seen.sort()).toEqual(started.sort())
     } finally {
       await s.rt.stop()
