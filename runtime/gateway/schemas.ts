@@ -58,6 +58,9 @@ export const cancelBody = {
   properties: { reason: { type: 'string', maxLength: 200 } },
 } as const
 
+/** POST /v1/workflows/:id/dead-letters/:actionId/retry takes no body, or an empty object. */
+export const emptyBody = { type: ['object', 'null'], additionalProperties: false, properties: {} } as const
+
 /** GET /v1/workflows */
 export const listQuery = {
   type: 'object',

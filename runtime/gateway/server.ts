@@ -19,6 +19,7 @@ import { connectionProblem, GatewayError, sendProblem } from './problem.ts'
 import { RateLimiter } from './rate-limit.ts'
 import { gatewaySettings, type GatewaySettingsInput } from './settings.ts'
 import { SseHub } from './sse-hub.ts'
+import { RouteTable } from './routes.ts'
 import { registerUi } from './ui.ts'
 import { registerWorkflowRoutes } from './workflow-routes.ts'
 
@@ -168,7 +169,17 @@ export async function createGateway(opts: GatewayOptions): Promise<Gateway> {
     }
   })
   app.setErrorHandler((err, request, reply) => sendProblem(err, request, reply))
-  app.setNotFoundHandler((request, reply) => sendProblem(new GatewayError('not_found', `no route for ${request.method} ${request.url.split('?')[0] ?? ''}`), request, reply))
+  const routes = new RouteTable()
+  app.addHook('onRoute', (r) => routes.add(r.method, r.url))
+  app.setNotFoundHandler((request, reply) => {
+    const path = request.url.split('?')[0] ?? ''
+    // A known path asked with the wrong method is a 405 naming the methods it takes (RFC 9110 §15.5.6).
+    const allow = routes.methodsFor(path)
+    const err = allow.length > 0
+      ? new GatewayError('method_not_allowed', `${request.method} is not allowed on ${path}; use ${allow.join(', ')}`, { allow: allow.join(', ') })
+      : new GatewayError('not_found', `no route for ${request.method} ${path}`)
+    return sendProblem(err, request, reply)
+  })
 
   registerAuthRoutes(app, deps)
   registerWorkflowRoutes(app, deps)

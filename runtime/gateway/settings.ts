@@ -29,7 +29,7 @@ export interface LimitSettings {
 
 /** Server-Sent Events behaviour. */
 export interface SseSettings {
-  /** `TROUPE_SSE_HEARTBEAT_MS`: comment line sent to idle streams (default 15 s). */
+  /** `TROUPE_SSE_HEARTBEAT_MS`: comment line sent on every open stream (default 15 s). */
   heartbeatMs: number
   /** `TROUPE_SSE_RETRY_MS`: reconnect delay advertised with `retry:` (default 2 s). */
   retryMs: number

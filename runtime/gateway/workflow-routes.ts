@@ -9,7 +9,7 @@ import type { ActionRecord } from '../types.ts'
 import { caller } from './authenticate.ts'
 import type { GatewayDeps } from './deps.ts'
 import { GatewayError } from './problem.ts'
-import { cancelBody, deadLetterParams, listQuery, noQuery, sendBody, startBody, workflowParams } from './schemas.ts'
+import { cancelBody, deadLetterParams, emptyBody, listQuery, noQuery, sendBody, startBody, workflowParams } from './schemas.ts'
 
 interface StartBody {
   agent: string
@@ -134,7 +134,7 @@ export function registerWorkflowRoutes(app: FastifyInstance, deps: GatewayDeps):
     return { items: await client.deadLetters(request.params.id) }
   })
 
-  app.post<{ Params: { id: string; actionId: string } }>('/v1/workflows/:id/dead-letters/:actionId/retry', { schema: { params: deadLetterParams, querystring: noQuery } }, async (request, reply) => {
+  app.post<{ Params: { id: string; actionId: string } }>('/v1/workflows/:id/dead-letters/:actionId/retry', { schema: { params: deadLetterParams, body: emptyBody, querystring: noQuery } }, async (request, reply) => {
     const { user } = caller(request)
     const { id: wf, actionId } = request.params
     await assertOwner(wf, user)

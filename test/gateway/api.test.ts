@@ -117,6 +117,13 @@ describe('gateway API', () => {
     expectProblem(await call(s, 'GET', '/v1/workflows/bad%20id', { token: alice }), 400, 'validation')
     expectProblem(await call(s, 'GET', '/v1/workflows/nope', { token: alice }), 404, 'workflow_not_found')
     expectProblem(await call(s, 'GET', '/v1/nothing-here', { token: alice }), 404, 'not_found')
+    // A known path with the wrong method: 405 naming the methods it takes.
+    const wrong = await call(s, 'DELETE', '/v1/workflows/some-id', { token: alice })
+    expectProblem(wrong, 405, 'method_not_allowed')
+    expect(wrong.headers.get('allow')).toBe('GET, HEAD')
+    expect((await call(s, 'PUT', '/v1/workflows', { token: alice, body: {} })).headers.get('allow')).toBe('GET, HEAD, POST')
+    // The retry of a dead letter takes no body (or an empty object).
+    expectProblem(await call(s, 'POST', '/v1/workflows/some-id/dead-letters/aid/retry', { token: alice, body: { force: true } }), 400, 'validation')
     expectProblem(await call(s, 'GET', '/v1/workflows?limit=1000', { token: alice }), 400, 'validation')
     const dup = await call(s, 'POST', '/v1/workflows', { token: alice, body: { agent: 'counter', type: 'ping', workflowId: 'dup-1' } })
     expect(dup.status).toBe(201)

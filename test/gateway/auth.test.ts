@@ -88,6 +88,30 @@ describe('gateway auth', () => {
     expect(await me({ token: t3.access_token })).toBe(200)
   })
 
+  it('rejects an expired refresh token (revoking its family) and an expired credential', async () => {
+    const credential = await s.issue('ned')
+    const t = (await call(s, 'POST', '/v1/auth/token', { body: { credential } })).json as TokenPair
+    const day = 24 * 3600_000 + 1000
+    const year = 366 * 24 * 3600_000
+    s.advance(day)
+    try {
+      const late = await call(s, 'POST', '/v1/auth/refresh', { body: { refresh_token: t.refresh_token } })
+      expect(late.status).toBe(401)
+      expect((late.json as { code: string }).code).toBe('token_expired')
+      // Expiry revoked the family: the same token is not even recognised any more.
+      expect(((await call(s, 'POST', '/v1/auth/refresh', { body: { refresh_token: t.refresh_token } })).json as { code: string }).code).toBe('unauthorized')
+      // The credential itself still signs in until its own lifetime (a year) ends.
+      expect((await call(s, 'POST', '/v1/auth/token', { body: { credential } })).status).toBe(200)
+      s.advance(year)
+      const stale = await call(s, 'POST', '/v1/auth/token', { body: { credential } })
+      expect(stale.status).toBe(401)
+      expect((stale.json as { code: string }).code).toBe('token_expired')
+    } finally {
+      // Credentials issued later by the CLI carry real time: give the clock back.
+      s.advance(-day - year)
+    }
+  })
+
   it('revokes the whole family when an old refresh token is reused', async () => {
     const t1 = await s.login('gus')
     const other = await s.login('gus') // a second, independent family
