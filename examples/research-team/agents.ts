@@ -1,8 +1,10 @@
 // The research team: a planner fans a topic out to three research actions, the
 // writer fans the findings back in and streams a draft token by token, and the
 // reviewer sends it back once before approving it, which completes the workflow.
+// Started with `{ signOff: true }`, the approved report also waits for a person
+// to send `approve` to the reviewer (from the web UI, `troupe send` or the API).
 import { assign, fromPromise, setup } from 'xstate'
-import { completeWorkflow, defineAgent, emitEvent, sendToAgent, type ActionEvent } from '../../runtime/index.ts'
+import { completeWorkflow, defineAgent, emitEvent, sendToAgent, type ActionEvent, type TroupeAction } from '../../runtime/index.ts'
 import { fakeText, streamCompletion } from './fake-model.ts'
 
 /** Angles every topic is researched from. */
@@ -10,10 +12,22 @@ export const ANGLES = ['physics', 'engineering', 'economics'] as const
 
 type Emit = (e: { type: string; content: unknown }) => void
 
+type PlanEvent = ActionEvent<'plan', { topic?: unknown; signOff?: unknown }>
+const topicOf = (e: PlanEvent): string => (typeof e.payload?.topic === 'string' ? e.payload.topic : 'untitled')
+
+/** The planner's sends on `plan`: announce the plan, one research action per angle. */
+function delegate(): TroupeAction[] {
+  return [
+    emitEvent('plan', ({ context }: { context: { topic: string } }) => ({ topic: context.topic, angles: ANGLES })),
+    ...ANGLES.map((angle) => sendToAgent('researcher', 'research', ({ context }: { context: { topic: string } }) => ({ topic: context.topic, angle }))),
+  ]
+}
+
 export const planner = defineAgent({
   name: 'planner',
   machine: setup({
-    types: { context: {} as { topic: string }, events: {} as ActionEvent<'plan', { topic?: unknown }> },
+    types: { context: {} as { topic: string }, events: {} as PlanEvent },
+    guards: { signOff: ({ event }) => event.payload?.signOff === true },
   }).createMachine({
     id: 'planner',
     context: { topic: '' },
@@ -21,14 +35,12 @@ export const planner = defineAgent({
     states: {
       idle: {
         on: {
-          plan: {
-            target: 'delegated',
-            actions: [
-              assign({ topic: ({ event }) => (typeof event.payload?.topic === 'string' ? event.payload.topic : 'untitled') }),
-              emitEvent('plan', ({ context }: { context: { topic: string } }) => ({ topic: context.topic, angles: ANGLES })),
-              ...ANGLES.map((angle) => sendToAgent('researcher', 'research', ({ context }: { context: { topic: string } }) => ({ topic: context.topic, angle }))),
-            ],
-          },
+          plan: [
+            // The reviewer learns now that a person signs the report off; the brief
+            // reaches its mailbox long before the first draft does.
+            { guard: 'signOff', target: 'delegated', actions: [assign({ topic: ({ event }) => topicOf(event) }), ...delegate(), sendToAgent('reviewer', 'brief', { signOff: true })] },
+            { target: 'delegated', actions: [assign({ topic: ({ event }) => topicOf(event) }), ...delegate()] },
+          ],
         },
       },
       delegated: { type: 'final' },
@@ -123,19 +135,25 @@ export const writer = defineAgent({
 })
 
 type ReviewEvent = ActionEvent<'review', { draft: string; revision: number }>
+type ReviewerEvent = ReviewEvent | ActionEvent<'brief', { signOff?: boolean }> | ActionEvent<'approve', { note?: unknown }>
+type ReviewerCtx = { reviews: number; signOff: boolean; report: string; revisions: number }
 
 export const reviewer = defineAgent({
   name: 'reviewer',
   machine: setup({
-    types: { context: {} as { reviews: number }, events: {} as ReviewEvent },
-    guards: { firstDraft: ({ event }) => (event as ActionEvent<'review', { revision: number }>).payload.revision === 0 },
+    types: { context: {} as ReviewerCtx, events: {} as ReviewerEvent },
+    guards: {
+      firstDraft: ({ event }) => (event as ReviewEvent).payload.revision === 0,
+      signOff: ({ context }) => context.signOff,
+    },
   }).createMachine({
     id: 'reviewer',
-    context: { reviews: 0 },
+    context: { reviews: 0, signOff: false, report: '', revisions: 0 },
     initial: 'reviewing',
     states: {
       reviewing: {
         on: {
+          brief: { actions: assign({ signOff: ({ event }) => (event as ActionEvent<'brief', { signOff?: boolean }>).payload?.signOff === true }) },
           review: [
             {
               guard: 'firstDraft',
@@ -146,14 +164,38 @@ export const reviewer = defineAgent({
               ],
             },
             {
+              guard: 'signOff',
+              target: 'awaitingSignOff',
+              actions: [
+                assign({
+                  reviews: ({ context }) => context.reviews + 1,
+                  report: ({ event }) => event.payload.draft,
+                  revisions: ({ event }) => event.payload.revision,
+                }),
+                emitEvent('review', { verdict: 'approved', waitingFor: 'approve' }),
+              ],
+            },
+            {
               target: 'approved',
               actions: [
                 assign({ reviews: ({ context }) => context.reviews + 1 }),
                 emitEvent('review', { verdict: 'approved' }),
-                completeWorkflow(({ event }: { event: ActionEvent<'review', { draft: string; revision: number }> }) => ({ report: event.payload.draft, revisions: event.payload.revision })),
+                completeWorkflow(({ event }: { event: ReviewEvent }) => ({ report: event.payload.draft, revisions: event.payload.revision })),
               ],
             },
           ],
+        },
+      },
+      // Only `approve` is accepted here: anything else becomes a dead letter that says so.
+      awaitingSignOff: {
+        on: {
+          approve: {
+            target: 'approved',
+            actions: [
+              emitEvent('sign-off', ({ event }: { event: ActionEvent<'approve', { note?: unknown }> }) => ({ note: typeof event.payload?.note === 'string' ? event.payload.note : '' })),
+              completeWorkflow(({ context }: { context: ReviewerCtx }) => ({ report: context.report, revisions: context.revisions, signedOff: true })),
+            ],
+          },
         },
       },
       approved: { type: 'final' },

@@ -1,7 +1,7 @@
 // The web UI in headless Chromium (Debian's package, driven by playwright-core;
 // no browser download): sign in, start a workflow, watch tokens stream in live,
 // survive a gateway restart mid-stream with exactly the right text, send an
-// action from the page. Leaves a screenshot in $TMPDIR/troupe-ui.png (and in
+// action from the page; start the research example and sign it off. Leaves a screenshot in $TMPDIR/troupe-ui.png (and in
 // docs/ui.png with UPDATE_SCREENSHOT=1).
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs'
 import { createServer } from 'node:net'
@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { chromium, type BrowserContext, type Page } from 'playwright-core'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { researchTeam } from '../../examples/research-team/agents.ts'
 import { sleep, startStack, type Stack } from './helpers.ts'
 
 const CHROMIUM = '/usr/bin/chromium'
@@ -29,7 +30,7 @@ async function freePort(): Promise<number> {
 beforeAll(async () => {
   if (!existsSync(CHROMIUM)) throw new Error('install chromium: apt-get install -y chromium')
   // A fixed port, so the page can reconnect to the restarted gateway.
-  s = await startStack({ gateway: { port: await freePort(), sse: { retryMs: 300 }, limits: { ratePerSec: 1000, burst: 1000 } } })
+  s = await startStack({ agents: researchTeam, gateway: { port: await freePort(), sse: { retryMs: 300 }, limits: { ratePerSec: 1000, burst: 1000 } } })
   profile = mkdtempSync(join(tmpdir(), 'troupe-chromium-'))
   ctx = await chromium.launchPersistentContext(profile, {
     executablePath: CHROMIUM,
@@ -159,5 +160,39 @@ describe('web UI in headless Chromium', () => {
     const types = await page.locator('#d-timeline .ty').allTextContents()
     expect(types).toContain('workflow.completed')
     expect(types.filter((t) => t === 'workflow.started')).toHaveLength(1)
+  })
+
+  it('starts the research example and signs it off from the page', async () => {
+    // Still signed in from the test above.
+    await page.click('#new-workflow')
+    await page.waitForSelector('#example-card:not([hidden])')
+    await page.fill('#example-topic', 'tidal power')
+    await page.click('#start-example')
+    await page.waitForSelector('#detail-view:not([hidden])')
+    await page.waitForSelector('#d-conn.live')
+    const wfId = (await page.textContent('#d-id')) ?? ''
+    // The writer's draft streams in token by token while the page watches.
+    await page.waitForSelector('#d-timeline .c.stream')
+    const lengths = new Set<number>()
+    const deadline = Date.now() + 30_000
+    while (!(await page.locator('#d-agents li:has-text("reviewer") .state:text-is("awaitingSignOff")').count())) {
+      lengths.add((await page.locator('#d-timeline .c.stream').first().textContent())?.length ?? 0)
+      if (Date.now() > deadline) throw new Error('the reviewer never reached awaitingSignOff')
+      await sleep(15)
+    }
+    expect(lengths.size).toBeGreaterThanOrEqual(3)
+    expect(await page.textContent('#d-status')).toBe('waiting')
+    // The page set the send form up for the sign-off.
+    expect(await page.inputValue('#send-agent')).toBe('reviewer')
+    expect(await page.inputValue('#send-type')).toBe('approve')
+    await page.click('#send-form button[type=submit]')
+    await page.waitForSelector('#toast:has-text("Sent approve to reviewer")')
+    await page.waitForSelector('#d-status:text-is("completed")', { timeout: 15_000 })
+    await page.waitForSelector('#d-conn.ended')
+    const types = await page.locator('#d-timeline .ty').allTextContents()
+    expect(types).toContain('sign-off')
+    expect(types.at(-1)).toBe('workflow.completed')
+    expect(await page.textContent('#wf-list')).toContain(wfId)
+    expect(await page.isHidden('#dead-card')).toBe(true)
   })
 })

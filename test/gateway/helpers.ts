@@ -5,7 +5,7 @@
 import { request as httpRequest, type ClientRequest, type IncomingMessage } from 'node:http'
 import type { Redis } from 'ioredis'
 import { setup } from 'xstate'
-import { defineAgent, startRuntime, type Runtime, type TroupeConfig } from '../../runtime/index.ts'
+import { defineAgent, startRuntime, type AgentDefinition, type Runtime, type TroupeConfig } from '../../runtime/index.ts'
 import type { TokenPair } from '../../runtime/gateway/auth-store.ts'
 import type { Gateway } from '../../runtime/gateway/server.ts'
 import { gatewayService, type GatewayService, type GatewayServiceOptions } from '../../runtime/gateway/service.ts'
@@ -58,12 +58,12 @@ export interface Stack {
 }
 
 /** Starts a runtime hosting the test agents and the gateway (port 0, quiet logs). */
-export async function startStack(opts: { config?: Partial<TroupeConfig>; gateway?: GatewayServiceOptions } = {}): Promise<Stack> {
+export async function startStack(opts: { config?: Partial<TroupeConfig>; gateway?: GatewayServiceOptions; agents?: AgentDefinition[] } = {}): Promise<Stack> {
   const cfg = testConfig(opts.config)
   let offset = 0
   let frozenAt: number | null = null
   const svc = gatewayService({ port: 0, logLevel: 'warn', ...opts.gateway, now: () => (frozenAt ?? Date.now()) + offset })
-  const rt = await startRuntime({ agents: [counter, echo, fragile], services: [svc], config: cfg, metricsPort: false })
+  const rt = await startRuntime({ agents: [counter, echo, fragile, ...(opts.agents ?? [])], services: [svc], config: cfg, metricsPort: false })
   const gw = svc.gateway
   if (!gw) throw new Error('gateway did not start')
   const redis = rawRedis()

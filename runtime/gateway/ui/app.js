@@ -148,6 +148,8 @@ async function loadAgents() {
   }
   fillAgentSelect($('start-agent'), state.agents.map((a) => a.name))
   fillTypes('start')
+  // Offered when the fleet runs examples/research-team (its planner takes `plan`).
+  $('example-card').hidden = !state.agents.some((a) => a.name === 'planner' && a.actionTypes.includes('plan'))
 }
 
 function fillAgentSelect(select, names) {
@@ -187,21 +189,38 @@ function parsePayload(id) {
   }
 }
 
-$('start-form').addEventListener('submit', async (e) => {
-  e.preventDefault()
-  const btn = e.submitter
+async function startWorkflow(btn, body) {
   btn.disabled = true
   try {
-    const body = { agent: $('start-agent').value, type: $('start-type').value.trim(), payload: parsePayload('start-payload') }
     const r = await api('POST', '/v1/workflows', body)
     toast(`Started ${r.workflowId}`)
     await loadList(true)
     await openWorkflow(r.workflowId)
+    return true
   } catch (err) {
     fail(err)
+    return false
   } finally {
     btn.disabled = false
   }
+}
+
+$('start-form').addEventListener('submit', async (e) => {
+  e.preventDefault()
+  let body
+  try {
+    body = { agent: $('start-agent').value, type: $('start-type').value.trim(), payload: parsePayload('start-payload') }
+  } catch (err) {
+    fail(err)
+    return
+  }
+  await startWorkflow(e.submitter, body)
+})
+
+$('start-example').addEventListener('click', async (e) => {
+  const topic = $('example-topic').value.trim() || 'untitled'
+  // The sign-off is the step a person takes: the send form is set up for it.
+  if (await startWorkflow(e.currentTarget, { agent: 'planner', type: 'plan', payload: { topic, signOff: true } })) presetSend('reviewer', 'approve', '{"note": "looks good"}')
 })
 
 // ---------- one workflow ----------
@@ -327,6 +346,15 @@ async function loadDead() {
   } catch (err) {
     quiet(err)
   }
+}
+
+function presetSend(agent, type, payload) {
+  const select = $('send-agent')
+  if (![...select.options].some((o) => o.value === agent)) return
+  select.value = agent
+  fillTypes('send')
+  $('send-type').value = type
+  $('send-payload').value = payload
 }
 
 $('send-form').addEventListener('submit', async (e) => {
