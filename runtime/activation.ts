@@ -9,7 +9,7 @@ import {
   activateOp, commit, emitEvents, extendHint, followUpOps, leaseOp, parseActivation, releaseHintOp,
   type Activation, type ActionResult, type Appended, type Claimed, type CommitResult, type Hint, type ProtocolContext,
 } from './claims.ts'
-import { execOps, execPhases, throwFirst, type Op } from './redis/batch.ts'
+import { execOps, execPhases, isCluster, throwFirst, type Op } from './redis/batch.ts'
 import { TroupeError } from './errors.ts'
 import { LiveActor, type DeliveryOutcome } from './live-actor.ts'
 import type { Logger } from './log.ts'
@@ -69,6 +69,8 @@ export class ActorActivation {
   rerunLease: number | null = null
   /** State value last written to the status hash by this activation (skip rewriting it). */
   private lastState = ''
+  /** On a single Redis the commit's pipeline also runs settle.lua (its keys span slots, so not on a Cluster). */
+  private readonly fusedSettle: boolean
 
   constructor(
     private readonly env: ActivationEnv,
@@ -76,7 +78,9 @@ export class ActorActivation {
     readonly wf: string,
     /** The ready hint's score as this process leased it; null: handed off, leased with the activation. */
     private lease: number | null,
-  ) {}
+  ) {
+    this.fusedSettle = !isCluster(env.ctx.redis)
+  }
 
   /** Finish the current action, then release (graceful shutdown). */
   drain(): void {
@@ -241,6 +245,7 @@ export class ActorActivation {
         res = await commit(ctx, {
           wf: this.wf, agent, fence: act.fence, lockValue, snapshot: live.takeSnapshot(), stateValue: this.stateToWrite(stateValue, transitions),
           version: this.def.version, op, opPayload, release, batch: Math.max(1, Math.min(BATCH, MAX_TURNS - turns)), eventBase: `${eventBase}.${commits++}`, results,
+          ...(this.fusedSettle ? { settle: { lease: this.lease ?? 0, rerunLease: this.rerunLease } } : {}),
         })
       } catch (err) {
         if (err instanceof TroupeError && (err.code === 'fence_rejected' || err.code === 'stale_action')) {
@@ -259,12 +264,15 @@ export class ActorActivation {
         if (r.events.length > 0) metrics.eventsPublished.inc({ agent }, r.events.length)
       }
       if (transitions > 0) metrics.transitions.inc({ agent }, transitions)
+      // settle.lua wrote the persistence pointer, and released the hint if the lock went.
+      const settled = res.settled && (res.settled.state === 'held') === (res.code === 'next') ? res.settled : null
+      const appended = settled ? [] : [res.appended]
       if (res.code === 'next') {
-        this.followUps(res.hints, [res.appended])
+        this.followUps(res.hints, appended)
         batch = res.next
         continue
       }
-      await this.settle(res.code === 'idle' ? res.nextDue : null, res.hints, [res.appended])
+      await this.settle(res.code === 'idle' ? res.nextDue : null, res.hints, appended, settled?.state === 'released' ? settled.released : null)
       batch = []
     }
   }
@@ -315,17 +323,27 @@ export class ActorActivation {
     if (phases[0].length + phases[1].length > 0) this.env.background(execPhases(this.env.ctx.redis, phases).then(throwFirst))
   }
 
-  /** Stops the extender, then releases our hint together with the last follow-ups (one pipeline on one Redis). */
-  private async settle(nextDue: number | null, hints: Hint[], appended: Appended[]): Promise<void> {
+  /**
+   * Stops the extender, then releases our hint together with the last follow-ups
+   * (one pipeline on one Redis). `released`: settle.lua already released it right
+   * after the commit (true when it changed the hint, false when it left it for a
+   * second look); only other actors' hints and wake-ups are left to send.
+   */
+  private async settle(nextDue: number | null, hints: Hint[], appended: Appended[], released: boolean | null = null): Promise<void> {
     await this.stopExtender()
     const phases = this.followUpOps(hints, appended)
+    if (released !== null) {
+      this.lookAgain = !released || nextDue !== null
+      if (phases[0].length + phases[1].length > 0) this.env.background(execPhases(this.env.ctx.redis, phases).then(throwFirst))
+      return
+    }
     const at = phases[0].length
     phases[0].push(releaseHintOp(this.env.ctx, this.def.name, this.wf, this.lease ?? 0, nextDue, this.rerunLease))
     const res = await execPhases(this.env.ctx.redis, phases)
-    const [releaseErr, released] = res[at] ?? [null, 0]
+    const [releaseErr, changed] = res[at] ?? [null, 0]
     // nextDue in the future (a retry's backoff, a durable timer): the worker's
     // next pick learns it and sleeps exactly until then, instead of up to the poll.
-    this.lookAgain = releaseErr !== null || Number(released) !== 1 || nextDue !== null
+    this.lookAgain = releaseErr !== null || Number(changed) !== 1 || nextDue !== null
     const failed = res.find(([err]) => err)
     if (failed?.[0]) {
       this.env.metrics.protocolErrors.inc({ step: 'follow-up' })

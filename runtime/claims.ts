@@ -242,7 +242,16 @@ export interface CommitArgs {
   /** Unique prefix for the ids of the events the script raises. */
   eventBase: string
   results: readonly ActionResult[]
+  /**
+   * Single Redis only: run settle.lua in the same pipeline, right after the
+   * commit (persistence pointer, and the hint release when the lock was let go),
+   * with these leases for the release.
+   */
+  settle?: { lease: number; rerunLease: number | null }
 }
+
+/** What settle.lua did after the commit (see CommitArgs.settle). */
+export type Settled = { state: 'held' } | { state: 'released'; released: boolean }
 
 /** Outcome of commit. */
 export interface CommitResult {
@@ -251,6 +260,8 @@ export interface CommitResult {
   nextDue: number | null
   hints: Hint[]
   appended: Appended
+  /** Set when settle.lua ran and saw this commit: its pointer is written, and its hint released if `released` state. */
+  settled: Settled | null
 }
 
 /**
@@ -274,14 +285,30 @@ export async function commit(ctx: ProtocolContext, a: CommitArgs): Promise<Commi
     }
   }
   let raw: unknown
-  if (preHinted.size > 0) {
+  let settled: Settled | null = null
+  if (preHinted.size > 0 || a.settle) {
     const now = Date.now()
     const ops: Op[] = [...preHinted].map((to) => ({ cmd: 'zadd', args: [k.ready(to), 'LT', now, a.wf] }))
+    const at = ops.length
     ops.push({ script: 'commit', keys, args })
+    if (a.settle) {
+      ops.push({
+        script: 'settle',
+        keys: [k.actor(a.wf, a.agent), k.lock(a.wf, a.agent), k.mailbox(a.wf, a.agent), k.ready(a.agent), k.persistence()],
+        args: [a.wf, a.lockValue, a.eventBase, a.settle.lease, a.settle.rerunLease ?? '', ctx.cfg.persistence ? '1' : ''],
+      })
+    }
     const res = await execOps(ctx.redis, ops)
-    const [err, val] = res[res.length - 1] ?? [new Error('no reply'), null]
+    const [err, val] = res[at] ?? [new Error('no reply'), null]
     if (err) throw err
     raw = val
+    // A failed or skipping settle leaves its work to the separate follow-ups.
+    const [settleErr, sv] = res[at + 1] ?? [null, null]
+    if (a.settle && !settleErr && Array.isArray(sv)) {
+      const state = str(sv[0])
+      if (state === 'held') settled = { state }
+      else if (state === 'released') settled = { state, released: Number(sv[1]) === 1 }
+    }
   } else {
     raw = await runScript(ctx.redis, 'commit', keys, args)
   }
@@ -296,6 +323,7 @@ export async function commit(ctx: ProtocolContext, a: CommitArgs): Promise<Commi
     nextDue: str(r[1]) === '' ? null : Number(r[1]),
     hints,
     appended: { wf: a.wf, first: str(r[2]), last: str(r[3]) },
+    settled,
   }
 }
 

@@ -128,3 +128,22 @@ local function release_lock(lock_key, value)
     redis.call('DEL', lock_key)
   end
 end
+
+-- After an actor went idle: removes its ready hint (or moves it to `nxt`, the due
+-- time of its next delayed action) only if the score is still our unexpired
+-- lease; see release_hint.lua. Returns 1 when changed by us, 0 when left alone.
+local function release_ready_hint(ready, wf, lease, nxt, rerun)
+  local cur = redis.call('ZSCORE', ready, wf)
+  local now = now_ms()
+  if not cur or tonumber(cur) == rerun then return 0 end
+  if tonumber(cur) ~= lease or lease <= now then
+    redis.call('ZADD', ready, 'LT', now, wf)
+    return 0
+  end
+  if nxt ~= '' then
+    redis.call('ZADD', ready, nxt, wf)
+  else
+    redis.call('ZREM', ready, wf)
+  end
+  return 1
+end

@@ -10,18 +10,4 @@
 -- ARGV: 1 wf  2 our lease score  3 next due score or '' (none)
 --       4 a lease this process took for a rerun of the actor, or '': left as it is
 -- Returns: 1 when the hint was changed by us, 0 when it was left for a second look
-local ready = KEYS[1]
-local wf, lease, nxt, rerun = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
-local cur = redis.call('ZSCORE', ready, wf)
-local now = now_ms()
-if not cur or tonumber(cur) == rerun then return 0 end
-if tonumber(cur) ~= lease or lease <= now then
-  redis.call('ZADD', ready, 'LT', now, wf)
-  return 0
-end
-if nxt ~= '' then
-  redis.call('ZADD', ready, nxt, wf)
-else
-  redis.call('ZREM', ready, wf)
-end
-return 1
+return release_ready_hint(KEYS[1], ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]))

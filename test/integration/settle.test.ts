@@ -1,0 +1,101 @@
+// settle.lua, the single-Redis follow-up that rides in the commit's pipeline: it
+// appends the persistence pointer and releases the actor's ready hint only when
+// the commit took effect and let the lock go, and it never hides work: a hint
+// someone rewrote during the activation is left due, and a commit that did not
+// take effect leaves everything to the caller.
+import { afterAll, describe, expect, it } from 'vitest'
+import { TroupeClient } from '../../runtime/index.ts'
+import { activateOp, commit, parseActivation, type CommitArgs, type ProtocolContext } from '../../runtime/claims.ts'
+import { runScript } from '../../runtime/redis/scripts.ts'
+import { testConfig } from '../helpers/redis.ts'
+
+const cfg = testConfig({ persistence: true })
+const client = TroupeClient.connect(cfg)
+const ctx: ProtocolContext = { redis: client.redis, keys: client.keys, cfg }
+const LOCK = 's'.repeat(32)
+const k = client.keys
+
+afterAll(async () => {
+  await client.close()
+})
+
+/** Plays a worker: leases the hint far ahead (as a pick does), then activates. */
+async function leaseAndActivate(wf: string, batch: number): Promise<{ lease: number; act: ReturnType<typeof parseActivation> }> {
+  const lease = Date.now() + 60_000
+  await client.redis.zadd(k.ready('counter'), lease, wf)
+  const op = activateOp(ctx, wf, 'counter', LOCK, batch)
+  return { lease, act: parseActivation(await runScript(ctx.redis, op.script, op.keys, op.args)) }
+}
+
+function ok(wf: string, fence: number, actionId: string, eventBase: string, lease: number): CommitArgs {
+  return {
+    wf, agent: 'counter', fence, lockValue: LOCK, snapshot: '', stateValue: '', version: 1, op: '', opPayload: '', release: false, batch: 1, eventBase,
+    results: [{ actionId, outcome: 'ok', error: '', retryDelayMs: 0, parentEventId: '', durationMs: 1, attempt: 1, events: [], outbox: [] }],
+    settle: { lease, rerunLease: null },
+  }
+}
+
+async function pointers(wf: string): Promise<{ from: string; to: string }[]> {
+  const entries = await client.redis.xrange(k.persistence(), '-', '+')
+  const out: { from: string; to: string }[] = []
+  for (const [, f] of entries) {
+    const m = new Map<string, string>()
+    for (let i = 0; i + 1 < f.length; i += 2) m.set(f[i] as string, f[i + 1] as string)
+    if (m.get('wf') === wf) out.push({ from: m.get('from') ?? '', to: m.get('to') ?? '' })
+  }
+  return out
+}
+
+async function start(): Promise<string> {
+  const { workflowId } = await client.startWorkflow({ agent: 'counter', type: 'ping', payload: { i: 1 }, validate: false })
+  return workflowId
+}
+
+describe('settle.lua after a commit (single Redis)', () => {
+  it('writes the pointer and keeps the hint while the next batch is held, then releases it', async () => {
+    const wf = await start()
+    await client.sendAction(wf, 'counter', 'ping', { i: 2 }, { validate: false })
+    const before = (await pointers(wf)).length
+    const { lease, act } = await leaseAndActivate(wf, 1)
+    if (act.code !== 'ok') throw new Error(act.code)
+    const first = await commit(ctx, ok(wf, act.fence, act.batch[0]?.actionId ?? '', 'st.0', lease))
+    expect(first.code).toBe('next')
+    expect(first.settled).toEqual({ state: 'held' })
+    expect(await client.redis.zscore(k.ready('counter'), wf)).toBe(String(lease))
+    const second = await commit(ctx, ok(wf, act.fence, first.next[0]?.actionId ?? '', 'st.1', lease))
+    expect(second.code).toBe('idle')
+    expect(second.settled).toEqual({ state: 'released', released: true })
+    expect(await client.redis.zscore(k.ready('counter'), wf)).toBeNull()
+    // One pointer per commit, exactly the stream ids each commit appended.
+    const mine = (await pointers(wf)).slice(before)
+    expect(mine).toEqual([
+      { from: first.appended.first, to: first.appended.last },
+      { from: second.appended.first, to: second.appended.last },
+    ])
+  })
+
+  it('leaves a hint rewritten during the activation due for a second look', async () => {
+    const wf = await start()
+    const { lease, act } = await leaseAndActivate(wf, 1)
+    if (act.code !== 'ok') throw new Error(act.code)
+    // An enqueue (or a process that bounced off the lock) wrote the hint meanwhile.
+    await client.redis.zadd(k.ready('counter'), lease + 5_000, wf)
+    const res = await commit(ctx, ok(wf, act.fence, act.batch[0]?.actionId ?? '', 'st.0', lease))
+    expect(res.settled).toEqual({ state: 'released', released: false })
+    expect(Number(await client.redis.zscore(k.ready('counter'), wf))).toBeLessThanOrEqual(Date.now())
+  })
+
+  it('does nothing when the commit did not take effect', async () => {
+    const wf = await start()
+    const { lease, act } = await leaseAndActivate(wf, 1)
+    if (act.code !== 'ok') throw new Error(act.code)
+    const before = (await pointers(wf)).length
+    await expect(commit(ctx, ok(wf, act.fence + 1, act.batch[0]?.actionId ?? '', 'st.0', lease))).rejects.toMatchObject({ code: 'fence_rejected' })
+    expect((await pointers(wf)).length).toBe(before)
+    expect(await client.redis.zscore(k.ready('counter'), wf)).toBe(String(lease))
+    // The real commit afterwards settles as usual.
+    const res = await commit(ctx, ok(wf, act.fence, act.batch[0]?.actionId ?? '', 'st.1', lease))
+    expect(res.settled).toEqual({ state: 'released', released: true })
+    expect((await pointers(wf)).length).toBe(before + 1)
+  })
+})
