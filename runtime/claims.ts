@@ -294,8 +294,8 @@ export async function commit(ctx: ProtocolContext, a: CommitArgs): Promise<Commi
     if (a.settle) {
       ops.push({
         script: 'settle',
-        keys: [k.actor(a.wf, a.agent), k.lock(a.wf, a.agent), k.mailbox(a.wf, a.agent), k.ready(a.agent), k.persistence()],
-        args: [a.wf, a.lockValue, a.eventBase, a.settle.lease, a.settle.rerunLease ?? '', ctx.cfg.persistence ? '1' : ''],
+        keys: [k.actor(a.wf, a.agent), k.mailbox(a.wf, a.agent), k.ready(a.agent), k.persistence()],
+        args: [a.wf, a.eventBase, a.settle.lease, a.settle.rerunLease ?? '', ctx.cfg.persistence ? '1' : ''],
       })
     }
     const res = await execOps(ctx.redis, ops)

@@ -85,17 +85,47 @@ describe('settle.lua after a commit (single Redis)', () => {
     expect(Number(await client.redis.zscore(k.ready('counter'), wf))).toBeLessThanOrEqual(Date.now())
   })
 
-  it('does nothing when the commit did not take effect', async () => {
+  it('does nothing when the commit did not take effect, even after an earlier commit of the actor', async () => {
     const wf = await start()
+    await client.sendAction(wf, 'counter', 'ping', { i: 2 }, { validate: false })
     const { lease, act } = await leaseAndActivate(wf, 1)
     if (act.code !== 'ok') throw new Error(act.code)
+    const first = await commit(ctx, ok(wf, act.fence, act.batch[0]?.actionId ?? '', 'st.0', lease))
+    expect(first.settled).toEqual({ state: 'held' })
     const before = (await pointers(wf)).length
-    await expect(commit(ctx, ok(wf, act.fence + 1, act.batch[0]?.actionId ?? '', 'st.0', lease))).rejects.toMatchObject({ code: 'fence_rejected' })
+    // A stale fence: the marker left by the first commit names another commit.
+    const second = first.next[0]?.actionId ?? ''
+    await expect(commit(ctx, ok(wf, act.fence + 1, second, 'st.1', lease))).rejects.toMatchObject({ code: 'fence_rejected' })
     expect((await pointers(wf)).length).toBe(before)
     expect(await client.redis.zscore(k.ready('counter'), wf)).toBe(String(lease))
     // The real commit afterwards settles as usual.
-    const res = await commit(ctx, ok(wf, act.fence, act.batch[0]?.actionId ?? '', 'st.1', lease))
+    const res = await commit(ctx, ok(wf, act.fence, second, 'st.2', lease))
     expect(res.settled).toEqual({ state: 'released', released: true })
     expect((await pointers(wf)).length).toBe(before + 1)
+  })
+
+  it('moves the hint to the due time of a retry instead of dropping it', async () => {
+    const wf = await start()
+    const { lease, act } = await leaseAndActivate(wf, 1)
+    if (act.code !== 'ok') throw new Error(act.code)
+    const args = ok(wf, act.fence, act.batch[0]?.actionId ?? '', 'st.0', lease)
+    const retry = { ...(args.results[0] as CommitArgs['results'][number]), outcome: 'retry' as const, error: 'try later', retryDelayMs: 30_000 }
+    const res = await commit(ctx, { ...args, results: [retry] })
+    expect(res.code).toBe('idle')
+    expect(res.nextDue).toBeGreaterThan(Date.now() + 20_000)
+    expect(res.settled).toEqual({ state: 'released', released: true })
+    expect(Number(await client.redis.zscore(k.ready('counter'), wf))).toBe(res.nextDue)
+  })
+
+  it('drops the hint when the commit ends the workflow', async () => {
+    const wf = await start()
+    await client.sendAction(wf, 'counter', 'ping', { i: 2 }, { validate: false })
+    const { lease, act } = await leaseAndActivate(wf, 1)
+    if (act.code !== 'ok') throw new Error(act.code)
+    const res = await commit(ctx, { ...ok(wf, act.fence, act.batch[0]?.actionId ?? '', 'st.0', lease), op: 'complete', opPayload: '{"result":null}' })
+    expect(res.code).toBe('ended')
+    expect(res.settled).toEqual({ state: 'released', released: true })
+    expect(await client.redis.zscore(k.ready('counter'), wf)).toBeNull()
+    expect((await client.getStatus(wf))?.status).toBe('completed')
   })
 })

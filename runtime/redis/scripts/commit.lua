@@ -43,7 +43,7 @@ for _, id in ipairs(inflight_ids(held[2])) do in_flight[id] = true end
 -- spurious attempt. The claimed next batch is whatever is in flight now.
 local marker = redis.call('HGET', actor_key, 'committed')
 if marker then
-  local base, m_first, m_last = string.match(marker, '^(%S+) (%S*) (%S*)$')
+  local base, m_first, m_last = string.match(marker, '^(%S+) (%S*) (%S*) ?%a*$')
   if base == ev_base then
     local st_now = redis.call('HGET', status_key, 'status')
     local out = { 'idle', '', m_first, m_last, 0 }
@@ -105,7 +105,8 @@ local function set_st(id, fields)
 end
 local function finish(code, nxt, hints, claimed)
   -- What a replay of this same commit needs to answer the same way (see above).
-  redis.call('HSET', actor_key, 'committed', ev_base .. ' ' .. (first_sid or '') .. ' ' .. (last_sid or ''))
+  -- settle.lua reads the code too: whether this commit kept the actor (next batch).
+  redis.call('HSET', actor_key, 'committed', ev_base .. ' ' .. (first_sid or '') .. ' ' .. (last_sid or '') .. ' ' .. code)
   local out = { code, nxt or '', first_sid or '', last_sid or '', #hints / 2 }
   for _, h in ipairs(hints) do out[#out + 1] = h end
   for _, c in ipairs(claimed or {}) do out[#out + 1] = c end
