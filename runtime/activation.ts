@@ -11,7 +11,7 @@ import {
 } from './claims.ts'
 import { execOps, execPhases, isCluster, throwFirst, type Op } from './redis/batch.ts'
 import { TroupeError } from './errors.ts'
-import { LiveActor, type DeliveryOutcome } from './live-actor.ts'
+import { LiveActor, type DeliveryOutcome, type SendProblem } from './live-actor.ts'
 import type { Logger } from './log.ts'
 import type { RuntimeMetrics } from './metrics.ts'
 import type { ActionRecord } from './types.ts'
@@ -22,8 +22,8 @@ export interface ActivationEnv {
   redlock: Redlock
   metrics: RuntimeMetrics
   log: Logger
-  /** Validates an outgoing action (known agent, payload size); returns an error text or null. */
-  checkSend(to: string, type: string, payloadJson: string): string | null
+  /** Validates an outgoing action (known agent, payload size); null when it may be sent. */
+  checkSend(to: string, type: string, payloadJson: string): SendProblem | null
   /** Runs follow-up writes (hints, persistence pointers) without blocking the actor. */
   background(p: Promise<unknown>): void
   /**

@@ -22,12 +22,22 @@ export interface DeliveryOutcome {
   transitions: number
 }
 
+/**
+ * Why an outgoing action cannot be sent. `transient`: it may be fine in a moment
+ * (a target agent this process has not seen registered yet), so the action fails
+ * and is retried instead of going straight to the dead letters.
+ */
+export interface SendProblem {
+  error: string
+  transient: boolean
+}
+
 /** Hooks the live actor needs from its activation. */
 export interface LiveActorHooks {
   /** Publishes events now (while an action is still running), with the agent's state value JSON when it changed. */
   flush(events: string[], stateValue: string | null): Promise<void>
-  /** Validates an outgoing action's target and payload; returns an error text or null. */
-  checkSend(to: string, type: string, payloadJson: string): string | null
+  /** Validates an outgoing action's target and payload; null when it may be sent. */
+  checkSend(to: string, type: string, payloadJson: string): SendProblem | null
 }
 
 interface Current {
@@ -38,6 +48,8 @@ interface Current {
   op: '' | 'complete' | 'fail'
   opPayload: string
   effectError: string | null
+  /** The effect error may clear by itself (see SendProblem): retry rather than reject. */
+  effectTransient: boolean
   live: boolean
   transitions: number
   flushedTransitions: number
@@ -145,7 +157,10 @@ export class LiveActor {
           const payloadJson = JSON.stringify(e.payload ?? null)
           const problem = this.hooks.checkSend(to, type, payloadJson)
           if (problem) {
-            cur.effectError ??= problem
+            if (cur.effectError === null) {
+              cur.effectError = problem.error
+              cur.effectTransient = problem.transient
+            }
             return
           }
           const id = nanoid()
@@ -215,7 +230,7 @@ export class LiveActor {
    * after `timeoutMs`, or `abort` fires. Timers exist only for actions that wait.
    */
   async deliver(record: ActionRecord, attempt: number, abort: AbortSignal, timeoutMs: number): Promise<DeliveryOutcome> {
-    const cur: Current = { record, attempt, events: [], outbox: [], op: '', opPayload: '', effectError: null, live: false, transitions: 0, flushedTransitions: 0 }
+    const cur: Current = { record, attempt, events: [], outbox: [], op: '', opPayload: '', effectError: null, effectTransient: false, live: false, transitions: 0, flushedTransitions: 0 }
     this.current = cur
     try {
       return await this.deliverCurrent(cur, abort, timeoutMs)
@@ -290,7 +305,7 @@ export class LiveActor {
     }
     if (cur.effectError) {
       this.discard()
-      return result('rejected', cur.effectError)
+      return result(cur.effectTransient ? 'failed' : 'rejected', cur.effectError)
     }
     // Snapshots are immutable: keeping the object is free; it is serialised once per commit.
     this.lastOk = snap

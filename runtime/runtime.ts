@@ -11,6 +11,7 @@ import { loadConfig, type TroupeConfig } from './config.ts'
 import type { ProtocolContext } from './claims.ts'
 import { TroupeError } from './errors.ts'
 import { createLogger, type Logger } from './log.ts'
+import type { SendProblem } from './live-actor.ts'
 import { RuntimeMetrics } from './metrics.ts'
 import { closeRedis, createRedis, waitReachable, type RedisClient } from './redis/connection.ts'
 import { Keys } from './redis/keys.ts'
@@ -93,6 +94,8 @@ export class Runtime {
   private sub: Subscriber | null = null
   private server: Server | null = null
   private registryTimer: NodeJS.Timeout | null = null
+  /** When the agent registry was last read (ms): an unknown send target reads it again, at most every 250 ms. */
+  private registryReadAt = 0
   private knownAgents = new Set<string>()
   private heartbeatTimer: NodeJS.Timeout | null = null
   readonly startedAt = Date.now()
@@ -128,10 +131,17 @@ export class Runtime {
     void tracked.finally(() => this.pending.delete(tracked))
   }
 
-  private checkSend(to: string, type: string, payloadJson: string): string | null {
-    if (!this.knownAgents.has(to)) return `sends action '${type}' to unknown agent '${to}' (no runtime has registered it)`
+  private checkSend(to: string, type: string, payloadJson: string): SendProblem | null {
+    if (!this.knownAgents.has(to)) {
+      // The registry here is a copy refreshed every 10 s: a runtime that started
+      // since may host `to`. Read it again now, and let the action fail and be
+      // retried (its backoff outlasts the read); an agent nobody hosts still ends
+      // in the dead letters, after the agent's attempts.
+      if (Date.now() - this.registryReadAt > 250) this.background(this.refreshRegistry())
+      return { error: `sends action '${type}' to unknown agent '${to}' (no runtime has registered it)`, transient: true }
+    }
     const size = Buffer.byteLength(payloadJson)
-    if (size > this.cfg.maxPayloadBytes) return `sends a ${size}-byte payload to '${to}', over the ${this.cfg.maxPayloadBytes}-byte limit`
+    if (size > this.cfg.maxPayloadBytes) return { error: `sends a ${size}-byte payload to '${to}', over the ${this.cfg.maxPayloadBytes}-byte limit`, transient: false }
     return null
   }
 
@@ -140,6 +150,7 @@ export class Runtime {
       ...this.opts.agents.map((a) => ({ cmd: 'hset', args: [this.keys.agents(), a.name, JSON.stringify({ version: a.version, actionTypes: a.actionTypes, updatedAt: Date.now() })] })),
       { cmd: 'pexpire', args: [this.keys.agents(), 24 * 3600 * 1000] },
     ])
+    this.registryReadAt = Date.now()
     const names = await this.redis.hkeys(this.keys.agents())
     this.knownAgents = new Set([...names, ...this.opts.agents.map((a) => a.name)])
   }
@@ -161,6 +172,11 @@ export class Runtime {
     }
     this.sub = new Subscriber(this.redis)
     await this.sub.subscribe(this.keys.control(), (msg) => this.onControl(msg))
+    // Other runtimes keep a copy of the agent registry: tell them ours is in it.
+    // Read it once more now that we listen, so a runtime that registered between
+    // our first read and the subscription is not missed.
+    await this.redis.publish(this.keys.control(), JSON.stringify({ op: 'agents' }))
+    await this.refreshRegistry()
     for (const def of this.opts.agents) {
       // Known label values start at zero so dashboards and rate() see every series from the first scrape.
       for (const outcome of ['completed', 'retried', 'dead', 'cancelled']) this.metrics.actions.inc({ agent: def.name, outcome }, 0)
@@ -184,6 +200,8 @@ export class Runtime {
       const m = JSON.parse(msg) as { op?: string; wf?: string; reason?: string }
       if (m.op === 'abort' && typeof m.wf === 'string') {
         for (const w of this.workers.values()) w.abortWorkflow(m.wf, `workflow ${m.reason ?? 'cancelled'}`)
+      } else if (m.op === 'agents') {
+        this.background(this.refreshRegistry())
       }
     } catch {
       this.log.warn('ignoring malformed control message', { msg: msg.slice(0, 200) })

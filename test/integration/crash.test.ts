@@ -34,14 +34,15 @@ const ofType = (l: StreamedEvent[], t: string): StreamedEvent[] => l.filter((e) 
 describe('across processes', () => {
   it('completes research workflows across two processes with every event in order', async () => {
     const env = { TROUPE_FAKE_MODEL_DELAY_MS: '1' }
-    // Two slots per agent: 12 workflows at once are more than one process can
-    // take, so it passes the wake-up on and both processes get work (each keeps
-    // what it starts local). With four, a process that finishes fast enough keeps
-    // picking everything itself, more so on a loaded machine: correct, but then
-    // nothing crosses processes.
-    const args = ['--concurrency', '2']
-    const a = await runtimeChild({ agents: 'examples/research-team/agents.ts', env, args })
-    const b = await runtimeChild({ agents: 'examples/research-team/agents.ts', env, args })
+    // The agents are split between the processes, so every workflow crosses
+    // between them four times (planner → researchers → writer → reviewer → writer
+    // ...), through hints and wake-ups rather than local hand-offs. (How work
+    // spreads over processes hosting the same agents: wake.test.ts, handoff.test.ts.)
+    // b starts first: a reads the registry with b's agents in it, and b learns
+    // a's from a's announcement long before its researchers send to a's writer.
+    const args = ['--concurrency', '4']
+    const b = await runtimeChild({ agents: 'examples/research-team/agents.ts', env, args: [...args, '--only', 'researcher,reviewer'] })
+    const a = await runtimeChild({ agents: 'examples/research-team/agents.ts', env, args: [...args, '--only', 'planner,writer'] })
     const wfs = await Promise.all(Array.from({ length: 12 }, (_, i) => client.startWorkflow({ agent: 'planner', type: 'plan', payload: { topic: `topic ${i}` } })))
     for (const { workflowId } of wfs) {
       await eventually(async () => (await client.getStatus(workflowId))?.status === 'completed', 30_000, `workflow ${workflowId}`)
@@ -63,8 +64,9 @@ describe('across processes', () => {
       expect(ev.at(-1)?.event.type).toBe('workflow.completed')
     }
     const perProcess = await Promise.all([a, b].map((c) => scrapeCounter(c.metricsUrl, 'troupe_actions_total', { outcome: 'completed' })))
-    expect(perProcess[0]! + perProcess[1]!).toBe(120)
-    expect(Math.min(...perProcess)).toBeGreaterThan(0)
+    // Per workflow: planner 1 + writer 4 (three findings, one revision) in a;
+    // researcher 3 + reviewer 2 in b.
+    expect(perProcess).toEqual([60, 60])
   })
 
   it('redelivers an action whose process was killed with -9, with its effects applied once', async () => {

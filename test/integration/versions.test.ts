@@ -46,6 +46,28 @@ describe('versions', () => {
     await client.close()
   })
 
+  it('delivers a send to an agent whose runtime started after the sender\'s', async () => {
+    const cfg = testConfig()
+    const client = TroupeClient.connect(cfg)
+    const early = defineAgent({
+      name: 'early',
+      machine: setup({}).createMachine({ on: { go: { actions: sendToAgent('late', 'hello') } } }),
+    })
+    const late = defineAgent({
+      name: 'late',
+      machine: setup({}).createMachine({ initial: 'waiting', states: { waiting: { on: { hello: 'greeted' } }, greeted: {} } }),
+    })
+    // The first runtime's copy of the registry predates the second one.
+    const rt1 = await startRuntime({ agents: [early], config: cfg, metricsPort: false })
+    const rt2 = await startRuntime({ agents: [late], config: cfg, metricsPort: false })
+    const { workflowId } = await client.startWorkflow({ agent: 'early', type: 'go' })
+    await eventually(async () => (await client.getStatus(workflowId))?.agents.late === 'greeted', 10_000, 'hello delivered')
+    expect(await client.deadLetters(workflowId)).toEqual([])
+    await rt1.stop()
+    await rt2.stop()
+    await client.close()
+  })
+
   it('dead-letters an action whose handling sends to an unknown agent', async () => {
     const cfg = testConfig()
     const client = TroupeClient.connect(cfg)
@@ -56,7 +78,8 @@ describe('versions', () => {
     const rt = await startRuntime({ agents: [lost], config: cfg, metricsPort: false })
     const { workflowId } = await client.startWorkflow({ agent: 'lost', type: 'go' })
     await eventually(async () => (await client.deadLetters(workflowId)).length === 1, 10_000, 'dead letter')
-    expect((await client.deadLetters(workflowId))[0]?.error).toMatch(/unknown agent 'nobody'/)
+    // Only after the agent's attempts: an agent registered meanwhile would have taken it.
+    expect((await client.deadLetters(workflowId))[0]).toMatchObject({ error: expect.stringMatching(/unknown agent 'nobody'/) as unknown, attempt: 3 })
     expect((await client.getStatus(workflowId))?.agents.nobody).toBeUndefined()
     await rt.stop()
     await client.close()
