@@ -167,20 +167,28 @@ describe('web UI in headless Chromium', () => {
     await page.click('#new-workflow')
     await page.waitForSelector('#example-card:not([hidden])')
     await page.fill('#example-topic', 'tidal power')
+    // The page records the streamed row's length at each DOM update it makes. Sampling
+    // it from here instead (a round trip per sample) saw too few updates on a loaded
+    // machine: the draft can finish streaming between two samples.
+    await page.evaluate(`(() => {
+      const seen = (window.__streamLengths = [])
+      new MutationObserver(() => {
+        const c = document.querySelector('#d-timeline .c.stream')
+        if (c && seen.at(-1) !== c.textContent.length) seen.push(c.textContent.length)
+      }).observe(document.getElementById('d-timeline'), { childList: true, subtree: true, characterData: true })
+    })()`)
     await page.click('#start-example')
     await page.waitForSelector('#detail-view:not([hidden])')
     await page.waitForSelector('#d-conn.live')
     const wfId = (await page.textContent('#d-id')) ?? ''
     // The writer's draft streams in token by token while the page watches.
     await page.waitForSelector('#d-timeline .c.stream')
-    const lengths = new Set<number>()
-    const deadline = Date.now() + 30_000
-    while (!(await page.locator('#d-agents li:has-text("reviewer") .state:text-is("awaitingSignOff")').count())) {
-      lengths.add((await page.locator('#d-timeline .c.stream').first().textContent())?.length ?? 0)
-      if (Date.now() > deadline) throw new Error('the reviewer never reached awaitingSignOff')
-      await sleep(15)
-    }
-    expect(lengths.size).toBeGreaterThanOrEqual(3)
+    await page.waitForSelector('#d-agents li:has-text("reviewer") .state:text-is("awaitingSignOff")', { timeout: 30_000 })
+    // The UI renders once per animation frame: three or more distinct lengths mean
+    // the draft grew on screen over several frames, not in one block at the end.
+    const lengths = await page.evaluate<number[]>('window.__streamLengths')
+    expect(new Set(lengths).size).toBeGreaterThanOrEqual(3)
+    expect(lengths).toEqual([...lengths].sort((a, b) => a - b))
     expect(await page.textContent('#d-status')).toBe('waiting')
     // The page set the send form up for the sign-off.
     expect(await page.inputValue('#send-agent')).toBe('reviewer')
