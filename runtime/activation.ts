@@ -266,7 +266,9 @@ export class ActorActivation {
       if (transitions > 0) metrics.transitions.inc({ agent }, transitions)
       // settle.lua wrote the persistence pointer, and released the hint if the lock went.
       const settled = res.settled && (res.settled.state === 'held') === (res.code === 'next') ? res.settled : null
-      const appended = settled ? [] : [res.appended]
+      // 'held' with another code: a replay answered after our lock ran out (commit.lua
+      // then says "due now"). settle.lua's first run wrote the pointer already.
+      const appended = res.settled ? [] : [res.appended]
       if (res.code === 'next') {
         this.followUps(res.hints, appended)
         batch = res.next

@@ -137,7 +137,12 @@ export class Runtime {
       // since may host `to`. Read it again now, and let the action fail and be
       // retried (its backoff outlasts the read); an agent nobody hosts still ends
       // in the dead letters, after the agent's attempts.
-      if (Date.now() - this.registryReadAt > 250) this.background(this.refreshRegistry())
+      if (Date.now() - this.registryReadAt > 250) {
+        // Stamped before the read, not after: sends made while it is in flight (or
+        // while Redis is unreachable) must not start one read each.
+        this.registryReadAt = Date.now()
+        this.background(this.refreshRegistry())
+      }
       return { error: `sends action '${type}' to unknown agent '${to}' (no runtime has registered it)`, transient: true }
     }
     const size = Buffer.byteLength(payloadJson)

@@ -5,7 +5,7 @@
 // take effect leaves everything to the caller.
 import { afterAll, describe, expect, it } from 'vitest'
 import { TroupeClient } from '../../runtime/index.ts'
-import { activateOp, commit, parseActivation, type CommitArgs, type ProtocolContext } from '../../runtime/claims.ts'
+import { activateOp, commit, parseActivation, releaseHintOp, type CommitArgs, type ProtocolContext } from '../../runtime/claims.ts'
 import { runScript } from '../../runtime/redis/scripts.ts'
 import { testConfig } from '../helpers/redis.ts'
 
@@ -102,6 +102,40 @@ describe('settle.lua after a commit (single Redis)', () => {
     const res = await commit(ctx, ok(wf, act.fence, second, 'st.2', lease))
     expect(res.settled).toEqual({ state: 'released', released: true })
     expect((await pointers(wf)).length).toBe(before + 1)
+  })
+
+  it('keeps a batch claimed before the lock ran out due when the commit is replayed', async () => {
+    // The commit claims a next batch and settle.lua sees it; the replies are lost with
+    // the connection, our lock runs out meanwhile, and ioredis resends the pipeline.
+    const wf = await start()
+    await client.sendAction(wf, 'counter', 'ping', { i: 2 }, { validate: false })
+    const { lease, act } = await leaseAndActivate(wf, 1)
+    if (act.code !== 'ok') throw new Error(act.code)
+    const args = ok(wf, act.fence, act.batch[0]?.actionId ?? '', 'st.0', lease)
+    const first = await commit(ctx, args)
+    expect(first.code).toBe('next')
+    const claimed = first.next[0]?.actionId
+    const before = (await pointers(wf)).length
+    await client.redis.del(k.lock(wf, 'counter'))
+    const replay = await commit(ctx, args)
+    // Nobody holds the actor and the batch is in flight: the caller must not release.
+    expect(replay.settled).toEqual({ state: 'held' })
+    expect(replay.code).toBe('idle')
+    expect(replay.nextDue).not.toBeNull()
+    expect(replay.nextDue as number).toBeLessThanOrEqual(Date.now())
+    // The replayed settle.lua appends the pointer again (the persister writes
+    // idempotently); the activation adds no third one for this commit.
+    expect((await pointers(wf)).length).toBe(before + 1)
+    // What the activation does with that answer: release_hint moves our lease to "due now".
+    const rel = releaseHintOp(ctx, 'counter', wf, lease, replay.nextDue)
+    await runScript(ctx.redis, rel.script, rel.keys, rel.args)
+    expect(Number(await client.redis.zscore(k.ready('counter'), wf))).toBeLessThanOrEqual(Date.now())
+    // ...so the next activation redelivers it.
+    const again = await leaseAndActivate(wf, 1)
+    expect(again.act.code).toBe('ok')
+    if (again.act.code !== 'ok') return
+    expect(again.act.redelivered).toBe(true)
+    expect(again.act.batch.map((c) => [c.actionId, c.attempt])).toEqual([[claimed, 2]])
   })
 
   it('moves the hint to the due time of a retry instead of dropping it', async () => {

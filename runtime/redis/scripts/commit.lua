@@ -20,7 +20,8 @@
 --          code 'next' (a new batch is claimed and follows the hints), 'idle' (lock released),
 --          'ended' (workflow over, lock released); hints are targets whose actor nobody holds
 --          A replay of the same commit (same event id base) answers like the first run,
---          without its hints, and changes nothing.
+--          without its hints, and changes nothing; when the first run claimed a batch
+--          and our lock has run out since, it answers 'idle' with nextDue = now.
 -- Errors: TROUPE_FENCE the fence moved on: a newer activation owns this actor
 --         TROUPE_STALE a result names an action that is not in flight for this actor
 local actor_key, lock_key, mailbox, actions_key, status_key, events_key, seq_key, dead_key =
@@ -60,6 +61,12 @@ if marker then
           out[#out + 1] = id
         end
       end
+    elseif next(in_flight) ~= nil then
+      -- The first run claimed a batch, but our lock ran out before this replay:
+      -- nobody holds the actor and that batch is in flight. 'idle' with "due now"
+      -- makes the caller move the hint to now instead of releasing it, and the
+      -- next activation redelivers the batch.
+      out[2] = tostring(now_ms())
     else
       out[2] = next_at(mailbox) or ''
     end
