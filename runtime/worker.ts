@@ -29,8 +29,6 @@ export class AgentWorker {
   private blocker: RedisClient | null = null
   /** Actors picked again while their activation here was running: run again, under the pick's lease. */
   private readonly rerun = new Map<string, { lease: number; pre: PreActivated | null }>()
-  /** Workflows aborted here lately (cancel, deadline): activations a pick made for them start aborted. */
-  private readonly aborted = new Map<string, { at: number; reason: string }>()
   /** The BZPOPMIN in flight, if any: it cannot be cancelled, so at most one at a time. */
   private listening: Promise<void> | null = null
 
@@ -56,11 +54,6 @@ export class AgentWorker {
   /** Aborts the running action of `wf`'s actor here, if any (cancel, deadline). */
   abortWorkflow(wf: string, reason: string): void {
     this.active.get(wf)?.abort(reason)
-    // A pick on its way may have activated this actor before the cancel landed:
-    // the activation it starts is aborted too (hands its batch back unrun).
-    const now = Date.now()
-    for (const [w, at] of this.aborted) if (now - at.at > this.env.ctx.cfg.lockTtlMs) this.aborted.delete(w)
-    this.aborted.set(wf, { at: now, reason })
   }
 
   /**
@@ -137,8 +130,7 @@ export class AgentWorker {
         if (!isWorkflowId(p.wf) || p.pre?.activation === 'invalid') {
           // Written by hand or by a bug: never a valid actor, so never let it come due again.
           log.warn(`dropping malformed ready hint ${JSON.stringify(p.wf)} of ${agent}`)
-          // In the background: the other actors of this pick are activated already and must start now.
-          this.env.background(ctx.redis.zrem(ctx.keys.ready(agent), p.wf))
+          await ctx.redis.zrem(ctx.keys.ready(agent), p.wf)
           continue
         }
         const act = p.pre?.activation
@@ -153,12 +145,8 @@ export class AgentWorker {
           // that started while the pick was on its way may even have lost the lock to
           // it: then the pick's activation holds the actor and must run, not wait
           // out its lock.
-          // Only an activation that holds the lock and claimed work is kept for the
-          // rerun; a stale busy or idle reply would act on a lock long changed (a
-          // fresh activation asks again). A later pick (which only leases) must not
-          // drop an earlier one's activation.
-          const held = pre && !(pre.activation instanceof Error) && pre.activation.code === 'ok' ? pre : null
-          this.rerun.set(p.wf, { lease: p.lease, pre: held ?? this.rerun.get(p.wf)?.pre ?? null })
+          // A later pick (which only leases) must not drop an earlier one's activation.
+          this.rerun.set(p.wf, { lease: p.lease, pre: pre ?? this.rerun.get(p.wf)?.pre ?? null })
           running.rerunLease = p.lease
           continue
         }
@@ -206,14 +194,6 @@ export class AgentWorker {
   private launch(wf: string, lease: number | null, pre: PreActivated | null = null): void {
     const act = new ActorActivation(this.env, this.def, wf, lease, pre)
     this.active.set(wf, act)
-    if (pre) {
-      // Made by a pick: it holds the lock and may have claimed work. While this
-      // worker drains, or when its workflow was just aborted here, it hands that
-      // work back undelivered instead of running it.
-      const aborted = this.aborted.get(wf)
-      if (aborted && Date.now() - aborted.at <= this.env.ctx.cfg.lockTtlMs) act.abort(aborted.reason)
-      else if (this.state !== 'running') act.abort('runtime is shutting down')
-    }
     this.env.background(
       act.run().finally(() => {
         const wasFull = this.active.size >= this.def.concurrency
