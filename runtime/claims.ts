@@ -6,7 +6,6 @@ import { nanoid } from 'nanoid'
 import type { TroupeConfig } from './config.ts'
 import { effectiveMaxLen, effectiveRetention } from './config.ts'
 import { runScript } from './redis/scripts.ts'
-import { fromRedisError } from './errors.ts'
 import { execAll, execOps, execPhases, throwFirst, type CmdOp, type Op, type ScriptOp } from './redis/batch.ts'
 import type { Keys } from './redis/keys.ts'
 import type { RedisClient } from './redis/connection.ts'
@@ -156,66 +155,6 @@ export async function pick(ctx: ProtocolContext, agent: string, max: number, lea
   for (let i = 0; i < r.length - 2; i += 2) picked.push({ wf: str(r[i]), lease: Number(r[i + 1]) })
   const next = str(r[r.length - 2])
   return { picked, nextDue: next === '' ? null : Number(next), now: Number(r[r.length - 1]) }
-}
-
-function pickedActivation(reply: unknown[]): PickedActivation['activation'] {
-  const code = str(reply[0])
-  if (code === 'invalid' || code === 'local') return code
-  if (code === 'error') {
-    const err = fromRedisError(new Error(str(reply[1])))
-    return err instanceof Error ? err : new Error(str(reply[1]))
-  }
-  return parseActivation(reply)
-}
-
-/** Stands for the workflow id in the key templates pick_activate.lua fills in (never valid in an id). */
-const WF_MARK = '\u0000wf\u0000'
-
-/**
- * One actor taken by {@link pickActivate}: its lease on the hint and its activation,
- * `'local'` for an actor active in this process (leased only), `'invalid'` for a
- * member that is not a workflow id, an error when its activation failed.
- */
-export interface PickedActivation {
-  wf: string
-  lease: number
-  lockValue: string
-  activation: Activation | 'local' | 'invalid' | Error
-}
-
-/**
- * {@link pick} and {@link activateOp} in one round trip (pick_activate.lua), on a
- * single Redis only: leases up to `max` due actors of `agent` and activates each
- * but those in `activeHere` (this process runs them already).
- * The lock values are `lockPrefix` (28 hex characters) plus a 4-digit index, so
- * each is as unique as a Redlock value.
- */
-export async function pickActivate(
-  ctx: ProtocolContext, agent: string, max: number, lockPrefix: string, batch: number, activeHere: Iterable<string>,
-): Promise<{ picked: PickedActivation[]; nextDue: number | null; now: number }> {
-  const k = ctx.keys
-  const cut = (key: string): [string, string] => {
-    const at = key.indexOf(WF_MARK)
-    return [key.slice(0, at), key.slice(at + WF_MARK.length)]
-  }
-  const templates = [
-    k.actor(WF_MARK, agent), k.lock(WF_MARK, agent), k.mailbox(WF_MARK, agent), k.actions(WF_MARK), k.status(WF_MARK), k.events(WF_MARK), k.channel(WF_MARK),
-  ].flatMap(cut)
-  const args = [max, ctx.cfg.lockTtlMs, agent, lockPrefix, nanoid(), effectiveMaxLen(ctx.cfg), effectiveRetention(ctx.cfg), batch, ctx.cfg.lockTtlMs, ...templates, ...activeHere]
-  const r = (await runScript(ctx.redis, 'pick_activate', [k.ready(agent)], args)) as unknown[]
-  const picked: PickedActivation[] = []
-  for (let i = 2; i + 2 < r.length; i += 3) {
-    const reply = r[i + 2] as unknown[]
-    const index = picked.length + 1
-    picked.push({
-      wf: str(r[i]),
-      lease: Number(r[i + 1]),
-      lockValue: `${lockPrefix}${index.toString(16).padStart(4, '0')}`,
-      activation: pickedActivation(reply),
-    })
-  }
-  const next = str(r[0])
-  return { picked, nextDue: next === '' ? null : Number(next), now: Number(r[1]) }
 }
 
 /** One claimed action: its record JSON, this delivery's attempt number, its id. */
