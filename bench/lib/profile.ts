@@ -1,7 +1,7 @@
 // Reads the V8 CPU profiles that `--profile` makes the worker processes write and
 // answers "where does the time go": self time per function and per module (a
 // package under node_modules, or a file of ours), as a share of all samples.
-import { readdirSync, readFileSync, statSync } from 'node:fs'
+import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs'
 import { join } from 'node:path'
 
 interface CallFrame {
@@ -84,5 +84,7 @@ export function summarizeProfiles(dir: string, top = 15): ProfileSummary {
 
 /** Sub-directories of `root` holding profiles, one per profiled run. */
 export function profileDirs(root: string): string[] {
+  // Sections that profile nothing (an --only without workers) leave no directory.
+  if (!existsSync(root)) return []
   return readdirSync(root).map((d) => join(root, d)).filter((d) => statSync(d).isDirectory()).sort()
 }
