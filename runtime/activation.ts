@@ -37,7 +37,8 @@ export interface ActivationEnv {
 /** Consecutive actions one activation handles before yielding its slot (fairness). */
 const MAX_TURNS = 64
 /** Most actions claimed, delivered (one at a time) and committed together. */
-const BATCH = 16
+export const CLAIM_BATCH = 16
+const BATCH = CLAIM_BATCH
 /** How far a pick pushes a hint whose actor another process holds. */
 const BUSY_RETRY_MS = 250
 
@@ -49,6 +50,15 @@ const BUSY_RETRY_MS = 250
  * - `done`: lock released (or lost) and hint settled; nothing more happens.
  */
 export type ActivationState = 'locking' | 'active' | 'draining' | 'done'
+
+/** An activation the worker's pick already made (pick_activate.lua): the activation picks up from its reply. */
+export interface PreActivated {
+  lockValue: string
+  /** When the pick was sent: the lock's TTL counts from before then. */
+  sentAt: number
+  /** The activate step's reply, or why it failed (handled like a failed activate call). */
+  activation: Activation | Error
+}
 
 /** One activation; `run()` resolves when the actor is released. */
 export class ActorActivation {
@@ -78,6 +88,8 @@ export class ActorActivation {
     readonly wf: string,
     /** The ready hint's score as this process leased it; null: handed off, leased with the activation. */
     private lease: number | null,
+    /** Already activated by the pick (pick_activate.lua): its lock value, when the pick was sent, and the reply. */
+    private readonly pre: PreActivated | null = null,
   ) {
     this.fusedSettle = !isCluster(env.ctx.redis)
   }
@@ -103,10 +115,11 @@ export class ActorActivation {
     const agent = this.def.name
     let act: Activation
     // The lock value a Redlock acquire would choose; the activate script sets it.
-    const lockValue = randomBytes(16).toString('hex')
-    const lockedAt = Date.now()
+    const lockValue = this.pre?.lockValue ?? randomBytes(16).toString('hex')
+    const lockedAt = this.pre?.sentAt ?? Date.now()
     try {
-      act = await this.lockAndActivate(lockValue)
+      if (this.pre?.activation instanceof Error) throw this.pre.activation
+      act = this.pre ? this.pre.activation : await this.lockAndActivate(lockValue)
     } catch (err) {
       // Nothing was claimed, or the lock expires and the claim is redelivered.
       metrics.protocolErrors.inc({ step: err instanceof TroupeError ? err.code : 'activate' })

@@ -2,10 +2,12 @@
 // round trip on a single Redis (on a Cluster, one per phase: see execPhases); the
 // global keys (ready hints, persistence pointers) are written by the follow-ups,
 // after the per-workflow script, so a crash in between leaves at worst a harmless hint.
+import { randomInt } from 'node:crypto'
 import { nanoid } from 'nanoid'
 import type { TroupeConfig } from './config.ts'
 import { effectiveMaxLen, effectiveRetention } from './config.ts'
 import { runScript } from './redis/scripts.ts'
+import { fromRedisError } from './errors.ts'
 import { execAll, execOps, execPhases, throwFirst, type CmdOp, type Op, type ScriptOp } from './redis/batch.ts'
 import type { Keys } from './redis/keys.ts'
 import type { RedisClient } from './redis/connection.ts'
@@ -148,13 +150,89 @@ export async function enqueueMany(ctx: ProtocolContext, list: readonly EnqueueAr
   return out
 }
 
-/** Picks up to `max` due actors of `agent`, leasing each for `leaseMs`. */
-export async function pick(ctx: ProtocolContext, agent: string, max: number, leaseMs: number): Promise<{ picked: { wf: string; lease: number }[]; nextDue: number | null; now: number }> {
-  const r = (await runScript(ctx.redis, 'pick', [ctx.keys.ready(agent)], [max, leaseMs])) as string[]
+/**
+ * How long a lease on a ready hint lasts, in ms, with a random fraction of a
+ * millisecond added: every lease score then has a fraction (1/1024 to 1023/1024)
+ * and no other hint write has one (due times, the supervisor's repairs and a busy
+ * activation's push to the end of the holder's lock are whole milliseconds).
+ * A release deletes the hint only when it still holds the releaser's own lease,
+ * so a score that merely equals it must not come from anyone else. With whole
+ * milliseconds it could: pick_activate.lua sets a lease and the lock it guards in
+ * the same millisecond, so a busy push to the end of that lock wrote the holder's
+ * lease back; and two picks of one actor in the same millisecond got equal leases.
+ * Hint scores stay exact: about 1.8e12 ms leaves a double 12 bits of fraction.
+ */
+export function leaseMs(ttlMs: number): number {
+  return ttlMs + randomInt(1, 1024) / 1024
+}
+
+/** Picks up to `max` due actors of `agent`, leasing each for `leaseMs` (plus a fraction: see {@link leaseMs}). */
+export async function pick(ctx: ProtocolContext, agent: string, max: number, ttlMs: number): Promise<{ picked: { wf: string; lease: number }[]; nextDue: number | null; now: number }> {
+  const r = (await runScript(ctx.redis, 'pick', [ctx.keys.ready(agent)], [max, leaseMs(ttlMs)])) as string[]
   const picked: { wf: string; lease: number }[] = []
   for (let i = 0; i < r.length - 2; i += 2) picked.push({ wf: str(r[i]), lease: Number(r[i + 1]) })
   const next = str(r[r.length - 2])
   return { picked, nextDue: next === '' ? null : Number(next), now: Number(r[r.length - 1]) }
+}
+
+function pickedActivation(reply: unknown[]): PickedActivation['activation'] {
+  const code = str(reply[0])
+  if (code === 'invalid' || code === 'local') return code
+  if (code === 'error') {
+    const err = fromRedisError(new Error(str(reply[1])))
+    return err instanceof Error ? err : new Error(str(reply[1]))
+  }
+  return parseActivation(reply)
+}
+
+/** Stands for the workflow id in the key templates pick_activate.lua fills in (never valid in an id). */
+const WF_MARK = '\u0000wf\u0000'
+
+/**
+ * One actor taken by {@link pickActivate}: its lease on the hint and its activation,
+ * `'local'` for an actor active in this process (leased only), `'invalid'` for a
+ * member that is not a workflow id, an error when its activation failed.
+ */
+export interface PickedActivation {
+  wf: string
+  lease: number
+  lockValue: string
+  activation: Activation | 'local' | 'invalid' | Error
+}
+
+/**
+ * {@link pick} and {@link activateOp} in one round trip (pick_activate.lua), on a
+ * single Redis only: leases up to `max` due actors of `agent` and activates each
+ * but those in `activeHere` (this process runs them already).
+ * The lock values are `lockPrefix` (28 hex characters) plus a 4-digit index, so
+ * each is as unique as a Redlock value.
+ */
+export async function pickActivate(
+  ctx: ProtocolContext, agent: string, max: number, lockPrefix: string, batch: number, activeHere: Iterable<string>,
+): Promise<{ picked: PickedActivation[]; nextDue: number | null; now: number }> {
+  const k = ctx.keys
+  const cut = (key: string): [string, string] => {
+    const at = key.indexOf(WF_MARK)
+    return [key.slice(0, at), key.slice(at + WF_MARK.length)]
+  }
+  const templates = [
+    k.actor(WF_MARK, agent), k.lock(WF_MARK, agent), k.mailbox(WF_MARK, agent), k.actions(WF_MARK), k.status(WF_MARK), k.events(WF_MARK), k.channel(WF_MARK),
+  ].flatMap(cut)
+  const args = [max, leaseMs(ctx.cfg.lockTtlMs), agent, lockPrefix, nanoid(), effectiveMaxLen(ctx.cfg), effectiveRetention(ctx.cfg), batch, ctx.cfg.lockTtlMs, ...templates, ...activeHere]
+  const r = (await runScript(ctx.redis, 'pick_activate', [k.ready(agent)], args)) as unknown[]
+  const picked: PickedActivation[] = []
+  for (let i = 2; i + 2 < r.length; i += 3) {
+    const reply = r[i + 2] as unknown[]
+    const index = picked.length + 1
+    picked.push({
+      wf: str(r[i]),
+      lease: Number(r[i + 1]),
+      lockValue: `${lockPrefix}${index.toString(16).padStart(4, '0')}`,
+      activation: pickedActivation(reply),
+    })
+  }
+  const next = str(r[0])
+  return { picked, nextDue: next === '' ? null : Number(next), now: Number(r[1]) }
 }
 
 /** One claimed action: its record JSON, this delivery's attempt number, its id. */
@@ -338,13 +416,13 @@ export function releaseHintOp(ctx: ProtocolContext, agent: string, wf: string, l
  * hint holds someone else's score and was left alone.
  */
 export async function extendHint(ctx: ProtocolContext, agent: string, wf: string, lease: number): Promise<number | null> {
-  const r = str(await runScript(ctx.redis, 'extend_hint', [ctx.keys.ready(agent)], [wf, lease, ctx.cfg.lockTtlMs]))
+  const r = str(await runScript(ctx.redis, 'extend_hint', [ctx.keys.ready(agent)], [wf, lease, leaseMs(ctx.cfg.lockTtlMs)]))
   return r === '' ? null : Number(r)
 }
 
 /** Leases the ready hint of an actor handed to this process (see lease.lua), as an op; replies the lease. */
 export function leaseOp(ctx: ProtocolContext, agent: string, wf: string): ScriptOp {
-  return { script: 'lease', keys: [ctx.keys.ready(agent)], args: [wf, ctx.cfg.lockTtlMs] }
+  return { script: 'lease', keys: [ctx.keys.ready(agent)], args: [wf, leaseMs(ctx.cfg.lockTtlMs)] }
 }
 
 /** Appends and publishes events right away; returns the stream ids for the persister. */

@@ -2,8 +2,10 @@
 // for many), start an activation for each within the agent's concurrency, and
 // sleep until the next due time or a wake-up when nothing is due.
 import type { AgentDefinition } from './agent.ts'
-import { ActorActivation, type ActivationEnv } from './activation.ts'
-import { pick, wakeOp } from './claims.ts'
+import { randomBytes } from 'node:crypto'
+import { ActorActivation, CLAIM_BATCH, type ActivationEnv, type PreActivated } from './activation.ts'
+import { pick, pickActivate, wakeOp, type PickedActivation } from './claims.ts'
+import { isCluster } from './redis/batch.ts'
 import { duplicateClient, type RedisClient } from './redis/connection.ts'
 import { isWorkflowId } from './redis/keys.ts'
 
@@ -26,7 +28,9 @@ export class AgentWorker {
   /** Own connection for BZPOPMIN on the agent's wake-up marker (a blocked connection serves nothing else). */
   private blocker: RedisClient | null = null
   /** Actors picked again while their activation here was running: run again, under the pick's lease. */
-  private readonly rerun = new Map<string, number>()
+  private readonly rerun = new Map<string, { lease: number; pre: PreActivated | null }>()
+  /** Workflows aborted here lately (cancel, deadline): activations a pick made for them start aborted. */
+  private readonly aborted = new Map<string, { at: number; reason: string }>()
   /** The BZPOPMIN in flight, if any: it cannot be cancelled, so at most one at a time. */
   private listening: Promise<void> | null = null
 
@@ -52,6 +56,11 @@ export class AgentWorker {
   /** Aborts the running action of `wf`'s actor here, if any (cancel, deadline). */
   abortWorkflow(wf: string, reason: string): void {
     this.active.get(wf)?.abort(reason)
+    // A pick on its way may have activated this actor before the cancel landed:
+    // the activation it starts is aborted too (hands its batch back unrun).
+    const now = Date.now()
+    for (const [w, at] of this.aborted) if (now - at.at > this.env.ctx.cfg.lockTtlMs) this.aborted.delete(w)
+    this.aborted.set(wf, { at: now, reason })
   }
 
   /**
@@ -113,9 +122,10 @@ export class AgentWorker {
         await this.sleep(this.env.ctx.cfg.idlePollMs)
         continue
       }
-      let res: Awaited<ReturnType<typeof pick>>
+      let res: { picked: { wf: string; lease: number; pre?: PickedActivation }[]; nextDue: number | null; now: number }
+      const sentAt = Date.now()
       try {
-        res = await pick(ctx, agent, Math.min(free, 64), ctx.cfg.lockTtlMs)
+        res = await this.pick(Math.min(free, 64))
       } catch (err) {
         metrics.protocolErrors.inc({ step: 'pick' })
         log.warn(`pick for ${agent} failed; retrying`, { error: err instanceof Error ? err.message : String(err) })
@@ -124,24 +134,35 @@ export class AgentWorker {
       }
       let started = 0
       for (const p of res.picked) {
-        if (!isWorkflowId(p.wf)) {
+        if (!isWorkflowId(p.wf) || p.pre?.activation === 'invalid') {
           // Written by hand or by a bug: never a valid actor, so never let it come due again.
           log.warn(`dropping malformed ready hint ${JSON.stringify(p.wf)} of ${agent}`)
-          await ctx.redis.zrem(ctx.keys.ready(agent), p.wf)
+          // In the background: the other actors of this pick are activated already and must start now.
+          this.env.background(ctx.redis.zrem(ctx.keys.ready(agent), p.wf))
           continue
         }
-        if (this.active.has(p.wf)) {
+        const act = p.pre?.activation
+        const pre = p.pre && act && act !== 'local' ? { lockValue: p.pre.lockValue, sentAt, activation: act } : null
+        const running = this.active.get(p.wf)
+        if (running) {
           // An activation of this actor is running here; the pick leased its hint
           // again, so new work may have arrived after that activation's last
           // claim. Run the actor once more when it ends, under this lease. (Handing
           // the lease to the running activation instead lost a hint when its final
-          // commit had already gone idle: its release deleted the new one.)
-          this.rerun.set(p.wf, p.lease)
-          const running = this.active.get(p.wf)
-          if (running) running.rerunLease = p.lease
+          // commit had already gone idle: its release deleted the new one.) A hand-off
+          // that started while the pick was on its way may even have lost the lock to
+          // it: then the pick's activation holds the actor and must run, not wait
+          // out its lock.
+          // Only an activation that holds the lock and claimed work is kept for the
+          // rerun; a stale busy or idle reply would act on a lock long changed (a
+          // fresh activation asks again). A later pick (which only leases) must not
+          // drop an earlier one's activation.
+          const held = pre && !(pre.activation instanceof Error) && pre.activation.code === 'ok' ? pre : null
+          this.rerun.set(p.wf, { lease: p.lease, pre: held ?? this.rerun.get(p.wf)?.pre ?? null })
+          running.rerunLease = p.lease
           continue
         }
-        this.launch(p.wf, p.lease)
+        this.launch(p.wf, p.lease, pre)
         started++
       }
       const idleFor = res.nextDue === null ? this.env.ctx.cfg.idlePollMs : Math.min(this.env.ctx.cfg.idlePollMs, Math.max(0, res.nextDue - res.now))
@@ -160,6 +181,18 @@ export class AgentWorker {
   }
 
   /**
+   * Takes due actors: on a single Redis picked and activated in one script (one
+   * round trip from "due" to delivering), on a Cluster picked here and activated
+   * by each activation (the run queue and the workflows live in other slots).
+   */
+  private async pick(max: number): Promise<{ picked: { wf: string; lease: number; pre?: PickedActivation }[]; nextDue: number | null; now: number }> {
+    const { ctx } = this.env
+    if (isCluster(ctx.redis)) return await pick(ctx, this.def.name, max, ctx.cfg.lockTtlMs)
+    const res = await pickActivate(ctx, this.def.name, max, randomBytes(14).toString('hex'), CLAIM_BATCH, this.active.keys())
+    return { ...res, picked: res.picked.map((p) => ({ wf: p.wf, lease: p.lease, pre: p })) }
+  }
+
+  /**
    * Runs `wf`'s actor here now, without a pick, when a slot is free (a commit in
    * this process just sent it work); false when busy or draining.
    */
@@ -170,17 +203,26 @@ export class AgentWorker {
     return true
   }
 
-  private launch(wf: string, lease: number | null): void {
-    const act = new ActorActivation(this.env, this.def, wf, lease)
+  private launch(wf: string, lease: number | null, pre: PreActivated | null = null): void {
+    const act = new ActorActivation(this.env, this.def, wf, lease, pre)
     this.active.set(wf, act)
+    if (pre) {
+      // Made by a pick: it holds the lock and may have claimed work. While this
+      // worker drains, or when its workflow was just aborted here, it hands that
+      // work back undelivered instead of running it.
+      const aborted = this.aborted.get(wf)
+      if (aborted && Date.now() - aborted.at <= this.env.ctx.cfg.lockTtlMs) act.abort(aborted.reason)
+      else if (this.state !== 'running') act.abort('runtime is shutting down')
+    }
     this.env.background(
       act.run().finally(() => {
         const wasFull = this.active.size >= this.def.concurrency
         this.active.delete(wf)
         const again = this.rerun.get(wf)
         this.rerun.delete(wf)
-        // Draining leaves the leased hint to come due elsewhere.
-        if (again !== undefined && this.state === 'running') return this.launch(wf, again)
+        // Draining leaves the leased hint to come due elsewhere (but an activation
+        // the pick made holds the lock and claimed work: it runs, and the drain waits for it).
+        if (again !== undefined && (this.state === 'running' || again.pre)) return this.launch(wf, again.lease, again.pre)
         // Look again only when this worker may have left due work unpicked (it
         // was full and not listening), or the release left a hint that may be
         // due; otherwise it is already listening for wake-ups.

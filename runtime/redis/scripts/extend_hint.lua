@@ -13,4 +13,4 @@ local cur = redis.call('ZSCORE', ready, wf)
 if not cur or tonumber(cur) ~= tonumber(ARGV[2]) then return '' end
 local until_ms = now_ms() + tonumber(ARGV[3])
 redis.call('ZADD', ready, until_ms, wf)
-return tostring(until_ms)
+return score_str(until_ms)

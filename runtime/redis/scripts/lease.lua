@@ -8,4 +8,4 @@
 -- Returns: the lease score (server time + lease)
 local until_ms = now_ms() + tonumber(ARGV[2])
 redis.call('ZADD', KEYS[1], until_ms, ARGV[1])
-return until_ms
+return score_str(until_ms)

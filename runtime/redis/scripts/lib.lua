@@ -2,6 +2,13 @@
 -- Every script of a workflow uses Redis server time (TIME) for scores, so that
 -- processes with skewed clocks still agree on what is due.
 
+-- A ready hint's score as a string the client reads back exactly. Leases carry a
+-- fraction of a millisecond (see leaseMs in runtime/claims.ts); tostring keeps
+-- only 14 digits and an integer reply drops the fraction.
+local function score_str(x)
+  return string.format('%.17g', x)
+end
+
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -146,4 +153,73 @@ local function release_ready_hint(ready, wf, lease, nxt, rerun)
     redis.call('ZREM', ready, wf)
   end
   return 1
+end
+
+-- The activate step (see activate.lua for what it does and returns), shared by
+-- activate.lua and pick_activate.lua.
+local function activate_actor(actor_key, lock_key, mailbox, actions_key, status_key, events_key,
+                              lock_value, wf, agent, ev_base, channel, maxlen, retention, batch, ttl)
+  local holder = redis.call('GET', lock_key)
+  if holder and holder ~= lock_value then
+    return { 'busy', 0, '', '', 0, tostring(redis.call('PTTL', lock_key)) }
+  end
+  -- A holder equal to our value is this same call replayed after a dropped connection.
+  redis.call('SET', lock_key, lock_value, 'PX', ttl)
+  local now = now_ms()
+  local fence = redis.call('HINCRBY', actor_key, 'fence', 1)
+  local status = redis.call('HGET', status_key, 'status')
+  local snap = redis.call('HMGET', actor_key, 'snapshot', 'version', 'inflight')
+  local inflight = inflight_ids(snap[3])
+
+  if not status or TERMINAL[status] then
+    for _, id in ipairs(inflight) do
+      local ok, st = pcall(cjson.decode, redis.call('HGET', actions_key, id .. ':st') or '')
+      if ok and type(st) == 'table' then
+        st.status = 'cancelled'
+        redis.call('HSET', actions_key, id .. ':st', cjson.encode(st))
+      end
+    end
+    redis.call('HDEL', actor_key, 'inflight')
+    drop_mailbox(mailbox, actions_key)
+    if retention > 0 then redis.call('PEXPIRE', actor_key, retention) end
+    release_lock(lock_key, lock_value)
+    return { 'ended', fence, '', '', 0, '' }
+  end
+
+  local out = { 'ok', fence, snap[1] or '', snap[2] or '', 0, '' }
+  if #inflight > 0 then
+    -- A dead activation left these in flight: deliver them again, in order.
+    local ids = {}
+    for n, id in ipairs(inflight) do
+      local got = redis.call('HMGET', actions_key, id, id .. ':st')
+      local ok, st = pcall(cjson.decode, got[2] or '')
+      if got[1] and ok and type(st) == 'table' then
+        st.attempt = (tonumber(st.attempt) or 0) + 1
+        st.status = 'running'
+        redis.call('HSET', actions_key, id .. ':st', cjson.encode(st))
+        out[#out + 1] = got[1]
+        out[#out + 1] = st.attempt
+        out[#out + 1] = id
+        ids[#ids + 1] = id
+        append_event(events_key, channel, maxlen, make_event(ev_base .. '.r' .. n, wf, 'action.redelivered',
+          { actionId = id, agent = agent, attempt = st.attempt }, agent, id, st.attempt, '', now))
+      else
+        redis.call('HINCRBY', status_key, 'malformed', 1)
+      end
+    end
+    if #ids > 0 then
+      out[5] = 1
+      redis.call('HSET', actor_key, 'inflight', cjson.encode(ids))
+      return out
+    end
+    redis.call('HDEL', actor_key, 'inflight')
+  end
+
+  local claimed = claim_batch(actor_key, mailbox, actions_key, status_key, now, batch)
+  if #claimed == 0 then
+    release_lock(lock_key, lock_value)
+    return { 'idle', fence, '', '', 0, next_at(mailbox) or '' }
+  end
+  for _, v in ipairs(claimed) do out[#out + 1] = v end
+  return out
 end

@@ -16,7 +16,7 @@ if n > 0 then
   for _, wf in ipairs(due) do
     redis.call('ZADD', ready, until_ms, wf)
     out[#out + 1] = wf
-    out[#out + 1] = tostring(until_ms)
+    out[#out + 1] = score_str(until_ms)
   end
 end
 local first = redis.call('ZRANGE', ready, 0, 0, 'WITHSCORES')
