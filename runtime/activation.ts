@@ -39,6 +39,11 @@ const MAX_TURNS = 64
 /** Most actions claimed, delivered (one at a time) and committed together. */
 export const CLAIM_BATCH = 16
 const BATCH = CLAIM_BATCH
+/** How often a worker extends the locks of its running activations: a third of the lock's TTL. */
+export function keeperPeriodMs(lockTtlMs: number): number {
+  return Math.max(250, Math.floor(lockTtlMs / 3))
+}
+
 /** How far a pick pushes a hint whose actor another process holds. */
 const BUSY_RETRY_MS = 250
 
@@ -63,10 +68,22 @@ export interface PreActivated {
 /** One activation; `run()` resolves when the actor is released. */
 export class ActorActivation {
   state: ActivationState = 'locking'
+  /** Our lock value and Redlock's estimate of its expiry, set once activated. */
+  private lockValue = ''
+  private lockExpires = 0
+  /** Redlock's handle on the lock, made at the first extension (most activations end before one). */
   private lock: Lock | null = null
-  private extender: NodeJS.Timeout | null = null
+  /** True from activation until the release starts: the worker's keeper may extend the lock. */
+  private keeping = false
   private extending: Promise<void> = Promise.resolve()
-  private abortCtl = new AbortController()
+  /** Why the activation was aborted (cancel, deadline, drain timeout), once it was. */
+  private abortReason: Error | null = null
+  /**
+   * Made on first use: most actions settle synchronously and never need a
+   * signal, and an AbortSignal (an EventTarget) is a measurable share of a cold
+   * activation's allocations.
+   */
+  private abortCtl: AbortController | null = null
   private live: LiveActor | null = null
   /**
    * True when the worker should look at its ready queue right after this
@@ -101,13 +118,24 @@ export class ActorActivation {
 
   /** True once the activation should hand its actor back (drain, abort). */
   private stopping(): boolean {
-    return this.state !== 'active' || this.abortCtl.signal.aborted
+    return this.state !== 'active' || this.abortReason !== null
   }
 
-  /** Abort the running action now (cancel, deadline, drain timeout). */
+  /** Abort the running action now (cancel, deadline, drain timeout). The first reason wins. */
   abort(reason: string): void {
     if (this.state === 'locking') this.state = 'draining'
-    this.abortCtl.abort(new Error(reason))
+    if (this.abortReason) return
+    this.abortReason = new Error(reason)
+    this.abortCtl?.abort(this.abortReason)
+  }
+
+  /** The signal of an action that takes time (already aborted when the activation was). */
+  private signal(): AbortSignal {
+    if (!this.abortCtl) {
+      this.abortCtl = new AbortController()
+      if (this.abortReason) this.abortCtl.abort(this.abortReason)
+    }
+    return this.abortCtl.signal
   }
 
   async run(): Promise<void> {
@@ -143,13 +171,14 @@ export class ActorActivation {
       this.state = 'done'
       return
     }
-    // From here Redlock owns the lock's life: it extends it while we work. Its
-    // expiry estimate is the acquire's, minus the same drift Redlock allows.
+    // From here Redlock owns the lock's life: it extends it while we work (see
+    // keepAlive). Its expiry estimate is the acquire's, minus the same drift Redlock allows.
     const ttl = ctx.cfg.lockTtlMs
     const drift = Math.round(this.env.redlock.settings.driftFactor * ttl) + 2
-    this.lock = new Lock(this.env.redlock, [ctx.keys.lock(this.wf, agent)], lockValue, [], lockedAt + ttl - drift)
+    this.lockValue = lockValue
+    this.lockExpires = lockedAt + ttl - drift
     if (this.state === 'locking') this.state = 'active'
-    this.startExtender()
+    this.keeping = true
     metrics.activeActors.inc({ agent })
     try {
       await this.activated(act)
@@ -185,7 +214,7 @@ export class ActorActivation {
   private async activated(act: Activation & { code: 'ok' }): Promise<void> {
     const { ctx, metrics } = this.env
     const agent = this.def.name
-    const lockValue = (this.lock as Lock).value
+    const lockValue = this.lockValue
     if (act.redelivered) metrics.redeliveries.inc({ agent }, act.batch.length)
     let snapshot = act.snapshot
     let restoreError = ''
@@ -308,7 +337,7 @@ export class ActorActivation {
     if (next.attempt > this.def.maxAttempts) return { ...reject(`gave up after ${next.attempt - 1} deliveries that did not finish (crashed or timed out activations)`), record }
     const queuedFor = Date.now() - record.enqueuedAt
     if (next.attempt === 1 && queuedFor >= 0) this.env.metrics.queueWait.observe({ agent: this.def.name }, queuedFor / 1000)
-    return { record, delivery: await (this.live as LiveActor).deliver(record, next.attempt, this.abortCtl.signal, this.def.actionTimeoutMs) }
+    return { record, delivery: await (this.live as LiveActor).deliver(record, next.attempt, () => this.signal(), this.def.actionTimeoutMs) }
   }
 
   /**
@@ -366,29 +395,35 @@ export class ActorActivation {
     }
   }
 
-  private startExtender(): void {
-    const ttl = this.env.ctx.cfg.lockTtlMs
-    this.extender = setInterval(() => {
-      this.extending = this.extending.then(async () => {
-        if (!this.lock || this.state === 'done') return
-        try {
-          this.lock = await this.lock.extend(ttl)
-          // No lease of ours (none yet, or the hand-off's lease write failed): nothing to move.
-          if (!this.lease) return
-          const moved = await extendHint(this.env.ctx, this.def.name, this.wf, this.lease)
-          // Left alone: the release will find someone else's score and bring it forward.
-          if (moved !== null) this.lease = moved
-        } catch (err) {
-          this.env.metrics.protocolErrors.inc({ step: 'extend' })
-          this.env.log.warn(`could not extend the lock or hint lease of ${this.def.name} in ${this.wf}`, { error: err instanceof Error ? err.message : String(err) })
-        }
-      })
-    }, Math.max(250, Math.floor(ttl / 3)))
+  /**
+   * Extends the actor's lock, and our lease on its ready hint, by a whole TTL.
+   * The worker calls it for each of its running activations every third of the
+   * TTL ({@link keeperPeriodMs}): one timer per worker instead of one per
+   * activation, and the lock never goes longer than that period unextended.
+   * Extensions run one at a time; none starts once the release has begun.
+   */
+  keepAlive(): void {
+    if (!this.keeping) return
+    this.extending = this.extending.then(async () => {
+      if (!this.keeping) return
+      const ttl = this.env.ctx.cfg.lockTtlMs
+      try {
+        this.lock ??= new Lock(this.env.redlock, [this.env.ctx.keys.lock(this.wf, this.def.name)], this.lockValue, [], this.lockExpires)
+        this.lock = await this.lock.extend(ttl)
+        // No lease of ours (none yet, or the hand-off's lease write failed): nothing to move.
+        if (!this.lease) return
+        const moved = await extendHint(this.env.ctx, this.def.name, this.wf, this.lease)
+        // Left alone: the release will find someone else's score and bring it forward.
+        if (moved !== null) this.lease = moved
+      } catch (err) {
+        this.env.metrics.protocolErrors.inc({ step: 'extend' })
+        this.env.log.warn(`could not extend the lock or hint lease of ${this.def.name} in ${this.wf}`, { error: err instanceof Error ? err.message : String(err) })
+      }
+    })
   }
 
   private async stopExtender(): Promise<void> {
-    if (this.extender) clearInterval(this.extender)
-    this.extender = null
+    this.keeping = false
     await this.extending
   }
 }

@@ -227,9 +227,10 @@ export class LiveActor {
 
   /**
    * Delivers one action; resolves when the actor is settled, failed, timed out
-   * after `timeoutMs`, or `abort` fires. Timers exist only for actions that wait.
+   * after `timeoutMs`, or the signal `abort()` returns fires. Timers and the
+   * signal exist only for actions that wait.
    */
-  async deliver(record: ActionRecord, attempt: number, abort: AbortSignal, timeoutMs: number): Promise<DeliveryOutcome> {
+  async deliver(record: ActionRecord, attempt: number, abort: () => AbortSignal, timeoutMs: number): Promise<DeliveryOutcome> {
     const cur: Current = { record, attempt, events: [], outbox: [], op: '', opPayload: '', effectError: null, effectTransient: false, live: false, transitions: 0, flushedTransitions: 0 }
     this.current = cur
     try {
@@ -239,7 +240,7 @@ export class LiveActor {
     }
   }
 
-  private async deliverCurrent(cur: Current, abort: AbortSignal, timeoutMs: number): Promise<DeliveryOutcome> {
+  private async deliverCurrent(cur: Current, signal: () => AbortSignal, timeoutMs: number): Promise<DeliveryOutcome> {
     const { record, attempt } = cur
     const result = (outcome: DeliveryOutcome['outcome'], error = ''): DeliveryOutcome => ({
       outcome, error, events: cur.events, outbox: outcome === 'ok' ? cur.outbox : [], op: outcome === 'ok' ? cur.op : '', opPayload: cur.opPayload,
@@ -270,6 +271,7 @@ export class LiveActor {
       // From here on the action takes time: stream what it does as it happens.
       cur.live = true
       if (cur.events.length > 0) this.scheduleFlush()
+      const abort = signal()
       let stopReason = ''
       await new Promise<void>((resolve) => {
         const done = (): void => {

@@ -3,7 +3,7 @@
 // sleep until the next due time or a wake-up when nothing is due.
 import type { AgentDefinition } from './agent.ts'
 import { randomBytes } from 'node:crypto'
-import { ActorActivation, CLAIM_BATCH, type ActivationEnv, type PreActivated } from './activation.ts'
+import { ActorActivation, CLAIM_BATCH, keeperPeriodMs, type ActivationEnv, type PreActivated } from './activation.ts'
 import { pick, pickActivate, wakeOp, type PickedActivation } from './claims.ts'
 import { isCluster } from './redis/batch.ts'
 import { duplicateClient, type RedisClient } from './redis/connection.ts'
@@ -33,6 +33,8 @@ export class AgentWorker {
   private readonly aborted = new Map<string, { at: number; reason: string }>()
   /** The BZPOPMIN in flight, if any: it cannot be cancelled, so at most one at a time. */
   private listening: Promise<void> | null = null
+  /** Extends the locks of the running activations (see ActorActivation.keepAlive). */
+  private keeper: NodeJS.Timeout | null = null
 
   constructor(
     private readonly env: ActivationEnv,
@@ -44,6 +46,11 @@ export class AgentWorker {
     // Failures surface as rejected BZPOPMINs; the poll keeps the worker going meanwhile.
     blocker.on('error', () => undefined)
     this.blocker = blocker
+    this.keeper = setInterval(() => {
+      for (const a of this.active.values()) a.keepAlive()
+    }, keeperPeriodMs(this.env.ctx.cfg.lockTtlMs))
+    // An activation's Redis calls keep the process alive; the keeper alone must not.
+    this.keeper.unref()
     this.loopDone = this.loop()
   }
 
@@ -247,6 +254,8 @@ export class AgentWorker {
     // its action is redelivered elsewhere.
     const hard = Date.now() + timeoutMs
     while (this.active.size > 0 && Date.now() < hard) await new Promise((r) => setTimeout(r, 20))
+    if (this.keeper) clearInterval(this.keeper)
+    this.keeper = null
     this.state = 'stopped'
   }
 }
