@@ -10,6 +10,7 @@ import type { ActivationEnv } from './activation.ts'
 import { loadConfig, type TroupeConfig } from './config.ts'
 import type { ProtocolContext } from './claims.ts'
 import { TroupeError } from './errors.ts'
+import { gcTuningFromEnv, tuneGarbageCollector } from './gc-tuning.ts'
 import { createLogger, type Logger } from './log.ts'
 import type { SendProblem } from './live-actor.ts'
 import { RuntimeMetrics } from './metrics.ts'
@@ -52,6 +53,13 @@ export interface RuntimeOptions {
   drainTimeoutMs?: number
   serviceId?: string
   logger?: Logger
+  /**
+   * Turn V8's allocation-site pretenuring off for this process (default: on
+   * unless `TROUPE_GC_TUNING=off`): it misjudges activations' short-lived
+   * objects, and with it on a runtime spends a third of its CPU in scavenges.
+   * It is a process-wide V8 setting; see docs/operations.md.
+   */
+  gcTuning?: boolean
 }
 
 /** Resolves with `p`'s value, or undefined after `ms`, without leaving a timer behind. */
@@ -318,6 +326,9 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
   const log = opts.logger ?? createLogger('runtime')
   // Checked before a connection exists: a bad setting must not leave one open.
   if (opts.heartbeatMs === undefined) heartbeatFromEnv(process.env.TROUPE_HEARTBEAT_MS)
+  if (opts.gcTuning ?? gcTuningFromEnv(process.env.TROUPE_GC_TUNING)) {
+    if (tuneGarbageCollector()) log.debug('V8 allocation-site pretenuring turned off (TROUPE_GC_TUNING=off keeps it)')
+  }
   const redis = createRedis(cfg.redisUrl, { name: 'troupe-runtime' })
   redis.on('error', (err: Error) => log.debug('redis connection error', { error: err.message }))
   const rt = new Runtime(redis, cfg, opts, log)

@@ -4,9 +4,11 @@
 // issued in the same tick: they leave the process together, but nothing orders
 // two nodes (a node connected lazily, or stalled, runs its share later). Where a
 // write must land after another one on a different node, use execPhases.
+import { Command, type Cluster, type Redis } from 'ioredis'
+import type { PipelineWriteableStream } from 'ioredis/built/types.js'
 import { fromRedisError } from '../errors.ts'
 import type { RedisClient } from './connection.ts'
-import { pipeScript, runScript, type ScriptName } from './scripts.ts'
+import { evalshaArgs, runScript, type ScriptName } from './scripts.ts'
 
 /** One command of a batch: a plain Redis command or one of our scripts. */
 export type Op = CmdOp | ScriptOp
@@ -28,7 +30,7 @@ export interface ScriptOp {
 export type OpResult = [Error | null, unknown]
 
 /** True for a Redis Cluster client. */
-export function isCluster(client: RedisClient): boolean {
+export function isCluster(client: RedisClient): client is Cluster {
   return 'nodes' in client
 }
 
@@ -50,12 +52,7 @@ export async function execOps(client: RedisClient, ops: readonly Op[]): Promise<
       ),
     )
   }
-  const pipe = client.pipeline()
-  for (const op of ops) {
-    if ('script' in op) pipeScript(pipe, op.script, op.keys, op.args)
-    else pipe.call(op.cmd, ...op.args)
-  }
-  const res = (await pipe.exec()) ?? []
+  const res = await sendBatch(client, ops)
   const out: OpResult[] = []
   for (let i = 0; i < ops.length; i++) {
     const op = ops[i] as Op
@@ -68,6 +65,36 @@ export async function execOps(client: RedisClient, ops: readonly Op[]): Promise<
     }
   }
   return out
+}
+
+/**
+ * Sends `ops` to a single Redis in one socket write, as a pipeline does, and
+ * answers each op's outcome in order. Not ioredis's Pipeline: under load its
+ * objects got most of what a batch allocated promoted to the old generation
+ * (a Troupe process spent 3 to 4 times longer in scavenges than with this;
+ * docs/benchmarks.md, 2026-12-06). ioredis's own commands and queue are used
+ * as they are: every command is queued for its reply in order and its bytes
+ * join one write, or, when the connection is not ready, wait in ioredis's
+ * offline queue. Commands ioredis resends after a reconnect come through
+ * `write` one at a time, in queue order, and go out at once.
+ */
+function sendBatch(client: Redis, ops: readonly Op[]): Promise<OpResult[]> {
+  let pending: (string | Buffer)[] | null = []
+  const stream: PipelineWriteableStream = {
+    isPipeline: true,
+    destination: { redis: client },
+    write(data: string | Buffer) {
+      if (pending) pending.push(data)
+      else client.stream.write(data)
+    },
+  }
+  const opts = { replyEncoding: 'utf8' as const, keyPrefix: client.options.keyPrefix }
+  const commands = ops.map((op) => new Command('script' in op ? 'evalsha' : op.cmd, 'script' in op ? evalshaArgs(op.script, op.keys, op.args) : op.args, opts))
+  for (const c of commands) void client.sendCommand(c, stream)
+  const data = pending
+  pending = null
+  if (data.length > 0) client.stream.write(data.every((d) => typeof d === 'string') ? data.join('') : Buffer.concat(data.map((d) => (typeof d === 'string' ? Buffer.from(d) : d))))
+  return Promise.all(commands.map((c) => c.promise.then((v): OpResult => [null, v], (e: unknown): OpResult => [e instanceof Error ? e : new Error(String(e)), null])))
 }
 
 /**

@@ -3,7 +3,6 @@
 // (a restarted Redis, a new cluster node).
 import { createHash } from 'node:crypto'
 import { readFileSync } from 'node:fs'
-import type { ChainableCommander } from 'ioredis'
 import { fromRedisError } from '../errors.ts'
 import type { RedisClient } from './connection.ts'
 
@@ -74,9 +73,9 @@ export async function runScript(client: RedisClient, name: ScriptName, keys: rea
   }
 }
 
-/** Queues a script on a pipeline; pair with {@link execScripts} to handle NOSCRIPT. */
-export function pipeScript(pipe: ChainableCommander, name: ScriptName, keys: readonly string[], args: readonly (string | number)[]): void {
-  pipe.evalsha(script(name).sha, keys.length, ...keys, ...args)
+/** The EVALSHA arguments of a script call, for a batch (its sender handles NOSCRIPT: see execOps). */
+export function evalshaArgs(name: ScriptName, keys: readonly string[], args: readonly (string | number)[]): (string | number)[] {
+  return [script(name).sha, keys.length, ...keys, ...args]
 }
 
 /** Loads every script on the server (once per connection is plenty; cheap to repeat). */

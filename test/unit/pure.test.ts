@@ -5,6 +5,7 @@ import { backoffDelay, defineAgent, compareStreamIds, encodePayload, isStreamId,
 import { parseDuration, parsePayload } from '../../runtime/cli/common.ts'
 import { fakeText } from '../../examples/research-team/fake-model.ts'
 import { advertisedHost, heartbeatFromEnv } from '../../runtime/runtime.ts'
+import { gcTuningFromEnv } from '../../runtime/gc-tuning.ts'
 
 describe('backoffDelay', () => {
   const p = { initialMs: 100, maxMs: 1000, factor: 2, jitter: 0.5 }
@@ -101,5 +102,15 @@ describe('heartbeatFromEnv', () => {
     expect(heartbeatFromEnv(undefined)).toBe(2000)
     expect(heartbeatFromEnv('500')).toBe(500)
     for (const bad of ['2s', '-1', '49', 'NaN']) expect(() => heartbeatFromEnv(bad)).toThrow(/TROUPE_HEARTBEAT_MS/)
+  })
+})
+
+describe('gcTuningFromEnv', () => {
+  it('is on unless TROUPE_GC_TUNING says off, and refuses anything else', () => {
+    expect(gcTuningFromEnv(undefined)).toBe(true)
+    expect(gcTuningFromEnv('on')).toBe(true)
+    expect(gcTuningFromEnv(' OFF ')).toBe(false)
+    expect(gcTuningFromEnv('0')).toBe(false)
+    for (const bad of ['maybe', 'of', '2']) expect(() => gcTuningFromEnv(bad)).toThrow(/TROUPE_GC_TUNING/)
   })
 })

@@ -1,0 +1,84 @@
+// execOps on a single Redis: a batch of commands and scripts goes out in one
+// socket write (what a pipeline does), without ioredis's Pipeline; each op
+// answers in order with its own reply or error; a script the server forgot is
+// sent again; a batch sent before the connection is up waits in ioredis's
+// offline queue and completes once it is.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import type { Redis } from 'ioredis'
+import { createRedis, closeRedis } from '../../runtime/redis/connection.ts'
+import { execOps } from '../../runtime/redis/batch.ts'
+import { Keys } from '../../runtime/redis/keys.ts'
+import { loadScripts } from '../../runtime/redis/scripts.ts'
+import { rawRedis, testConfig } from '../helpers/redis.ts'
+
+const cfg = testConfig()
+const keys = new Keys(cfg.namespace)
+const redis = createRedis(cfg.redisUrl) as Redis
+const admin = rawRedis()
+const k = (name: string): string => `${cfg.namespace}batch:${name}`
+
+beforeAll(async () => {
+  await loadScripts(redis)
+})
+afterAll(async () => {
+  await closeRedis(redis)
+  admin.disconnect()
+})
+
+describe('execOps on a single Redis', () => {
+  it('answers every op in order, an error in place of its reply, in one socket write', async () => {
+    await admin.set(k('str'), 'x')
+    const writes: unknown[] = []
+    const socket = redis.stream
+    const write = socket.write.bind(socket) as (...a: unknown[]) => boolean
+    socket.write = ((...a: unknown[]) => {
+      writes.push(a[0])
+      return write(...a)
+    })
+    let res
+    try {
+      res = await execOps(redis, [
+        { cmd: 'set', args: [k('a'), 'v'] },
+        { cmd: 'hget', args: [k('str'), 'f'] },
+        { script: 'extend_hint', keys: [keys.ready('nobody')], args: ['wf1', 123, 456] },
+        { cmd: 'get', args: [k('a')] },
+      ])
+    } finally {
+      socket.write = write
+    }
+    expect(writes).toHaveLength(1)
+    expect(res.map(([err]) => err?.message.slice(0, 9) ?? null)).toEqual([null, 'WRONGTYPE', null, null])
+    expect(res.map(([, v]) => v)).toEqual(['OK', null, '', 'v'])
+  })
+
+  it('sends a script again when the server has forgotten it (NOSCRIPT)', async () => {
+    await admin.script('FLUSH')
+    await admin.zadd(keys.ready('solo'), 100, 'wf2')
+    const [[err, lease] = [null, null], [err2, other] = [null, null]] = await execOps(redis, [
+      { script: 'lease', keys: [keys.ready('solo')], args: ['wf2', 5000.5] },
+      { cmd: 'set', args: [k('b'), 'w'] },
+    ])
+    expect(err).toBeNull()
+    expect(Number(lease)).toBeGreaterThan(Date.now())
+    expect(Number(await admin.zscore(keys.ready('solo'), 'wf2'))).toBe(Number(lease))
+    expect([err2, other]).toEqual([null, 'OK'])
+  })
+
+  it('holds a batch sent before the connection is up and completes it, in order, once it is', async () => {
+    const fresh = createRedis(cfg.redisUrl) as Redis
+    try {
+      expect(fresh.status).not.toBe('ready')
+      const res = await execOps(fresh, [
+        { cmd: 'rpush', args: [k('list'), 'one'] },
+        { cmd: 'rpush', args: [k('list'), 'two'] },
+        { cmd: 'lrange', args: [k('list'), 0, -1] },
+      ])
+      expect(res).toEqual([[null, 1], [null, 2], [null, ['one', 'two']]])
+      // Replies stay in step with their commands afterwards.
+      expect(await fresh.get(k('a'))).toBe('v')
+      expect(await execOps(fresh, [{ cmd: 'llen', args: [k('list')] }, { cmd: 'get', args: [k('b')] }])).toEqual([[null, 2], [null, 'w']])
+    } finally {
+      await closeRedis(fresh)
+    }
+  })
+})
