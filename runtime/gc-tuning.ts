@@ -6,9 +6,9 @@
 // first pick activates dozens of actors at once); from then on those objects
 // were born old, died old, and kept every young object they pointed to alive
 // through each scavenge, which then copied it into the old generation too. A
-// cold action had about 12 KB promoted out of 66 KB allocated, and scavenges
-// took a third of the process's CPU. With pretenuring off: 2.6 KB promoted and
-// 35-40% less CPU per cold action and per workflow (docs/benchmarks.md,
+// cold action had 8 KB of its 66 KB promoted, and scavenge pauses were a fifth
+// of the process's CPU. With pretenuring off: 3.5 KB promoted, and 15-25% less
+// CPU per cold action and per workflow (`npm run bench:gc`; docs/benchmarks.md,
 // 2026-12-06). Turning it off only changes where V8 first places objects.
 import { setFlagsFromString } from 'node:v8'
 import { TroupeError } from './errors.ts'

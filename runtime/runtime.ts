@@ -56,7 +56,7 @@ export interface RuntimeOptions {
   /**
    * Turn V8's allocation-site pretenuring off for this process (default: on
    * unless `TROUPE_GC_TUNING=off`): it misjudges activations' short-lived
-   * objects, and with it on a runtime spends a third of its CPU in scavenges.
+   * objects, and with it on a runtime spends 15–25% more CPU (in scavenges).
    * It is a process-wide V8 setting; see docs/operations.md.
    */
   gcTuning?: boolean
