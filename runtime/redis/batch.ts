@@ -4,6 +4,7 @@
 // issued in the same tick: they leave the process together, but nothing orders
 // two nodes (a node connected lazily, or stalled, runs its share later). Where a
 // write must land after another one on a different node, use execPhases.
+import { constants } from 'node:buffer'
 import { Command, type Cluster, type Redis } from 'ioredis'
 import type { PipelineWriteableStream } from 'ioredis/built/types.js'
 import { fromRedisError } from '../errors.ts'
@@ -76,7 +77,9 @@ export async function execOps(client: RedisClient, ops: readonly Op[]): Promise<
  * as they are: every command is queued for its reply in order and its bytes
  * join one write, or, when the connection is not ready, wait in ioredis's
  * offline queue. Commands ioredis resends after a reconnect come through
- * `write` one at a time, in queue order, and go out at once.
+ * `write` one at a time, in queue order, and go out at once; as with a
+ * Pipeline, that is a batch none of whose replies had arrived, and the
+ * unanswered rest of a batch cut off midway fails with an AbortError.
  */
 function sendBatch(client: Redis, ops: readonly Op[]): Promise<OpResult[]> {
   let pending: (string | Buffer)[] | null = []
@@ -90,11 +93,35 @@ function sendBatch(client: Redis, ops: readonly Op[]): Promise<OpResult[]> {
   }
   const opts = { replyEncoding: 'utf8' as const, keyPrefix: client.options.keyPrefix }
   const commands = ops.map((op) => new Command('script' in op ? 'evalsha' : op.cmd, 'script' in op ? evalshaArgs(op.script, op.keys, op.args) : op.args, opts))
-  for (const c of commands) void client.sendCommand(c, stream)
-  const data = pending
-  pending = null
-  if (data.length > 0) client.stream.write(data.every((d) => typeof d === 'string') ? data.join('') : Buffer.concat(data.map((d) => (typeof d === 'string' ? Buffer.from(d) : d))))
+  try {
+    commands.forEach((c, i) => {
+      // As in a Pipeline: when the connection drops after some of a batch's
+      // replies, ioredis fails the rest (AbortError) instead of resending them.
+      c.pipelineIndex = i
+      void client.sendCommand(c, stream)
+    })
+  } finally {
+    // Always: a command ioredis queued for a reply whose bytes never went out
+    // would take the next command's reply.
+    const data = pending
+    pending = null
+    writeAll(client.stream, data)
+  }
   return Promise.all(commands.map((c) => c.promise.then((v): OpResult => [null, v], (e: unknown): OpResult => [e instanceof Error ? e : new Error(String(e)), null])))
+}
+
+/** One write of a batch's pieces; a batch too long for one string goes out as corked writes (one writev). */
+function writeAll(socket: Redis['stream'], pieces: readonly (string | Buffer)[]): void {
+  if (pieces.length === 0) return
+  let chars = 0
+  for (const p of pieces) chars += typeof p === 'string' ? p.length : constants.MAX_STRING_LENGTH
+  if (chars < constants.MAX_STRING_LENGTH) {
+    socket.write(pieces.join(''))
+    return
+  }
+  socket.cork()
+  for (const p of pieces) socket.write(p)
+  socket.uncork()
 }
 
 /**

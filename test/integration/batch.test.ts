@@ -64,6 +64,37 @@ describe('execOps on a single Redis', () => {
     expect([err2, other]).toEqual([null, 'OK'])
   })
 
+  it('sends a batch with binary arguments as corked writes, in order', async () => {
+    const bin = Buffer.from([0x78, 0x79, 0x7a]) as unknown as string // execOps' type says strings; ioredis takes Buffers too
+    const res = await execOps(redis, [{ cmd: 'set', args: [k('bin'), bin] }, { cmd: 'get', args: [k('bin')] }, { cmd: 'strlen', args: [k('bin')] }])
+    expect(res).toEqual([[null, 'OK'], [null, 'xyz'], [null, 3]])
+  })
+
+  it('fails the unanswered rest of a batch cut off by a dropped connection instead of resending it', async () => {
+    const conn = createRedis(cfg.redisUrl) as Redis
+    try {
+      const id = Number(await conn.client('ID'))
+      const pending = execOps(conn, [
+        { cmd: 'incr', args: [k('first')] },
+        { cmd: 'blpop', args: [k('never'), 10] },
+        { cmd: 'incr', args: [k('after')] },
+      ])
+      // Kill the connection while BLPOP holds it: INCR first has answered, the rest has not.
+      await new Promise((r) => setTimeout(r, 200))
+      await admin.client('KILL', 'ID', String(id))
+      const res = await pending
+      expect(res[0]).toEqual([null, 1])
+      expect(res[1]?.[0]?.name).toBe('AbortError')
+      expect(res[2]?.[0]?.name).toBe('AbortError')
+      await admin.rpush(k('never'), 'x')
+      await new Promise((r) => setTimeout(r, 200))
+      expect(await admin.get(k('after'))).toBeNull()
+      expect(await admin.lrange(k('never'), 0, -1)).toEqual(['x'])
+    } finally {
+      await closeRedis(conn)
+    }
+  })
+
   it('holds a batch sent before the connection is up and completes it, in order, once it is', async () => {
     const fresh = createRedis(cfg.redisUrl) as Redis
     try {
