@@ -70,9 +70,9 @@ export async function execOps(client: RedisClient, ops: readonly Op[]): Promise<
 
 /**
  * Sends `ops` to a single Redis in one socket write, as a pipeline does, and
- * answers each op's outcome in order. Not ioredis's Pipeline: under load its
- * objects got most of what a batch allocated promoted to the old generation
- * (a Troupe process spent 3 to 4 times longer in scavenges than with this;
+ * answers each op's outcome in order. Not ioredis's Pipeline: its objects got
+ * much of what a batch touched promoted to the old generation (in a loop of
+ * two-script batches, 75 MB of 935 MB allocated, against 8 MB sent this way;
  * docs/benchmarks.md, 2026-12-06). ioredis's own commands and queue are used
  * as they are: every command is queued for its reply in order and its bytes
  * join one write, or, when the connection is not ready, wait in ioredis's
