@@ -29,7 +29,7 @@ const HELP = `usage: npm run bench [-- options]     (starts Redis and Neo4j, the
   --rounds N         rounds per variant (default 3, quick 1)
   --only a,b         only variants whose id starts with one of these (e.g. noop.spread,flow),
                      plus 'ceiling', 'idle', 'persister', 'sse' for those sections
-  --out FILE         where to write the JSON (default bench/results/<date>.json; quick: the temp dir)
+  --out FILE         where to write the JSON (default bench/results/<date>.json; quick or --only: the temp dir)
   --no-docs          do not refresh the tables in docs/benchmarks.md (full runs refresh them)
   --persistence off  run Troupe without feeding persistence:queue (default on, as Troupe ships)
   --profile          write V8 CPU profiles of every worker process and print where the time goes
@@ -150,11 +150,14 @@ export async function main(argv: string[]): Promise<BenchResults> {
     results.targets = checkTargets(results)
     const md = renderMarkdown(results)
     process.stdout.write(`\n${md}\n`)
-    const out = values.out ?? (mode === 'full' ? join(ROOT, 'bench', 'results', `${stamp.slice(0, 10)}.json`) : join(tmpdir(), `troupe-bench-quick-${process.pid}.json`))
+    // Only a complete full run owns bench/results/<date>.json: a partial run
+    // (--only) written there would replace the day's complete results.
+    const complete = mode === 'full' && only.length === 0
+    const out = values.out ?? (complete ? join(ROOT, 'bench', 'results', `${stamp.slice(0, 10)}.json`) : join(tmpdir(), `troupe-bench-${mode === 'full' ? 'partial' : 'quick'}-${process.pid}.json`))
     mkdirSync(join(out, '..'), { recursive: true })
     writeFileSync(out, `${JSON.stringify(results, null, 2)}\n`)
     log(`results written to ${out}`)
-    if (mode === 'full' && !values['no-docs'] && only.length === 0) {
+    if (complete && !values['no-docs']) {
       writeFileSync(DOC, replaceBetweenMarks(existsSync(DOC) ? readFileSync(DOC, 'utf8') : '# Benchmarks\n', md))
       log(`tables refreshed in ${DOC}`)
     }

@@ -6,7 +6,7 @@ import { Lock, type Redlock } from '@sesamecare-oss/redlock'
 import { backoffDelay, type AgentDefinition } from './agent.ts'
 import { nanoid } from 'nanoid'
 import {
-  activateOp, commit, emitEvents, extendHint, followUpOps, leaseOp, parseActivation, releaseHintOp,
+  activateOp, commit, emitEvents, extendHint, followUpOps, parseActivation, releaseHintOp,
   type Activation, type ActionResult, type Appended, type Claimed, type CommitResult, type Hint, type ProtocolContext,
 } from './claims.ts'
 import { execOps, execPhases, isCluster, throwFirst, type Op } from './redis/batch.ts'
@@ -27,9 +27,9 @@ export interface ActivationEnv {
   /** Runs follow-up writes (hints, persistence pointers) without blocking the actor. */
   background(p: Promise<unknown>): void
   /**
-   * Starts an activation of `agent`'s actor in `wf` in this process right away, if
-   * it hosts that agent and has a free slot; false otherwise (then a hint and a
-   * wake-up go out as usual).
+   * Takes `agent`'s actor in `wf`, just sent work by a commit here, for this
+   * process's own next pick, if it hosts that agent and has a free slot; false
+   * otherwise (then a hint and a wake-up go out as usual).
    */
   handOff(agent: string, wf: string): boolean
 }
@@ -103,8 +103,8 @@ export class ActorActivation {
     private readonly env: ActivationEnv,
     private readonly def: AgentDefinition,
     readonly wf: string,
-    /** The ready hint's score as this process leased it; null: handed off, leased with the activation. */
-    private lease: number | null,
+    /** The ready hint's score as this process's pick leased it. */
+    private lease: number,
     /** Already activated by the pick (pick_activate.lua): its lock value, when the pick was sent, and the reply. */
     private readonly pre: PreActivated | null = null,
   ) {
@@ -194,19 +194,9 @@ export class ActorActivation {
     }
   }
 
-  /** The activate script; a handed-off actor leases its hint first (same pipeline on one Redis). */
+  /** The activate script, for an actor picked without it (a Cluster's pick.lua). */
   private async lockAndActivate(lockValue: string): Promise<Activation> {
-    const { ctx } = this.env
-    const op = activateOp(ctx, this.wf, this.def.name, lockValue, BATCH)
-    // Leased before the activate runs: on a Cluster a lease landing after an idle
-    // activate (and after someone's fresh due hint) would be released as ours.
-    const res = this.lease === null ? await execPhases(ctx.redis, [[leaseOp(ctx, this.def.name, this.wf)], [op]]) : await execOps(ctx.redis, [op])
-    if (this.lease === null) {
-      // Without a lease the release below leaves the hint alone: a harmless second look.
-      const [leaseErr, lease] = res[0] ?? [null, null]
-      this.lease = leaseErr ? 0 : Number(lease)
-    }
-    const [err, raw] = res[res.length - 1] ?? [new Error('no reply'), null]
+    const [[err, raw] = [new Error('no reply'), null]] = await execOps(this.env.ctx.redis, [activateOp(this.env.ctx, this.wf, this.def.name, lockValue, BATCH)])
     if (err) throw err
     return parseActivation(raw)
   }
@@ -287,7 +277,7 @@ export class ActorActivation {
         res = await commit(ctx, {
           wf: this.wf, agent, fence: act.fence, lockValue, snapshot: live.takeSnapshot(), stateValue: this.stateToWrite(stateValue, transitions),
           version: this.def.version, op, opPayload, release, batch: Math.max(1, Math.min(BATCH, MAX_TURNS - turns)), eventBase: `${eventBase}.${commits++}`, results,
-          ...(this.fusedSettle ? { settle: { lease: this.lease ?? 0, rerunLease: this.rerunLease } } : {}),
+          ...(this.fusedSettle ? { settle: { lease: this.lease, rerunLease: this.rerunLease } } : {}),
         })
       } catch (err) {
         if (err instanceof TroupeError && (err.code === 'fence_rejected' || err.code === 'stale_action')) {
@@ -353,8 +343,8 @@ export class ActorActivation {
 
   /**
    * Follow-up writes of a commit: actors it sent work to that this process can run
-   * now are handed over directly (no hint round trip, no wake-up of every process);
-   * the others get their hint and a wake-up.
+   * now are handed to its own worker's next pick (no hint write, no wake-up of
+   * every process); the others get their hint and a wake-up.
    */
   private followUpOps(hints: Hint[], appended: Appended[]): [Op[], Op[]] {
     const now = Date.now()
@@ -382,7 +372,7 @@ export class ActorActivation {
       return
     }
     const at = phases[0].length
-    phases[0].push(releaseHintOp(this.env.ctx, this.def.name, this.wf, this.lease ?? 0, nextDue, this.rerunLease))
+    phases[0].push(releaseHintOp(this.env.ctx, this.def.name, this.wf, this.lease, nextDue, this.rerunLease))
     const res = await execPhases(this.env.ctx.redis, phases)
     const [releaseErr, changed] = res[at] ?? [null, 0]
     // nextDue in the future (a retry's backoff, a durable timer): the worker's
@@ -410,8 +400,6 @@ export class ActorActivation {
       try {
         this.lock ??= new Lock(this.env.redlock, [this.env.ctx.keys.lock(this.wf, this.def.name)], this.lockValue, [], this.lockExpires)
         this.lock = await this.lock.extend(ttl)
-        // No lease of ours (none yet, or the hand-off's lease write failed): nothing to move.
-        if (!this.lease) return
         const moved = await extendHint(this.env.ctx, this.def.name, this.wf, this.lease)
         // Left alone: the release will find someone else's score and bring it forward.
         if (moved !== null) this.lease = moved

@@ -420,11 +420,6 @@ export async function extendHint(ctx: ProtocolContext, agent: string, wf: string
   return r === '' ? null : Number(r)
 }
 
-/** Leases the ready hint of an actor handed to this process (see lease.lua), as an op; replies the lease. */
-export function leaseOp(ctx: ProtocolContext, agent: string, wf: string): ScriptOp {
-  return { script: 'lease', keys: [ctx.keys.ready(agent)], args: [wf, leaseMs(ctx.cfg.lockTtlMs)] }
-}
-
 /** Appends and publishes events right away; returns the stream ids for the persister. */
 export async function emitEvents(ctx: ProtocolContext, wf: string, events: readonly string[], state?: { agent: string; value: string }): Promise<Appended> {
   const r = (await runScript(ctx.redis, 'emit', [ctx.keys.events(wf), ctx.keys.status(wf)], [

@@ -35,6 +35,8 @@ export class AgentWorker {
   private listening: Promise<void> | null = null
   /** Extends the locks of the running activations (see ActorActivation.keepAlive). */
   private keeper: NodeJS.Timeout | null = null
+  /** Actors handed to this worker since its last pick was sent: the next pick takes them, so their slots are spoken for. */
+  private promised = 0
 
   constructor(
     private readonly env: ActivationEnv,
@@ -131,6 +133,8 @@ export class AgentWorker {
       }
       let res: { picked: { wf: string; lease: number; pre?: PickedActivation }[]; nextDue: number | null; now: number }
       const sentAt = Date.now()
+      // This pick sees the pre-hints of everything handed over so far (written before their commits replied).
+      this.promised = 0
       try {
         res = await this.pick(Math.min(free, 64))
       } catch (err) {
@@ -156,7 +160,7 @@ export class AgentWorker {
           // again, so new work may have arrived after that activation's last
           // claim. Run the actor once more when it ends, under this lease. (Handing
           // the lease to the running activation instead lost a hint when its final
-          // commit had already gone idle: its release deleted the new one.) A hand-off
+          // commit had already gone idle: its release deleted the new one.) A rerun
           // that started while the pick was on its way may even have lost the lock to
           // it: then the pick's activation holds the actor and must run, not wait
           // out its lock.
@@ -200,17 +204,23 @@ export class AgentWorker {
   }
 
   /**
-   * Runs `wf`'s actor here now, without a pick, when a slot is free (a commit in
-   * this process just sent it work); false when busy or draining.
+   * Takes work a commit in this process just sent to `wf`'s actor, when a slot is
+   * free for it: this worker's next pick runs the actor (the commit's pre-hint,
+   * written before the commit replied, is due), so no wake-up goes to other
+   * processes. One pick takes every actor handed over meanwhile, in one round
+   * trip; starting each at once cost a round trip per actor and raced the
+   * worker's own picks for the same hints (docs/architecture.md). False when
+   * busy or draining: the caller hints and wakes as usual.
    */
   handOff(wf: string): boolean {
-    if (this.state !== 'running' || this.active.size >= this.def.concurrency || this.active.has(wf)) return false
+    if (this.state !== 'running' || this.active.size + this.promised >= this.def.concurrency || this.active.has(wf)) return false
+    this.promised++
     this.env.metrics.handOffs.inc({ agent: this.def.name })
-    this.launch(wf, null)
+    this.wake()
     return true
   }
 
-  private launch(wf: string, lease: number | null, pre: PreActivated | null = null): void {
+  private launch(wf: string, lease: number, pre: PreActivated | null = null): void {
     const act = new ActorActivation(this.env, this.def, wf, lease, pre)
     this.active.set(wf, act)
     if (pre) {
@@ -246,6 +256,9 @@ export class AgentWorker {
     await this.loopDone
     this.blocker?.disconnect()
     this.blocker = null
+    // A wake-up the BZPOPMIN popped just before the disconnect is passed on to
+    // another process (passWakeOn) while the runtime's connection is still open.
+    if (this.listening) await Promise.race([this.listening, new Promise((r) => setTimeout(r, 1000).unref())])
     for (const a of this.active.values()) a.drain()
     const deadline = Date.now() + timeoutMs
     while (this.active.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20))

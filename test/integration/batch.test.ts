@@ -55,7 +55,7 @@ describe('execOps on a single Redis', () => {
     await admin.script('FLUSH')
     await admin.zadd(keys.ready('solo'), 100, 'wf2')
     const [[err, lease] = [null, null], [err2, other] = [null, null]] = await execOps(redis, [
-      { script: 'lease', keys: [keys.ready('solo')], args: ['wf2', 5000.5] },
+      { script: 'extend_hint', keys: [keys.ready('solo')], args: ['wf2', 100, 5000.5] },
       { cmd: 'set', args: [k('b'), 'w'] },
     ])
     expect(err).toBeNull()

@@ -1,6 +1,7 @@
-// Work a commit sends to an actor this process can run starts here directly (no
-// hint, wake-up or pick); when the process has no free slot, the ready queue
-// hands it to another process. Either way nothing is left behind in Redis.
+// Work a commit sends to an actor this process can run is taken by this process's
+// own next pick (no hint write, no wake-up to other processes); when the process
+// has no free slot, the ready queue hands it to another process. Either way
+// nothing is left behind in Redis.
 import { afterAll, afterEach, describe, expect, it } from 'vitest'
 import { startRuntime, TroupeClient, type Runtime } from '../../runtime/index.ts'
 import { Keys } from '../../runtime/redis/keys.ts'
@@ -59,10 +60,27 @@ describe('hand-off of sent work', () => {
   it('runs the receiving actor in the sending process, and leaves no hint or lock behind', async () => {
     const rt = await startRuntime({ agents: [counter, echo], config: cfg, metricsPort: false })
     runtimes.push(rt)
-    const ids = await relayAll(12, 'hi')
-    // Every relay found echo's actor free and a free local slot (default concurrency 16).
+    // One relay at a time: each finds echo's actor free and a free local slot
+    // (default concurrency 16), and no pick of echo's worker is on its way. (In a
+    // burst, a pick woken by one hand-off may take the pre-hint of a commit whose
+    // reply is still coming; that actor then runs from the pick, as from any pick.)
+    const ids: string[] = []
+    for (let i = 0; i < 12; i++) ids.push(...(await relayAll(1, 'hi')))
     expect(await counterValue(rt, 'troupe_handoffs_total', 'echo')).toBe(12)
     expect(await counterValue(rt, 'troupe_activations_total', 'echo')).toBe(12)
+    // Taken by this process's own pick: no wake-up went out for echo.
+    expect(await counterValue(rt, 'troupe_wakeups_total', 'echo')).toBe(0)
+    expect(await redis.zcard(keys.wake('echo'))).toBe(0)
+    await eventually(async () => (await leftovers(ids)).length === 0, 5000, 'hints and locks released')
+  })
+
+  it('runs a burst of relays exactly once each, handing most of them over', async () => {
+    const rt = await startRuntime({ agents: [counter, echo], config: cfg, metricsPort: false })
+    runtimes.push(rt)
+    const ids = await relayAll(12, 'hi')
+    await eventually(async () => (await counterValue(rt, 'troupe_actions_total', 'echo', 'completed')) >= 12, 5000, 'twelve echo commits counted')
+    expect(await counterValue(rt, 'troupe_actions_total', 'echo', 'completed')).toBe(12)
+    expect(await counterValue(rt, 'troupe_handoffs_total', 'echo')).toBeGreaterThanOrEqual(1)
     await eventually(async () => (await leftovers(ids)).length === 0, 5000, 'hints and locks released')
   })
 
