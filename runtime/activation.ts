@@ -27,11 +27,12 @@ export interface ActivationEnv {
   /** Runs follow-up writes (hints, persistence pointers) without blocking the actor. */
   background(p: Promise<unknown>): void
   /**
-   * Takes `agent`'s actor in `wf`, just sent work by a commit here, for this
-   * process's own next pick, if it hosts that agent and has a free slot; false
-   * otherwise (then a hint and a wake-up go out as usual).
+   * Takes `agent`'s actor in `wf`, just sent `actionIds` by a commit here, for
+   * this process's own next pick, if it hosts that agent and has a free slot (or
+   * already runs that actor, whose activation claimed them); false otherwise
+   * (then a hint and a wake-up go out as usual).
    */
-  handOff(agent: string, wf: string): boolean
+  handOff(agent: string, wf: string, actionIds: readonly string[]): boolean
 }
 
 /** Consecutive actions one activation handles before yielding its slot (fairness). */
@@ -94,6 +95,8 @@ export class ActorActivation {
   lookAgain = false
   /** A lease this process's worker took on the hint for a rerun after this activation: the release leaves it. */
   rerunLease: number | null = null
+  /** Every action this activation claimed (a hand-off of work it already has needs no hint). */
+  private readonly claimed = new Set<string>()
   /** State value last written to the status hash by this activation (skip rewriting it). */
   private lastState = ''
   /** On a single Redis the commit's pipeline also runs settle.lua (its keys span slots, so not on a Cluster). */
@@ -109,6 +112,11 @@ export class ActorActivation {
     private readonly pre: PreActivated | null = null,
   ) {
     this.fusedSettle = !isCluster(env.ctx.redis)
+  }
+
+  /** True when this activation claimed every one of `actionIds` (at least one). */
+  hasClaimed(actionIds: readonly string[]): boolean {
+    return actionIds.length > 0 && actionIds.every((id) => this.claimed.has(id))
   }
 
   /** Finish the current action, then release (graceful shutdown). */
@@ -233,6 +241,7 @@ export class ActorActivation {
     let turns = 0
     let batch = act.batch
     while (batch.length > 0) {
+      for (const c of batch) this.claimed.add(c.actionId)
       const results: ActionResult[] = []
       let op: DeliveryOutcome['op'] = ''
       let opPayload = ''
@@ -348,7 +357,7 @@ export class ActorActivation {
    */
   private followUpOps(hints: Hint[], appended: Appended[]): [Op[], Op[]] {
     const now = Date.now()
-    const rest = hints.filter((h) => h.score > now || !this.env.handOff(h.agent, h.wf))
+    const rest = hints.filter((h) => h.score > now || !this.env.handOff(h.agent, h.wf, h.sent ?? []))
     return followUpOps(this.env.ctx, rest, appended)
   }
 

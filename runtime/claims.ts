@@ -24,6 +24,8 @@ export interface Hint {
   agent: string
   wf: string
   score: number
+  /** The actions a commit sent that actor (a commit's hints only). */
+  sent?: readonly string[]
 }
 
 /** Stream ids a script appended, for the persister's pointer entry. */
@@ -394,7 +396,12 @@ export async function commit(ctx: ProtocolContext, a: CommitArgs): Promise<Commi
   const code = str(r[0]) as CommitResult['code']
   const nHints = Number(r[4])
   const hints: Hint[] = []
-  for (let i = 0; i < nHints; i++) hints.push({ agent: str(r[5 + i * 2]), wf: a.wf, score: Number(r[6 + i * 2]) })
+  for (let i = 0; i < nHints; i++) {
+    const agent = str(r[5 + i * 2])
+    const sent: string[] = []
+    for (const res of a.results) if (res.outcome === 'ok') for (const o of res.outbox) if (o.to === agent) sent.push(o.actionId)
+    hints.push({ agent, wf: a.wf, score: Number(r[6 + i * 2]), sent })
+  }
   return {
     code,
     next: code === 'next' ? parseClaimed(r, 5 + nHints * 2) : [],

@@ -181,7 +181,7 @@ export class Runtime {
       log: this.log,
       checkSend: (to, type, p) => this.checkSend(to, type, p),
       background: (p) => this.background(p),
-      handOff: (agent, wf) => this.workers.get(agent)?.handOff(wf) ?? false,
+      handOff: (agent, wf, actionIds) => this.workers.get(agent)?.handOff(wf, actionIds) ?? false,
     }
     this.sub = new Subscriber(this.redis)
     await this.sub.subscribe(this.keys.control(), (msg) => this.onControl(msg))

@@ -209,11 +209,20 @@ export class AgentWorker {
    * written before the commit replied, is due), so no wake-up goes to other
    * processes. One pick takes every actor handed over meanwhile, in one round
    * trip; starting each at once cost a round trip per actor and raced the
-   * worker's own picks for the same hints (docs/architecture.md). False when
-   * busy or draining: the caller hints and wakes as usual.
+   * worker's own picks for the same hints (docs/architecture.md). An actor
+   * already running here whose activation claimed `actionIds` (a pick took the
+   * pre-hint before the commit's reply came back) has its work: nothing to do.
+   * False when busy or draining, or when the actor runs here without that
+   * work: the caller hints and wakes as usual.
    */
-  handOff(wf: string): boolean {
-    if (this.state !== 'running' || this.active.size + this.promised >= this.def.concurrency || this.active.has(wf)) return false
+  handOff(wf: string, actionIds: readonly string[]): boolean {
+    const running = this.active.get(wf)
+    if (running) {
+      if (!running.hasClaimed(actionIds)) return false
+      this.env.metrics.handOffs.inc({ agent: this.def.name })
+      return true
+    }
+    if (this.state !== 'running' || this.active.size + this.promised >= this.def.concurrency) return false
     this.promised++
     this.env.metrics.handOffs.inc({ agent: this.def.name })
     this.wake()
