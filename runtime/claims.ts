@@ -190,6 +190,12 @@ function pickedActivation(reply: unknown[]): PickedActivation['activation'] {
 /** Stands for the workflow id in the key templates pick_activate.lua fills in (never valid in an id). */
 const WF_MARK = '\u0000wf\u0000'
 
+/** A key template cut at the workflow id: what comes before it and after it. */
+function cut(key: string): [string, string] {
+  const at = key.indexOf(WF_MARK)
+  return [key.slice(0, at), key.slice(at + WF_MARK.length)]
+}
+
 /**
  * One actor taken by {@link pickActivate}: its lease on the hint and its activation,
  * `'local'` for an actor active in this process (leased only), `'invalid'` for a
@@ -213,10 +219,6 @@ export async function pickActivate(
   ctx: ProtocolContext, agent: string, max: number, lockPrefix: string, batch: number, activeHere: Iterable<string>,
 ): Promise<{ picked: PickedActivation[]; nextDue: number | null; now: number }> {
   const k = ctx.keys
-  const cut = (key: string): [string, string] => {
-    const at = key.indexOf(WF_MARK)
-    return [key.slice(0, at), key.slice(at + WF_MARK.length)]
-  }
   const templates = [
     k.actor(WF_MARK, agent), k.lock(WF_MARK, agent), k.mailbox(WF_MARK, agent), k.actions(WF_MARK), k.status(WF_MARK), k.events(WF_MARK), k.channel(WF_MARK),
   ].flatMap(cut)

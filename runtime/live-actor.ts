@@ -2,7 +2,7 @@
 // an activation. Delivers an action as a machine event, collects what agent code
 // does (sends, events, completion), streams transitions and events live while the
 // action is still running, and reports a settled outcome for the commit.
-import { createActor, type AnyActorRef, type AnyMachineSnapshot } from 'xstate'
+import { createActor, type AnyActorRef, type AnyMachineSnapshot, type InspectionEvent } from 'xstate'
 import { nanoid } from 'nanoid'
 import { CONTROL, type AgentDefinition } from './agent.ts'
 import { encodeEvent } from './events.ts'
@@ -68,6 +68,14 @@ function describe(err: unknown): string {
   }
 }
 
+/** What a delivery produced, from its bookkeeping. */
+function outcomeOf(cur: Current, outcome: DeliveryOutcome['outcome'], error = ''): DeliveryOutcome {
+  return {
+    outcome, error, events: cur.events, outbox: outcome === 'ok' ? cur.outbox : [], op: outcome === 'ok' ? cur.op : '', opPayload: cur.opPayload,
+    stateValue: '', transitions: cur.transitions,
+  }
+}
+
 /** A restored XState actor plus the bookkeeping of the action it is handling. */
 export class LiveActor {
   private actor: ReturnType<typeof createActor> | null = null
@@ -80,6 +88,16 @@ export class LiveActor {
   private committed: string
   /** The snapshot after the last successful action not yet serialised (the newer restore point). */
   private lastOk: AnyMachineSnapshot | null = null
+  /** Actors of the current XState system whose emitted events we listen to, and its root. */
+  private attached = new WeakSet<object>()
+  private root: object | undefined
+  private readonly inspector = this.inspect.bind(this)
+  private readonly emitted = this.onEmitted.bind(this)
+  private readonly snapshotObserver = {
+    next: this.onSnapshot.bind(this),
+    // The error is read from the snapshot when the action settles.
+    error: this.onActorError.bind(this),
+  }
 
   constructor(
     private readonly def: AgentDefinition,
@@ -93,37 +111,37 @@ export class LiveActor {
   /** Creates (or re-creates after a failure) the XState actor from the committed snapshot. */
   private ensureActor(): ReturnType<typeof createActor> {
     if (this.actor) return this.actor
-    const attached = new WeakSet<object>()
-    let root: object | undefined
-    const onEmitted = (e: { type: string; [k: string]: unknown }): void => this.onEmitted(e)
+    // Bound methods, not closures: see the note on ActorActivation (tsx's keepNames).
+    this.attached = new WeakSet<object>()
+    this.root = undefined
     const persisted = this.lastOk ? this.def.machine.getPersistedSnapshot(this.lastOk) : this.committed ? (JSON.parse(this.committed) as unknown) : undefined
     const actor = createActor(this.def.machine, {
       ...(persisted ? { snapshot: persisted as never } : {}),
       input: { workflowId: this.wf, agent: this.def.name },
-      // Emitted events of invoked promise/callback logic reach only that child's
-      // listeners, so attach to every actor of the system as it starts.
-      inspect: (ev) => {
-        if (ev.type === '@xstate.actor' && !attached.has(ev.actorRef)) {
-          root ??= ev.actorRef
-          attached.add(ev.actorRef)
-          ;(ev.actorRef as AnyActorRef).on('*', onEmitted)
-        } else if (ev.type === '@xstate.microstep' && ev.actorRef === root) {
-          // Microsteps are reported before the entered state's actions and
-          // invocations run, so a transition is published ahead of what it causes.
-          this.onTransition((ev as unknown as { snapshot: AnyMachineSnapshot }).snapshot.value)
-        }
-      },
+      inspect: this.inspector,
     })
-    actor.subscribe({
-      next: (s) => this.onSnapshot(s as AnyMachineSnapshot),
-      // The error is read from the snapshot when the action settles.
-      error: () => this.settleWaiter?.(),
-    })
+    actor.subscribe(this.snapshotObserver)
     this.prevValue = ''
     actor.start()
     this.prevValue = JSON.stringify((actor.getSnapshot() as AnyMachineSnapshot).value)
     this.actor = actor
     return actor
+  }
+
+  /**
+   * Emitted events of invoked promise/callback logic reach only that child's
+   * listeners, so attach to every actor of the system as it starts.
+   */
+  private inspect(ev: InspectionEvent): void {
+    if (ev.type === '@xstate.actor' && !this.attached.has(ev.actorRef)) {
+      this.root ??= ev.actorRef
+      this.attached.add(ev.actorRef)
+      ;(ev.actorRef as AnyActorRef).on('*', this.emitted)
+    } else if (ev.type === '@xstate.microstep' && ev.actorRef === this.root) {
+      // Microsteps are reported before the entered state's actions and
+      // invocations run, so a transition is published ahead of what it causes.
+      this.onTransition((ev as unknown as { snapshot: AnyMachineSnapshot }).snapshot.value)
+    }
   }
 
   private onTransition(valueObj: unknown): void {
@@ -143,6 +161,10 @@ export class LiveActor {
   private onSnapshot(s: AnyMachineSnapshot): void {
     this.onTransition(s.value)
     if (isSettled(s)) this.settleWaiter?.()
+  }
+
+  private onActorError(): void {
+    this.settleWaiter?.()
   }
 
   private onEmitted(e: { type: string; [k: string]: unknown }): void {
@@ -242,15 +264,11 @@ export class LiveActor {
 
   private async deliverCurrent(cur: Current, signal: () => AbortSignal, timeoutMs: number): Promise<DeliveryOutcome> {
     const { record, attempt } = cur
-    const result = (outcome: DeliveryOutcome['outcome'], error = ''): DeliveryOutcome => ({
-      outcome, error, events: cur.events, outbox: outcome === 'ok' ? cur.outbox : [], op: outcome === 'ok' ? cur.op : '', opPayload: cur.opPayload,
-      stateValue: '', transitions: cur.transitions,
-    })
     let actor: ReturnType<typeof createActor>
     try {
       actor = this.ensureActor()
     } catch (err) {
-      return result('rejected', `cannot restore ${this.def.name}: ${describe(err)}`)
+      return outcomeOf(cur, 'rejected', `cannot restore ${this.def.name}: ${describe(err)}`)
     }
     const event: ActionEvent = {
       type: record.type,
@@ -261,9 +279,9 @@ export class LiveActor {
       },
     }
     const before = actor.getSnapshot() as AnyMachineSnapshot
-    if (before.status !== 'active') return result('rejected', `agent ${this.def.name} is ${before.status} and accepts no more actions`)
+    if (before.status !== 'active') return outcomeOf(cur, 'rejected', `agent ${this.def.name} is ${before.status} and accepts no more actions`)
     if (!before.can(event)) {
-      return result('rejected', `agent ${this.def.name} in state ${JSON.stringify(before.value)} does not accept action '${record.type}'`)
+      return outcomeOf(cur, 'rejected', `agent ${this.def.name} in state ${JSON.stringify(before.value)} does not accept action '${record.type}'`)
     }
     actor.send(event)
     let snap = actor.getSnapshot() as AnyMachineSnapshot
@@ -297,21 +315,21 @@ export class LiveActor {
       await this.flushing
       if (stopReason && !isSettled(snap)) {
         this.discard()
-        return result('failed', stopReason)
+        return outcomeOf(cur, 'failed', stopReason)
       }
     }
     if (snap.status === 'error') {
       const err = describe(snap.error)
       this.discard()
-      return result('failed', err)
+      return outcomeOf(cur, 'failed', err)
     }
     if (cur.effectError) {
       this.discard()
-      return result(cur.effectTransient ? 'failed' : 'rejected', cur.effectError)
+      return outcomeOf(cur, cur.effectTransient ? 'failed' : 'rejected', cur.effectError)
     }
     // Snapshots are immutable: keeping the object is free; it is serialised once per commit.
     this.lastOk = snap
-    return { ...result('ok'), stateValue: this.prevValue }
+    return { ...outcomeOf(cur, 'ok'), stateValue: this.prevValue }
   }
 
   /**
