@@ -9,7 +9,7 @@ import { Command, type Cluster, type Redis } from 'ioredis'
 import type { PipelineWriteableStream } from 'ioredis/built/types.js'
 import { fromRedisError } from '../errors.ts'
 import type { RedisClient } from './connection.ts'
-import { evalshaArgs, runScript, type ScriptName } from './scripts.ts'
+import { evalshaArgs, runScript, scriptFor, type ScriptName } from './scripts.ts'
 
 /** One command of a batch: a plain Redis command or one of our scripts. */
 export type Op = CmdOp | ScriptOp
@@ -59,7 +59,10 @@ export async function execOps(client: RedisClient, ops: readonly Op[]): Promise<
     const op = ops[i] as Op
     const [err, val] = res[i] ?? [new Error('no reply'), null]
     if (err && 'script' in op && err.message.startsWith('NOSCRIPT')) {
-      // A restarted server lost its script cache: send the source once.
+      // The server lost its script cache without our connection dropping (SCRIPT
+      // FLUSH): send the source now, after the rest of the batch, and load the
+      // scripts again ahead of the next batches.
+      knownScripts(client).clear()
       out.push(await runScript(client, op.script, op.keys, op.args).then((v): OpResult => [null, v], (e: unknown): OpResult => [asError(e), null]))
     } else {
       out.push(err ? [asError(err), null] : [null, val])
@@ -81,6 +84,20 @@ export async function execOps(client: RedisClient, ops: readonly Op[]): Promise<
  * Pipeline, that is a batch none of whose replies had arrived, and the
  * unanswered rest of a batch cut off midway fails with an AbortError.
  */
+/** Scripts each connection's server is known to have, forgotten when the connection closes (a restarted server has none). */
+const loadedOn = new WeakMap<Redis, Set<string>>()
+
+function knownScripts(client: Redis): Set<string> {
+  let known = loadedOn.get(client)
+  if (!known) {
+    const fresh = new Set<string>()
+    client.on('close', () => fresh.clear())
+    loadedOn.set(client, fresh)
+    known = fresh
+  }
+  return known
+}
+
 function sendBatch(client: Redis, ops: readonly Op[]): Promise<OpResult[]> {
   let pending: (string | Buffer)[] | null = []
   const stream: PipelineWriteableStream = {
@@ -92,9 +109,24 @@ function sendBatch(client: Redis, ops: readonly Op[]): Promise<OpResult[]> {
     },
   }
   const opts = { replyEncoding: 'utf8' as const, keyPrefix: client.options.keyPrefix }
+  // A script this connection's server may not have goes first as SCRIPT LOAD,
+  // in the same write: answered NOSCRIPT, it would run only after the rest of
+  // its batch (execOps), out of the order the batch was written in. Counted as
+  // loaded from here on: later batches on this connection run after the load.
+  const known = knownScripts(client)
+  const loads: Command[] = []
+  for (const op of ops) {
+    if (!('script' in op)) continue
+    const s = scriptFor(op.script)
+    if (known.has(s.sha)) continue
+    known.add(s.sha)
+    loads.push(new Command('script', ['LOAD', s.source], opts))
+  }
   const commands = ops.map((op) => new Command('script' in op ? 'evalsha' : op.cmd, 'script' in op ? evalshaArgs(op.script, op.keys, op.args) : op.args, opts))
+  // A failed load shows as NOSCRIPT on its script's call, handled there.
+  for (const c of loads) c.promise.catch(() => undefined)
   try {
-    commands.forEach((c, i) => {
+    ;[...loads, ...commands].forEach((c, i) => {
       // As in a Pipeline: when the connection drops after some of a batch's
       // replies, ioredis fails the rest (AbortError) instead of resending them.
       c.pipelineIndex = i

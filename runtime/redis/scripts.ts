@@ -73,6 +73,11 @@ export async function runScript(client: RedisClient, name: ScriptName, keys: rea
   }
 }
 
+/** Source (as loaded) and SHA-1 of a script. */
+export function scriptFor(name: ScriptName): { readonly source: string; readonly sha: string } {
+  return script(name)
+}
+
 /** The EVALSHA arguments of a script call, for a batch (its sender handles NOSCRIPT: see execOps). */
 export function evalshaArgs(name: ScriptName, keys: readonly string[], args: readonly (string | number)[]): (string | number)[] {
   return [script(name).sha, keys.length, ...keys, ...args]

@@ -1,15 +1,16 @@
 // execOps on a single Redis: a batch of commands and scripts goes out in one
 // socket write (what a pipeline does), without ioredis's Pipeline; each op
-// answers in order with its own reply or error; a script the server forgot is
-// sent again; a batch sent before the connection is up waits in ioredis's
-// offline queue and completes once it is.
+// answers in order with its own reply or error; a script new to the server is
+// loaded in the same write, ahead of its call, and one the server forgot under
+// a live connection is sent again; a batch sent before the connection is up
+// waits in ioredis's offline queue and completes once it is.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import type { Redis } from 'ioredis'
 import { createRedis, closeRedis } from '../../runtime/redis/connection.ts'
 import { execOps } from '../../runtime/redis/batch.ts'
 import { Keys } from '../../runtime/redis/keys.ts'
 import { loadScripts } from '../../runtime/redis/scripts.ts'
-import { rawRedis, testConfig } from '../helpers/redis.ts'
+import { eventually, rawRedis, testConfig } from '../helpers/redis.ts'
 
 const cfg = testConfig()
 const keys = new Keys(cfg.namespace)
@@ -62,6 +63,34 @@ describe('execOps on a single Redis', () => {
     expect(Number(lease)).toBeGreaterThan(Date.now())
     expect(Number(await admin.zscore(keys.ready('solo'), 'wf2'))).toBe(Number(lease))
     expect([err2, other]).toEqual([null, 'OK'])
+  })
+
+  it('keeps a batch in order when its script is new to the server, also after a reconnect', async () => {
+    // Two picks of one actor with an enqueue between them: in order, both take it.
+    const ready = keys.ready('ordered')
+    const pickOp = { script: 'pick' as const, keys: [ready], args: [1, 5000.5] }
+    const due = { cmd: 'zadd', args: [ready, 0, 'wf-o'] }
+    const picks = async (conn: Redis): Promise<unknown[]> => {
+      const res = await execOps(conn, [due, pickOp, due, pickOp])
+      return [res[1]?.[1], res[3]?.[1]].map((r) => (r as unknown[])[0])
+    }
+    const conn = createRedis(cfg.redisUrl) as Redis
+    try {
+      await admin.script('FLUSH')
+      expect(await picks(conn)).toEqual(['wf-o', 'wf-o'])
+      // A restarted server has forgotten every script; its clients reconnect.
+      await admin.script('FLUSH')
+      const id = String(await conn.client('ID'))
+      const closed = new Promise((r) => conn.once('close', r))
+      await admin.client('KILL', 'ID', id)
+      // (A batch sent before the client sees the close is resent as it was, and meets NOSCRIPT.)
+      await closed
+      await eventually(() => Promise.resolve(conn.status === 'ready'), 5000, 'reconnected')
+      expect(await picks(conn)).toEqual(['wf-o', 'wf-o'])
+    } finally {
+      await closeRedis(conn)
+      await admin.del(ready)
+    }
   })
 
   it('sends a batch with binary arguments as corked writes, in order', async () => {
