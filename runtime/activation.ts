@@ -370,8 +370,18 @@ export class ActorActivation implements LiveActorHooks {
    */
   private followUpOps(hints: Hint[], appended: Appended[]): [Op[], Op[]] {
     const now = Date.now()
-    const rest = hints.filter((h) => h.score > now || !this.env.handOff(h.agent, h.wf, h.sent ?? []))
-    return followUpOps(this.env.ctx, rest, appended)
+    const rest: Hint[] = []
+    const kept: Hint[] = []
+    for (const h of hints) {
+      if (h.score > now || !this.env.handOff(h.agent, h.wf, h.sent ?? [])) rest.push(h)
+      else kept.push(h)
+    }
+    const [writes, wakes] = followUpOps(this.env.ctx, rest, appended)
+    // Kept here: no wake-up. On a Cluster their hint is written again all the
+    // same, after the commit (a single Redis did so in the commit's own write):
+    // a pick that ran before the commit may have leased and released the pre-hint.
+    if (this.fusedSettle || kept.length === 0) return [writes, wakes]
+    return [[...followUpOps(this.env.ctx, kept, [], false)[0], ...writes], wakes]
   }
 
   private followUps(hints: Hint[], appended: Appended[]): void {

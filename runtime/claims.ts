@@ -8,7 +8,7 @@ import type { TroupeConfig } from './config.ts'
 import { effectiveMaxLen, effectiveRetention } from './config.ts'
 import { runScript } from './redis/scripts.ts'
 import { fromRedisError } from './errors.ts'
-import { execAll, execOps, execPhases, throwFirst, type CmdOp, type Op, type ScriptOp } from './redis/batch.ts'
+import { execAll, execOps, execPhases, isCluster, throwFirst, type CmdOp, type Op, type ScriptOp } from './redis/batch.ts'
 import type { Keys } from './redis/keys.ts'
 import type { RedisClient } from './redis/connection.ts'
 
@@ -370,7 +370,8 @@ export async function commit(ctx: ProtocolContext, a: CommitArgs): Promise<Commi
   let settled: Settled | null = null
   if (preHinted.size > 0 || a.settle) {
     const now = Date.now()
-    const ops: Op[] = [...preHinted].map((to) => ({ cmd: 'zadd', args: [k.ready(to), 'LT', now, a.wf] }))
+    const hintOps = (): Op[] => [...preHinted].map((to) => ({ cmd: 'zadd', args: [k.ready(to), 'LT', now, a.wf] }))
+    const ops: Op[] = hintOps()
     const at = ops.length
     ops.push({ script: 'commit', keys, args })
     if (a.settle) {
@@ -380,6 +381,14 @@ export async function commit(ctx: ProtocolContext, a: CommitArgs): Promise<Commi
         args: [a.wf, a.eventBase, a.settle.lease, a.settle.rerunLease ?? '', ctx.cfg.persistence ? '1' : ''],
       })
     }
+    // On a single Redis the hints go out again right after the commit, in the same
+    // write: a pick that ran between the pre-hint and the commit (another client's
+    // command can land there) leased the pre-hint, found the mailbox empty and
+    // deletes its lease on release; this write leaves the sent work a due hint
+    // whatever happened in between, so a hand-off (which writes none) can rely on
+    // one. On a Cluster the hints are phased after the commit's reply instead
+    // (the activation's follow-ups).
+    if (!isCluster(ctx.redis)) ops.push(...hintOps())
     const res = await execOps(ctx.redis, ops)
     const [err, val] = res[at] ?? [new Error('no reply'), null]
     if (err) throw err

@@ -1,7 +1,9 @@
 // `npm run test:soak [-- --minutes 30]`: mixed load with periodic faults on a
 // private Redis; samples the memory of every runtime process and of Redis, checks
 // at the end that every workflow's actions were applied exactly once, and writes
-// the curve to docs/soak.json (docs/reliability.md summarises it).
+// the curve to docs/soak.json (docs/reliability.md summarises it). Every other
+// workflow goes to `tee`, which passes each action on to `mirror`, so work that
+// agents send each other goes through the faults too.
 import { readFileSync, writeFileSync } from 'node:fs'
 import { parseArgs } from 'node:util'
 import { TroupeClient } from '../../runtime/index.ts'
@@ -36,8 +38,12 @@ for (let i = 0; i < 3; i++) procs.push(await spawnRuntime(cfg, { agents: AGENTS,
 log(`soak: ${minutes} min, ${ratePerSec} workflows/s x ${TICKS} actions, 3 runtimes, faults every 60 s`)
 
 const samples: { t: number; redisMb: number; runtimesMb: number[]; done: number }[] = []
-const workflows: string[] = []
+/** Each workflow and the agents whose snapshots must hold 0..TICKS-1 once each, in order. */
+const workflows: { wf: string; agents: string[] }[] = []
+let started = 0
 let done = 0
+/** Ticks verified (a tee workflow's ten ticks count twice: tee's and mirror's). */
+let actions = 0
 const end = Date.now() + minutes * 60_000
 let stopping = false
 
@@ -46,10 +52,11 @@ const producer = (async () => {
     const t0 = Date.now()
     await Promise.all(
       Array.from({ length: ratePerSec }, async () => {
-        const { workflowId } = await client.startWorkflow({ agent: 'tally', type: 'tick', payload: { i: 0 }, validate: false })
-        for (let i = 1; i < TICKS; i++) await client.sendAction(workflowId, 'tally', 'tick', { i }, { validate: false })
-        await client.sendAction(workflowId, 'tally', 'finish', null, { validate: false })
-        workflows.push(workflowId)
+        const agent = started++ % 2 === 0 ? 'tally' : 'tee'
+        const { workflowId } = await client.startWorkflow({ agent, type: 'tick', payload: { i: 0 }, validate: false })
+        for (let i = 1; i < TICKS; i++) await client.sendAction(workflowId, agent, 'tick', { i }, { validate: false })
+        await client.sendAction(workflowId, agent, 'finish', null, { validate: false })
+        workflows.push({ wf: workflowId, agents: agent === 'tee' ? ['tee', 'mirror'] : ['tally'] })
       }),
     )
     await new Promise((r) => setTimeout(r, Math.max(0, 1000 - (Date.now() - t0))))
@@ -60,15 +67,18 @@ const checker = (async () => {
   // Verify workflows once they have had time to finish; keep only the backlog.
   while (!stopping || workflows.length > 0) {
     const batch = workflows.splice(0, 200)
-    for (const wf of batch) {
-      const st = await client.getStatus(wf)
+    for (const w of batch) {
+      const st = await client.getStatus(w.wf)
       if (!st || st.status !== 'completed') {
-        workflows.push(wf)
+        workflows.push(w)
         continue
       }
-      const snap = JSON.parse((await client.redis.hget(client.keys.actor(wf, 'tally'), 'snapshot')) ?? '{}') as { context?: { seen?: number[] } }
-      const seen = snap.context?.seen ?? []
-      if (seen.length !== TICKS || seen.some((v, i) => v !== i)) throw new Error(`workflow ${wf}: expected 0..${TICKS - 1} once each, got ${JSON.stringify(seen)}`)
+      for (const agent of w.agents) {
+        const snap = JSON.parse((await client.redis.hget(client.keys.actor(w.wf, agent), 'snapshot')) ?? '{}') as { context?: { seen?: number[] } }
+        const seen = snap.context?.seen ?? []
+        if (seen.length !== TICKS || seen.some((v, i) => v !== i)) throw new Error(`workflow ${w.wf} (${agent}): expected 0..${TICKS - 1} once each, got ${JSON.stringify(seen)}`)
+        actions += TICKS
+      }
       done++
     }
     await new Promise((r) => setTimeout(r, 500))
@@ -111,7 +121,7 @@ const first = samples.slice(0, Math.max(1, Math.floor(samples.length / 4)))
 const last = samples.slice(-Math.max(1, Math.floor(samples.length / 4)))
 const avg = (xs: number[]): number => xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.length)
 const summary = {
-  minutes, ratePerSec, ticksPerWorkflow: TICKS, workflowsVerified: done, actions: done * TICKS, lost: 0, duplicated: 0, faults: fault,
+  minutes, ratePerSec, ticksPerWorkflow: TICKS, workflowsVerified: done, actions, lost: 0, duplicated: 0, faults: fault,
   redisMbFirstQuarter: avg(first.map((s) => s.redisMb)), redisMbLastQuarter: avg(last.map((s) => s.redisMb)),
   runtimeMbFirstQuarter: avg(first.flatMap((s) => s.runtimesMb)), runtimeMbLastQuarter: avg(last.flatMap((s) => s.runtimesMb)),
 }
