@@ -370,8 +370,8 @@ export async function commit(ctx: ProtocolContext, a: CommitArgs): Promise<Commi
   let settled: Settled | null = null
   if (preHinted.size > 0 || a.settle) {
     const now = Date.now()
-    const hintOps = (): Op[] => [...preHinted].map((to) => ({ cmd: 'zadd', args: [k.ready(to), 'LT', now, a.wf] }))
-    const ops: Op[] = hintOps()
+    const hintOps: Op[] = [...preHinted].map((to) => ({ cmd: 'zadd', args: [k.ready(to), 'LT', now, a.wf] }))
+    const ops: Op[] = [...hintOps]
     const at = ops.length
     ops.push({ script: 'commit', keys, args })
     if (a.settle) {
@@ -388,7 +388,7 @@ export async function commit(ctx: ProtocolContext, a: CommitArgs): Promise<Commi
     // whatever happened in between, so a hand-off (which writes none) can rely on
     // one. On a Cluster the hints are phased after the commit's reply instead
     // (the activation's follow-ups).
-    if (!isCluster(ctx.redis)) ops.push(...hintOps())
+    if (!isCluster(ctx.redis)) ops.push(...hintOps)
     const res = await execOps(ctx.redis, ops)
     const [err, val] = res[at] ?? [new Error('no reply'), null]
     if (err) throw err
