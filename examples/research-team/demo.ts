@@ -49,12 +49,14 @@ try {
   if (report) say(`report: ${report}`)
   const services = await readServices(client)
   say(`\nfleet: ${services.map((s) => `${s.serviceId} ${s.status} [${s.roles}]`).join('; ')}`)
-  const metricsUrl = services.find((s) => s.metricsUrl)?.metricsUrl
-  if (metricsUrl) {
+  // Every process: a workflow's work tends to stay in the process that took its
+  // first action, so the other one may have counted nothing.
+  for (const { serviceId, metricsUrl } of services) {
+    if (!metricsUrl) continue
     const text = await (await fetch(metricsUrl)).text()
-    const lines = text.split('\n').filter((l) => /^troupe_(actions_total|activations_total|transitions_total|events_published_total)/.test(l) && !l.endsWith(' 0'))
-    say(`\nmetrics from ${metricsUrl} (one of the two processes):`)
-    process.stdout.write(`${lines.join('\n')}\n`)
+    const lines = text.split('\n').filter((l) => /^troupe_(actions_total|activations_total|handoffs_total|transitions_total|events_published_total)/.test(l) && !l.endsWith(' 0'))
+    say(`\nmetrics of ${serviceId} (${metricsUrl}):`)
+    process.stdout.write(`${lines.length > 0 ? lines.join('\n') : '  (no actions ran in this process)'}\n`)
   }
   if (builtins.includes('persister')) {
     // Loaded by path so the demo still runs in a checkout without the persister.
