@@ -4,7 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { startRuntime, TroupeClient, type Runtime } from '../../runtime/index.ts'
 import { startRedisCluster, type RedisCluster } from '../../scripts/services/redis-cluster.ts'
 import { researchTeam } from '../../examples/research-team/agents.ts'
-import { counter } from '../fixtures/agents.ts'
+import { counter, echo } from '../fixtures/agents.ts'
 import { eventually, testConfig } from '../helpers/redis.ts'
 import { spawnRuntime } from '../helpers/processes.ts'
 import { listAll, startNamed, startStack } from '../gateway/helpers.ts'
@@ -139,6 +139,26 @@ describe('redis cluster', () => {
     } finally {
       await s.rt.stop()
       await s.redis.quit()
+    }
+  })
+
+  it('expires every agent\'s keys of a finished workflow without a persister', async () => {
+    // The completing commit names the other agents' keys itself (same {wf} slot,
+    // not passed as KEYS): a Cluster node must accept that.
+    const own = testConfig({ redisUrl: cluster.url, persistence: false, retentionMs: 600_000 })
+    const c4 = TroupeClient.connect(own)
+    const rt4 = await startRuntime({ agents: [counter, echo], config: own, metricsPort: false })
+    try {
+      const { workflowId: wf } = await c4.startWorkflow({ agent: 'counter', type: 'relay', payload: { text: 'hi' } })
+      await eventually(async () => (await c4.getStatus(wf))?.agents.echo === 'idle', 10_000, 'echo ran')
+      await c4.sendAction(wf, 'counter', 'finish')
+      await eventually(async () => (await c4.getStatus(wf))?.status === 'completed', 10_000, 'completed')
+      for (const k of [c4.keys.actor(wf, 'echo'), c4.keys.actor(wf, 'counter'), c4.keys.status(wf)]) {
+        expect(await c4.redis.pttl(k), k).toBeGreaterThan(0)
+      }
+    } finally {
+      await rt4.stop()
+      await c4.close()
     }
   })
 

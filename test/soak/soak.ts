@@ -117,11 +117,22 @@ while (Date.now() < end) {
 stopping = true
 await Promise.all([producer, faults])
 await checker
+// Every workflow has ended: each of its keys must carry the retention TTL, or Redis
+// grows for good (other agents' actor hashes once stayed behind this way).
+const lasting: string[] = []
+let cursor = '0'
+do {
+  const [next, batch] = await client.redis.scan(cursor, 'MATCH', `${cfg.namespace}workflow:*`, 'COUNT', 1000)
+  cursor = next
+  const ttls = await Promise.all(batch.map((k) => client.redis.pttl(k)))
+  for (const [i, k] of batch.entries()) if (ttls[i] === -1 && !k.includes(':owner:')) lasting.push(k)
+} while (cursor !== '0')
+if (lasting.length > 0) throw new Error(`${lasting.length} workflow keys have no TTL, e.g. ${lasting.slice(0, 5).join(', ')}`)
 const first = samples.slice(0, Math.max(1, Math.floor(samples.length / 4)))
 const last = samples.slice(-Math.max(1, Math.floor(samples.length / 4)))
 const avg = (xs: number[]): number => xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.length)
 const summary = {
-  minutes, ratePerSec, ticksPerWorkflow: TICKS, workflowsVerified: done, actions, lost: 0, duplicated: 0, faults: fault,
+  minutes, ratePerSec, ticksPerWorkflow: TICKS, workflowsVerified: done, actions, lost: 0, duplicated: 0, keysWithoutTtl: lasting.length, faults: fault,
   redisMbFirstQuarter: avg(first.map((s) => s.redisMb)), redisMbLastQuarter: avg(last.map((s) => s.redisMb)),
   runtimeMbFirstQuarter: avg(first.flatMap((s) => s.runtimesMb)), runtimeMbLastQuarter: avg(last.flatMap((s) => s.runtimesMb)),
 }

@@ -217,6 +217,7 @@ if op == 'complete' or op == 'fail' then
   drop_mailbox(mailbox, actions_key)
   if retention > 0 then
     for i = 1, 8 do redis.call('PEXPIRE', KEYS[i], retention) end
+    expire_agents(status_key, actor_key, mailbox, agent, retention)
   end
   release_lock(lock_key, lock_value)
   return finish('ended', nil, hints)

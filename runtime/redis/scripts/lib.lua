@@ -130,6 +130,23 @@ local function drop_mailbox(mailbox, actions_key)
   return #members
 end
 
+-- Without a persister nothing else expires an ended workflow: its ending script
+-- puts the retention TTL on every agent's actor and mailbox key too, not only on
+-- the keys it was given. The other agents' keys are the caller's own actor and
+-- mailbox names with the agent swapped (same {wf} slot), so keys.ts stays their
+-- one definition; the agents are the status hash's `agent:*` fields.
+local function expire_agents(status_key, actor_key, mailbox, agent, retention)
+  local actor_base = string.sub(actor_key, 1, #actor_key - #agent)
+  local mailbox_base = string.sub(mailbox, 1, #mailbox - #agent)
+  for _, field in ipairs(redis.call('HKEYS', status_key)) do
+    if string.sub(field, 1, 6) == 'agent:' and #field > 6 then
+      local name = string.sub(field, 7)
+      redis.call('PEXPIRE', actor_base .. name, retention)
+      redis.call('PEXPIRE', mailbox_base .. name, retention)
+    end
+  end
+end
+
 local function release_lock(lock_key, value)
   if redis.call('GET', lock_key) == value then
     redis.call('DEL', lock_key)
@@ -181,7 +198,14 @@ local function activate_actor(actor_key, lock_key, mailbox, actions_key, status_
     end
     redis.call('HDEL', actor_key, 'inflight')
     drop_mailbox(mailbox, actions_key)
-    if retention > 0 then redis.call('PEXPIRE', actor_key, retention) end
+    if retention > 0 then
+      redis.call('PEXPIRE', actor_key, retention)
+    elseif not status then
+      -- The workflow's keys are gone (expired after retention): the HINCRBY above
+      -- made this hash anew, and nothing else would ever expire it. It keeps the
+      -- fence for as long as a lock taken under it could live.
+      redis.call('PEXPIRE', actor_key, ttl)
+    end
     release_lock(lock_key, lock_value)
     return { 'ended', fence, '', '', 0, '' }
   end

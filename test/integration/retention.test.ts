@@ -1,0 +1,89 @@
+// With persistence off no persister expires a finished workflow: the scripts that
+// end it (the completing commit, cancel) must put the retention TTL on every key
+// it has, every agent's included. A soak with persistence off once left thousands
+// of other agents' actor hashes behind.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { startRuntime, TroupeClient, type Runtime } from '../../runtime/index.ts'
+import { counter, echo, flaky } from '../fixtures/agents.ts'
+import { eventually, testConfig } from '../helpers/redis.ts'
+
+const RETENTION = 600_000
+const cfg = testConfig({ persistence: false, retentionMs: RETENTION })
+let rt: Runtime
+let client: TroupeClient
+
+beforeAll(async () => {
+  rt = await startRuntime({ agents: [counter, echo, flaky], config: cfg, metricsPort: false })
+  client = TroupeClient.connect(cfg)
+})
+afterAll(async () => {
+  await rt?.stop()
+  await client?.close()
+})
+
+/** Every key of the workflow with its PTTL (-1: none). */
+async function keysOf(wf: string): Promise<Map<string, number>> {
+  const out = new Map<string, number>()
+  let cursor = '0'
+  do {
+    const [next, batch] = await client.redis.scan(cursor, 'MATCH', `${cfg.namespace}*{${wf}}*`, 'COUNT', 1000)
+    cursor = next
+    for (const k of batch) out.set(k, await client.redis.pttl(k))
+  } while (cursor !== '0')
+  return out
+}
+
+function withoutTtl(keys: Map<string, number>): string[] {
+  return [...keys].filter(([, ttl]) => !(ttl > 0 && ttl <= RETENTION)).map(([k, ttl]) => `${k} (${ttl})`)
+}
+
+describe('retention without a persister', () => {
+  it('a completing commit expires every agent\'s keys, not only its own', async () => {
+    const { workflowId: wf } = await client.startWorkflow({ agent: 'counter', type: 'ping', payload: { i: 1 } })
+    await client.sendAction(wf, 'counter', 'relay', { text: 'hi' })
+    await eventually(async () => (await client.readEvents(wf)).some((e) => e.event.type === 'echoed'), 10_000, 'echo ran')
+    await eventually(async () => (await client.getStatus(wf))?.agents.echo === 'idle', 10_000, 'echo idle')
+    await client.sendAction(wf, 'counter', 'finish')
+    await eventually(async () => (await client.getStatus(wf))?.status === 'completed', 10_000, 'completed')
+    const keys = await keysOf(wf)
+    // echo's actor hash is the key the completing commit (counter's) used to leave behind.
+    expect([...keys.keys()]).toContain(client.keys.actor(wf, 'echo'))
+    expect(withoutTtl(keys)).toEqual([])
+  })
+
+  it('cancel expires every agent\'s keys, the dead letters and the sequence', async () => {
+    const { workflowId: wf } = await client.startWorkflow({ agent: 'flaky', type: 'throw' })
+    await eventually(async () => (await client.getStatus(wf))?.counts.dead === 1, 15_000, 'dead letter')
+    await client.sendAction(wf, 'counter', 'ping', { i: 1 })
+    await eventually(async () => (await client.getStatus(wf))?.agents.counter != null, 10_000, 'counter ran')
+    // One action still queued when the workflow is cancelled.
+    await client.sendAction(wf, 'echo', 'echo', { text: 'later' }, { delayMs: 3_600_000, validate: false })
+    const { dropped } = await client.cancelWorkflow(wf)
+    expect(dropped).toBe(1)
+    const keys = await keysOf(wf)
+    for (const k of [client.keys.dead(wf), client.keys.seq(wf), client.keys.actor(wf, 'flaky'), client.keys.actor(wf, 'counter')]) {
+      expect([...keys.keys()]).toContain(k)
+    }
+    expect(withoutTtl(keys)).toEqual([])
+  })
+
+  it('an activation for a workflow whose keys are gone leaves nothing lasting behind', async () => {
+    // A stale ready hint (its workflow expired) with persistence on: no retention
+    // TTL applies, and the activation's fence bump used to make a hash for good.
+    const on = testConfig({ persistence: true, idlePollMs: 50 })
+    const rt2 = await startRuntime({ agents: [counter], config: on, metricsPort: false })
+    const admin = TroupeClient.connect(on)
+    try {
+      const wf = 'gone-workflow'
+      await admin.redis.zadd(admin.keys.ready('counter'), Date.now(), wf)
+      const actor = admin.keys.actor(wf, 'counter')
+      await eventually(async () => (await admin.redis.zscore(admin.keys.ready('counter'), wf)) === null && (await admin.redis.hget(actor, 'fence')) !== null, 10_000, 'the hint taken')
+      const ttl = await admin.redis.pttl(actor)
+      expect(ttl).toBeGreaterThan(0)
+      expect(ttl).toBeLessThanOrEqual(on.lockTtlMs)
+    } finally {
+      await rt2.stop()
+      await admin.close()
+    }
+  })
+})
