@@ -40,6 +40,10 @@ beforeAll(async () => {
   })
   page = ctx.pages()[0] ?? (await ctx.newPage())
   page.on('pageerror', (err) => console.error('page error:', err.message))
+  // A stream refused (not 200) is what stalls a page's live view: say so when it happens.
+  page.on('response', (r) => {
+    if (r.url().includes('/events') && r.status() !== 200) console.info(`browser: ${r.status()} for ${r.url()}`)
+  })
 })
 
 afterAll(async () => {
@@ -204,5 +208,41 @@ describe('web UI in headless Chromium', () => {
     expect(types.at(-1)).toBe('workflow.completed')
     expect(await page.textContent('#wf-list')).toContain(wfId)
     expect(await page.isHidden('#dead-card')).toBe(true)
+  })
+
+  it('opens a new stream from the last event shown when a reconnect is refused', async () => {
+    // EventSource gives up for good on any answer but a stream (a gateway that is
+    // not ready, a proxy's 502): the page must open a new one after what it showed.
+    let refuseNext = false
+    let refused = 0
+    const events = '**/v1/workflows/*/events*'
+    await page.route(events, async (route) => {
+      if (!refuseNext) return route.continue()
+      refuseNext = false
+      refused++
+      await route.fulfill({ status: 503, contentType: 'application/problem+json', body: '{"title":"Service Unavailable","status":503}' })
+    })
+    try {
+      const text = 'A refused reconnect is followed by a new stream that starts after the last event shown. '.repeat(5)
+      await page.click('#new-workflow')
+      await page.waitForSelector('#start-view:not([hidden])')
+      await page.selectOption('#start-agent', 'counter')
+      await page.fill('#start-type', 'relay')
+      await page.fill('#start-payload', JSON.stringify({ text }))
+      await page.click('#start-form button[type=submit]')
+      await page.waitForSelector('#detail-view:not([hidden])')
+      await page.waitForSelector('#d-conn.live')
+      const svc = s.service
+      await watchStream(text, 0, async () => {
+        refuseNext = true
+        await svc.stop()
+        await sleep(200)
+        await svc.start(s.rt)
+      })
+      expect(refused).toBe(1)
+      await page.waitForSelector('#d-conn.live')
+    } finally {
+      await page.unroute(events)
+    }
   })
 })

@@ -2,7 +2,7 @@
 // cookie (set by POST /v1/auth/session, HttpOnly so this script never sees it) and
 // follows a workflow over EventSource, which resumes by itself with Last-Event-ID.
 
-import { api, fail, quiet, toast, whenUnauthorized } from './api.js'
+import { api, ApiError, fail, quiet, toast, whenUnauthorized } from './api.js'
 import { ago, el, stateText } from './format.js'
 import { createLive } from './live.js'
 
@@ -28,6 +28,18 @@ const live = createLive({
     renderStatus()
   },
   end: () => refreshStatusSoon(),
+  // Over, or no longer ours to see (a 401 also shows the sign-in); anything else,
+  // the network or a gateway that is not ready included, means try the stream again.
+  over: async (wf) => {
+    try {
+      const st = await api('GET', `/v1/workflows/${encodeURIComponent(wf)}`)
+      const ended = ['completed', 'failed', 'cancelled'].includes(st.status)
+      if (ended) refreshStatusSoon()
+      return ended
+    } catch (err) {
+      return err instanceof ApiError && (err.status === 401 || err.status === 404)
+    }
+  },
 })
 whenUnauthorized(() => showSignIn('Your session ended: sign in again.'))
 

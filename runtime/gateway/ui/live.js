@@ -8,13 +8,19 @@ const $ = (id) => document.getElementById(id)
 
 /**
  * Creates the follower. `hooks.event(ev)` sees every non-token event,
- * `hooks.reset(status)` a trimmed history, `hooks.end(status)` the end, `hooks.open()` each (re)connect.
+ * `hooks.reset(status)` a trimmed history, `hooks.end(status)` the end, `hooks.open()` each (re)connect,
+ * and `hooks.over(wf)` is asked, when the browser gave a stream up, whether the workflow is over.
  */
 export function createLive(hooks) {
   let source = null
   let pending = []
   let flushing = false
   const streams = new Map()
+  // The stream id of the last event shown, and the wait before reopening a stream
+  // the browser gave up (doubles up to 10 s, back to 0 once a stream opens).
+  let lastId = ''
+  let backoff = 0
+  let retryTimer = null
 
   function setConn(kind, text) {
     $('d-conn').className = `conn ${kind}`
@@ -22,27 +28,51 @@ export function createLive(hooks) {
   }
 
   function closeStream() {
+    clearTimeout(retryTimer)
     if (source) source.close()
     source = null
     pending = []
+    lastId = ''
+    backoff = 0
   }
 
-  function openStream(wf) {
+  function openStream(wf, after = '') {
+    clearTimeout(retryTimer)
     setConn('', 'connecting')
-    const es = new EventSource(`/v1/workflows/${encodeURIComponent(wf)}/events`)
+    const es = new EventSource(`/v1/workflows/${encodeURIComponent(wf)}/events${after ? `?after=${encodeURIComponent(after)}` : ''}`)
     source = es
     es.onopen = () => {
+      backoff = 0
       setConn('live', 'live')
       hooks.open()
     }
     es.onerror = () => {
       if (source !== es) return
-      // CLOSED: the server said 204 (nothing more will come) or refused us.
-      if (es.readyState === EventSource.CLOSED) setConn('ended', 'ended')
-      else setConn('retrying', 'reconnecting…')
+      if (es.readyState !== EventSource.CLOSED) {
+        setConn('retrying', 'reconnecting…')
+        return
+      }
+      // The browser stops reconnecting on any answer but a stream: a 204 once the
+      // workflow is over, but also an error status from a gateway that is starting
+      // or behind a proxy that lost it. Only the first means the end: otherwise
+      // open a new stream after the last event shown (EventSource's own retries
+      // send that id as Last-Event-ID; a new one takes it as ?after=).
+      setConn('retrying', 'reconnecting…')
+      void Promise.resolve(hooks.over(wf)).then((over) => {
+        if (source !== es) return
+        if (over) {
+          setConn('ended', 'ended')
+          return
+        }
+        backoff = Math.min(backoff ? backoff * 2 : 500, 10_000)
+        retryTimer = setTimeout(() => {
+          if (source === es) openStream(wf, lastId)
+        }, backoff)
+      })
     }
     es.onmessage = (m) => {
       if (source !== es) return
+      if (m.lastEventId) lastId = m.lastEventId
       try {
         pending.push(JSON.parse(m.data))
       } catch {
