@@ -92,7 +92,7 @@ for _ = 1, n_results do
   results[#results + 1] = r
 end
 
-local now = now_ms()
+local now, now_s = now_pair()
 local first_sid, last_sid
 local function add(json)
   last_sid = append_event(events_key, channel, maxlen, json)
@@ -101,7 +101,7 @@ end
 local n_ev = 0
 local function ev_id()
   n_ev = n_ev + 1
-  return ev_base .. '.' .. n_ev
+  return ev_base .. '.' .. int(n_ev)
 end
 local function set_st(id, fields)
   local ok, st = pcall(cjson.decode, redis.call('HGET', actions_key, id .. ':st') or '')
@@ -133,15 +133,19 @@ if not status or TERMINAL[status] then
 end
 
 local hints, hinted = {}, {}
-local queued_delta, done, dead = 0, 0, 0
+local queued_delta, done, dead, sent = 0, 0, 0, 0
+-- Targets whose `agent:<name>` field this commit made sure of.
+local listed = {}
 local key_at = 9
 for _, r in ipairs(results) do
   for i = 0, r.n_events - 1 do add(ARGV[r.events_at + i]) end
   if r.outcome == 'ok' then
-    redis.call('HSET', actions_key, r.id .. ':st', cjson.encode({ status = 'done', attempt = r.attempt, finishedAt = now }))
+    redis.call('HSET', actions_key, r.id .. ':st', '{"status":"done","attempt":' .. int(r.attempt) .. ',"finishedAt":' .. now_s .. '}')
     queued_delta = queued_delta - 1
     done = done + 1
-    add(make_event(ev_id(), wf, 'action.completed', { actionId = r.id, agent = agent, durationMs = r.duration }, agent, r.id, r.attempt, r.parent, now))
+    add(event_json(ev_id(), wf, 'action.completed',
+      '{"actionId":' .. cjson.encode(r.id) .. ',"agent":' .. cjson.encode(agent) .. ',"durationMs":' .. int(r.duration) .. '}',
+      agent, r.id, r.attempt, r.parent, now_s))
     -- The outbox: only an acked action's sends take effect, exactly once with the ack.
     for j = 0, r.n_out - 1 do
       local a = r.out_at + j * 5
@@ -151,16 +155,23 @@ for _, r in ipairs(results) do
       if redis.call('HSETNX', actions_key, id, rec) == 1 then
         local seq = redis.call('INCR', seq_key)
         local at = now + delay
-        redis.call('HSET', actions_key, id .. ':st', cjson.encode({ status = 'queued', attempt = 0, seq = seq, availableAt = at }))
-        redis.call('ZADD', to_mailbox, at, member_of(seq, id))
-        redis.call('HSETNX', status_key, 'agent:' .. to, '')
+        local at_s = now_s
+        if delay ~= 0 then at_s = int(at) end
+        redis.call('HSET', actions_key, id .. ':st', '{"status":"queued","attempt":0,"seq":' .. int(seq) .. ',"availableAt":' .. at_s .. '}')
+        redis.call('ZADD', to_mailbox, at_s, member_of(seq, id))
+        if not listed[to] then
+          listed[to] = true
+          redis.call('HSETNX', status_key, 'agent:' .. to, '')
+        end
         queued_delta = queued_delta + 1
-        redis.call('HINCRBY', status_key, 'actions', 1)
-        add(make_event(eid, wf, 'action.enqueued', { actionId = id, agent = to, from = agent, availableAt = at }, to, id, 0, r.parent, now))
+        sent = sent + 1
+        add(event_json(eid, wf, 'action.enqueued',
+          '{"actionId":' .. cjson.encode(id) .. ',"agent":' .. cjson.encode(to) .. ',"from":' .. cjson.encode(agent) .. ',"availableAt":' .. at_s .. '}',
+          to, id, 0, r.parent, now_s))
         if to ~= agent and not hinted[to] and redis.call('EXISTS', to_lock) == 0 then
           hinted[to] = true
           hints[#hints + 1] = to
-          hints[#hints + 1] = tostring(math.min(at, now))
+          hints[#hints + 1] = (at < now) and int(at) or now_s
         end
       end
     end
@@ -194,26 +205,24 @@ end
 
 if snapshot ~= '' then redis.call('HSET', actor_key, 'snapshot', snapshot, 'version', version) end
 if state_value ~= '' then
-  redis.call('HSET', status_key, 'agent:' .. agent, state_value, 'updatedAt', now)
+  redis.call('HSET', status_key, 'agent:' .. agent, state_value, 'updatedAt', now_s)
 else
-  redis.call('HSET', status_key, 'updatedAt', now)
+  redis.call('HSET', status_key, 'updatedAt', now_s)
 end
-local queued = redis.call('HINCRBY', status_key, 'queued', queued_delta)
-if done > 0 then redis.call('HINCRBY', status_key, 'done', done) end
-if dead > 0 then redis.call('HINCRBY', status_key, 'dead', dead) end
+local queued = redis.call('HINCRBY', status_key, 'queued', int(queued_delta))
+if done > 0 then redis.call('HINCRBY', status_key, 'done', int(done)) end
+if dead > 0 then redis.call('HINCRBY', status_key, 'dead', int(dead)) end
+if sent > 0 then redis.call('HINCRBY', status_key, 'actions', int(sent)) end
 
 if op == 'complete' or op == 'fail' then
   local final = 'completed'
   local field = 'result'
   if op == 'fail' then final, field = 'failed', 'error' end
-  redis.call('HSET', status_key, 'status', final, field, op_payload, 'updatedAt', now, 'endedAt', now)
-  -- The payload is spliced in as the client encoded it: a decode/encode round trip
+  redis.call('HSET', status_key, 'status', final, field, op_payload, 'updatedAt', now_s, 'endedAt', now_s)
+  -- The payload goes in as the client encoded it: a decode/encode round trip
   -- through cjson would turn empty arrays into objects.
   local last = results[#results] or {}
-  local ev = make_event(ev_id(), wf, 'workflow.' .. final, '\0raw', agent, last.id or '', last.attempt or 0, last.parent or '', now)
-  local at = string.find(ev, '"\\u0000raw"', 1, true)
-  if at then ev = string.sub(ev, 1, at - 1) .. op_payload .. string.sub(ev, at + 11) end
-  add(ev)
+  add(event_json(ev_id(), wf, 'workflow.' .. final, op_payload, agent, last.id or '', last.attempt or 0, last.parent or '', now_s))
   drop_mailbox(mailbox, actions_key)
   if retention > 0 then
     for i = 1, 8 do redis.call('PEXPIRE', KEYS[i], retention) end
@@ -223,8 +232,8 @@ if op == 'complete' or op == 'fail' then
   return finish('ended', nil, hints)
 end
 
-local changed = settle_status(status_key, now, status, queued)
-if changed then add(make_event(ev_id(), wf, 'workflow.status', { status = changed }, '', '', 0, '', now)) end
+local changed = settle_status(status_key, now_s, status, queued)
+if changed then add(event_json(ev_id(), wf, 'workflow.status', '{"status":"' .. changed .. '"}', '', '', 0, '', now_s)) end
 
 if release ~= '1' then
   local claimed = claim_batch(actor_key, mailbox, actions_key, status_key, now, batch)

@@ -19,7 +19,7 @@ local wf, action_id, agent, typ, record = ARGV[1], ARGV[2], ARGV[3], ARGV[4], AR
 local delay = tonumber(ARGV[6])
 local event_id, parent_event, channel, mode, owner = ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11]
 local maxlen = tonumber(ARGV[12])
-local now = now_ms()
+local now, now_s = now_pair()
 local first_sid
 
 -- A replay: the client resent this after a dropped connection and the first send
@@ -35,11 +35,11 @@ local status = redis.call('HGET', status_key, 'status')
 if mode == 'start' then
   if status then return redis.error_reply('TROUPE_EXISTS workflow ' .. wf .. ' already exists') end
   redis.call('HSET', status_key, 'status', 'pending', 'owner', owner, 'entry', agent,
-    'createdAt', now, 'updatedAt', now, 'queued', 0, 'done', 0, 'dead', 0, 'actions', 0)
+    'createdAt', now_s, 'updatedAt', now_s, 'queued', '0', 'done', '0', 'dead', '0', 'actions', '0')
   local deadline_in = tonumber(ARGV[14])
-  if deadline_in > 0 then redis.call('HSET', status_key, 'deadline', now + deadline_in) end
-  first_sid = append_event(events_key, channel, maxlen,
-    make_event(ARGV[13], wf, 'workflow.started', { entry = agent, type = typ, owner = owner }, '', '', 0, '', now))
+  if deadline_in > 0 then redis.call('HSET', status_key, 'deadline', int(now + deadline_in)) end
+  first_sid = append_event(events_key, channel, maxlen, event_json(ARGV[13], wf, 'workflow.started',
+    '{"entry":' .. cjson.encode(agent) .. ',"type":' .. cjson.encode(typ) .. ',"owner":' .. cjson.encode(owner) .. '}', '', '', 0, '', now_s))
 else
   if not status then return redis.error_reply('TROUPE_NOWF no workflow ' .. wf) end
   if TERMINAL[status] then return redis.error_reply('TROUPE_ENDED workflow ' .. wf .. ' is ' .. status) end
@@ -50,21 +50,23 @@ if redis.call('HSETNX', actions_key, action_id, record) == 0 then
 end
 local seq = redis.call('INCR', seq_key)
 local available_at = now + delay
-redis.call('HSET', actions_key, action_id .. ':st',
-  cjson.encode({ status = 'queued', attempt = 0, seq = seq, availableAt = available_at }))
-redis.call('ZADD', mailbox, available_at, member_of(seq, action_id))
+local at_s = now_s
+if delay ~= 0 then at_s = int(available_at) end
+redis.call('HSET', actions_key, action_id .. ':st', '{"status":"queued","attempt":0,"seq":' .. int(seq) .. ',"availableAt":' .. at_s .. '}')
+redis.call('ZADD', mailbox, at_s, member_of(seq, action_id))
 redis.call('HSETNX', status_key, 'agent:' .. agent, '')
-redis.call('HINCRBY', status_key, 'queued', 1)
-redis.call('HINCRBY', status_key, 'actions', 1)
-redis.call('HSET', status_key, 'updatedAt', now)
+redis.call('HINCRBY', status_key, 'queued', '1')
+redis.call('HINCRBY', status_key, 'actions', '1')
+redis.call('HSET', status_key, 'updatedAt', now_s)
 
-local sid = append_event(events_key, channel, maxlen, make_event(event_id, wf, 'action.enqueued',
-  { actionId = action_id, agent = agent, type = typ, availableAt = available_at }, agent, action_id, 0, parent_event, now))
+local sid = append_event(events_key, channel, maxlen, event_json(event_id, wf, 'action.enqueued',
+  '{"actionId":' .. cjson.encode(action_id) .. ',"agent":' .. cjson.encode(agent) .. ',"type":' .. cjson.encode(typ) .. ',"availableAt":' .. at_s .. '}',
+  agent, action_id, 0, parent_event, now_s))
 first_sid = first_sid or sid
-local changed = settle_status(status_key, now)
+local changed = settle_status(status_key, now_s)
 if changed then
   sid = append_event(events_key, channel, maxlen,
-    make_event(event_id .. '.s', wf, 'workflow.status', { status = changed }, '', '', 0, '', now))
+    event_json(event_id .. '.s', wf, 'workflow.status', '{"status":"' .. changed .. '"}', '', '', 0, '', now_s))
 end
 
 return { available_at, first_sid, sid }
