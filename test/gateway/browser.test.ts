@@ -63,6 +63,18 @@ async function streamText(skip: number): Promise<string> {
   return (await rows.count()) > skip ? ((await rows.nth(skip).textContent()) ?? '') : ''
 }
 
+/** Starts a workflow from the page's form (counter relays `text` to echo, which streams it) and waits until its stream is live. */
+async function startRelay(text: string): Promise<void> {
+  await page.click('#new-workflow')
+  await page.waitForSelector('#start-view:not([hidden])')
+  await page.selectOption('#start-agent', 'counter')
+  await page.fill('#start-type', 'relay')
+  await page.fill('#start-payload', JSON.stringify({ text }))
+  await page.click('#start-form button[type=submit]')
+  await page.waitForSelector('#detail-view:not([hidden])')
+  await page.waitForSelector('#d-conn.live')
+}
+
 /** Samples the new stream row's text until it equals `want`; returns the distinct lengths seen on the way. */
 async function watchStream(want: string, skip: number, during?: () => Promise<void>): Promise<number[]> {
   const lengths = new Set<number>()
@@ -100,14 +112,7 @@ describe('web UI in headless Chromium', () => {
 
     // Start a workflow from the form: counter relays the text to echo, which streams it.
     const text = 'Troupe streams every token to the browser as it happens. '.repeat(4)
-    await page.click('#new-workflow')
-    await page.waitForSelector('#start-view:not([hidden])')
-    await page.selectOption('#start-agent', 'counter')
-    await page.fill('#start-type', 'relay')
-    await page.fill('#start-payload', JSON.stringify({ text }))
-    await page.click('#start-form button[type=submit]')
-    await page.waitForSelector('#detail-view:not([hidden])')
-    await page.waitForSelector('#d-conn.live')
+    await startRelay(text)
     const seen = await watchStream(text, 0)
     // Tokens arrived over time, not all at once.
     expect(seen.filter((n) => n > 0 && n < text.length).length).toBeGreaterThanOrEqual(3)
@@ -224,14 +229,7 @@ describe('web UI in headless Chromium', () => {
     })
     try {
       const text = 'A refused reconnect is followed by a new stream that starts after the last event shown. '.repeat(5)
-      await page.click('#new-workflow')
-      await page.waitForSelector('#start-view:not([hidden])')
-      await page.selectOption('#start-agent', 'counter')
-      await page.fill('#start-type', 'relay')
-      await page.fill('#start-payload', JSON.stringify({ text }))
-      await page.click('#start-form button[type=submit]')
-      await page.waitForSelector('#detail-view:not([hidden])')
-      await page.waitForSelector('#d-conn.live')
+      await startRelay(text)
       const svc = s.service
       await watchStream(text, 0, async () => {
         refuseNext = true
