@@ -67,20 +67,26 @@ describe('retention without a persister', () => {
     expect(withoutTtl(keys)).toEqual([])
   })
 
-  it('an activation for a workflow whose keys are gone leaves nothing lasting behind', async () => {
-    // A stale ready hint (its workflow expired) with persistence on: no retention
-    // TTL applies, and the activation's fence bump used to make a hash for good.
+  it('an activation for a workflow that does not exist touches nothing of its actor', async () => {
+    // A stale ready hint (its workflow expired) with persistence on: a hash the
+    // activation made would never expire. And on a Cluster a hint can come before
+    // its workflow's start script: a TTL put on the actor then would later expire
+    // the live workflow's actor.
     const on = testConfig({ persistence: true, idlePollMs: 50 })
     const rt2 = await startRuntime({ agents: [counter], config: on, metricsPort: false })
     const admin = TroupeClient.connect(on)
     try {
-      const wf = 'gone-workflow'
-      await admin.redis.zadd(admin.keys.ready('counter'), Date.now(), wf)
+      const wf = 'not-yet-a-workflow'
       const actor = admin.keys.actor(wf, 'counter')
-      await eventually(async () => (await admin.redis.zscore(admin.keys.ready('counter'), wf)) === null && (await admin.redis.hget(actor, 'fence')) !== null, 10_000, 'the hint taken')
-      const ttl = await admin.redis.pttl(actor)
-      expect(ttl).toBeGreaterThan(0)
-      expect(ttl).toBeLessThanOrEqual(on.lockTtlMs)
+      await admin.redis.zadd(admin.keys.ready('counter'), Date.now(), wf)
+      await eventually(async () => (await admin.redis.zscore(admin.keys.ready('counter'), wf)) === null, 10_000, 'the hint taken')
+      expect(await admin.redis.exists(actor)).toBe(0)
+      // Now it starts, as the enqueue after an early hint does: it runs, and its actor lasts.
+      await admin.startWorkflow({ workflowId: wf, agent: 'counter', type: 'ping', payload: { i: 1 } })
+      await admin.sendAction(wf, 'counter', 'ping', { i: 2 })
+      await eventually(async () => (await admin.getStatus(wf))?.counts.done === 2, 10_000, 'both pings')
+      expect(await admin.redis.hget(actor, 'fence')).not.toBeNull()
+      expect(await admin.redis.pttl(actor)).toBe(-1)
     } finally {
       await rt2.stop()
       await admin.close()

@@ -12,7 +12,8 @@
 --       9 lock ttl ms
 -- Returns: { code, fence, snapshot|'', version|'', redelivered (0|1), nextDue|'', record1, attempt1, id1, ... }
 --          code 'ok': lock taken and actions claimed; 'idle': nothing due, lock released;
---          'ended': the workflow is over, leftovers dropped, lock released;
+--          'ended': the workflow is over, leftovers dropped, lock released (or there is
+--          no workflow: fence 0, nothing of the actor touched);
 --          'busy': another activation holds the lock (fence 0, nothing changed; in
 --          place of nextDue, the ms the lock has left: the caller pushes the hint
 --          that far instead of bouncing off the lock again and again)

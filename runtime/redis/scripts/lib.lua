@@ -211,13 +211,23 @@ local function activate_actor(actor_key, lock_key, mailbox, actions_key, status_
   end
   -- A holder equal to our value is this same call replayed after a dropped connection.
   redis.call('SET', lock_key, lock_value, 'PX', ttl)
+  local status = redis.call('HGET', status_key, 'status')
+  if not status then
+    -- No workflow: its keys expired (a stale hint), or it does not exist yet (on a
+    -- Cluster an enqueue's pre-hint is written on the agent's node before the
+    -- start script runs on the workflow's). Touch nothing of the actor: a hash made
+    -- here would never expire in the first case, and a TTL put on it would later
+    -- expire the live workflow's actor in the second. Its mailbox is empty either
+    -- way (the start script writes status and mailbox together).
+    release_lock(lock_key, lock_value)
+    return { 'ended', 0, '', '', 0, '' }
+  end
   local now = now_ms()
   local fence = redis.call('HINCRBY', actor_key, 'fence', 1)
-  local status = redis.call('HGET', status_key, 'status')
   local snap = redis.call('HMGET', actor_key, 'snapshot', 'version', 'inflight')
   local inflight = inflight_ids(snap[3])
 
-  if not status or TERMINAL[status] then
+  if TERMINAL[status] then
     for _, id in ipairs(inflight) do
       local ok, st = pcall(cjson.decode, redis.call('HGET', actions_key, id .. ':st') or '')
       if ok and type(st) == 'table' then
@@ -227,14 +237,7 @@ local function activate_actor(actor_key, lock_key, mailbox, actions_key, status_
     end
     redis.call('HDEL', actor_key, 'inflight')
     drop_mailbox(mailbox, actions_key)
-    if retention > 0 then
-      redis.call('PEXPIRE', actor_key, retention)
-    elseif not status then
-      -- The workflow's keys are gone (expired after retention): the HINCRBY above
-      -- made this hash anew, and nothing else would ever expire it. It keeps the
-      -- fence for as long as a lock taken under it could live.
-      redis.call('PEXPIRE', actor_key, ttl)
-    end
+    if retention > 0 then redis.call('PEXPIRE', actor_key, retention) end
     release_lock(lock_key, lock_value)
     return { 'ended', fence, '', '', 0, '' }
   end
