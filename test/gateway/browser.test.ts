@@ -11,6 +11,8 @@ import { chromium, type BrowserContext, type Page } from 'playwright-core'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { researchTeam } from '../../examples/research-team/agents.ts'
 import { sleep, startStack, type Stack } from './helpers.ts'
+import { TroupeClient } from '../../runtime/index.ts'
+import { eventually } from '../helpers/redis.ts'
 
 const CHROMIUM = '/usr/bin/chromium'
 let s: Stack
@@ -241,6 +243,45 @@ describe('web UI in headless Chromium', () => {
       await page.waitForSelector('#d-conn.live')
     } finally {
       await page.unroute(events)
+    }
+  })
+  it('shows the rest of the timeline when the workflow ended while reconnects were refused', async () => {
+    // Refused until the workflow is over, then once more: the page learns it ended
+    // from the status, and must still fetch the events after the last one shown.
+    const client = TroupeClient.connect(s.cfg)
+    let refusing = false
+    let ended = false
+    let refusedAfterEnd = 0
+    const events = '**/v1/workflows/*/events*'
+    await page.route(events, async (route) => {
+      if (!refusing || (ended && refusedAfterEnd > 0)) return route.continue()
+      if (ended) refusedAfterEnd++
+      await route.fulfill({ status: 503, contentType: 'application/problem+json', body: '{"title":"Service Unavailable","status":503}' })
+    })
+    try {
+      const text = 'The end of a workflow shows even when its stream was refused on the way. '.repeat(5)
+      await startRelay(text)
+      const wf = (await page.textContent('#d-id')) ?? ''
+      const deadline = Date.now() + 30_000
+      while ((await streamText(0)).length < text.length / 4 && Date.now() < deadline) await sleep(15)
+      refusing = true
+      await s.service.stop()
+      await sleep(200)
+      await s.service.start(s.rt)
+      // Echo streams to its end first: tokens emitted after the workflow ended are not kept.
+      await eventually(async () => (await client.readEvents(wf, '0', 10_000)).some((e) => e.event.type === 'echoed'), 15_000, 'echo done')
+      await client.sendAction(wf, 'counter', 'finish')
+      await eventually(async () => (await client.getStatus(wf))?.status === 'completed', 15_000, 'completed')
+      ended = true
+      await page.waitForSelector('#d-conn.ended', { timeout: 20_000 })
+      expect(refusedAfterEnd).toBe(1)
+      expect(await streamText(0)).toBe(text)
+      const types = await page.locator('#d-timeline .ty').allTextContents()
+      expect(types.at(-1)).toBe('workflow.completed')
+      expect(types.filter((t) => t === 'workflow.completed')).toHaveLength(1)
+    } finally {
+      await page.unroute(events)
+      await client.close()
     }
   })
 })

@@ -36,7 +36,9 @@ export function createLive(hooks) {
     backoff = 0
   }
 
-  function openStream(wf, after = '') {
+  // `last`: the workflow is over and this stream only fetches what came after the
+  // last event shown (the server replays it and ends, or answers 204).
+  function openStream(wf, after = '', last = false) {
     clearTimeout(retryTimer)
     setConn('', 'connecting')
     const es = new EventSource(`/v1/workflows/${encodeURIComponent(wf)}/events${after ? `?after=${encodeURIComponent(after)}` : ''}`)
@@ -57,11 +59,17 @@ export function createLive(hooks) {
       // or behind a proxy that lost it. Only the first means the end: otherwise
       // open a new stream after the last event shown (EventSource's own retries
       // send that id as Last-Event-ID; a new one takes it as ?after=).
+      if (last) {
+        setConn('ended', 'ended')
+        return
+      }
       setConn('retrying', 'reconnecting…')
       void Promise.resolve(hooks.over(wf)).then((over) => {
         if (source !== es) return
         if (over) {
-          setConn('ended', 'ended')
+          // It ended while we were away: the events after the last one shown
+          // (its end included) are still to be shown, once.
+          openStream(wf, lastId, true)
           return
         }
         backoff = Math.min(backoff ? backoff * 2 : 500, 10_000)
