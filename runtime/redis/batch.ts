@@ -54,14 +54,31 @@ export async function execOps(client: RedisClient, ops: readonly Op[]): Promise<
     )
   }
   const res = await sendBatch(client, ops)
+  const noScript = (i: number): boolean => 'script' in (ops[i] as Op) && (res[i]?.[0]?.message.startsWith('NOSCRIPT') ?? false)
+  const first = ops.findIndex((_op, i) => noScript(i))
+  if (first >= 0) {
+    // The server lost its script cache without our connection dropping (SCRIPT
+    // FLUSH). What followed the first refused script already ran without it: an
+    // enqueue's post-hint before the enqueue, which a pick can take and delete in
+    // between, stranding the action. So the rest of the batch goes again, in
+    // order, with the scripts loaded ahead (sendBatch, the cache now forgotten):
+    // the refused scripts and every plain command after the first of them (hint
+    // and wake-up writes, indexes: idempotent). A script that did run is not
+    // sent twice.
+    knownScripts(client).clear()
+    const again: number[] = []
+    for (let i = first; i < ops.length; i++) if (!('script' in (ops[i] as Op)) || noScript(i)) again.push(i)
+    const redo = await sendBatch(client, again.map((i) => ops[i] as Op))
+    again.forEach((i, j) => {
+      res[i] = redo[j] ?? [new Error('no reply'), null]
+    })
+  }
   const out: OpResult[] = []
   for (let i = 0; i < ops.length; i++) {
     const op = ops[i] as Op
     const [err, val] = res[i] ?? [new Error('no reply'), null]
     if (err && 'script' in op && err.message.startsWith('NOSCRIPT')) {
-      // The server lost its script cache without our connection dropping (SCRIPT
-      // FLUSH): send the source now, after the rest of the batch, and load the
-      // scripts again ahead of the next batches.
+      // Flushed again between the load and the call: run it on its own.
       knownScripts(client).clear()
       out.push(await runScript(client, op.script, op.keys, op.args).then((v): OpResult => [null, v], (e: unknown): OpResult => [asError(e), null]))
     } else {
