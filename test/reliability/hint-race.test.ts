@@ -16,6 +16,7 @@ import { extendHint } from '../../runtime/claims.ts'
 import { counter, slow } from '../fixtures/agents.ts'
 import { tally } from '../fixtures/chaos-agents.ts'
 import { eventually, testConfig } from '../helpers/redis.ts'
+import { notCompleted, tallyWorkflows } from '../helpers/tally-load.ts'
 
 const cfg = testConfig({ idlePollMs: 120_000, lockTtlMs: 120_000 })
 const client = TroupeClient.connect(cfg)
@@ -32,25 +33,9 @@ afterAll(async () => {
 
 describe('ready hints under racing sends', () => {
   it('every workflow completes when actions arrive while its actor is finishing', async () => {
-    const TICKS = 10
-    const ids: string[] = []
-    for (let round = 0; round < 10; round++) {
-      await Promise.all(
-        Array.from({ length: 40 }, async () => {
-          const { workflowId } = await client.startWorkflow({ agent: 'tally', type: 'tick', payload: { i: 0 }, validate: false })
-          for (let i = 1; i < TICKS; i++) await client.sendAction(workflowId, 'tally', 'tick', { i }, { validate: false })
-          await client.sendAction(workflowId, 'tally', 'finish', null, { validate: false })
-          ids.push(workflowId)
-        }),
-      )
-    }
-    const pending = async (): Promise<string[]> => {
-      const left: string[] = []
-      for (const wf of ids) if ((await client.getStatus(wf))?.status !== 'completed') left.push(wf)
-      return left
-    }
-    await eventually(async () => (await pending()).length === 0, 30_000, 'every workflow completed (a stuck one lost its hint)').catch(() => undefined)
-    expect(await pending()).toEqual([])
+    const ids = await tallyWorkflows(client, 10, 40, 10)
+    await eventually(async () => (await notCompleted(client, ids)).length === 0, 30_000, 'every workflow completed (a stuck one lost its hint)').catch(() => undefined)
+    expect(await notCompleted(client, ids)).toEqual([])
   })
 
   it('a pick of an actor active in this process runs it again when that activation ends', async () => {

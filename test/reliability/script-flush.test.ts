@@ -9,6 +9,7 @@ import { startRuntime, TroupeClient, type Runtime } from '../../runtime/index.ts
 import { startRedis, type RedisProcess } from '../../scripts/services/redis.ts'
 import { tally } from '../fixtures/chaos-agents.ts'
 import { eventually, rawRedis, testConfig } from '../helpers/redis.ts'
+import { notCompleted, tallyWorkflows } from '../helpers/tally-load.ts'
 
 let server: RedisProcess
 let client: TroupeClient
@@ -41,31 +42,17 @@ describe('scripts flushed under live connections', () => {
       }
     })()
     const TICKS = 10
-    const ids: string[] = []
+    let ids: string[] = []
     try {
-      for (let round = 0; round < 20; round++) {
-        await Promise.all(
-          Array.from({ length: 40 }, async () => {
-            const { workflowId } = await client.startWorkflow({ agent: 'tally', type: 'tick', payload: { i: 0 }, validate: false })
-            for (let i = 1; i < TICKS; i++) await client.sendAction(workflowId, 'tally', 'tick', { i }, { validate: false })
-            await client.sendAction(workflowId, 'tally', 'finish', null, { validate: false })
-            ids.push(workflowId)
-          }),
-        )
-      }
+      ids = await tallyWorkflows(client, 20, 40, TICKS)
     } finally {
       flushing = false
       await flusher
       admin.disconnect()
     }
     expect(flushes).toBeGreaterThan(5)
-    const pending = async (): Promise<string[]> => {
-      const left: string[] = []
-      for (const wf of ids) if ((await client.getStatus(wf))?.status !== 'completed') left.push(wf)
-      return left
-    }
-    await eventually(async () => (await pending()).length === 0, 30_000, 'every workflow completed (a stuck one lost its hint)').catch(() => undefined)
-    expect(await pending()).toEqual([])
+    await eventually(async () => (await notCompleted(client, ids)).length === 0, 30_000, 'every workflow completed (a stuck one lost its hint)').catch(() => undefined)
+    expect(await notCompleted(client, ids)).toEqual([])
     // Each workflow applied its ticks once, in order.
     for (const wf of ids) {
       const snap = JSON.parse((await client.redis.hget(client.keys.actor(wf, 'tally'), 'snapshot')) ?? '{}') as { context?: { seen?: number[] } }
