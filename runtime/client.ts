@@ -191,9 +191,8 @@ export class TroupeClient {
    */
   async cancelWorkflow(wf: string, reason = 'cancelled', final: 'cancelled' | 'failed' = 'cancelled'): Promise<{ dropped: number }> {
     assertWorkflowId(wf)
-    const fields = await this.redis.hkeys(this.keys.status(wf))
-    const agents = fields.filter((f) => f.startsWith('agent:')).map((f) => f.slice(6))
-    const keys = [this.keys.status(wf), this.keys.actions(wf), this.keys.events(wf), this.keys.seq(wf), this.keys.dead(wf), ...agents.flatMap((a) => [this.keys.mailbox(wf, a), this.keys.actor(wf, a)])]
+    // The script finds the agents itself (see cancel.lua): the last two keys are templates.
+    const keys = [this.keys.status(wf), this.keys.actions(wf), this.keys.events(wf), this.keys.seq(wf), this.keys.dead(wf), this.keys.mailbox(wf, ''), this.keys.actor(wf, '')]
     const r = (await runScript(this.redis, 'cancel', keys, [wf, final, reason, nanoid(), this.keys.channel(wf), effectiveMaxLen(this.cfg), effectiveRetention(this.cfg)])) as unknown[]
     await writeFollowUps(this.ctx, [], [{ wf, first: String(r[1]), last: String(r[1]) }])
     await this.redis.publish(this.keys.control(), JSON.stringify({ op: 'abort', wf, reason }))

@@ -156,6 +156,15 @@ describe('redis cluster', () => {
       for (const k of [c4.keys.actor(wf, 'echo'), c4.keys.actor(wf, 'counter'), c4.keys.status(wf)]) {
         expect(await c4.redis.pttl(k), k).toBeGreaterThan(0)
       }
+      // Cancel finds the agents and their mailboxes itself too.
+      const { workflowId: wf2 } = await c4.startWorkflow({ agent: 'counter', type: 'relay', payload: { text: 'hi' } })
+      await eventually(async () => (await c4.getStatus(wf2))?.agents.echo === 'idle', 10_000, 'echo ran')
+      await c4.sendAction(wf2, 'echo', 'echo', { text: 'later' }, { delayMs: 3_600_000, validate: false })
+      expect((await c4.cancelWorkflow(wf2)).dropped).toBe(1)
+      expect(await c4.redis.exists(c4.keys.mailbox(wf2, 'echo'))).toBe(0)
+      for (const k of [c4.keys.actor(wf2, 'echo'), c4.keys.actor(wf2, 'counter'), c4.keys.status(wf2)]) {
+        expect(await c4.redis.pttl(k), k).toBeGreaterThan(0)
+      }
     } finally {
       await rt4.stop()
       await c4.close()

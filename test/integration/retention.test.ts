@@ -2,7 +2,7 @@
 // end it (the completing commit, cancel) must put the retention TTL on every key
 // it has, every agent's included. A soak with persistence off once left thousands
 // of other agents' actor hashes behind.
-import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest'
 import { startRuntime, TroupeClient, type Runtime } from '../../runtime/index.ts'
 import { counter, echo, flaky } from '../fixtures/agents.ts'
 import { eventually, testConfig } from '../helpers/redis.ts'
@@ -65,6 +65,29 @@ describe('retention without a persister', () => {
       expect([...keys.keys()]).toContain(k)
     }
     expect(withoutTtl(keys)).toEqual([])
+  })
+
+  it('cancel drops the queue of an agent whose first action came after the caller looked', async () => {
+    // A caller that read the workflow's agents before the script ran (as the
+    // client once did) missed an agent whose first action landed in between: its
+    // mailbox stayed, the action "queued" in a cancelled workflow, without a TTL.
+    // The client's own read of the agents is pinned to that earlier moment here.
+    const { workflowId: wf } = await client.startWorkflow({ agent: 'counter', type: 'ping', payload: { i: 1 } })
+    await eventually(async () => (await client.getStatus(wf))?.counts.done === 1, 10_000, 'counter ran')
+    const before = await client.redis.hkeys(client.keys.status(wf))
+    expect(before).not.toContain('agent:echo')
+    const { actionId } = await client.sendAction(wf, 'echo', 'echo', { text: 'late' }, { delayMs: 3_600_000, validate: false })
+    const hkeys = vi.spyOn(client.redis, 'hkeys').mockResolvedValue(before)
+    try {
+      const { dropped } = await client.cancelWorkflow(wf)
+      expect(dropped).toBe(1)
+    } finally {
+      hkeys.mockRestore()
+    }
+    expect(await client.redis.exists(client.keys.mailbox(wf, 'echo'))).toBe(0)
+    const st = JSON.parse((await client.redis.hget(client.keys.actions(wf), `${actionId}:st`)) ?? '{}') as { status?: string }
+    expect(st.status).toBe('cancelled')
+    expect(withoutTtl(await keysOf(wf))).toEqual([])
   })
 
   it('an activation for a workflow that does not exist touches nothing of its actor', async () => {

@@ -1,15 +1,22 @@
 -- cancel: ends a workflow as cancelled (or failed, for deadlines): drops every
--- queued action of the named agents' mailboxes and appends the final event. Actions
--- in flight are aborted by their holders, told over the control channel by the
+-- queued action of every agent's mailbox and appends the final event. Actions in
+-- flight are aborted by their holders, told over the control channel by the
 -- caller; their commits then find the workflow ended and change nothing.
 --
+-- The agents are read here, from the status hash, not passed in: a list the
+-- caller read first would miss an agent whose first action was queued between
+-- that read and this script, and leave its mailbox behind (queued, and without a
+-- TTL when there is no persister). Their mailbox and actor keys are the two
+-- template keys with the agent name appended (same {wf} slot; keys.ts builds them).
+--
 -- KEYS: 1 workflow:status  2 workflow:actions  3 workflow:events  4 workflow:seq
---       5 workflow:dead  6.. for each agent of the workflow: its mailbox, its actor
+--       5 workflow:dead  6 the mailbox key for agent ''  7 the actor key for agent ''
 -- ARGV: 1 wf  2 final status ('cancelled' | 'failed')  3 reason  4 event id  5 channel
 --       6 stream maxlen  7 retention ms (0 = none)
 -- Returns: { dropped count, streamId }
 -- Errors: TROUPE_NOWF no such workflow | TROUPE_ENDED already ended
 local status_key, actions_key, events_key = KEYS[1], KEYS[2], KEYS[3]
+local mailbox_base, actor_base = KEYS[6], KEYS[7]
 local wf, final, reason, event_id, channel = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local maxlen, retention = tonumber(ARGV[6]), tonumber(ARGV[7])
 local status = redis.call('HGET', status_key, 'status')
@@ -17,13 +24,14 @@ if not status then return redis.error_reply('TROUPE_NOWF no workflow ' .. wf) en
 if TERMINAL[status] then return redis.error_reply('TROUPE_ENDED workflow ' .. wf .. ' is ' .. status) end
 local now = now_ms()
 local dropped = 0
-for i = 6, #KEYS, 2 do dropped = dropped + drop_mailbox(KEYS[i], actions_key) end
+for _, agent in ipairs(agents_of(status_key)) do dropped = dropped + drop_mailbox(mailbox_base .. agent, actions_key) end
 redis.call('HSET', status_key, 'status', final, 'error', reason, 'updatedAt', now, 'endedAt', now, 'queued', 0)
 local sid = append_event(events_key, channel, maxlen, make_event(event_id, wf, 'workflow.' .. final,
   { reason = reason, dropped = dropped }, '', '', 0, '', now))
 -- Without a persister nothing else expires them: every key of the workflow gets the
--- retention TTL here (a mailbox just dropped is gone already; PEXPIRE skips it).
+-- retention TTL here (the mailboxes just dropped are gone already).
 if retention > 0 then
-  for i = 1, #KEYS do redis.call('PEXPIRE', KEYS[i], retention) end
+  for i = 1, 5 do redis.call('PEXPIRE', KEYS[i], retention) end
+  expire_agents(status_key, actor_base, mailbox_base, '', retention)
 end
 return { dropped, sid }

@@ -159,20 +159,27 @@ local function drop_mailbox(mailbox, actions_key)
   return #members
 end
 
+-- The agents of a workflow: the status hash's `agent:*` fields (an enqueue or a
+-- commit registers an agent there before its first action is queued).
+local function agents_of(status_key)
+  local out = {}
+  for _, field in ipairs(redis.call('HKEYS', status_key)) do
+    if string.sub(field, 1, 6) == 'agent:' and #field > 6 then out[#out + 1] = string.sub(field, 7) end
+  end
+  return out
+end
+
 -- Without a persister nothing else expires an ended workflow: its ending script
 -- puts the retention TTL on every agent's actor and mailbox key too, not only on
 -- the keys it was given. The other agents' keys are the caller's own actor and
 -- mailbox names with the agent swapped (same {wf} slot), so keys.ts stays their
--- one definition; the agents are the status hash's `agent:*` fields.
+-- one definition.
 local function expire_agents(status_key, actor_key, mailbox, agent, retention)
   local actor_base = string.sub(actor_key, 1, #actor_key - #agent)
   local mailbox_base = string.sub(mailbox, 1, #mailbox - #agent)
-  for _, field in ipairs(redis.call('HKEYS', status_key)) do
-    if string.sub(field, 1, 6) == 'agent:' and #field > 6 then
-      local name = string.sub(field, 7)
-      redis.call('PEXPIRE', actor_base .. name, retention)
-      redis.call('PEXPIRE', mailbox_base .. name, retention)
-    end
+  for _, name in ipairs(agents_of(status_key)) do
+    redis.call('PEXPIRE', actor_base .. name, retention)
+    redis.call('PEXPIRE', mailbox_base .. name, retention)
   end
 end
 
