@@ -77,6 +77,8 @@ describe('retention without a persister', () => {
     const before = await client.redis.hkeys(client.keys.status(wf))
     expect(before).not.toContain('agent:echo')
     const { actionId } = await client.sendAction(wf, 'echo', 'echo', { text: 'late' }, { delayMs: 3_600_000, validate: false })
+    // Today's client reads nothing first (the script finds the agents); a client
+    // that did would get this stale answer.
     const hkeys = vi.spyOn(client.redis, 'hkeys').mockResolvedValue(before)
     try {
       const { dropped } = await client.cancelWorkflow(wf)
