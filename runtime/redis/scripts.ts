@@ -18,12 +18,63 @@ function isNoScript(err: unknown): boolean {
   return err instanceof Error && err.message.startsWith('NOSCRIPT')
 }
 
+/** A top-level definition of a prelude (`local function name` or `local NAME =`) and the lines up to the next one. */
+interface Definition {
+  readonly name: string
+  readonly text: string
+}
+
+const DEFINITION = /^local (?:function )?([A-Za-z_][A-Za-z0-9_]*)/
+
+/**
+ * Splits a prelude into its definitions. Only `local` definitions of one name,
+ * their bodies (indented, closed by `end` at the margin), comments and blank
+ * lines may stand at the margin: anything else would ride along with whichever
+ * definition precedes it, so it is refused at load.
+ */
+function definitions(prelude: string): Definition[] {
+  const out: { name: string; lines: string[] }[] = []
+  for (const line of prelude.split('\n')) {
+    const m = DEFINITION.exec(line)
+    if (m?.[1] && !/^local [A-Za-z0-9_]+\s*,/.test(line)) out.push({ name: m[1], lines: [line] })
+    else if (/^(?:[ \t]|--|end\b|$)/.test(line)) out.at(-1)?.lines.push(line)
+    else throw new Error(`a Lua prelude may hold only one-name local definitions at the margin, not: ${line}`)
+  }
+  return out.map((d) => ({ name: d.name, text: d.lines.join('\n') }))
+}
+
+/**
+ * The part of `prelude` a script needs: the definitions its body names, and
+ * those they name, in their original order. A script runs its whole source on
+ * every call, so each helper it carries costs a closure per call: the full
+ * library in front of every script was about 5.5 µs of Redis CPU per call
+ * (a third of a cold action's scripts' fixed cost; docs/benchmarks.md). A name
+ * that only appears in a comment or a string pulls its definition in too, which
+ * is harmless; a definition is never left out while its name appears.
+ */
+export function preludeFor(prelude: string, body: string): string {
+  const defs = definitions(prelude)
+  const uses = (text: string, name: string): boolean => new RegExp(`\\b${name}\\b`).test(text)
+  const needed = new Set<string>()
+  let scan = [body]
+  while (scan.length > 0) {
+    const next: string[] = []
+    for (const d of defs) {
+      if (needed.has(d.name) || !scan.some((t) => uses(t, d.name))) continue
+      needed.add(d.name)
+      next.push(d.text)
+    }
+    scan = next
+  }
+  return defs.filter((d) => needed.has(d.name)).map((d) => d.text).join('\n')
+}
+
 /**
  * A folder of Lua scripts, loaded on first use. Every script gets a `#!lua`
  * shebang, which makes Redis 7 judge a writing script as a whole before it runs:
  * when the server is out of memory it is refused up front instead of failing at
- * its first write and keeping the writes before it. `prelude` (shared helpers) is
- * put in front of each script.
+ * its first write and keeping the writes before it. The definitions of `prelude`
+ * (shared helpers) that a script uses are put in front of it (preludeFor).
  */
 export class LuaScripts<N extends string> {
   private readonly cache = new Map<N, Script>()
@@ -38,7 +89,7 @@ export class LuaScripts<N extends string> {
     let s = this.cache.get(name)
     if (!s) {
       const body = readFileSync(new URL(`${name}.lua`, this.dir), 'utf8')
-      const source = `#!lua\n${this.prelude}\n${body}`
+      const source = `#!lua\n${preludeFor(this.prelude, body)}\n${body}`
       s = { source, sha: createHash('sha1').update(source).digest('hex') }
       this.cache.set(name, s)
     }

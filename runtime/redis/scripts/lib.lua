@@ -1,4 +1,5 @@
--- lib: helpers prepended to every script by runtime/redis/scripts.ts. Not a script itself.
+-- lib: helpers put in front of each script that uses them, by runtime/redis/scripts.ts
+-- (preludeFor: only one-name `local` definitions at the margin). Not a script itself.
 -- Every script of a workflow uses Redis server time (TIME) for scores, so that
 -- processes with skewed clocks still agree on what is due.
 
