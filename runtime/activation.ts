@@ -6,7 +6,7 @@ import { Lock, type Redlock } from '@sesamecare-oss/redlock'
 import { backoffDelay, type AgentDefinition } from './agent.ts'
 import { nanoid } from 'nanoid'
 import {
-  activateOp, commit, emitEvents, extendHint, followUpOps, parseActivation, releaseHintOp,
+  activateOp, commit, emitEvents, extendHint, followUpOps, parseActivation, pushBusyHint, releaseHintOp,
   type Activation, type ActionResult, type Appended, type Claimed, type CommitResult, type Hint, type ProtocolContext,
 } from './claims.ts'
 import { execOps, execPhases, isCluster, throwFirst, type Op } from './redis/batch.ts'
@@ -178,8 +178,9 @@ export class ActorActivation implements LiveActorHooks {
       metrics.lockContention.inc({ agent })
       // Look again when the holder's lock would run out: sooner only hammers a long
       // activation. The holder brings the hint forward itself when it releases
-      // (release_hint.lua), and if it dies the lock has run out by then.
-      await ctx.redis.zadd(ctx.keys.ready(agent), 'XX', Date.now() + Math.max(BUSY_RETRY_MS, act.lockMs), this.wf).catch(() => undefined)
+      // (release_hint.lua), and if it dies the lock has run out by then. Only while
+      // the hint is still our lease: see pushBusyHint.
+      await pushBusyHint(ctx, agent, this.wf, this.lease, Math.max(BUSY_RETRY_MS, act.lockMs)).catch(() => undefined)
       this.state = 'done'
       return
     }

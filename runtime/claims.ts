@@ -434,7 +434,23 @@ export function releaseHintOp(ctx: ProtocolContext, agent: string, wf: string, l
  * hint holds someone else's score and was left alone.
  */
 export async function extendHint(ctx: ProtocolContext, agent: string, wf: string, lease: number): Promise<number | null> {
-  const r = str(await runScript(ctx.redis, 'extend_hint', [ctx.keys.ready(agent)], [wf, lease, leaseMs(ctx.cfg.lockTtlMs)]))
+  return await moveOwnHint(ctx, agent, wf, lease, leaseMs(ctx.cfg.lockTtlMs))
+}
+
+/**
+ * After a pick found the actor locked by someone else: makes the hint due when
+ * the holder's lock runs out (`ms`, whole milliseconds from now, so the score is
+ * a due time and no lease), but only while the hint still holds our lease. By the
+ * time the pick's reply is handled the holder may have released and a new
+ * enqueue made the hint due; a blind write then pushed that work out by a whole
+ * lock TTL. Returns the new score, or null when the hint was left alone.
+ */
+export async function pushBusyHint(ctx: ProtocolContext, agent: string, wf: string, lease: number, ms: number): Promise<number | null> {
+  return await moveOwnHint(ctx, agent, wf, lease, Math.round(ms))
+}
+
+async function moveOwnHint(ctx: ProtocolContext, agent: string, wf: string, lease: number, ms: number): Promise<number | null> {
+  const r = str(await runScript(ctx.redis, 'extend_hint', [ctx.keys.ready(agent)], [wf, lease, ms]))
   return r === '' ? null : Number(r)
 }
 

@@ -12,11 +12,11 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { startRuntime, TroupeClient, type Runtime } from '../../runtime/index.ts'
 import { Keys } from '../../runtime/redis/keys.ts'
-import { extendHint } from '../../runtime/claims.ts'
+import { extendHint, pushBusyHint } from '../../runtime/claims.ts'
 import { counter, slow } from '../fixtures/agents.ts'
 import { tally } from '../fixtures/chaos-agents.ts'
 import { eventually, testConfig } from '../helpers/redis.ts'
-import { notCompleted, tallyWorkflows } from '../helpers/tally-load.ts'
+import { notCompleted, stuckReport, tallyWorkflows } from '../helpers/tally-load.ts'
 
 const cfg = testConfig({ idlePollMs: 120_000, lockTtlMs: 120_000 })
 const client = TroupeClient.connect(cfg)
@@ -35,7 +35,7 @@ describe('ready hints under racing sends', () => {
   it('every workflow completes when actions arrive while its actor is finishing', async () => {
     const ids = await tallyWorkflows(client, 10, 40, 10)
     await eventually(async () => (await notCompleted(client, ids)).length === 0, 30_000, 'every workflow completed (a stuck one lost its hint)').catch(() => undefined)
-    expect(await notCompleted(client, ids)).toEqual([])
+    expect(await stuckReport(client, ids)).toEqual([])
   })
 
   it('a pick of an actor active in this process runs it again when that activation ends', async () => {
@@ -74,5 +74,30 @@ describe('ready hints under racing sends', () => {
     await client.redis.zrem(ready, 'wfA')
     expect(await extendHint(ctx, 'lone', 'wfA', due)).toBeNull()
     expect(await client.redis.zscore(ready, 'wfA')).toBeNull()
+  })
+
+  it('a pick that found the actor busy pushes the hint to the lock\'s end only while it is still its lease', async () => {
+    // The pick leased the hint and found the lock held. Before its reply was
+    // handled the holder released and a new enqueue made the hint due; a blind
+    // push to the end of the (released) lock then left that action waiting a
+    // whole lock TTL (a full-suite run once had one workflow of this test's
+    // first case stuck: the push is the one write there that did not check).
+    const keys = new Keys(cfg.namespace)
+    const ctx = { redis: client.redis, keys, cfg }
+    const ready = keys.ready('lone')
+    await client.redis.zadd(ready, Date.now() + 5000.5, 'wfB')
+    const lease = Number(await client.redis.zscore(ready, 'wfB'))
+    const due = Date.now()
+    await client.redis.zadd(ready, 'LT', due, 'wfB')
+    expect(await pushBusyHint(ctx, 'lone', 'wfB', lease, 90_000)).toBeNull()
+    expect(Number(await client.redis.zscore(ready, 'wfB'))).toBe(due)
+    // Still its lease: pushed to the lock's end, as a due time (whole ms), not a lease.
+    await client.redis.zadd(ready, lease, 'wfB')
+    const pushed = await pushBusyHint(ctx, 'lone', 'wfB', lease, 90_000.4)
+    expect(pushed).not.toBeNull()
+    expect(Number.isInteger(pushed)).toBe(true)
+    expect(pushed as number).toBeGreaterThan(due + 80_000)
+    expect(Number(await client.redis.zscore(ready, 'wfB'))).toBe(pushed)
+    await client.redis.zrem(ready, 'wfB')
   })
 })

@@ -9,7 +9,7 @@ import { startRuntime, TroupeClient, type Runtime } from '../../runtime/index.ts
 import { startRedis, type RedisProcess } from '../../scripts/services/redis.ts'
 import { tally } from '../fixtures/chaos-agents.ts'
 import { eventually, rawRedis, testConfig } from '../helpers/redis.ts'
-import { notCompleted, tallyWorkflows } from '../helpers/tally-load.ts'
+import { notCompleted, stuckReport, tallyWorkflows } from '../helpers/tally-load.ts'
 
 let server: RedisProcess
 let client: TroupeClient
@@ -52,7 +52,7 @@ describe('scripts flushed under live connections', () => {
     }
     expect(flushes).toBeGreaterThan(5)
     await eventually(async () => (await notCompleted(client, ids)).length === 0, 30_000, 'every workflow completed (a stuck one lost its hint)').catch(() => undefined)
-    expect(await notCompleted(client, ids)).toEqual([])
+    expect(await stuckReport(client, ids)).toEqual([])
     // Each workflow applied its ticks once, in order.
     for (const wf of ids) {
       const snap = JSON.parse((await client.redis.hget(client.keys.actor(wf, 'tally'), 'snapshot')) ?? '{}') as { context?: { seen?: number[] } }
