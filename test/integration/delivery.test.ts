@@ -37,6 +37,9 @@ describe('delivery', () => {
     const retryAt = failed.map((f) => (f.event.content as { retryAt: number }).retryAt - (f.event.metadata?.at ?? 0))
     expect(retryAt[0]).toBeGreaterThanOrEqual(45)
     expect(retryAt[1]).toBeGreaterThanOrEqual(95)
+    // The agent's event streams live while the action runs (its promise settles
+    // later), so it can be read before the commit that counts the action done.
+    await eventually(async () => (await client.getStatus(workflowId))?.counts.done === 1, 10_000, 'committed')
     expect((await client.getStatus(workflowId))?.counts).toMatchObject({ done: 1, dead: 0, queued: 0 })
   })
 
