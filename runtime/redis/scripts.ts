@@ -1,5 +1,5 @@
 // The one loader for the Lua scripts in ./scripts: each file is prepended with
-// lib.lua, run by EVALSHA, and re-sent with EVAL when the server answers NOSCRIPT
+// the lib.lua helpers it uses, run by EVALSHA, and re-sent with EVAL when the server answers NOSCRIPT
 // (a restarted Redis, a new cluster node).
 import { createHash } from 'node:crypto'
 import { readFileSync } from 'node:fs'
@@ -27,18 +27,33 @@ interface Definition {
 const DEFINITION = /^local (?:function )?([A-Za-z_][A-Za-z0-9_]*)/
 
 /**
- * Splits a prelude into its definitions. Only `local` definitions of one name,
- * their bodies (indented, closed by `end` at the margin), comments and blank
- * lines may stand at the margin: anything else would ride along with whichever
- * definition precedes it, so it is refused at load.
+ * Splits a prelude into its definitions, each with the comments above it. Only
+ * one-name `local` definitions, their bodies (indented, closed by a bare `end`
+ * at the margin), comments and blank lines may stand at the margin: anything
+ * else would ride along with a definition whose name it does not carry, so it
+ * is refused at load.
  */
 function definitions(prelude: string): Definition[] {
   const out: { name: string; lines: string[] }[] = []
+  // Margin comments: they belong to the definition right below them.
+  let pending: string[] = []
   for (const line of prelude.split('\n')) {
     const m = DEFINITION.exec(line)
-    if (m?.[1] && !/^local [A-Za-z0-9_]+\s*,/.test(line)) out.push({ name: m[1], lines: [line] })
-    else if (/^(?:[ \t]|--|end\b|$)/.test(line)) out.at(-1)?.lines.push(line)
-    else throw new Error(`a Lua prelude may hold only one-name local definitions at the margin, not: ${line}`)
+    if (m?.[1] && !/^local [A-Za-z0-9_]+\s*,/.test(line) && !/\blocal\s/.test(line.slice(6))) {
+      out.push({ name: m[1], lines: [...pending, line] })
+      pending = []
+    } else if (/^\s*$/.test(line)) {
+      // A comment block set off by a blank line documents the file, not a definition.
+      pending = []
+    } else if (line.startsWith('--')) {
+      pending.push(line)
+    } else if (/^[ \t]/.test(line) || /^end\s*(?:--.*)?$/.test(line)) {
+      // Lines before the first definition are the file's header: dropped.
+      out.at(-1)?.lines.push(...pending, line)
+      pending = []
+    } else {
+      throw new Error(`a Lua prelude may hold only one-name local definitions at the margin, not: ${line}`)
+    }
   }
   return out.map((d) => ({ name: d.name, text: d.lines.join('\n') }))
 }
