@@ -31,6 +31,21 @@ afterAll(async () => {
   await client.close()
 })
 
+/** A hint of `wf` for the agent `lone` (hosted nowhere), leased `ms` ahead. */
+async function leased(wf: string, ms: number): Promise<{ ctx: { redis: typeof client.redis; keys: Keys; cfg: typeof cfg }; ready: string; lease: number }> {
+  const keys = new Keys(cfg.namespace)
+  const ready = keys.ready('lone')
+  await client.redis.zadd(ready, Date.now() + ms, wf)
+  return { ctx: { redis: client.redis, keys, cfg }, ready, lease: Number(await client.redis.zscore(ready, wf)) }
+}
+
+/** What an enqueue does to the hint: makes it due now (never later). Returns that time. */
+async function dueNow(ready: string, wf: string): Promise<number> {
+  const due = Date.now()
+  await client.redis.zadd(ready, 'LT', due, wf)
+  return due
+}
+
 describe('ready hints under racing sends', () => {
   it('every workflow completes when actions arrive while its actor is finishing', async () => {
     const ids = await tallyWorkflows(client, 10, 40, 10)
@@ -57,17 +72,12 @@ describe('ready hints under racing sends', () => {
     // On a Cluster nothing orders the extender's write (agent's node) against a
     // commit (workflow's node): written blindly, it could land after an enqueue's
     // hint and turn it back into a lease that the release then deletes.
-    const keys = new Keys(cfg.namespace)
-    const ctx = { redis: client.redis, keys, cfg }
-    const ready = keys.ready('lone')
-    await client.redis.zadd(ready, Date.now() + 5000, 'wfA')
-    const lease = Number(await client.redis.zscore(ready, 'wfA'))
+    const { ctx, ready, lease } = await leased('wfA', 5000)
     const moved = await extendHint(ctx, 'lone', 'wfA', lease)
     expect(moved).not.toBeNull()
     expect(Number(await client.redis.zscore(ready, 'wfA'))).toBe(moved)
     // An enqueue lowers it to "due now": the next extension must leave it be.
-    const due = Date.now()
-    await client.redis.zadd(ready, 'LT', due, 'wfA')
+    const due = await dueNow(ready, 'wfA')
     expect(await extendHint(ctx, 'lone', 'wfA', moved as number)).toBeNull()
     expect(Number(await client.redis.zscore(ready, 'wfA'))).toBe(due)
     // A hint deleted meanwhile is not brought back either.
@@ -82,13 +92,8 @@ describe('ready hints under racing sends', () => {
     // push to the end of the (released) lock then left that action waiting a
     // whole lock TTL (a full-suite run once had one workflow of this test's
     // first case stuck: the push is the one write there that did not check).
-    const keys = new Keys(cfg.namespace)
-    const ctx = { redis: client.redis, keys, cfg }
-    const ready = keys.ready('lone')
-    await client.redis.zadd(ready, Date.now() + 5000.5, 'wfB')
-    const lease = Number(await client.redis.zscore(ready, 'wfB'))
-    const due = Date.now()
-    await client.redis.zadd(ready, 'LT', due, 'wfB')
+    const { ctx, ready, lease } = await leased('wfB', 5000.5)
+    const due = await dueNow(ready, 'wfB')
     expect(await pushBusyHint(ctx, 'lone', 'wfB', lease, 90_000)).toBeNull()
     expect(Number(await client.redis.zscore(ready, 'wfB'))).toBe(due)
     // Still its lease: pushed to the lock's end, as a due time (whole ms), not a lease.
