@@ -449,6 +449,16 @@ export async function pushBusyHint(ctx: ProtocolContext, agent: string, wf: stri
   return await moveOwnHint(ctx, agent, wf, lease, Math.round(ms))
 }
 
+/**
+ * Gives up a lease this process took on a hint and will not use (a rerun
+ * dropped while draining): the hint is made due now, but only while it still
+ * holds that lease. Left alone it would keep the actor's work waiting until the
+ * lease ran out. Returns the new score, or null when the hint was left alone.
+ */
+export async function giveUpLease(ctx: ProtocolContext, agent: string, wf: string, lease: number): Promise<number | null> {
+  return await moveOwnHint(ctx, agent, wf, lease, 0)
+}
+
 async function moveOwnHint(ctx: ProtocolContext, agent: string, wf: string, lease: number, ms: number): Promise<number | null> {
   const r = str(await runScript(ctx.redis, 'extend_hint', [ctx.keys.ready(agent)], [wf, lease, ms]))
   return r === '' ? null : Number(r)

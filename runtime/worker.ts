@@ -4,7 +4,7 @@
 import type { AgentDefinition } from './agent.ts'
 import { randomBytes } from 'node:crypto'
 import { ActorActivation, CLAIM_BATCH, keeperPeriodMs, type ActivationEnv, type PreActivated } from './activation.ts'
-import { pick, pickActivate, wakeOp, type PickedActivation } from './claims.ts'
+import { giveUpLease, pick, pickActivate, wakeOp, type PickedActivation } from './claims.ts'
 import { isCluster } from './redis/batch.ts'
 import { duplicateClient, type RedisClient } from './redis/connection.ts'
 import { isWorkflowId } from './redis/keys.ts'
@@ -260,6 +260,15 @@ export class AgentWorker {
         // Draining leaves the leased hint to come due elsewhere (but an activation
         // the pick made holds the lock and claimed work: it runs, and the drain waits for it).
         if (again !== undefined && (this.state === 'running' || again.pre)) return this.launch(wf, again.lease, again.pre)
+        if (this.state !== 'running') {
+          // Draining: this worker picks nothing more. A rerun it leased would
+          // keep the actor's new work waiting until that lease ran out (a whole
+          // lock TTL), and a hint the release left due might wait for another
+          // process's poll: make the hint due and wake another process instead.
+          if (again !== undefined) this.env.background(giveUpLease(this.env.ctx, this.def.name, wf, again.lease).then(() => this.passWakeOn()))
+          else if (act.lookAgain) this.passWakeOn()
+          return
+        }
         // Look again only when this worker may have left due work unpicked (it
         // was full and not listening), or the release left a hint that may be
         // due; otherwise it is already listening for wake-ups.

@@ -3,7 +3,7 @@
 // anything that completes here was started by a wake-up.
 import { afterAll, describe, expect, it } from 'vitest'
 import { startRuntime, TroupeClient, type Runtime } from '../../runtime/index.ts'
-import { counter, flaky } from '../fixtures/agents.ts'
+import { counter, flaky, slow } from '../fixtures/agents.ts'
 import { eventually, testConfig } from '../helpers/redis.ts'
 
 const cfg = testConfig({ idlePollMs: 60_000, lockTtlMs: 60_000 })
@@ -51,6 +51,25 @@ describe('wake-ups', () => {
     await Promise.all(Array.from({ length: 199 }, (_, i) => client.sendAction(workflowId, 'counter', 'ping', { i: i + 1 })))
     // Three fairness releases on the way; each would otherwise wait for the 60 s poll.
     await eventually(async () => (await pings(workflowId)) === 200, 15_000, '200 pings')
+  })
+
+  it('a draining process hands an actor it meant to run again to another process at once', async () => {
+    const a = await startRuntime({ agents: [slow], config: cfg, metricsPort: false })
+    const { workflowId: wf } = await client.startWorkflow({ agent: 'slow', type: 'work', payload: { ms: 1500, i: 1 } })
+    await eventually(async () => (await client.getStatus(wf))?.agents.slow === 'working', 10_000, 'working')
+    // The second action's wake-up reaches a's own worker while the actor runs
+    // there: its pick only leases the hint (a lease carries a fraction of a ms),
+    // to run the actor again when this activation ends.
+    await client.sendAction(wf, 'slow', 'work', { ms: 10, i: 2 })
+    const ready = client.keys.ready('slow')
+    await eventually(async () => !Number.isInteger(Number(await client.redis.zscore(ready, wf))), 10_000, 'a leased the hint for a rerun')
+    const b = await startRuntime({ agents: [slow], config: cfg, metricsPort: false })
+    runtimes.push(b)
+    // a drains: its action finishes and its release leaves the rerun's lease (60 s) on the hint.
+    await a.stop()
+    const slowDone = async (): Promise<number> =>
+      (await client.readEvents(wf, '0', 1000)).filter((e) => e.event.type === 'action.completed' && e.event.metadata?.agent === 'slow').length
+    await eventually(async () => (await slowDone()) === 2, 10_000, 'the second action run by b, not after the 60 s lease')
   })
 
   it('a retry runs when its backoff ends, not at the next poll', async () => {
