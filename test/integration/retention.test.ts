@@ -51,6 +51,21 @@ describe('retention without a persister', () => {
     expect(withoutTtl(keys)).toEqual([])
   })
 
+  it('a completing commit drops every agent\'s queue, as cancel does', async () => {
+    // Before, only the completing agent's own queue went: another agent's
+    // delayed action stayed "queued" (and counted) in a completed workflow
+    // until an activation came for it, an hour later here.
+    const { workflowId: wf } = await client.startWorkflow({ agent: 'counter', type: 'ping', payload: { i: 1 } })
+    const { actionId } = await client.sendAction(wf, 'echo', 'echo', { text: 'later' }, { delayMs: 3_600_000, validate: false })
+    await client.sendAction(wf, 'counter', 'finish')
+    await eventually(async () => (await client.getStatus(wf))?.status === 'completed', 10_000, 'completed')
+    expect(await client.redis.exists(client.keys.mailbox(wf, 'echo'))).toBe(0)
+    const st = JSON.parse((await client.redis.hget(client.keys.actions(wf), `${actionId}:st`)) ?? '{}') as { status?: string }
+    expect(st.status).toBe('cancelled')
+    expect((await client.getStatus(wf))?.counts.queued).toBe(0)
+    expect(withoutTtl(await keysOf(wf))).toEqual([])
+  })
+
   it('cancel expires every agent\'s keys, the dead letters and the sequence', async () => {
     const { workflowId: wf } = await client.startWorkflow({ agent: 'flaky', type: 'throw' })
     await eventually(async () => (await client.getStatus(wf))?.counts.dead === 1, 15_000, 'dead letter')

@@ -23,8 +23,7 @@ local status = redis.call('HGET', status_key, 'status')
 if not status then return redis.error_reply('TROUPE_NOWF no workflow ' .. wf) end
 if TERMINAL[status] then return redis.error_reply('TROUPE_ENDED workflow ' .. wf .. ' is ' .. status) end
 local now = now_ms()
-local dropped = 0
-for _, agent in ipairs(agents_of(status_key)) do dropped = dropped + drop_mailbox(mailbox_base .. agent, actions_key) end
+local dropped = drop_mailboxes(status_key, mailbox_base, '', actions_key)
 redis.call('HSET', status_key, 'status', final, 'error', reason, 'updatedAt', now, 'endedAt', now, 'queued', 0)
 local sid = append_event(events_key, channel, maxlen, make_event(event_id, wf, 'workflow.' .. final,
   { reason = reason, dropped = dropped }, '', '', 0, '', now))

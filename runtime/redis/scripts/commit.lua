@@ -218,12 +218,14 @@ if op == 'complete' or op == 'fail' then
   local final = 'completed'
   local field = 'result'
   if op == 'fail' then final, field = 'failed', 'error' end
-  redis.call('HSET', status_key, 'status', final, field, op_payload, 'updatedAt', now_s, 'endedAt', now_s)
+  -- Every agent's queue goes, as on cancel: an action left queued in an ended
+  -- workflow stayed "queued" (and counted) until an activation came for it.
+  redis.call('HSET', status_key, 'status', final, field, op_payload, 'updatedAt', now_s, 'endedAt', now_s, 'queued', 0)
   -- The payload goes in as the client encoded it: a decode/encode round trip
   -- through cjson would turn empty arrays into objects.
   local last = results[#results] or {}
   add(event_json(ev_id(), wf, 'workflow.' .. final, op_payload, agent, last.id or '', last.attempt or 0, last.parent or '', now_s))
-  drop_mailbox(mailbox, actions_key)
+  drop_mailboxes(status_key, mailbox, agent, actions_key)
   if retention > 0 then
     for i = 1, 8 do redis.call('PEXPIRE', KEYS[i], retention) end
     expire_agents(status_key, actor_key, mailbox, agent, retention)

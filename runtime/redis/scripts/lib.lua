@@ -170,6 +170,15 @@ local function agents_of(status_key)
   return out
 end
 
+-- Drops every agent's mailbox of an ended workflow; the mailbox names are the
+-- given one with the agent swapped (see expire_agents). Returns the count dropped.
+local function drop_mailboxes(status_key, mailbox, agent, actions_key)
+  local base = string.sub(mailbox, 1, #mailbox - #agent)
+  local dropped = 0
+  for _, name in ipairs(agents_of(status_key)) do dropped = dropped + drop_mailbox(base .. name, actions_key) end
+  return dropped
+end
+
 -- Without a persister nothing else expires an ended workflow: its ending script
 -- puts the retention TTL on every agent's actor and mailbox key too, not only on
 -- the keys it was given. The other agents' keys are the caller's own actor and
