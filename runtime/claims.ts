@@ -363,7 +363,8 @@ export async function commit(ctx: ProtocolContext, a: CommitArgs): Promise<Commi
     for (const o of r.outbox) {
       keys.push(k.mailbox(a.wf, o.to), k.lock(a.wf, o.to))
       args.push(o.to, o.actionId, o.record, o.delayMs, o.eventId)
-      if (o.to !== a.agent && r.outcome === 'ok') preHinted.add(o.to)
+      // A commit that ends the workflow drops what it sends (commit.lua): no hint for it.
+      if (o.to !== a.agent && r.outcome === 'ok' && a.op === '') preHinted.add(o.to)
     }
   }
   let raw: unknown

@@ -257,16 +257,17 @@ export class AgentWorker {
         this.active.delete(wf)
         const again = this.rerun.get(wf)
         this.rerun.delete(wf)
-        // Draining leaves the leased hint to come due elsewhere (but an activation
-        // the pick made holds the lock and claimed work: it runs, and the drain waits for it).
+        // A rerun runs here, also while draining when the pick's activation holds
+        // the lock and claimed work (the drain waits for it).
         if (again !== undefined && (this.state === 'running' || again.pre)) return this.launch(wf, again.lease, again.pre)
         if (this.state !== 'running') {
           // Draining: this worker picks nothing more. A rerun it leased would
           // keep the actor's new work waiting until that lease ran out (a whole
-          // lock TTL), and a hint the release left due might wait for another
-          // process's poll: make the hint due and wake another process instead.
+          // lock TTL), and a hint the release left due (or due work this full
+          // worker left unpicked) might wait for another process's poll: make
+          // the hint due and wake another process instead.
           if (again !== undefined) this.env.background(giveUpLease(this.env.ctx, this.def.name, wf, again.lease).then(() => this.passWakeOn()))
-          else if (act.lookAgain) this.passWakeOn()
+          else if (act.lookAgain || wasFull) this.passWakeOn()
           return
         }
         // Look again only when this worker may have left due work unpicked (it

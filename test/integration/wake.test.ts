@@ -55,7 +55,8 @@ describe('wake-ups', () => {
 
   it('a draining process hands an actor it meant to run again to another process at once', async () => {
     const a = await startRuntime({ agents: [slow], config: cfg, metricsPort: false })
-    const { workflowId: wf } = await client.startWorkflow({ agent: 'slow', type: 'work', payload: { ms: 1500, i: 1 } })
+    // Long enough that b starts and a begins to drain while it runs, even on a slow machine.
+    const { workflowId: wf } = await client.startWorkflow({ agent: 'slow', type: 'work', payload: { ms: 5000, i: 1 } })
     await eventually(async () => (await client.getStatus(wf))?.agents.slow === 'working', 10_000, 'working')
     // The second action's wake-up reaches a's own worker while the actor runs
     // there: its pick only leases the hint (a lease carries a fraction of a ms),
@@ -70,6 +71,9 @@ describe('wake-ups', () => {
     const slowDone = async (): Promise<number> =>
       (await client.readEvents(wf, '0', 1000)).filter((e) => e.event.type === 'action.completed' && e.event.metadata?.agent === 'slow').length
     await eventually(async () => (await slowDone()) === 2, 10_000, 'the second action run by b, not after the 60 s lease')
+    // b ran it: a, draining, did not rerun the actor itself.
+    const bActivations = (await b.metrics.registry.getSingleMetric('troupe_activations_total')?.get())?.values.find((v) => v.labels.agent === 'slow')?.value ?? 0
+    expect(bActivations).toBeGreaterThanOrEqual(1)
   })
 
   it('a retry runs when its backoff ends, not at the next poll', async () => {

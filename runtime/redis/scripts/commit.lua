@@ -231,7 +231,8 @@ if op == 'complete' or op == 'fail' then
     expire_agents(status_key, actor_key, mailbox, agent, retention)
   end
   release_lock(lock_key, lock_value)
-  return finish('ended', nil, hints)
+  -- No hints: the actions this commit sent were dropped with every queue above.
+  return finish('ended', nil, {})
 end
 
 local changed = settle_status(status_key, now_s, status, queued)
