@@ -22,13 +22,13 @@ afterAll(async () => {
 })
 
 /** Every key of the workflow with its PTTL (-1: none). */
-async function keysOf(wf: string): Promise<Map<string, number>> {
+async function keysOf(wf: string, c = client): Promise<Map<string, number>> {
   const out = new Map<string, number>()
   let cursor = '0'
   do {
-    const [next, batch] = await client.redis.scan(cursor, 'MATCH', `${cfg.namespace}*{${wf}}*`, 'COUNT', 1000)
+    const [next, batch] = await c.redis.scan(cursor, 'MATCH', `${c.keys.ns}*{${wf}}*`, 'COUNT', 1000)
     cursor = next
-    for (const k of batch) out.set(k, await client.redis.pttl(k))
+    for (const k of batch) out.set(k, await c.redis.pttl(k))
   } while (cursor !== '0')
   return out
 }
@@ -37,7 +37,7 @@ function withoutTtl(keys: Map<string, number>): string[] {
   return [...keys].filter(([, ttl]) => !(ttl > 0 && ttl <= RETENTION)).map(([k, ttl]) => `${k} (${ttl})`)
 }
 
-describe('retention without a persister', () => {
+describe('retention of ended workflows', () => {
   it('a completing commit expires every agent\'s keys, not only its own', async () => {
     const { workflowId: wf } = await client.startWorkflow({ agent: 'counter', type: 'ping', payload: { i: 1 } })
     await client.sendAction(wf, 'counter', 'relay', { text: 'hi' })
@@ -127,6 +127,35 @@ describe('retention without a persister', () => {
       await eventually(async () => (await admin.getStatus(wf))?.counts.done === 2, 10_000, 'both pings')
       expect(await admin.redis.hget(actor, 'fence')).not.toBeNull()
       expect(await admin.redis.pttl(actor)).toBe(-1)
+    } finally {
+      await rt2.stop()
+      await admin.close()
+    }
+  })
+
+  it('an activation for an ended workflow whose keys expire makes no key without a TTL', async () => {
+    // With persistence on, the persister puts the TTLs on every key the ended
+    // workflow has; a stale hint that came due after that (an agent's delayed
+    // first action, its mailbox dropped by the cancel) once made an actor hash
+    // that never expired.
+    const on = testConfig({ persistence: true, idlePollMs: 50 })
+    const rt2 = await startRuntime({ agents: [counter, echo], config: on, metricsPort: false })
+    const admin = TroupeClient.connect(on)
+    try {
+      const { workflowId: wf } = await admin.startWorkflow({ agent: 'counter', type: 'ping', payload: { i: 1 } })
+      await eventually(async () => (await admin.getStatus(wf))?.counts.done === 1, 10_000, 'counter ran')
+      await admin.cancelWorkflow(wf)
+      // What the persister does once the workflow's history is in Neo4j.
+      for (const k of (await keysOf(wf, admin)).keys()) await admin.redis.pexpire(k, RETENTION)
+      const counterFence = await admin.redis.hget(admin.keys.actor(wf, 'counter'), 'fence')
+      for (const agent of ['echo', 'counter']) await admin.redis.zadd(admin.keys.ready(agent), Date.now(), wf)
+      for (const agent of ['echo', 'counter']) {
+        await eventually(async () => (await admin.redis.zscore(admin.keys.ready(agent), wf)) === null, 10_000, `${agent}'s hint taken`)
+      }
+      expect(await admin.redis.exists(admin.keys.actor(wf, 'echo'))).toBe(0)
+      // The actor that did run is fenced as before (a stale activation's commit must fail) and keeps its TTL.
+      expect(Number(await admin.redis.hget(admin.keys.actor(wf, 'counter'), 'fence'))).toBe(Number(counterFence) + 1)
+      expect(withoutTtl(await keysOf(wf, admin))).toEqual([])
     } finally {
       await rt2.stop()
       await admin.close()

@@ -239,25 +239,32 @@ local function activate_actor(actor_key, lock_key, mailbox, actions_key, status_
     release_lock(lock_key, lock_value)
     return { 'ended', 0, '', '', 0, '' }
   end
+  if TERMINAL[status] then
+    -- An actor that never ran has nothing to fence or cancel, and a hash made
+    -- for it now would outlive the workflow: once the persister has put the
+    -- TTLs on (retention 0 here), nothing sweeps a key made later.
+    local fence = 0
+    if redis.call('EXISTS', actor_key) == 1 then
+      fence = redis.call('HINCRBY', actor_key, 'fence', 1)
+      for _, id in ipairs(inflight_ids(redis.call('HGET', actor_key, 'inflight'))) do
+        local ok, st = pcall(cjson.decode, redis.call('HGET', actions_key, id .. ':st') or '')
+        if ok and type(st) == 'table' then
+          st.status = 'cancelled'
+          redis.call('HSET', actions_key, id .. ':st', cjson.encode(st))
+        end
+      end
+      redis.call('HDEL', actor_key, 'inflight')
+      if retention > 0 then redis.call('PEXPIRE', actor_key, retention) end
+    end
+    drop_mailbox(mailbox, actions_key)
+    release_lock(lock_key, lock_value)
+    return { 'ended', fence, '', '', 0, '' }
+  end
+
   local now = now_ms()
   local fence = redis.call('HINCRBY', actor_key, 'fence', 1)
   local snap = redis.call('HMGET', actor_key, 'snapshot', 'version', 'inflight')
   local inflight = inflight_ids(snap[3])
-
-  if TERMINAL[status] then
-    for _, id in ipairs(inflight) do
-      local ok, st = pcall(cjson.decode, redis.call('HGET', actions_key, id .. ':st') or '')
-      if ok and type(st) == 'table' then
-        st.status = 'cancelled'
-        redis.call('HSET', actions_key, id .. ':st', cjson.encode(st))
-      end
-    end
-    redis.call('HDEL', actor_key, 'inflight')
-    drop_mailbox(mailbox, actions_key)
-    if retention > 0 then redis.call('PEXPIRE', actor_key, retention) end
-    release_lock(lock_key, lock_value)
-    return { 'ended', fence, '', '', 0, '' }
-  end
 
   local out = { 'ok', fence, snap[1] or '', snap[2] or '', 0, '' }
   if #inflight > 0 then
