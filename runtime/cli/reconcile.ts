@@ -29,11 +29,11 @@ TTL. Safe to run any time, next to running persisters (every write is a MERGE).
 
 function summary(r: ReconcileReport): string {
   const lines = [
-    `checked ${r.checked} workflow${r.checked === 1 ? '' : 's'}: ${r.backfilledEvents} events backfilled in ${r.backfilledWorkflows}, ${r.statusFixed} statuses updated, ${r.expired} finished workflows given their retention TTL`,
+    `checked ${r.checked} workflow${r.checked === 1 ? '' : 's'}: ${r.backfilledEvents} events backfilled in ${r.backfilledWorkflows}, ${r.statusFixed} statuses updated, ${r.expired} finished workflows given their retention TTL${r.failed ? `, ${r.failed} refused by Neo4j (see below)` : ''}`,
   ]
   for (const c of r.workflows) {
     if (c.outcome === 'ok' && !c.expired && r.workflows.length > 20) continue
-    lines.push(`  ${c.wf}: ${c.outcome}${c.backfilled ? ` (${c.backfilled} events)` : ''}; Redis ${c.redisEvents} events up to ${c.redisLastId ?? '-'}, Neo4j ${c.neo4jEvents} up to ${c.neo4jLastId ?? '-'}${c.expired ? '; retention TTL set' : ''}`)
+    lines.push(`  ${c.wf}: ${c.outcome}${c.backfilled ? ` (${c.backfilled} events)` : ''}; Redis ${c.redisEvents} events up to ${c.redisLastId ?? '-'}, Neo4j ${c.neo4jEvents} up to ${c.neo4jLastId ?? '-'}${c.expired ? '; retention TTL set' : ''}${c.error ? `; ${c.error}` : ''}`)
   }
   return lines.join('\n')
 }

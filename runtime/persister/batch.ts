@@ -11,7 +11,7 @@ import type { Keys } from '../redis/keys.ts'
 import { collectBatch } from './collect.ts'
 import { countEvents, planTransactions, writeRows } from './graph.ts'
 import type { PersisterMetrics } from './metrics.ts'
-import { describeError, isDataError } from './neo4j.ts'
+import { describeError, isDataError, isPoolError } from './neo4j.ts'
 import type { ResolvedPersisterOptions } from './options.ts'
 import { coalesce, isParked, parsePointer, type Delivery, type Parked, type Pointer } from './pointers.ts'
 import type { PersistenceQueue } from './queue.ts'
@@ -46,8 +46,19 @@ interface Written {
   readings: WorkflowReading[]
 }
 
+/**
+ * How many times in a row one entry alone may meet a full memory pool before it
+ * is parked: until then the batch waits out a backoff and goes again, as in an
+ * outage (the pool fills with others' work and empties again). An entry that
+ * fills the pool by itself every time must not hold the queue forever.
+ */
+export const POOL_RETRIES = 5
+
 /** Writes batches of queue entries to Neo4j and acks them. */
 export class BatchWriter {
+  /** Entries that met a full memory pool when written alone, with how many times in a row. */
+  private readonly poolFailures = new Map<string, number>()
+
   constructor(private readonly d: BatchDeps) {}
 
   /**
@@ -91,12 +102,22 @@ export class BatchWriter {
   private async writePointers(pointers: readonly Pointer[]): Promise<Written> {
     if (pointers.length === 0) return { events: 0, transactions: 0, parked: [], readings: [] }
     try {
-      return await this.writeOnce(pointers)
+      const w = await this.writeOnce(pointers)
+      if (this.poolFailures.size > 0) for (const p of pointers) this.poolFailures.delete(p.entryId)
+      return w
     } catch (err) {
       if (!isDataError(err)) throw err
       this.d.metrics.errors.inc({ kind: 'data' })
       if (pointers.length === 1) {
         const p = pointers[0] as Pointer
+        if (isPoolError(err)) {
+          const n = (this.poolFailures.get(p.entryId) ?? 0) + 1
+          // Bounded: entries parked or written by another persister leave no trace here for long.
+          if (this.poolFailures.size >= 10_000) this.poolFailures.clear()
+          this.poolFailures.set(p.entryId, n)
+          if (n < POOL_RETRIES) throw err
+          this.poolFailures.delete(p.entryId)
+        }
         return { events: 0, transactions: 0, readings: [], parked: [{ entryId: p.entryId, fields: ['wf', p.wf, 'from', p.from, 'to', p.to], reason: 'unwritable', detail: describeError(err) }] }
       }
       const half = Math.ceil(pointers.length / 2)

@@ -56,6 +56,16 @@ export function isDataError(err: unknown): boolean {
   return DATA_ERRORS.some((c) => code === c || code.startsWith(`${c}.`)) || /memory/i.test(code)
 }
 
+/**
+ * True when Neo4j refused for want of memory shared by every transaction (its
+ * pool was full at that moment): a smaller batch may pass, and so may the same
+ * one a little later. Unlike the per-transaction limit, it says nothing about
+ * the rows alone.
+ */
+export function isPoolError(err: unknown): boolean {
+  return neo4jCode(err).startsWith('Neo.TransientError.General.MemoryPoolOutOfMemoryError')
+}
+
 /** True for errors raised by the Neo4j driver (as opposed to Redis or our own code). */
 export function isNeo4jError(err: unknown): boolean {
   return err instanceof neo4j.Neo4jError

@@ -18,8 +18,9 @@ import { readState } from './collect.ts'
 import { planTransactions, writeRows } from './graph.ts'
 import type { PersisterMetrics } from './metrics.ts'
 import type { ResolvedPersisterOptions } from './options.ts'
+import { describeError, isDataError } from './neo4j.ts'
 import { streamMs } from './pointers.ts'
-import { applyRetention, persistedState } from './retention.ts'
+import { applyRetention, persistedState, type PersistedState } from './retention.ts'
 import { workflowRows } from './rows.ts'
 
 /** Dependencies of a {@link Reconciler}. */
@@ -35,8 +36,14 @@ export interface ReconcileDeps {
 /** What reconciliation found and did for one workflow. */
 export interface WorkflowCheck {
   wf: string
-  /** `ok`: nothing missing; `backfilled`: events written; `status`: only the status differed; `skipped`: too fresh or already retained; `gone`: not in Redis. */
-  outcome: 'ok' | 'backfilled' | 'status' | 'skipped' | 'gone'
+  /**
+   * `ok`: nothing missing; `backfilled`: events written; `status`: only the
+   * status differed; `skipped`: too fresh or already retained; `gone`: not in
+   * Redis; `failed`: Neo4j refused its data (see `error`; not given a TTL).
+   */
+  outcome: 'ok' | 'backfilled' | 'status' | 'skipped' | 'gone' | 'failed'
+  /** Why it failed, for `failed`. */
+  error?: string
   redisLastId: string | null
   redisEvents: number
   neo4jLastId: string | null
@@ -53,6 +60,8 @@ export interface ReconcileReport {
   statusFixed: number
   expired: number
   skipped: number
+  /** Workflows whose data Neo4j refused; the others of the run are still checked. */
+  failed: number
   /** True when the run reached the end of the keyspace (a sweep is complete). */
   complete: boolean
   workflows: WorkflowCheck[]
@@ -69,7 +78,7 @@ const TERMINAL = new Set(['completed', 'failed', 'cancelled'])
 const PAGE = 2000
 
 function emptyReport(): ReconcileReport {
-  return { checked: 0, backfilledWorkflows: 0, backfilledEvents: 0, statusFixed: 0, expired: 0, skipped: 0, complete: false, workflows: [] }
+  return { checked: 0, backfilledWorkflows: 0, backfilledEvents: 0, statusFixed: 0, expired: 0, skipped: 0, failed: 0, complete: false, workflows: [] }
 }
 
 function add(into: ReconcileReport, r: ReconcileReport): void {
@@ -79,6 +88,7 @@ function add(into: ReconcileReport, r: ReconcileReport): void {
   into.statusFixed += r.statusFixed
   into.expired += r.expired
   into.skipped += r.skipped
+  into.failed += r.failed
   into.workflows.push(...r.workflows)
 }
 
@@ -197,25 +207,19 @@ export class Reconciler {
         report.skipped++
         continue
       }
-      const behind = r.last !== null && (n.lastStreamId === null || compareStreamIds(r.last, n.lastStreamId) > 0)
-      // A stream rewritten whole at this length is complete even if Neo4j counts
-      // fewer events (two entries sharing an event id are one node).
-      const holes = n.events < r.len && n.backfilledLen !== r.len
-      if (holes || behind) {
-        // With holes anywhere the whole stream is rewritten (MERGE skips what exists);
-        // with only a missing tail, just the tail.
-        const start = holes || n.lastStreamId === null ? '-' : `(${n.lastStreamId}`
-        c.backfilled = await this.backfill(wf, start)
-        if (start === '-') await this.markBackfilled(wf, r.len)
-        c.outcome = 'backfilled'
-        report.backfilledWorkflows++
-        report.backfilledEvents += c.backfilled
-        this.d.metrics.backfilled.inc(c.backfilled)
-        if (c.backfilled > 0) this.d.log.info(`reconciliation backfilled ${c.backfilled} events of workflow ${wf}`)
-      } else if (r.status.status && n.status !== r.status.status) {
-        await this.backfill(wf, `(${r.last ?? '0-0'}`)
-        c.outcome = 'status'
-        report.statusFixed++
+      try {
+        await this.repair(c, r, n, report)
+      } catch (err) {
+        // An outage ends the run (every other workflow would fail the same way);
+        // one workflow's refused data must not keep the rest of the page from
+        // being backfilled and expired, sweep after sweep.
+        if (!isDataError(err)) throw err
+        c.outcome = 'failed'
+        c.error = describeError(err)
+        report.failed++
+        this.d.metrics.errors.inc({ kind: 'reconcile' })
+        this.d.log.warn(`reconciliation could not write workflow ${wf}; going on with the others`, { error: c.error })
+        continue
       }
       if (terminal && r.ttl < 0) retain.push({ wf, status: r.status })
     }
@@ -226,6 +230,31 @@ export class Reconciler {
       this.d.metrics.expired.inc(expired.size)
     }
     return report
+  }
+
+  /** Writes what Neo4j lacks of one workflow, and records what it did in `c` and `report`. */
+  private async repair(c: WorkflowCheck, r: RedisSide, n: PersistedState, report: ReconcileReport): Promise<void> {
+    const { wf } = c
+    const behind = r.last !== null && (n.lastStreamId === null || compareStreamIds(r.last, n.lastStreamId) > 0)
+    // A stream rewritten whole at this length is complete even if Neo4j counts
+    // fewer events (two entries sharing an event id are one node).
+    const holes = n.events < r.len && n.backfilledLen !== r.len
+    if (holes || behind) {
+      // With holes anywhere the whole stream is rewritten (MERGE skips what exists);
+      // with only a missing tail, just the tail.
+      const start = holes || n.lastStreamId === null ? '-' : `(${n.lastStreamId}`
+      c.backfilled = await this.backfill(wf, start)
+      if (start === '-') await this.markBackfilled(wf, r.len)
+      c.outcome = 'backfilled'
+      report.backfilledWorkflows++
+      report.backfilledEvents += c.backfilled
+      this.d.metrics.backfilled.inc(c.backfilled)
+      if (c.backfilled > 0) this.d.log.info(`reconciliation backfilled ${c.backfilled} events of workflow ${wf}`)
+    } else if (r.status.status && n.status !== r.status.status) {
+      await this.backfill(wf, `(${r.last ?? '0-0'}`)
+      c.outcome = 'status'
+      report.statusFixed++
+    }
   }
 
   private async markBackfilled(wf: string, len: number): Promise<void> {

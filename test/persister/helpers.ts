@@ -93,15 +93,16 @@ function launcherClasspath(): string {
  * Starts an embedded Neo4j through the same launcher scripts/services/neo4j.ts
  * uses, but restartable: `stop()` ends the JVM (SIGTERM, a clean shutdown) and
  * `start()` brings it back on the same port and data directory. It runs without
- * auth (loopback only), see the comment at the spawn.
+ * auth (loopback only), see the comment at the spawn. `txPoolMb` caps the memory
+ * all its transactions may hold at once (256 MB otherwise).
  */
-export async function startOwnNeo4j(): Promise<OwnNeo4j> {
+export async function startOwnNeo4j(opts: { txPoolMb?: number } = {}): Promise<OwnNeo4j> {
   const classpath = launcherClasspath()
   const port = await freePort()
   const home = dataDir('neo4j', `run-${process.pid}-${Date.now().toString(36)}-own`)
   let child: ChildProcess | null = null
   const launch = async (): Promise<void> => {
-    const c = spawn('java', ['-Xms128m', '-Xmx512m', '-XX:+UseSerialGC', '--add-opens=java.base/java.nio=ALL-UNNAMED', '--add-opens=java.base/java.io=ALL-UNNAMED', '--add-opens=java.base/sun.nio.ch=ALL-UNNAMED', 'troupe.Neo4jLauncher', '--port', String(port), '--home', home], {
+    const c = spawn('java', ['-Xms128m', '-Xmx512m', '-XX:+UseSerialGC', '--add-opens=java.base/java.nio=ALL-UNNAMED', '--add-opens=java.base/java.io=ALL-UNNAMED', '--add-opens=java.base/sun.nio.ch=ALL-UNNAMED', 'troupe.Neo4jLauncher', '--port', String(port), '--home', home, ...(opts.txPoolMb ? ['--tx-pool-mb', String(opts.txPoolMb)] : [])], {
       cwd: home,
       // No password, so auth is off: the launcher sets the initial password on every
       // start, and Neo4j refuses to "change" it to the same value on a reused home.

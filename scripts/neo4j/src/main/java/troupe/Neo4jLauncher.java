@@ -26,11 +26,13 @@ import org.neo4j.io.ByteUnit;
  *
  * <pre>
  *   java -cp ... troupe.Neo4jLauncher --port 7687 --home /tmp/neo4j [--password secret] [--ignore-stdin]
+ *       [--tx-pool-mb 256]
  * </pre>
  *
  * Each flag may come from the environment instead: NEO4J_BOLT_PORT, NEO4J_HOME_DIR,
  * NEO4J_PASSWORD (preferred over --password, which other users can read in ps).
- * Without a password, auth is disabled.
+ * Without a password, auth is disabled. --tx-pool-mb caps the memory all
+ * transactions may hold at once (tests make it small to meet a full pool).
  *
  * The launcher stops when its stdin reaches EOF (see watchStdin), so start it with
  * stdin attached to something that stays open, or pass --ignore-stdin.
@@ -144,7 +146,7 @@ public final class Neo4jLauncher {
                 .setConfig(GraphDatabaseSettings.auth_enabled, opts.password != null)
                 // The machine has 2 cores and runs the test suite alongside us.
                 .setConfig(GraphDatabaseSettings.pagecache_memory, ByteUnit.mebiBytes(256))
-                .setConfig(GraphDatabaseSettings.memory_transaction_global_max_size, ByteUnit.mebiBytes(256))
+                .setConfig(GraphDatabaseSettings.memory_transaction_global_max_size, ByteUnit.mebiBytes(opts.txPoolMb))
                 .setConfig(GraphDatabaseSettings.udc_enabled, false)
                 // Test data is throwaway; do not spend disk and time on big
                 // preallocated transaction logs.
@@ -241,6 +243,7 @@ public final class Neo4jLauncher {
         Path home;
         String password;
         boolean ignoreStdin;
+        long txPoolMb = 256;
 
         static Options parse(String[] args) {
             Options o = new Options();
@@ -254,6 +257,7 @@ public final class Neo4jLauncher {
                     case "--home" -> home = value(args, ++i, arg);
                     case "--password" -> o.password = emptyToNull(value(args, ++i, arg));
                     case "--ignore-stdin" -> o.ignoreStdin = true;
+                    case "--tx-pool-mb" -> o.txPoolMb = positive(value(args, ++i, arg), arg);
                     default -> throw new IllegalArgumentException("unknown argument " + arg);
                 }
             }
@@ -284,6 +288,18 @@ public final class Neo4jLauncher {
                 throw new IllegalArgumentException(flag + " needs a value");
             }
             return args[i];
+        }
+
+        private static long positive(String v, String flag) {
+            try {
+                long n = Long.parseLong(v);
+                if (n > 0) {
+                    return n;
+                }
+            } catch (NumberFormatException e) {
+                // reported below
+            }
+            throw new IllegalArgumentException(flag + " needs a positive whole number, not " + v);
         }
 
         private static String emptyToNull(String s) {

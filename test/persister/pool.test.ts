@@ -1,0 +1,114 @@
+// Neo4j's memory pool for transactions, full: a moment's load (someone else's
+// transactions hold the memory) is waited out like an outage, with nothing
+// parked; an entry too big for the pool even alone is parked after a few tries,
+// and the entries behind it are written. Uses a Neo4j of its own with a small
+// pool (24 MB), so the other test files' writes cannot fill it or be refused.
+import neo4j, { type Driver } from 'neo4j-driver'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { persisterService, type PersisterService } from '../../agents/persister.ts'
+import { startRuntime, TroupeClient, type Runtime } from '../../runtime/index.ts'
+import { POOL_RETRIES } from '../../runtime/persister/batch.ts'
+import { PersisterMetrics } from '../../runtime/persister/metrics.ts'
+import { createNeo4jDriver } from '../../runtime/persister/neo4j.ts'
+import { resolvePersisterOptions } from '../../runtime/persister/options.ts'
+import { Reconciler } from '../../runtime/persister/reconcile.ts'
+import { createLogger } from '../../runtime/log.ts'
+import { Registry } from 'prom-client'
+import { counter } from '../fixtures/agents.ts'
+import { eventually, testConfig } from '../helpers/redis.ts'
+import { idPrefix, neo4jEnv, persistedEvents, startOwnNeo4j, type OwnNeo4j } from './helpers.ts'
+
+const cfg = testConfig()
+const prefix = idPrefix()
+const MB = 1024 * 1024
+let own: OwnNeo4j | undefined
+let driver: Driver
+let client: TroupeClient
+let rt: Runtime
+let svc: PersisterService
+let seq = 0
+
+/** A finished workflow with one event of `bytes` characters of content, and its queue pointer unless `point` is false. */
+async function workflowWith(bytes: number, point = true): Promise<string> {
+  const wf = `${prefix}-${++seq}`
+  await client.redis.hset(client.keys.status(wf), { status: 'completed', owner: 'tester', createdAt: String(Date.now()), updatedAt: String(Date.now()) })
+  const id = (await client.redis.xadd(client.keys.events(wf), '*', 'e', JSON.stringify({ id: `${wf}-e`, workflowId: wf, type: 'note', content: 'x'.repeat(bytes) }))) as string
+  if (point) await client.redis.xadd(client.keys.persistence(), '*', 'wf', wf, 'from', id, 'to', id)
+  return wf
+}
+
+async function parkedFor(wf: string): Promise<string[]> {
+  const entries = (await client.redis.xrange(client.keys.persistenceParked(), '-', '+')) as [string, string[]][]
+  const field = (f: string[], name: string): string => f[f.indexOf(name) + 1] ?? ''
+  return entries.filter(([, f]) => (JSON.parse(field(f, 'fields') || '[]') as string[])[1] === wf).map(([, f]) => field(f, 'reason'))
+}
+
+const dataErrors = async (): Promise<number> => (await rt.metrics.registry.getSingleMetric('troupe_persister_errors_total')?.get())?.values.find((v) => v.labels.kind === 'data')?.value ?? 0
+
+beforeAll(async () => {
+  neo4jEnv()
+  own = await startOwnNeo4j({ txPoolMb: 24 })
+  driver = neo4j.driver(own.uri, undefined, { logging: { level: 'error', logger: () => undefined } })
+  // Backoffs of a second or two: the first test releases the pool well before the retries run out.
+  svc = persisterService({ neo4jUri: own.uri, neo4jUser: own.user, neo4jPassword: own.password, claimIdleMs: 1000, reconcileMs: 0, blockMs: 200, backoffMinMs: 1000, backoffMaxMs: 2000 })
+  rt = await startRuntime({ agents: [counter], services: [svc], config: cfg, metricsPort: false })
+  client = TroupeClient.connect(cfg)
+  await eventually(() => Promise.resolve(svc.state === 'consuming'), 60_000, 'persister consuming')
+}, 150_000)
+
+afterAll(async () => {
+  await rt?.stop()
+  await client?.close()
+  await driver?.close()
+  await own?.destroy()
+}, 60_000)
+
+describe('a full transaction memory pool', () => {
+  it('is waited out, as an outage is, when other transactions hold the memory', async () => {
+    const session = driver.session()
+    const hold = session.beginTransaction()
+    try {
+      // About 18 MB of the 24 held by a transaction left open; the event below needs about 8 more.
+      await hold.run('CREATE (:Hold {v: $v})', { v: 'x'.repeat(8 * MB) })
+      const big = await workflowWith(4 * MB)
+      const small = await workflowWith(10)
+      await eventually(() => Promise.resolve(svc.stats.lastError.includes('MemoryPoolOutOfMemoryError')), 30_000, 'a write refused for the full pool')
+      await hold.rollback()
+      await eventually(async () => (await persistedEvents(driver, [big, small])) === 2, 60_000, 'both written once the pool has room')
+      expect(await parkedFor(big)).toEqual([])
+      expect(await parkedFor(small)).toEqual([])
+    } finally {
+      await session.close()
+    }
+  }, 120_000)
+
+  it('parks an entry that overflows the pool by itself after a few tries, and writes those behind it', async () => {
+    const before = await dataErrors()
+    // About 26 MB of memory to write: more than the whole pool.
+    const huge = await workflowWith(13 * MB)
+    const small = await workflowWith(10)
+    await eventually(async () => (await parkedFor(huge)).length > 0, 90_000, 'the entry parked')
+    expect(await parkedFor(huge)).toEqual(['unwritable'])
+    expect(await dataErrors()).toBeGreaterThanOrEqual(before + POOL_RETRIES)
+    await eventually(async () => (await persistedEvents(driver, [small])) === 1, 30_000, 'the entry behind it written')
+    expect(await persistedEvents(driver, [huge])).toBe(0)
+  }, 150_000)
+
+  it('keeps reconciliation going past a workflow Neo4j refuses', async () => {
+    // Events that reached Redis without a pointer: reconciliation backfills them.
+    // A workflow it cannot write used to end the run there, leaving the rest of
+    // its page unwritten and without a TTL, sweep after sweep.
+    const huge = await workflowWith(13 * MB, false)
+    const small = await workflowWith(10, false)
+    // A driver as the persister makes it: Neo4j's transient errors are retried for 3 s, not 30.
+    const driver2 = createNeo4jDriver({ neo4jUri: own?.uri ?? '', neo4jUser: '', neo4jPassword: '' })
+    const reconciler = new Reconciler({ redis: client.redis, keys: client.keys, driver: driver2, metrics: new PersisterMetrics(new Registry()), log: createLogger('reconcile-test'), opts: resolvePersisterOptions({ neo4jUri: own?.uri ?? '' }) })
+    const report = await reconciler.workflows([huge, small]).finally(() => driver2.close())
+    expect(report.failed).toBe(1)
+    expect(report.workflows.map((c) => [c.wf, c.outcome])).toEqual([[huge, 'failed'], [small, 'backfilled']])
+    expect(report.workflows[0]?.error).toContain('MemoryPoolOutOfMemoryError')
+    expect(await persistedEvents(driver, [small])).toBe(1)
+    expect(await client.redis.pttl(client.keys.status(small))).toBeGreaterThan(0)
+    expect(await client.redis.pttl(client.keys.status(huge))).toBe(-1)
+  }, 60_000)
+})
