@@ -23,9 +23,12 @@ export function compareStreamIds(a: string, b: string): number {
   return d !== 0 ? d : Number(as) - Number(bs)
 }
 
-/** True for syntactically valid stream ids (`0`, `ms`, `ms-seq`). */
+const U64_MAX = '18446744073709551615'
+/** True for valid stream ids (`0`, `ms`, `ms-seq`; each part at most 2^64 - 1, as Redis requires). */
 export function isStreamId(s: string): boolean {
-  return /^\d{1,20}(-\d{1,20})?$/.test(s)
+  if (!/^\d{1,20}(-\d{1,20})?$/.test(s)) return false
+  // Each part is an unsigned 64-bit number: Redis refuses a larger one.
+  return s.split('-').every((part) => part.length < 20 || part <= U64_MAX)
 }
 
 /** Parses one XRANGE/XREAD entry; a malformed entry becomes a `troupe.malformed` event rather than an exception. */

@@ -65,14 +65,16 @@ export function registerAuthRoutes(app: FastifyInstance, deps: GatewayDeps): voi
   })
 
   app.post<{ Body: { refresh_token?: string; all?: boolean } | null }>('/v1/auth/logout', { schema: { body: logoutBody, querystring: noQuery }, config: { public: true }, bodyLimit: SMALL }, async (request, reply: FastifyReply) => {
-    // Sign-out must work with an expired or revoked token too: it only ever removes.
+    // Sign-out must work with an expired token too: it only ever removes.
     let ctx: AuthContext | null = null
     try {
       const p = presentedToken(request)
-      if (p) ctx = await store.verify(p.token, p.via)
+      if (p) ctx = await store.verify(p.token, p.via, { allowExpired: true })
     } catch {
       ctx = null
     }
+    // Another page of the same site must not sign the browser out.
+    if (ctx?.via === 'cookie') checkOrigin(request)
     const body = request.body ?? {}
     await store.logout(ctx, { refreshToken: body.refresh_token, all: body.all === true })
     return reply.header('set-cookie', sessionCookie('', 0, secureCookie(request, deps.settings.auth.cookieSecure))).code(204).send()

@@ -61,6 +61,12 @@ interface FamilyRecord {
 const USED_KEPT = 20
 /** Token hashes per user above which expired records are swept on the next issue. */
 const PRUNE_ABOVE = 32
+/**
+ * Live refresh families one user may hold (one per sign-in that was never
+ * signed out). A new sign-in beyond it revokes the oldest: a script that signs
+ * in every hour and never signs out must not grow the hash without end.
+ */
+export const MAX_FAMILIES = 64
 
 /** Why an authentication failed, for `troupe_auth_failures_total{reason}`. */
 export type AuthFailure = 'missing' | 'malformed' | 'unknown' | 'expired' | 'bad_credential' | 'refresh_reused' | 'rate_limited'
@@ -171,7 +177,8 @@ export class AuthStore {
     return parsed.user
   }
 
-  private async putTokens(user: string, pipe: ReturnType<RedisClient['multi']>): Promise<void> {
+  /** Runs `pipe` with the token hash's TTL and size check appended; returns the replies. */
+  private async putTokens(user: string, pipe: ReturnType<RedisClient['multi']>): Promise<[Error | null, unknown][]> {
     const tokenKey = this.keys.authToken(user)
     const ttl = Math.max(this.settings.accessTtlMs, this.settings.sessionTtlMs)
     pipe.pexpire(tokenKey, ttl, 'NX').pexpire(tokenKey, ttl, 'GT').hlen(tokenKey)
@@ -180,6 +187,7 @@ export class AuthStore {
     if (err) throw err
     const count = Number(res?.[res.length - 1]?.[1] ?? 0)
     if (count > PRUNE_ABOVE) await this.prune(user)
+    return res ?? []
   }
 
   /** Removes expired token records of a user (the key TTL covers the newest only). */
@@ -206,8 +214,28 @@ export class AuthStore {
       .pexpire(refreshKey, this.settings.refreshTtlMs, 'NX')
       .pexpire(refreshKey, this.settings.refreshTtlMs, 'GT')
       .hset(this.keys.authToken(user), access.id, JSON.stringify(rec))
-    await this.putTokens(user, pipe)
+      .hlen(refreshKey)
+    const res = await this.putTokens(user, pipe)
+    if (Number(res[4]?.[1] ?? 0) > MAX_FAMILIES) await this.pruneFamilies(user)
     return this.pair(user, access.token, refresh.token)
+  }
+
+  /** Removes expired refresh families of a user and revokes the oldest live ones beyond {@link MAX_FAMILIES}. */
+  async pruneFamilies(user: string): Promise<number> {
+    const all = await this.redis.hgetall(this.keys.authRefresh(user))
+    const now = this.now()
+    const live: { id: string; iat: number }[] = []
+    const dead: string[] = []
+    for (const [id, v] of Object.entries(all)) {
+      const fam = parseJson<FamilyRecord>(v)
+      if (!fam || fam.exp <= now) dead.push(id)
+      else live.push({ id, iat: fam.iat })
+    }
+    if (dead.length) await this.redis.hdel(this.keys.authRefresh(user), ...dead)
+    live.sort((a, b) => a.iat - b.iat)
+    const over = live.slice(0, Math.max(0, live.length - MAX_FAMILIES))
+    for (const f of over) await this.revokeFamily(user, f.id)
+    return dead.length + over.length
   }
 
   private pair(user: string, access: string, refresh: string): TokenPair {
@@ -230,8 +258,13 @@ export class AuthStore {
     return { token: s.token, expiresAt: rec.exp }
   }
 
-  /** Verifies a bearer access token or a session cookie token. */
-  async verify(token: string, via: 'bearer' | 'cookie'): Promise<AuthContext> {
+  /**
+   * Verifies a bearer access token or a session cookie token. `allowExpired`
+   * (sign-out) accepts one that has expired: ending its family or session is
+   * still its holder's right. Expired records stay until pruned, so that a
+   * client told "expired" can still sign out with the token it holds.
+   */
+  async verify(token: string, via: 'bearer' | 'cookie', opts: { allowExpired?: boolean } = {}): Promise<AuthContext> {
     const kind: TokenKind = via === 'cookie' ? 'session' : 'access'
     const parsed = parseToken(token, kind)
     if (!parsed) {
@@ -242,8 +275,7 @@ export class AuthStore {
     const raw = await this.redis.hget(this.keys.authToken(parsed.user), parsed.id)
     const rec = parseJson<TokenRecord>(raw)
     if (!rec || rec.kind !== kind || !matchesHash(rec.h, token)) throw fail('unknown', 'unauthorized', `${kind} token not recognised (revoked, or signed out)`)
-    if (rec.exp <= this.now()) {
-      await this.redis.hdel(this.keys.authToken(parsed.user), parsed.id)
+    if (rec.exp <= this.now() && !opts.allowExpired) {
       throw fail('expired', 'token_expired', via === 'cookie' ? 'session expired: sign in again' : 'access token expired: refresh it at POST /v1/auth/refresh')
     }
     return { user: parsed.user, via, tokenId: parsed.id, expiresAt: rec.exp, ...(rec.fam ? { family: rec.fam } : {}) }

@@ -48,7 +48,9 @@ export function checkOrigin(request: FastifyRequest): void {
   if (SAFE_METHODS.has(request.method)) return
   if (request.headers['sec-fetch-site'] === 'cross-site') throw new GatewayError('forbidden_origin', 'cross-site request refused for cookie sessions')
   const origin = request.headers.origin
-  if (!origin || origin === 'null') return
+  if (!origin) return
+  // An opaque origin (sandboxed frame, data: URL) is never our own page.
+  if (origin === 'null') throw new GatewayError('forbidden_origin', 'requests from an opaque origin may not use this site\'s session cookie')
   let host: string
   try {
     host = new URL(origin).host
@@ -64,7 +66,12 @@ export function createAuthHook(deps: { store: AuthStore; limiter: RateLimiter; m
     request.auth = null
     request.quotaTaken = false
     const cfg = request.routeOptions.config
-    if (cfg.public || !request.url.startsWith('/v1/')) return
+    // Every route is private unless marked public. The matched route decides, not
+    // the raw URL: the router decodes %-escapes first, so /%76%31/agents is
+    // /v1/agents. A path no route matches answers 401 under /v1 (a 404 would
+    // tell a caller without a token which paths exist), 404 elsewhere.
+    const route = request.routeOptions.url
+    if (cfg.public || (route === undefined && !request.url.startsWith('/v1/'))) return
     let ctx: AuthContext
     try {
       const presented = presentedToken(request)

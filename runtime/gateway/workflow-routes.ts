@@ -87,18 +87,19 @@ export function registerWorkflowRoutes(app: FastifyInstance, deps: GatewayDeps):
     // One status hash per workflow, each in its own slot: execOps pipelines them on
     // one Redis and sends each to its node on a Cluster.
     // A failed read throws rather than passing for an expired workflow (which leaves the listing).
-    const statuses = throwFirst(await execOps(redis, shown.map((p) => ({ cmd: 'hmget', args: [keys.status(p.wf), 'status', 'entry', 'createdAt', 'updatedAt', 'endedAt'] }))))
+    const statuses = throwFirst(await execOps(redis, shown.map((p) => ({ cmd: 'hmget', args: [keys.status(p.wf), 'status', 'entry', 'createdAt', 'updatedAt', 'endedAt', 'owner'] }))))
     const items: WorkflowSummary[] = []
     const gone: string[] = []
     shown.forEach((p, i) => {
-      const [status, entry, createdAt, updatedAt, endedAt] = (statuses[i] ?? []) as (string | null)[]
-      if (!status) {
+      const [status, entry, createdAt, updatedAt, endedAt, owner] = (statuses[i] ?? []) as (string | null)[]
+      // Someone else's: this user's workflow expired and its id was started again.
+      if (!status || owner !== user) {
         gone.push(p.wf)
         return
       }
       items.push({ workflowId: p.wf, status, entry: entry ?? '', createdAt: Number(createdAt ?? p.score), updatedAt: Number(updatedAt ?? p.score), ...(endedAt ? { endedAt: Number(endedAt) } : {}) })
     })
-    // Workflows whose keys expired after retention leave the listing for good.
+    // Workflows whose keys expired after retention (or whose id is now another user's) leave the listing for good.
     if (gone.length) await redis.zrem(key, ...gone)
     const lastShown = shown[shown.length - 1]
     return { items, nextCursor: more && lastShown ? `${lastShown.score}:${lastShown.wf}` : null }
@@ -160,7 +161,8 @@ export function registerWorkflowRoutes(app: FastifyInstance, deps: GatewayDeps):
     return reply.code(202).send({ workflowId: wf, actionId: retried, retryOf: actionId })
   })
 
-  app.get('/v1/agents', { schema: { querystring: noQuery } }, async () => {
+  app.get('/v1/agents', { schema: { querystring: noQuery } }, async (request) => {
+    caller(request)
     const reg = await client.agents()
     return { items: [...reg.values()].sort((a, b) => a.name.localeCompare(b.name)).map((a) => ({ name: a.name, actionTypes: a.actionTypes, version: a.version })) }
   })

@@ -69,6 +69,32 @@ describe('gateway API', () => {
     expectProblem(late, 409, 'workflow_ended')
   })
 
+  it("leaves out of my list a workflow id that expired and is now someone else's", async () => {
+    const wf = `reused-${Date.now().toString(36)}`
+    const mine = await call(s, 'POST', '/v1/workflows', { token: alice, body: { workflowId: wf, agent: 'counter', type: 'ping' } })
+    expect(mine.status, mine.text).toBe(201)
+    // Its keys expire (retention); alice's index still names it until she lists.
+    const keys = await s.redis.keys(`${s.gw.deps.keys.ns}*{${wf}}*`)
+    await s.redis.del(...keys)
+    const theirs = await call(s, 'POST', '/v1/workflows', { token: bob, body: { workflowId: wf, agent: 'counter', type: 'ping' } })
+    expect(theirs.status, theirs.text).toBe(201)
+    const list = await call(s, 'GET', '/v1/workflows?limit=100', { token: alice })
+    expect((list.json as { items: { workflowId: string }[] }).items.map((i) => i.workflowId)).not.toContain(wf)
+    expect(await s.redis.zscore(s.gw.deps.keys.byOwner('alice'), wf)).toBeNull()
+    const bobs = await call(s, 'GET', '/v1/workflows?limit=100', { token: bob })
+    expect((bobs.json as { items: { workflowId: string }[] }).items.map((i) => i.workflowId)).toContain(wf)
+  })
+
+  it('answers 400, not 500, for a stream id beyond what Redis accepts', async () => {
+    const r = await call(s, 'POST', '/v1/workflows', { token: alice, body: { agent: 'counter', type: 'ping' } })
+    const wf = (r.json as { workflowId: string }).workflowId
+    await call(s, 'POST', `/v1/workflows/${wf}/cancel`, { token: alice })
+    for (const id of ['99999999999999999999', '1-99999999999999999999']) {
+      expectProblem(await call(s, 'GET', `/v1/workflows/${wf}/events`, { token: alice, headers: { 'last-event-id': id } }), 400, 'validation')
+      expectProblem(await call(s, 'GET', `/v1/workflows/${wf}/events?after=${id}`, { token: alice }), 400, 'validation')
+    }
+  })
+
   it('pages my workflows newest first with a stable cursor', async () => {
     const carol = (await s.login('carol')).access_token
     const ids = await startNamed(s, carol, 'carol', 7)
@@ -142,6 +168,9 @@ describe('gateway API', () => {
       const r = await call(s, method, path.replace('WF', 'some-wf').replace('AID', 'some-action'), body === undefined ? {} : { body })
       expectProblem(r, 401, 'unauthorized')
       expect(r.headers.get('www-authenticate')).toMatch(/^Bearer/)
+      // The router decodes %-escapes before it matches: /%76%31/ is /v1/, and must be guarded as such.
+      const escaped = await call(s, method, path.replace('/v1/', '/%76%31/').replace('WF', 'some-wf').replace('AID', 'some-action'), body === undefined ? {} : { body })
+      expectProblem(escaped, 401, 'unauthorized')
     }
   })
 

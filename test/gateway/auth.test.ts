@@ -3,7 +3,7 @@
 // credential rotation, hashes-only storage, and the admin CLI.
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest'
 import { main } from '../../runtime/cli/main.ts'
-import type { TokenPair } from '../../runtime/gateway/auth-store.ts'
+import { MAX_FAMILIES, type TokenPair } from '../../runtime/gateway/auth-store.ts'
 import { hashToken } from '../../runtime/gateway/tokens.ts'
 import { call, openSse, startStack, type Stack } from './helpers.ts'
 
@@ -160,6 +160,35 @@ describe('gateway auth', () => {
     expect(await me({ cookie })).toBe(401)
   })
 
+  it('signing out with an expired access token still revokes its refresh family', async () => {
+    const t = await s.login('ursa')
+    s.advance(ACCESS_TTL + 1000)
+    expect(await me({ token: t.access_token })).toBe(401) // told it expired
+    expect((await call(s, 'POST', '/v1/auth/logout', { token: t.access_token })).status).toBe(204)
+    expect((await call(s, 'POST', '/v1/auth/refresh', { body: { refresh_token: t.refresh_token } })).status).toBe(401)
+
+    const a = await s.login('ursa')
+    const b = await s.login('ursa')
+    s.advance(ACCESS_TTL + 1000)
+    expect((await call(s, 'POST', '/v1/auth/logout', { token: a.access_token, body: { all: true } })).status).toBe(204)
+    expect((await call(s, 'POST', '/v1/auth/refresh', { body: { refresh_token: b.refresh_token } })).status).toBe(401)
+  })
+
+  it('keeps a bounded number of refresh families per user, revoking the oldest', async () => {
+    const { store } = s.gw.deps
+    const first = await store.issueTokens('vera')
+    const rest: TokenPair[] = []
+    for (let i = 0; i < MAX_FAMILIES + 5; i++) {
+      s.advance(10)
+      rest.push(await store.issueTokens('vera'))
+    }
+    expect(await s.redis.hlen(s.gw.deps.keys.authRefresh('vera'))).toBeLessThanOrEqual(MAX_FAMILIES + 1)
+    expect((await call(s, 'POST', '/v1/auth/refresh', { body: { refresh_token: first.refresh_token } })).status).toBe(401)
+    expect(await me({ token: first.access_token })).toBe(401)
+    const newest = rest[rest.length - 1] as TokenPair
+    expect((await call(s, 'POST', '/v1/auth/refresh', { body: { refresh_token: newest.refresh_token } })).status).toBe(200)
+  })
+
   it('runs browser sessions on an HttpOnly SameSite=Strict cookie, SSE included', async () => {
     const credential = await s.issue('jo')
     const r = await call(s, 'POST', '/v1/auth/session', { body: { credential } })
@@ -185,8 +214,12 @@ describe('gateway auth', () => {
     expect(csrf.status).toBe(403)
     expect((csrf.json as { code: string }).code).toBe('forbidden_origin')
     expect((await call(s, 'POST', '/v1/workflows', { cookie, body: { agent: 'counter', type: 'ping' }, headers: { 'sec-fetch-site': 'cross-site' } })).status).toBe(403)
-    // Nor may another site sign the browser in (login CSRF).
+    // Nor may another site sign the browser in (login CSRF), or out.
     expect((await call(s, 'POST', '/v1/auth/session', { body: { credential }, headers: { origin: 'https://evil.example' } })).status).toBe(403)
+    expect((await call(s, 'POST', '/v1/auth/logout', { cookie, headers: { origin: 'https://sibling.example' } })).status).toBe(403)
+    expect(await me({ cookie })).toBe(200)
+    // An opaque origin (a sandboxed frame) is not our page either.
+    expect((await call(s, 'POST', '/v1/workflows', { cookie, body: { agent: 'counter', type: 'ping' }, headers: { origin: 'null' } })).status).toBe(403)
 
     const out = await call(s, 'POST', '/v1/auth/logout', { cookie })
     expect(out.status).toBe(204)
