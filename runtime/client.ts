@@ -7,11 +7,11 @@ import { enqueueMany, writeFollowUps, type EnqueueArgs, type ProtocolContext } f
 import { TroupeError } from './errors.ts'
 import { compareStreamIds, FINAL_EVENT_TYPES, parseEntry, parseLive } from './events.ts'
 import { closeRedis, createRedis, type RedisClient } from './redis/connection.ts'
-import { assertActionType, assertAgentName, assertWorkflowId, Keys } from './redis/keys.ts'
+import { assertActionType, assertAgentName, assertWorkflowId, isWorkflowId, Keys } from './redis/keys.ts'
 import { runScript } from './redis/scripts.ts'
 import type { Op } from './redis/batch.ts'
 import { Subscriber } from './subscriber.ts'
-import type { ActionRecord, ActionState, StreamedEvent, WorkflowStatus, WorkflowStatusValue } from './types.ts'
+import { MAX_DELAY_MS, type ActionRecord, type ActionState, type StreamedEvent, type WorkflowStatus, type WorkflowStatusValue } from './types.ts'
 
 /** An agent as registered in `system:agents` by the runtimes hosting it. */
 export interface AgentRegistration {
@@ -144,8 +144,8 @@ export class TroupeClient {
     assertActionType(opts.type)
     const owner = opts.owner ?? 'local'
     if (!/^[A-Za-z0-9_.@-]{1,128}$/.test(owner)) throw new TroupeError('bad_id', `invalid owner ${JSON.stringify(owner)}`)
-    if (opts.deadlineMs !== undefined && (!Number.isFinite(opts.deadlineMs) || opts.deadlineMs <= 0)) {
-      throw new TroupeError('config', 'deadlineMs must be a positive number of milliseconds')
+    if (opts.deadlineMs !== undefined && (!Number.isFinite(opts.deadlineMs) || opts.deadlineMs <= 0 || opts.deadlineMs > MAX_DELAY_MS)) {
+      throw new TroupeError('config', `deadlineMs must be a positive number of milliseconds, at most ${MAX_DELAY_MS} (ten years)`)
     }
     const payload = encodePayload(opts.payload, this.cfg.maxPayloadBytes)
     if (opts.validate !== false) await this.validateTarget(opts.agent, opts.type)
@@ -167,16 +167,24 @@ export class TroupeClient {
     return { workflowId: wf, actionId }
   }
 
-  /** Sends an action to `agent` inside an existing workflow. */
-  async sendAction(wf: string, agent: string, type: string, payload?: unknown, opts: { delayMs?: number; validate?: boolean } = {}): Promise<{ actionId: string }> {
+  /**
+   * Sends an action to `agent` inside an existing workflow. `actionId` makes the
+   * send idempotent: sending the same id again (after an error whose outcome is
+   * unknown) answers as the first send did and queues nothing more. Without it
+   * every call sends a new action.
+   */
+  async sendAction(wf: string, agent: string, type: string, payload?: unknown, opts: { delayMs?: number; validate?: boolean; actionId?: string } = {}): Promise<{ actionId: string }> {
     assertWorkflowId(wf)
     assertAgentName(agent)
     assertActionType(type)
+    if (opts.actionId !== undefined && !isWorkflowId(opts.actionId)) {
+      throw new TroupeError('bad_id', `invalid action id ${JSON.stringify(opts.actionId)}: use 1-64 characters from A-Z a-z 0-9 _ -`)
+    }
     const delay = opts.delayMs ?? 0
-    if (!Number.isFinite(delay) || delay < 0) throw new TroupeError('config', 'delayMs must be a non-negative number')
+    if (!Number.isFinite(delay) || delay < 0 || delay > MAX_DELAY_MS) throw new TroupeError('config', `delayMs must be a non-negative number, at most ${MAX_DELAY_MS} (ten years)`)
     const json = encodePayload(payload, this.cfg.maxPayloadBytes)
     if (opts.validate !== false) await this.validateTarget(agent, type)
-    const actionId = nanoid()
+    const actionId = opts.actionId ?? nanoid()
     const eventId = nanoid()
     const [r] = await enqueueMany(this.ctx, [{
       wf, actionId, agent, type, record: this.record(wf, agent, type, json, actionId, eventId), delayMs: Math.round(delay), eventId, parentEventId: '', mode: 'send', owner: '', deadlineMs: 0,

@@ -56,8 +56,8 @@ export { createLogger } from './log.ts'
 /** Logger interface and levels. */
 export type { Logger, LogLevel } from './log.ts'
 
-/** Statuses after which a workflow does nothing more. */
-export { TERMINAL_STATUSES } from './types.ts'
+/** Statuses after which a workflow does nothing more; the longest action delay and workflow deadline. */
+export { TERMINAL_STATUSES, MAX_DELAY_MS } from './types.ts'
 /** Shapes of events, actions and statuses. */
 export type { WorkflowEvent, StreamedEvent, ActionEvent, ActionMeta, ActionRecord, ActionState, WorkflowStatus, WorkflowStatusValue } from './types.ts'
 

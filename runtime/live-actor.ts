@@ -7,7 +7,7 @@ import { nanoid } from 'nanoid'
 import { CONTROL, type AgentDefinition } from './agent.ts'
 import { encodeEvent } from './events.ts'
 import type { OutboxEntry } from './claims.ts'
-import type { ActionEvent, ActionRecord } from './types.ts'
+import { MAX_DELAY_MS, type ActionEvent, type ActionRecord } from './types.ts'
 
 /** What delivering one action produced. */
 export interface DeliveryOutcome {
@@ -185,10 +185,14 @@ export class LiveActor {
             }
             return
           }
+          const delay = Number(e.delayMs)
+          if (delay > MAX_DELAY_MS) {
+            if (cur.effectError === null) cur.effectError = `sendToAgent delayMs ${delay} is beyond ${MAX_DELAY_MS} ms (ten years)`
+            return
+          }
           const id = nanoid()
           const eventId = nanoid()
           const record: ActionRecord = { id, workflowId: this.wf, agent: to, type, payload: JSON.parse(payloadJson) as unknown, from: this.def.name, parentId: cur.record.id, eventId, enqueuedAt: Date.now() }
-          const delay = Number(e.delayMs)
           cur.outbox.push({ to, actionId: id, record: JSON.stringify(record), delayMs: Number.isFinite(delay) && delay > 0 ? Math.round(delay) : 0, eventId })
           return
         }

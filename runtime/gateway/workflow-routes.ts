@@ -2,6 +2,7 @@
 // action, cancel, dead letters and their retry. A workflow that belongs to
 // someone else answers exactly like one that does not exist (404), so ids leak
 // nothing.
+import { createHash } from 'node:crypto'
 import type { FastifyInstance } from 'fastify'
 import { TroupeError } from '../errors.ts'
 import { execOps, throwFirst } from '../redis/batch.ts'
@@ -139,25 +140,23 @@ export function registerWorkflowRoutes(app: FastifyInstance, deps: GatewayDeps):
     const { user } = caller(request)
     const { id: wf, actionId } = request.params
     await assertOwner(wf, user)
-    const score = await redis.zscore(keys.dead(wf), actionId)
-    // ZREM is the claim: of two concurrent retries of one dead letter, one wins.
-    if (score === null || (await redis.zrem(keys.dead(wf), actionId)) === 0) {
-      throw new GatewayError('dead_letter_not_found', `no dead letter ${actionId} in workflow ${wf} (already retried?)`)
-    }
-    let retried: string
+    const [score, raw] = await Promise.all([redis.zscore(keys.dead(wf), actionId), redis.hget(keys.actions(wf), actionId)])
+    if (score === null) throw new GatewayError('dead_letter_not_found', `no dead letter ${actionId} in workflow ${wf} (already retried?)`)
+    let rec: ActionRecord
     try {
-      const raw = await redis.hget(keys.actions(wf), actionId)
-      let rec: ActionRecord
-      try {
-        rec = JSON.parse(raw ?? '') as ActionRecord
-      } catch {
-        throw new GatewayError('dead_letter_not_found', `dead letter ${actionId} has no readable action record`)
-      }
-      retried = (await client.sendAction(wf, rec.agent, rec.type, rec.payload)).actionId
-    } catch (err) {
-      await redis.zadd(keys.dead(wf), score, actionId)
-      throw err
+      rec = JSON.parse(raw ?? '') as ActionRecord
+    } catch {
+      throw new GatewayError('dead_letter_not_found', `dead letter ${actionId} has no readable action record`)
     }
+    // The retry's id comes from the dead letter (its id and when it died), so
+    // sending it again is a replay the enqueue script answers without queueing
+    // anything: a retry whose reply was lost (the client sees an error, the
+    // action is queued) or two retries at once queue the action once. Queued
+    // first, removed from the dead letters after: a gateway stopped in between
+    // leaves it listed, and retrying it again is that same replay.
+    const retryId = createHash('sha256').update(`${actionId}:${score}`).digest('base64url').slice(0, 22)
+    const { actionId: retried } = await client.sendAction(wf, rec.agent, rec.type, rec.payload, { actionId: retryId })
+    await redis.zrem(keys.dead(wf), actionId)
     return reply.code(202).send({ workflowId: wf, actionId: retried, retryOf: actionId })
   })
 

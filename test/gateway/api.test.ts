@@ -1,6 +1,6 @@
 // The /v1 API against a real runtime and Redis: happy paths, problem+json errors,
 // 401 on every route without credentials, 404 (never 403) for other users' workflows.
-import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest'
 import { problemCatalog } from '../../runtime/gateway/problem.ts'
 import { eventually } from '../helpers/redis.ts'
 import { call, listAll, startNamed, startStack, type Reply, type Stack } from './helpers.ts'
@@ -128,6 +128,33 @@ describe('gateway API', () => {
       const d = await call(s, 'GET', `/v1/workflows/${workflowId}/dead-letters`, { token: alice })
       return (d.json as { items: { actionId: string }[] }).items.some((i) => i.actionId === actionId)
     }, 15_000, 'retried action dead again')
+  })
+
+  it('queues a retried dead letter once when a retry fails after its enqueue landed', async () => {
+    const start = await call(s, 'POST', '/v1/workflows', { token: alice, body: { agent: 'fragile', type: 'explode', payload: { n: 7 } } })
+    const wf = (start.json as { workflowId: string }).workflowId
+    const dead = await eventually(async () => {
+      const d = await call(s, 'GET', `/v1/workflows/${wf}/dead-letters`, { token: alice })
+      return (d.json as { items: { actionId: string }[] }).items[0]
+    }, 15_000, 'dead letter')
+    // The enqueue lands but its reply is lost (a dropped connection): the caller sees an error.
+    const { client } = s.gw.deps
+    const send = client.sendAction.bind(client)
+    const spy = vi.spyOn(client, 'sendAction').mockImplementationOnce(async (...args) => {
+      await send(...args)
+      throw new Error('Connection is closed.')
+    })
+    try {
+      const lost = await call(s, 'POST', `/v1/workflows/${wf}/dead-letters/${dead.actionId}/retry`, { token: alice })
+      expect(lost.status).toBe(500)
+      const again = await call(s, 'POST', `/v1/workflows/${wf}/dead-letters/${dead.actionId}/retry`, { token: alice })
+      expect(again.status, again.text).toBe(202)
+    } finally {
+      spy.mockRestore()
+    }
+    const records = Object.entries(await s.redis.hgetall(s.gw.deps.keys.actions(wf))).filter(([k]) => !k.includes(':'))
+    expect(records.length).toBe(2) // the original and one retry
+    expect(await s.redis.zscore(s.gw.deps.keys.dead(wf), dead.actionId)).toBeNull()
   })
 
   it('answers problem+json for bad input, unknown routes and unknown agents', async () => {

@@ -1,7 +1,7 @@
 // Retries, backoff, dead letters, timeouts, cancel, delayed actions and drain, in
 // one runtime against real Redis.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { startRuntime, TroupeClient, type Runtime, type StreamedEvent } from '../../runtime/index.ts'
+import { MAX_DELAY_MS, startRuntime, TroupeClient, type Runtime, type StreamedEvent } from '../../runtime/index.ts'
 import { emitEvents } from '../../runtime/claims.ts'
 import { encodeEvent } from '../../runtime/events.ts'
 import { counter, echo, flaky, slow } from '../fixtures/agents.ts'
@@ -134,6 +134,28 @@ describe('bad input', () => {
       await expect(client.sendAction('abc', name, 'ping')).rejects.toMatchObject({ code: 'bad_agent' })
     }
     await expect(client.sendAction('abc', 'counter', 'x y')).rejects.toMatchObject({ code: 'bad_type' })
+    await expect(client.sendAction('abc', 'counter', 'ping', {}, { actionId: 'a:b' })).rejects.toMatchObject({ code: 'bad_id' })
+  })
+
+  it('refuses delays and deadlines too far out to be stored as due times', async () => {
+    // 1e20 ms overflowed the scripts' whole-millisecond due time and came due at once.
+    const { workflowId } = await client.startWorkflow({ agent: 'counter', type: 'ping' })
+    for (const delayMs of [1e20, MAX_DELAY_MS + 1, -1, Number.NaN]) {
+      await expect(client.sendAction(workflowId, 'counter', 'ping', {}, { delayMs })).rejects.toMatchObject({ code: 'config' })
+    }
+    await expect(client.startWorkflow({ agent: 'counter', type: 'ping', deadlineMs: 1e20 })).rejects.toMatchObject({ code: 'config' })
+    const { actionId } = await client.sendAction(workflowId, 'counter', 'ping', {}, { delayMs: MAX_DELAY_MS })
+    const st = JSON.parse((await client.redis.hget(client.keys.actions(workflowId), `${actionId}:st`)) ?? '{}') as { availableAt: number }
+    expect(st.availableAt).toBeGreaterThan(Date.now() + MAX_DELAY_MS - 60_000)
+  })
+
+  it('sends an action once when it is sent again with the same actionId', async () => {
+    const { workflowId } = await client.startWorkflow({ agent: 'counter', type: 'ping' })
+    const a = await client.sendAction(workflowId, 'counter', 'ping', {}, { actionId: 'once-1', delayMs: 3_600_000 })
+    const b = await client.sendAction(workflowId, 'counter', 'ping', {}, { actionId: 'once-1', delayMs: 3_600_000 })
+    expect(a.actionId).toBe('once-1')
+    expect(b.actionId).toBe('once-1')
+    expect(await client.redis.zcard(client.keys.mailbox(workflowId, 'counter'))).toBe(1)
   })
 
   it('rejects unknown agents and action types with the known ones listed', async () => {
