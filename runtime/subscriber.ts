@@ -1,6 +1,7 @@
 // One pub/sub connection per process, shared by everything that listens (workers'
 // wake-ups, control messages, every follower of a workflow), with a resync signal
 // after reconnects so followers can replay what they missed.
+import { isCluster } from './redis/batch.ts'
 import type { RedisClient } from './redis/connection.ts'
 
 type Handler = (message: string) => void
@@ -10,11 +11,29 @@ export class Subscriber {
   private readonly conn: RedisClient
   private readonly handlers = new Map<string, Set<Handler>>()
   private readonly resyncs = new Set<() => void>()
+  /** SUBSCRIBE commands not yet confirmed, per channel. */
+  private readonly pending = new Map<string, Promise<unknown>>()
   private everReady = false
 
-  constructor(redis: RedisClient) {
+  /** The periodic resync on a Cluster (see the constructor). */
+  private readonly timer: NodeJS.Timeout | null = null
+
+  /**
+   * `clusterResyncMs`: on a Redis Cluster, how often followers are told to
+   * replay anyway. ioredis moves a Cluster's subscription to another node when
+   * its node goes away and subscribes there again without any event we could
+   * hear, so what was published in between would be a silent gap; a replay
+   * from the last id received (cheap, usually empty) bounds that gap's delay.
+   */
+  constructor(redis: RedisClient, opts: { clusterResyncMs?: number } = {}) {
     // Both clients duplicate themselves; the union of their signatures is not callable.
     this.conn = (redis as { duplicate(): RedisClient }).duplicate()
+    if (isCluster(this.conn)) {
+      this.timer = setInterval(() => {
+        for (const r of this.resyncs) r()
+      }, opts.clusterResyncMs ?? 10_000)
+      this.timer.unref()
+    }
     this.conn.on('error', () => undefined)
     this.conn.on('message', (channel: string, message: string) => {
       for (const h of this.handlers.get(channel) ?? []) h(message)
@@ -27,13 +46,32 @@ export class Subscriber {
     })
   }
 
-  /** Subscribes `handler` to `channel`; the returned function unsubscribes it. */
+  /**
+   * Subscribes `handler` to `channel`; resolves once Redis has confirmed the
+   * subscription (from then on nothing published is missed, so a caller may
+   * replay what came before). The returned function unsubscribes it.
+   */
   async subscribe(channel: string, handler: Handler): Promise<() => Promise<void>> {
     let set = this.handlers.get(channel)
     if (!set) {
-      set = new Set()
-      this.handlers.set(channel, set)
-      await this.conn.subscribe(channel)
+      const fresh = new Set<Handler>()
+      set = fresh
+      this.handlers.set(channel, fresh)
+      const confirmed = this.conn.subscribe(channel)
+      this.pending.set(channel, confirmed)
+      try {
+        await confirmed
+      } catch (err) {
+        // Left in place, the empty set would make every later caller skip the SUBSCRIBE.
+        if (this.handlers.get(channel) === fresh && fresh.size === 0) this.handlers.delete(channel)
+        throw err
+      } finally {
+        if (this.pending.get(channel) === confirmed) this.pending.delete(channel)
+      }
+    } else {
+      // Another caller's SUBSCRIBE may still be on its way: this one must not
+      // start replaying before the channel is live either.
+      await this.pending.get(channel)
     }
     set.add(handler)
     return async () => {
@@ -59,6 +97,7 @@ export class Subscriber {
   }
 
   close(): void {
+    if (this.timer) clearInterval(this.timer)
     this.conn.disconnect()
   }
 }

@@ -126,23 +126,7 @@ export class SseStream implements FeedClient {
       for (;;) {
         const start = this.last === '0' || this.last === '0-0' ? '-' : `(${this.last}`
         const page = (await this.deps.redis.xrange(this.deps.keys.events(this.wf), start, '+', 'COUNT', REPLAY_PAGE)) as [string, string[]][]
-        // Entries leave in writes of about REPLAY_WRITE_BYTES (many small events
-        // per write), with backpressure honoured between writes as it was between
-        // events: a page of big events must not land in the socket buffer whole.
-        let frames: Frame[] = []
-        let bytes = 0
-        for (let i = 0; i < page.length; i++) {
-          const f = this.entryFrame(page[i] as [string, string[]])
-          frames.push(f)
-          bytes += f.bytes.length
-          if (bytes < REPLAY_WRITE_BYTES && i < page.length - 1) continue
-          if (this.isClosed()) return
-          this.writeBatch(batchOf(frames))
-          frames = []
-          bytes = 0
-          if (this.congested && !(await this.waitDrain())) return
-        }
-        if (this.isClosed()) return
+        if (!(await this.writePage(page))) return
         if (page.length < REPLAY_PAGE) break
       }
       if (this.isClosed()) return
@@ -150,6 +134,29 @@ export class SseStream implements FeedClient {
       this.flush()
     } while (this.replayAgain && !this.isClosed())
     if (!this.isClosed()) await this.endIfTerminal()
+  }
+
+  /**
+   * Writes stored entries in writes of about REPLAY_WRITE_BYTES (many small
+   * events per write), with backpressure honoured between writes as it was
+   * between events: a page of big events must not land in the socket buffer
+   * whole. False once the stream is closed.
+   */
+  private async writePage(page: readonly [string, string[]][]): Promise<boolean> {
+    let frames: Frame[] = []
+    let bytes = 0
+    for (let i = 0; i < page.length; i++) {
+      const f = this.entryFrame(page[i] as [string, string[]])
+      frames.push(f)
+      bytes += f.bytes.length
+      if (bytes < REPLAY_WRITE_BYTES && i < page.length - 1) continue
+      if (this.isClosed()) return false
+      this.writeBatch(batchOf(frames))
+      frames = []
+      bytes = 0
+      if (this.congested && !(await this.waitDrain())) return false
+    }
+    return !this.isClosed()
   }
 
   // Stored entries are sent as stored; one that is not an event (written by
@@ -174,9 +181,14 @@ export class SseStream implements FeedClient {
   private async endIfTerminal(): Promise<void> {
     const st = (await this.deps.redis.hget(this.deps.keys.status(this.wf), 'status')) as WorkflowStatusValue | null
     if (this.isClosed() || st === null || !TERMINAL_STATUSES.has(st)) return
-    const rest = (await this.deps.redis.xrange(this.deps.keys.events(this.wf), `(${this.last}`, '+', 'COUNT', REPLAY_PAGE)) as [string, string[]][]
-    if (!this.isClosed() && rest.length > 0) this.writeBatch(batchOf(rest.map((e) => this.entryFrame(e))))
-    if (!this.isClosed()) this.end(st)
+    // Everything up to the end, page by page: one commit can append more than a
+    // page (its final event last) before its live copies reach us.
+    for (;;) {
+      const rest = (await this.deps.redis.xrange(this.deps.keys.events(this.wf), `(${this.last}`, '+', 'COUNT', REPLAY_PAGE)) as [string, string[]][]
+      if (!(await this.writePage(rest))) return
+      if (rest.length < REPLAY_PAGE) break
+    }
+    this.end(st)
   }
 
   private isClosed(): boolean {

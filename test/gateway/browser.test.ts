@@ -246,15 +246,17 @@ describe('web UI in headless Chromium', () => {
     }
   })
   it('shows the rest of the timeline when the workflow ended while reconnects were refused', async () => {
-    // Refused until the workflow is over, then once more: the page learns it ended
-    // from the status, and must still fetch the events after the last one shown.
+    // Refused until the workflow is over, then twice more: the page learns it
+    // ended from the status, and must still fetch the events after the last one
+    // shown, also when that fetch is refused too (a refusal is not the 204 that
+    // says nothing is left; EventSource shows both the same way).
     const client = TroupeClient.connect(s.cfg)
     let refusing = false
     let ended = false
     let refusedAfterEnd = 0
     const events = '**/v1/workflows/*/events*'
     await page.route(events, async (route) => {
-      if (!refusing || (ended && refusedAfterEnd > 0)) return route.continue()
+      if (!refusing || (ended && refusedAfterEnd > 1)) return route.continue()
       if (ended) refusedAfterEnd++
       await route.fulfill({ status: 503, contentType: 'application/problem+json', body: '{"title":"Service Unavailable","status":503}' })
     })
@@ -274,7 +276,7 @@ describe('web UI in headless Chromium', () => {
       await eventually(async () => (await client.getStatus(wf))?.status === 'completed', 15_000, 'completed')
       ended = true
       await page.waitForSelector('#d-conn.ended', { timeout: 20_000 })
-      expect(refusedAfterEnd).toBe(1)
+      expect(refusedAfterEnd).toBe(2)
       expect(await streamText(0)).toBe(text)
       const types = await page.locator('#d-timeline .ty').allTextContents()
       expect(types.at(-1)).toBe('workflow.completed')

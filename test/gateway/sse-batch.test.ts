@@ -58,7 +58,11 @@ class FakeStore {
     const seq = (id: string): number => Number(id.split('-')[1])
     return this.entries.filter(([id]) => after === null || seq(id) > seq(after)).slice(0, count)
   }
+  /** Runs as the status is read (a commit landing just before that read). */
+  onStatus: (() => void) | null = null
   hget(): Promise<string> {
+    this.onStatus?.()
+    this.onStatus = null
     return Promise.resolve(this.status)
   }
 }
@@ -222,6 +226,21 @@ describe('SSE live frames coalesced per tick', () => {
     await d.closed
     expect(ids(d.messages)).toEqual([id(4), id(5), id(6)])
     expect(JSON.parse(d.messages.at(-1)?.data ?? '{}')).toEqual({ status: 'failed' })
+  })
+
+  it('sends everything up to the final event when one commit appended more than a page before its live copies came', async () => {
+    const r = await startRig()
+    r.store.entries = range(1, 3).map((n) => stored(n))
+    // Between the replay's last read and the status read, a commit appends 450
+    // events, the last one final; none of their live copies has arrived yet.
+    r.store.onStatus = () => {
+      r.store.entries.push(...range(4, 452).map((n) => stored(n)), stored(453, 'workflow.completed'))
+      r.store.status = 'completed'
+    }
+    const c = openSse(r, '/events')
+    await c.closed
+    expect(ids(c.messages)).toEqual(range(1, 453).map(id))
+    expect(c.messages.at(-1)?.event).toBe('end')
   })
 
   it('drops a client that stops reading while batches go straight to its socket, and keeps the others live', async () => {

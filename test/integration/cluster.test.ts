@@ -5,7 +5,8 @@ import { startRuntime, TroupeClient, type Runtime } from '../../runtime/index.ts
 import { startRedisCluster, type RedisCluster } from '../../scripts/services/redis-cluster.ts'
 import { researchTeam } from '../../examples/research-team/agents.ts'
 import { counter, echo } from '../fixtures/agents.ts'
-import { eventually, testConfig } from '../helpers/redis.ts'
+import { eventually, rawRedis, testConfig } from '../helpers/redis.ts'
+import { Subscriber } from '../../runtime/subscriber.ts'
 import { spawnRuntime } from '../helpers/processes.ts'
 import { listAll, startNamed, startStack } from '../gateway/helpers.ts'
 import { cleanGraph, graphCounts, neo4jEnv, openDriver } from '../persister/helpers.ts'
@@ -29,6 +30,24 @@ afterAll(async () => {
 })
 
 describe('redis cluster', () => {
+  it('tells followers to replay now and then, since ioredis moves a Cluster subscription silently', async () => {
+    const sub = new Subscriber(client.redis, { clusterResyncMs: 100 })
+    const plain = rawRedis()
+    const single = new Subscriber(plain, { clusterResyncMs: 100 })
+    let n = 0
+    let m = 0
+    sub.onResync(() => n++)
+    single.onResync(() => m++)
+    try {
+      await eventually(() => Promise.resolve(n >= 3), 5000, 'periodic resyncs')
+      expect(m).toBe(0) // a single Redis reconnects on the same connection and says so ('ready')
+    } finally {
+      sub.close()
+      single.close()
+      plain.disconnect()
+    }
+  })
+
   it('runs research workflows to completion and follows one live', async () => {
     const wfs = await Promise.all(Array.from({ length: 6 }, (_, i) => client.startWorkflow({ agent: 'planner', type: 'plan', payload: { topic: `c${i}` } })))
     const first = wfs[0]?.workflowId as string

@@ -38,10 +38,12 @@ export function createLive(hooks) {
 
   // `last`: the workflow is over and this stream only fetches what came after the
   // last event shown (the server replays it and ends, or answers 204).
+  const eventsUrl = (wf, after) => `/v1/workflows/${encodeURIComponent(wf)}/events${after ? `?after=${encodeURIComponent(after)}` : ''}`
+
   function openStream(wf, after = '', last = false) {
     clearTimeout(retryTimer)
     setConn('', 'connecting')
-    const es = new EventSource(`/v1/workflows/${encodeURIComponent(wf)}/events${after ? `?after=${encodeURIComponent(after)}` : ''}`)
+    const es = new EventSource(eventsUrl(wf, after))
     source = es
     es.onopen = () => {
       backoff = 0
@@ -59,11 +61,30 @@ export function createLive(hooks) {
       // or behind a proxy that lost it. Only the first means the end: otherwise
       // open a new stream after the last event shown (EventSource's own retries
       // send that id as Last-Event-ID; a new one takes it as ?after=).
+      setConn('retrying', 'reconnecting…')
+      const again = (lastOne) => {
+        backoff = Math.min(backoff ? backoff * 2 : 500, 10_000)
+        retryTimer = setTimeout(() => {
+          if (source === es) openStream(wf, lastId, lastOne)
+        }, backoff)
+      }
       if (last) {
-        setConn('ended', 'ended')
+        // EventSource cannot tell a 204 (nothing after the last event shown: the
+        // story is complete) from a refusal (a gateway restarting): ask once more
+        // and look at the status. Only a 204 ends it; otherwise fetch the rest later.
+        void fetch(eventsUrl(wf, lastId), { credentials: 'same-origin' }).then(
+          (res) => {
+            void res.body?.cancel()
+            return res.status === 204
+          },
+          () => false,
+        ).then((complete) => {
+          if (source !== es) return
+          if (complete) setConn('ended', 'ended')
+          else again(true)
+        })
         return
       }
-      setConn('retrying', 'reconnecting…')
       void Promise.resolve(hooks.over(wf)).then((over) => {
         if (source !== es) return
         if (over) {
@@ -72,10 +93,7 @@ export function createLive(hooks) {
           openStream(wf, lastId, true)
           return
         }
-        backoff = Math.min(backoff ? backoff * 2 : 500, 10_000)
-        retryTimer = setTimeout(() => {
-          if (source === es) openStream(wf, lastId)
-        }, backoff)
+        again(false)
       })
     }
     es.onmessage = (m) => {
