@@ -177,6 +177,8 @@ export class SupervisorService implements HostedService {
   private sd: SdServer | null = null
   private client: TroupeClient | null = null
   private ticking: Promise<unknown> = Promise.resolve()
+  /** The election in flight: a stop waits for it, so that a lease it won is handed back while Redis is still connected. */
+  private electing: Promise<unknown> = Promise.resolve()
   private stopping = false
   /** The last tick's report while leading (for tests and debugging). */
   lastTick: TickReport | null = null
@@ -226,6 +228,7 @@ export class SupervisorService implements HostedService {
       actor.send({ type: 'STOP' })
       await waitFor(actor, (s) => s.status === 'done', { timeout: this.opts.leaseMs + 5000 }).catch(() => undefined)
       actor.stop()
+      await within(this.electing, this.opts.leaseMs + 5000, () => new Error('election did not finish')).catch(() => undefined)
     }
     await this.sd?.stop()
     this.metrics?.setCluster(null)
@@ -245,35 +248,62 @@ export class SupervisorService implements HostedService {
     const metrics = this.metrics as SupervisorMetrics
     const o = this.opts
     const infoTtl = o.leaseMs * 2
+    const resign = async (l: Leadership | null, reason: StepDownReason): Promise<void> => {
+      metrics.stepDowns.inc({ reason })
+      metrics.setLeader('', 0, false)
+      metrics.setCluster(null)
+      if (!l) return
+      // The duties' writes are fenced anyway; waiting lets a clean stop finish its tick.
+      await within(this.ticking, 5000, () => new Error('tick did not finish')).catch(() => undefined)
+      await l.fence
+        .write([
+          { cmd: 'DEL', key: rt.keys.leaderInfo(), args: [] },
+          { cmd: 'PUBLISH', args: [rt.keys.systemChannel(), JSON.stringify({ type: 'system.leader.resigned', at: Date.now(), term: l.term, leader: rt.serviceId, reason })] },
+        ])
+        .catch(() => undefined)
+      await l.lock.release().catch(() => undefined)
+      rt.log.info(`supervisor ${rt.serviceId} stopped leading (term ${l.term}, ${reason})`)
+    }
+    const elect = async (): Promise<Leadership | null> => {
+      let lock: Lock
+      try {
+        lock = await redlock.acquire([rt.keys.leader()], o.leaseMs, { retryCount: 0 })
+      } catch {
+        // Someone else leads; a broken info record only costs the leader label.
+        const info: Record<string, string> = await rt.redis.hgetall(rt.keys.leaderInfo()).catch(() => ({}))
+        metrics.setLeader(info.serviceId ?? '', Number(info.term ?? 0), false)
+        return null
+      }
+      if (this.stopping) {
+        await lock.release().catch(() => undefined)
+        return null
+      }
+      let term: number
+      try {
+        term = Number(await runSupervisorScript(rt.redis, 'takeover', [rt.keys.leader(), rt.keys.leaderTerm(), rt.keys.leaderInfo()], [lock.value, rt.serviceId, infoTtl, rt.keys.systemChannel(), this.sdUrl]))
+      } catch (err) {
+        await lock.release().catch(() => undefined)
+        rt.log.warn(`supervisor ${rt.serviceId} won the lock but could not take over; standing by`, { error: err instanceof Error ? err.message : String(err) })
+        throw err
+      }
+      const fence = new LeaderFence(rt.redis, rt.keys, rt.serviceId, term)
+      const duties = new LeaderDuties({ redis: rt.redis, keys: rt.keys, client: this.client as TroupeClient, log: rt.log, metrics }, fence, o)
+      if (this.stopping) {
+        // Stopped while taking over: the machine has left the election and
+        // drops what it returns, so hand the lease back here, not a lease later.
+        await resign({ lock, term, fence, duties, since: Date.now() }, 'stopping')
+        return null
+      }
+      metrics.elections.inc()
+      metrics.setLeader(rt.serviceId, term, true)
+      rt.log.info(`supervisor ${rt.serviceId} leads (term ${term})`)
+      return { lock, term, fence, duties, since: Date.now() }
+    }
     return {
-      elect: async () => {
-        let lock: Lock
-        try {
-          lock = await redlock.acquire([rt.keys.leader()], o.leaseMs, { retryCount: 0 })
-        } catch {
-          // Someone else leads; a broken info record only costs the leader label.
-          const info: Record<string, string> = await rt.redis.hgetall(rt.keys.leaderInfo()).catch(() => ({}))
-          metrics.setLeader(info.serviceId ?? '', Number(info.term ?? 0), false)
-          return null
-        }
-        if (this.stopping) {
-          await lock.release().catch(() => undefined)
-          return null
-        }
-        let term: number
-        try {
-          term = Number(await runSupervisorScript(rt.redis, 'takeover', [rt.keys.leader(), rt.keys.leaderTerm(), rt.keys.leaderInfo()], [lock.value, rt.serviceId, infoTtl, rt.keys.systemChannel(), this.sdUrl]))
-        } catch (err) {
-          await lock.release().catch(() => undefined)
-          rt.log.warn(`supervisor ${rt.serviceId} won the lock but could not take over; standing by`, { error: err instanceof Error ? err.message : String(err) })
-          throw err
-        }
-        const fence = new LeaderFence(rt.redis, rt.keys, rt.serviceId, term)
-        const duties = new LeaderDuties({ redis: rt.redis, keys: rt.keys, client: this.client as TroupeClient, log: rt.log, metrics }, fence, o)
-        metrics.elections.inc()
-        metrics.setLeader(rt.serviceId, term, true)
-        rt.log.info(`supervisor ${rt.serviceId} leads (term ${term})`)
-        return { lock, term, fence, duties, since: Date.now() }
+      elect: () => {
+        const run = elect()
+        this.electing = run.catch(() => undefined)
+        return run
       },
       renew: async (l) => {
         // A lease we cannot extend before it runs out is lost, even if the call is merely slow.
@@ -298,22 +328,7 @@ export class SupervisorService implements HostedService {
           metrics.tickDuration.observe(Number(process.hrtime.bigint() - started) / 1e9)
         }
       },
-      resign: async (l, reason) => {
-        metrics.stepDowns.inc({ reason })
-        metrics.setLeader('', 0, false)
-        metrics.setCluster(null)
-        if (!l) return
-        // The duties' writes are fenced anyway; waiting lets a clean stop finish its tick.
-        await within(this.ticking, 5000, () => new Error('tick did not finish')).catch(() => undefined)
-        await l.fence
-          .write([
-            { cmd: 'DEL', key: rt.keys.leaderInfo(), args: [] },
-            { cmd: 'PUBLISH', args: [rt.keys.systemChannel(), JSON.stringify({ type: 'system.leader.resigned', at: Date.now(), term: l.term, leader: rt.serviceId, reason })] },
-          ])
-          .catch(() => undefined)
-        await l.lock.release().catch(() => undefined)
-        rt.log.info(`supervisor ${rt.serviceId} stopped leading (term ${l.term}, ${reason})`)
-      },
+      resign,
     }
   }
 }

@@ -4,7 +4,7 @@ import { loadConfig } from '../config.ts'
 import { AuthStore, type UserLimits } from '../gateway/auth-store.ts'
 import { gatewaySettings } from '../gateway/settings.ts'
 import { USER_RE } from '../gateway/tokens.ts'
-import { createRedis, waitReachable } from '../redis/connection.ts'
+import { closeRedis, createRedis, waitReachable } from '../redis/connection.ts'
 import { Keys } from '../redis/keys.ts'
 import { configFlags, EXIT, parse, parseDuration, UsageError, type Command } from './common.ts'
 
@@ -85,7 +85,7 @@ export const command: Command = {
           throw new UsageError(`unknown subcommand ${sub}: use issue, revoke or limits`)
       }
     } finally {
-      await redis.quit().catch(() => undefined)
+      await closeRedis(redis)
     }
   },
 }

@@ -33,8 +33,11 @@ export async function followToEnd(client: TroupeClient, wf: string, after: strin
     const st = await client.getStatus(wf)
     final = st ? `workflow.${st.status}` : ''
   }
-  if (!json) process.stderr.write(`workflow ${wf}: ${final.replace('workflow.', '') || 'still running'}\n`)
-  return final === 'workflow.completed' || (!final && ctl.signal.aborted) ? EXIT.ok : EXIT.failed
+  if (!json) process.stderr.write(`workflow ${wf}: ${final.replace('workflow.', '') || 'gone'}\n`)
+  // Ctrl-C stops following a workflow that goes on: that is no failure. Only an
+  // end other than completed is.
+  const ended = ['workflow.failed', 'workflow.cancelled'].includes(final)
+  return final === 'workflow.completed' || (ctl.signal.aborted && !ended) ? EXIT.ok : EXIT.failed
 }
 
 /** The `tail` command. */

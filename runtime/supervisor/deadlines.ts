@@ -9,6 +9,12 @@ import { TroupeError } from '../errors.ts'
 import type { Logger } from '../log.ts'
 import type { LeaderFence } from './fence.ts'
 
+/**
+ * The status hash's deadline is Redis's clock, the entry's score the client's:
+ * a deadline this close to now counts as passed.
+ */
+const CLOCK_SLACK_MS = 5_000
+
 /** Options of {@link deadlineDuty}. */
 export interface DeadlineOptions {
   /** Entries handled per pass (the rest wait for the next tick). */
@@ -21,8 +27,14 @@ export interface DeadlineOptions {
 export interface DeadlineOutcome {
   wf: string
   due: number
-  /** `fired`: this pass failed the workflow; `ended`: it had already ended; `missing`: no such workflow; `error`: retried later. */
-  result: 'fired' | 'ended' | 'missing' | 'error'
+  /**
+   * `fired`: this pass failed the workflow; `ended`: it had already ended;
+   * `missing`: no such workflow; `stale`: the id belongs to a later workflow
+   * without a deadline (the first one's keys expired and the id was started
+   * again); `rescheduled`: that later workflow's own deadline is still ahead;
+   * `error`: retried later.
+   */
+  result: 'fired' | 'ended' | 'missing' | 'stale' | 'rescheduled' | 'error'
   dropped: number
 }
 
@@ -31,12 +43,23 @@ export async function deadlineDuty(fence: LeaderFence, client: TroupeClient, opt
   const claimed = await fence.claimDeadlines(opts.batch, opts.leaseMs)
   const out: DeadlineOutcome[] = []
   const done: string[] = []
+  const later: { wf: string; at: number }[] = []
   for (const { wf, due } of claimed) {
     if (signal?.aborted) break
     let result: DeadlineOutcome['result'] = 'fired'
     let dropped = 0
     try {
-      dropped = (await client.cancelWorkflow(wf, 'deadline', 'failed')).dropped
+      // The entry names a workflow id, and an id can be started again once the
+      // first workflow's keys expired: the status says which deadline is live.
+      const [status, deadline] = await client.redis.hmget(client.keys.status(wf), 'status', 'deadline')
+      const at = Number(deadline)
+      if (status === null) result = 'missing'
+      else if (deadline === null || !Number.isFinite(at)) result = 'stale'
+      else if (at > Date.now() + CLOCK_SLACK_MS) {
+        // Its ZADD may have landed before this pass leased the entry away: put it back at its own due time.
+        result = 'rescheduled'
+        later.push({ wf, at })
+      } else dropped = (await client.cancelWorkflow(wf, 'deadline', 'failed')).dropped
     } catch (err) {
       if (err instanceof TroupeError && err.code === 'workflow_ended') result = 'ended'
       else if (err instanceof TroupeError && (err.code === 'workflow_not_found' || err.code === 'bad_id')) result = 'missing'
@@ -48,10 +71,11 @@ export async function deadlineDuty(fence: LeaderFence, client: TroupeClient, opt
     if (result === 'fired') {
       await fence.publish({ type: 'system.deadline.fired', at: Date.now(), term: fence.term, leader: fence.serviceId, workflowId: wf, due, dropped })
     }
-    if (result !== 'error') done.push(wf)
+    if (result !== 'error' && result !== 'rescheduled') done.push(wf)
     out.push({ wf, due, result, dropped })
   }
   // Removed last: an entry still present means its workflow may not have been handled yet.
   if (done.length > 0) await fence.write([{ cmd: 'ZREM', key: fence.keys.deadlines(), args: done }])
+  if (later.length > 0) await fence.write([{ cmd: 'ZADD', key: fence.keys.deadlines(), args: later.flatMap((l) => [l.at, l.wf]) }])
   return out
 }

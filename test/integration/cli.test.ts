@@ -3,7 +3,7 @@ import { spawn } from 'node:child_process'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { startRuntime, type Runtime } from '../../runtime/index.ts'
 import { counter, echo } from '../fixtures/agents.ts'
-import { testConfig } from '../helpers/redis.ts'
+import { eventually, testConfig } from '../helpers/redis.ts'
 
 const cfg = testConfig()
 let rt: Runtime
@@ -75,12 +75,32 @@ describe('cli', () => {
     }
   })
 
-  it('fails clearly when Redis is unreachable', async () => {
-    const child = spawn(process.execPath, ['bin/troupe.mjs', 'run', 'counter', 'ping'], { env: { ...process.env, REDIS_URL: 'redis://127.0.0.1:1' }, stdio: ['ignore', 'pipe', 'pipe'] })
+  it('exits 0 when Ctrl-C stops following a workflow that goes on', async () => {
+    const run = await troupe('run', 'counter', 'ping', '--payload', '{"i":1}', '--json')
+    const { workflowId } = JSON.parse(run.out) as { workflowId: string }
+    const child = spawn(process.execPath, ['bin/troupe.mjs', 'tail', workflowId], { env: { ...process.env, REDIS_URL: cfg.redisUrl, TROUPE_NAMESPACE: cfg.namespace }, stdio: ['ignore', 'pipe', 'pipe'] })
+    let out = ''
     let err = ''
+    child.stdout.on('data', (d: Buffer) => (out += d.toString()))
     child.stderr.on('data', (d: Buffer) => (err += d.toString()))
-    const code = await new Promise((r) => child.on('exit', r))
-    expect(code).toBe(4)
-    expect(err).toMatch(/cannot reach Redis at redis:\/\/127.0.0.1:1/)
+    const exited = new Promise((r) => child.on('exit', r))
+    await eventually(() => Promise.resolve(out.includes('action.completed')), 15_000, 'the replay printed')
+    child.kill('SIGINT')
+    expect(await exited, err).toBe(0)
+    expect(err).toMatch(/: (waiting|running)/)
   })
+
+  it('fails clearly when Redis is unreachable', async () => {
+    // `auth` once hung here for good: its QUIT queued behind the unanswered PING.
+    for (const args of [['run', 'counter', 'ping'], ['auth', 'issue', '--user', 'alice']]) {
+      const child = spawn(process.execPath, ['bin/troupe.mjs', ...args], { env: { ...process.env, REDIS_URL: 'redis://127.0.0.1:1' }, stdio: ['ignore', 'pipe', 'pipe'] })
+      let err = ''
+      child.stderr.on('data', (d: Buffer) => (err += d.toString()))
+      const killer = setTimeout(() => child.kill('SIGKILL'), 30_000)
+      const code = await new Promise((r) => child.on('exit', r))
+      clearTimeout(killer)
+      expect(code, `troupe ${args.join(' ')}: ${err}`).toBe(4)
+      expect(err).toMatch(/cannot reach Redis at redis:\/\/127.0.0.1:1/)
+    }
+  }, 60_000)
 })

@@ -83,4 +83,27 @@ describe('deadlines', () => {
     expect(fired.sort()).toEqual([...early, ...during].sort())
     expect(new Set(events.of('system.leader.elected').map((e) => e.leader)).size).toBeGreaterThanOrEqual(2)
   })
+
+  it('leaves alone a later workflow that reuses the id of one whose deadline passed', async () => {
+    children.push(await spawnSupervisor(cfg), await spawnWorker(cfg))
+    // The first run of the id ends in time; its keys expire; the id is started again without a deadline.
+    const wf = `reuse-${Date.now().toString(36)}`
+    await client.startWorkflow({ workflowId: wf, agent: 'napper', type: 'nap', payload: { ms: 10, end: true }, deadlineMs: 3000 })
+    await eventually(async () => (await client.getStatus(wf))?.status === 'completed', 10_000, 'first run done')
+    await client.redis.del(...(await client.redis.keys(`${cfg.namespace}*{${wf}}*`)))
+    await client.startWorkflow({ workflowId: wf, agent: 'napper', type: 'nap', payload: { ms: 6000, end: true } })
+    // A third: its own deadline is an hour away, but its entry shows as passed (its ZADD landed before a lease moved it).
+    const far = `reuse-far-${Date.now().toString(36)}`
+    await client.startWorkflow({ workflowId: far, agent: 'napper', type: 'nap', payload: { ms: 10 }, deadlineMs: 3_600_000 })
+    await client.redis.zadd(client.keys.deadlines(), Date.now() - 1000, far)
+
+    await eventually(async () => (await client.redis.zscore(client.keys.deadlines(), wf)) === null, 10_000, 'the stale entry dropped')
+    await eventually(async () => Number(await client.redis.zscore(client.keys.deadlines(), far)) > Date.now() + 3_000_000, 10_000, 'the entry put back at its due time')
+    await eventually(async () => (await client.getStatus(wf))?.status === 'completed', 15_000, 'second run completes')
+    expect(ofType(await client.readEvents(wf, '0', 1000), 'workflow.failed')).toHaveLength(0)
+    expect((await client.getStatus(far))?.status).not.toBe('failed')
+    expect(events.of('system.deadline.fired').map((e) => e.workflowId)).not.toContain(wf)
+    await client.cancelWorkflow(far)
+    await client.redis.zrem(client.keys.deadlines(), far)
+  })
 })
