@@ -71,7 +71,12 @@ export class Subscriber {
     } else {
       // Another caller's SUBSCRIBE may still be on its way: this one must not
       // start replaying before the channel is live either.
-      await this.pending.get(channel)
+      const confirmed = this.pending.get(channel)
+      if (confirmed) {
+        await confirmed
+        // Everyone else may have left meanwhile, unsubscribing the channel.
+        if (this.handlers.get(channel) !== set) return await this.subscribe(channel, handler)
+      }
     }
     set.add(handler)
     return async () => {

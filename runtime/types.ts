@@ -3,7 +3,6 @@
 /** Workflow lifecycle: `pending → running ⇄ waiting → completed | failed | cancelled`. */
 export type WorkflowStatusValue = 'pending' | 'running' | 'waiting' | 'completed' | 'failed' | 'cancelled'
 
-/** Statuses after which nothing more happens in a workflow. */
 /**
  * Longest delay of an action and longest workflow deadline (ten years). Due
  * times are whole milliseconds in the scripts; far beyond this they overflow
@@ -11,6 +10,7 @@ export type WorkflowStatusValue = 'pending' | 'running' | 'waiting' | 'completed
  */
 export const MAX_DELAY_MS = 10 * 365 * 24 * 3600_000
 
+/** Statuses after which nothing more happens in a workflow. */
 export const TERMINAL_STATUSES: ReadonlySet<WorkflowStatusValue> = new Set(['completed', 'failed', 'cancelled'])
 
 /** The seed's event shape: published on every transition and by agent code. */

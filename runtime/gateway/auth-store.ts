@@ -220,19 +220,24 @@ export class AuthStore {
     return this.pair(user, access.token, refresh.token)
   }
 
-  /** Removes expired refresh families of a user and revokes the oldest live ones beyond {@link MAX_FAMILIES}. */
+  /**
+   * Removes expired refresh families of a user and revokes, beyond
+   * {@link MAX_FAMILIES}, the live ones refreshed least recently (a refresh
+   * moves `exp` forward; `iat` stays the family's first sign-in, so a device in
+   * daily use would go first by it).
+   */
   async pruneFamilies(user: string): Promise<number> {
     const all = await this.redis.hgetall(this.keys.authRefresh(user))
     const now = this.now()
-    const live: { id: string; iat: number }[] = []
+    const live: { id: string; exp: number }[] = []
     const dead: string[] = []
     for (const [id, v] of Object.entries(all)) {
       const fam = parseJson<FamilyRecord>(v)
       if (!fam || fam.exp <= now) dead.push(id)
-      else live.push({ id, iat: fam.iat })
+      else live.push({ id, exp: fam.exp })
     }
     if (dead.length) await this.redis.hdel(this.keys.authRefresh(user), ...dead)
-    live.sort((a, b) => a.iat - b.iat)
+    live.sort((a, b) => a.exp - b.exp)
     const over = live.slice(0, Math.max(0, live.length - MAX_FAMILIES))
     for (const f of over) await this.revokeFamily(user, f.id)
     return dead.length + over.length
@@ -340,7 +345,9 @@ export class AuthStore {
       }
     }
     if (!ctx) return
-    if (opts.all) {
+    // An expired token ends its own family or session only: one found in an
+    // old log must not sign its user out everywhere.
+    if (opts.all && ctx.expiresAt > this.now()) {
       await this.redis.del(this.keys.authToken(ctx.user), this.keys.authRefresh(ctx.user))
       return
     }

@@ -18,7 +18,7 @@ import { readState } from './collect.ts'
 import { planTransactions, writeRows } from './graph.ts'
 import type { PersisterMetrics } from './metrics.ts'
 import type { ResolvedPersisterOptions } from './options.ts'
-import { describeError, isDataError } from './neo4j.ts'
+import { describeError, isDataError, isPoolError } from './neo4j.ts'
 import { streamMs } from './pointers.ts'
 import { applyRetention, persistedState, type PersistedState } from './retention.ts'
 import { workflowRows } from './rows.ts'
@@ -191,6 +191,7 @@ export class Reconciler {
     const neo = await persistedState(this.d.driver, this.d.opts.database, ids)
     const settle = this.d.opts.reconcileSettleMs + lagMs
     const retain: { wf: string; status: Record<string, string> }[] = []
+    let poolErrors = 0
     for (const wf of ids) {
       const r = sides.get(wf) as RedisSide
       const n = neo.get(wf) ?? { lastStreamId: null, events: 0, status: null, backfilledLen: null }
@@ -209,11 +210,14 @@ export class Reconciler {
       }
       try {
         await this.repair(c, r, n, report)
+        poolErrors = 0
       } catch (err) {
         // An outage ends the run (every other workflow would fail the same way);
         // one workflow's refused data must not keep the rest of the page from
-        // being backfilled and expired, sweep after sweep.
-        if (!isDataError(err)) throw err
+        // being backfilled and expired, sweep after sweep. A full memory pool
+        // twice in a row is load, not one workflow: end the run rather than
+        // press on into it.
+        if (!isDataError(err) || (isPoolError(err) && ++poolErrors >= 2)) throw err
         c.outcome = 'failed'
         c.error = describeError(err)
         report.failed++

@@ -9,12 +9,6 @@ import { TroupeError } from '../errors.ts'
 import type { Logger } from '../log.ts'
 import type { LeaderFence } from './fence.ts'
 
-/**
- * The status hash's deadline is Redis's clock, the entry's score the client's:
- * a deadline this close to now counts as passed.
- */
-const CLOCK_SLACK_MS = 5_000
-
 /** Options of {@link deadlineDuty}. */
 export interface DeadlineOptions {
   /** Entries handled per pass (the rest wait for the next tick). */
@@ -44,6 +38,9 @@ export async function deadlineDuty(fence: LeaderFence, client: TroupeClient, opt
   const out: DeadlineOutcome[] = []
   const done: string[] = []
   const later: { wf: string; at: number }[] = []
+  // The status hash's deadline is Redis's clock (the enqueue script's TIME): compare with that, not ours.
+  const [secs, micros] = claimed.length > 0 ? await client.redis.time() : [0, 0]
+  const now = Number(secs) * 1000 + Math.floor(Number(micros) / 1000)
   for (const { wf, due } of claimed) {
     if (signal?.aborted) break
     let result: DeadlineOutcome['result'] = 'fired'
@@ -55,7 +52,7 @@ export async function deadlineDuty(fence: LeaderFence, client: TroupeClient, opt
       const at = Number(deadline)
       if (status === null) result = 'missing'
       else if (deadline === null || !Number.isFinite(at)) result = 'stale'
-      else if (at > Date.now() + CLOCK_SLACK_MS) {
+      else if (at > now) {
         // Its ZADD may have landed before this pass leased the entry away: put it back at its own due time.
         result = 'rescheduled'
         later.push({ wf, at })

@@ -103,12 +103,21 @@ describe('a full transaction memory pool', () => {
     // A driver as the persister makes it: Neo4j's transient errors are retried for 3 s, not 30.
     const driver2 = createNeo4jDriver({ neo4jUri: own?.uri ?? '', neo4jUser: '', neo4jPassword: '' })
     const reconciler = new Reconciler({ redis: client.redis, keys: client.keys, driver: driver2, metrics: new PersisterMetrics(new Registry()), log: createLogger('reconcile-test'), opts: resolvePersisterOptions({ neo4jUri: own?.uri ?? '' }) })
-    const report = await reconciler.workflows([huge, small]).finally(() => driver2.close())
-    expect(report.failed).toBe(1)
-    expect(report.workflows.map((c) => [c.wf, c.outcome])).toEqual([[huge, 'failed'], [small, 'backfilled']])
-    expect(report.workflows[0]?.error).toContain('MemoryPoolOutOfMemoryError')
-    expect(await persistedEvents(driver, [small])).toBe(1)
-    expect(await client.redis.pttl(client.keys.status(small))).toBeGreaterThan(0)
-    expect(await client.redis.pttl(client.keys.status(huge))).toBe(-1)
-  }, 60_000)
+    try {
+      const report = await reconciler.workflows([huge, small])
+      expect(report.failed).toBe(1)
+      expect(report.workflows.map((c) => [c.wf, c.outcome])).toEqual([[huge, 'failed'], [small, 'backfilled']])
+      expect(report.workflows[0]?.error).toContain('MemoryPoolOutOfMemoryError')
+      expect(await persistedEvents(driver, [small])).toBe(1)
+      expect(await client.redis.pttl(client.keys.status(small))).toBeGreaterThan(0)
+      expect(await client.redis.pttl(client.keys.status(huge))).toBe(-1)
+      // A full pool twice in a row is load, not one workflow's data: the run ends there.
+      const huge2 = await workflowWith(13 * MB, false)
+      const small2 = await workflowWith(10, false)
+      await expect(reconciler.workflows([huge, huge2, small2])).rejects.toMatchObject({ code: 'Neo.TransientError.General.MemoryPoolOutOfMemoryError' })
+      expect(await persistedEvents(driver, [small2])).toBe(0)
+    } finally {
+      await driver2.close()
+    }
+  }, 90_000)
 })
