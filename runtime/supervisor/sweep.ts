@@ -121,18 +121,18 @@ export class WorkflowSweep {
     const k = this.keys
     const p1 = this.redis.pipeline()
     for (const wf of wfs) {
-      p1.hmget(k.status(wf), 'status', 'updatedAt', 'dead')
+      p1.hmget(k.status(wf), 'status', 'updatedAt', 'dead', 'deadline')
       p1.hkeys(k.status(wf))
     }
     const r1 = ((await p1.exec()) ?? []) as Reply[]
     const now = await serverNow(this.redis)
     const p2 = this.redis.pipeline()
-    const reads: { wf: string; kind: 'dead' | 'events' | 'actor'; agent?: string }[] = []
+    const reads: { wf: string; kind: 'dead' | 'events' | 'actor' | 'deadline'; agent?: string; due?: number }[] = []
     wfs.forEach((wf, i) => {
       const [e1, fields] = r1[i * 2] ?? [null, null]
       const [e2, names] = r1[i * 2 + 1] ?? [null, null]
       if (e1 || e2 || !Array.isArray(fields)) return
-      const [status, updatedAt, dead] = fields as (string | null)[]
+      const [status, updatedAt, dead, deadline] = fields as (string | null)[]
       if (!status) return
       inc(fig.workflows, status)
       for (const f of (names ?? []) as string[]) if (f.startsWith('agent:') && !fig.agents.includes(f.slice(6))) fig.agents.push(f.slice(6))
@@ -143,6 +143,10 @@ export class WorkflowSweep {
       if (Number(updatedAt ?? 0) >= fig.windowStart) {
         p2.xrange(k.events(wf), String(fig.windowStart), String(fig.startedAt), 'COUNT', MAX_EVENTS_PER_WORKFLOW)
         reads.push({ wf, kind: 'events' })
+      }
+      if (!TERMINAL.has(status) && deadline !== null && deadline !== undefined && Number.isFinite(Number(deadline))) {
+        p2.zscore(k.deadlines(), wf)
+        reads.push({ wf, kind: 'deadline', due: Number(deadline) })
       }
       if (!TERMINAL.has(status)) {
         for (const f of (names ?? []) as string[]) {
@@ -169,6 +173,12 @@ export class WorkflowSweep {
       } else if (r.kind === 'events') {
         const [err, entries] = r2[at++] ?? [null, []]
         if (!err) this.countEvents(entries as [string, string[]][], fig)
+      } else if (r.kind === 'deadline') {
+        // The start script records the deadline; its index entry is written one
+        // round trip later. A starter that died in between left a deadline
+        // nobody would enforce: put the entry back (NX: never move a lease).
+        const [err, score] = r2[at++] ?? [null, null]
+        if (!err && (score === null || score === undefined)) repairs.push({ cmd: 'ZADD', key: k.deadlines(), args: ['NX', r.due as number, r.wf] })
       } else {
         const replies = r2.slice(at, at + 4)
         at += 4

@@ -106,4 +106,13 @@ describe('deadlines', () => {
     await client.cancelWorkflow(far)
     await client.redis.zrem(client.keys.deadlines(), far)
   })
+
+  it('restores the deadline entry of a workflow whose starter died before writing it', async () => {
+    // The entry is written one round trip after the start script: a client
+    // killed in between left a deadline shown in the status and never enforced.
+    children.push(await spawnSupervisor(cfg), await spawnWorker(cfg))
+    const { workflowId: wf } = await client.startWorkflow({ agent: 'napper', type: 'nap', payload: { ms: 8000, end: true }, deadlineMs: 1500 })
+    await client.redis.zrem(client.keys.deadlines(), wf)
+    await expectFailedOnce(wf)
+  })
 })
