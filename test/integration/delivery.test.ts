@@ -144,6 +144,11 @@ describe('bad input', () => {
       await expect(client.sendAction(workflowId, 'counter', 'ping', {}, { delayMs })).rejects.toMatchObject({ code: 'config' })
     }
     await expect(client.startWorkflow({ agent: 'counter', type: 'ping', deadlineMs: 1e20 })).rejects.toMatchObject({ code: 'config' })
+    // From agent code: the action that asked for it is rejected with the reason, and nothing is queued.
+    const { actionId: asked } = await client.sendAction(workflowId, 'counter', 'laterBy', { ms: 1e20 })
+    const dead = await eventually(async () => (await client.deadLetters(workflowId)).find((d) => d.actionId === asked), 10_000, 'rejected')
+    expect(dead.error).toMatch(/delayMs .* beyond/)
+    expect(await client.redis.zcard(client.keys.mailbox(workflowId, 'counter'))).toBe(0)
     const { actionId } = await client.sendAction(workflowId, 'counter', 'ping', {}, { delayMs: MAX_DELAY_MS })
     const st = JSON.parse((await client.redis.hget(client.keys.actions(workflowId), `${actionId}:st`)) ?? '{}') as { availableAt: number }
     expect(st.availableAt).toBeGreaterThan(Date.now() + MAX_DELAY_MS - 60_000)
