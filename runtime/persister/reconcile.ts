@@ -20,7 +20,7 @@ import type { PersisterMetrics } from './metrics.ts'
 import type { ResolvedPersisterOptions } from './options.ts'
 import { describeError, isDataError, isPoolError } from './neo4j.ts'
 import { streamMs } from './pointers.ts'
-import { applyRetention, persistedState, type PersistedState } from './retention.ts'
+import { applyRetention, extentOps, lacksEvents, persistedState, readExtent, type PersistedState, type StreamExtent } from './retention.ts'
 import { workflowRows } from './rows.ts'
 
 /** Dependencies of a {@link Reconciler}. */
@@ -67,9 +67,7 @@ export interface ReconcileReport {
   workflows: WorkflowCheck[]
 }
 
-interface RedisSide {
-  len: number
-  last: string | null
+interface RedisSide extends StreamExtent {
   status: Record<string, string>
   ttl: number
 }
@@ -159,8 +157,7 @@ export class Reconciler {
   private async readRedis(ids: readonly string[]): Promise<{ sides: Map<string, RedisSide>; now: number }> {
     const k = this.d.keys
     const ops: CmdOp[] = ids.flatMap((wf) => [
-      { cmd: 'xlen', args: [k.events(wf)] },
-      { cmd: 'xrevrange', args: [k.events(wf), '+', '-', 'COUNT', 1] },
+      ...extentOps(k, wf),
       { cmd: 'hgetall', args: [k.status(wf)] },
       { cmd: 'pttl', args: [k.status(wf)] },
     ])
@@ -168,16 +165,12 @@ export class Reconciler {
     const res = await execOps(this.d.redis, ops)
     const sides = new Map<string, RedisSide>()
     ids.forEach((wf, i) => {
-      const vals = res.slice(i * 4, i * 4 + 4).map(([err, v]) => {
+      const at = i * 5
+      const vals = res.slice(at + 3, at + 5).map(([err, v]) => {
         if (err) throw err
         return v
       })
-      sides.set(wf, {
-        len: Number(vals[0] ?? 0),
-        last: (vals[1] as [string, unknown][] | undefined)?.[0]?.[0] ?? null,
-        status: (vals[2] ?? {}) as Record<string, string>,
-        ttl: Number(vals[3] ?? -2),
-      })
+      sides.set(wf, { ...readExtent(res, at), status: (vals[0] ?? {}) as Record<string, string>, ttl: Number(vals[1] ?? -2) })
     })
     const [terr, t] = res[res.length - 1] ?? [null, ['0', '0']]
     if (terr) throw terr
@@ -188,13 +181,13 @@ export class Reconciler {
   private async check(ids: readonly string[], force: boolean, lagMs: number): Promise<ReconcileReport> {
     const report = emptyReport()
     const { sides, now } = await this.readRedis(ids)
-    const neo = await persistedState(this.d.driver, this.d.opts.database, ids)
+    const neo = await persistedState(this.d.driver, this.d.opts.database, ids.map((wf) => ({ wf, first: sides.get(wf)?.first ?? null })))
     const settle = this.d.opts.reconcileSettleMs + lagMs
     const retain: { wf: string; status: Record<string, string> }[] = []
     let poolErrors = 0
     for (const wf of ids) {
       const r = sides.get(wf) as RedisSide
-      const n = neo.get(wf) ?? { lastStreamId: null, events: 0, status: null, backfilledLen: null }
+      const n = neo.get(wf) ?? { lastStreamId: null, events: 0, status: null, backfilledLen: null, backfilledFirst: null }
       const c: WorkflowCheck = { wf, outcome: 'ok', redisLastId: r.last, redisEvents: r.len, neo4jLastId: n.lastStreamId, neo4jEvents: n.events, backfilled: 0, expired: false }
       report.checked++
       report.workflows.push(c)
@@ -240,15 +233,13 @@ export class Reconciler {
   private async repair(c: WorkflowCheck, r: RedisSide, n: PersistedState, report: ReconcileReport): Promise<void> {
     const { wf } = c
     const behind = r.last !== null && (n.lastStreamId === null || compareStreamIds(r.last, n.lastStreamId) > 0)
-    // A stream rewritten whole at this length is complete even if Neo4j counts
-    // fewer events (two entries sharing an event id are one node).
-    const holes = n.events < r.len && n.backfilledLen !== r.len
+    const holes = lacksEvents(n, r)
     if (holes || behind) {
       // With holes anywhere the whole stream is rewritten (MERGE skips what exists);
       // with only a missing tail, just the tail.
       const start = holes || n.lastStreamId === null ? '-' : `(${n.lastStreamId}`
       c.backfilled = await this.backfill(wf, start)
-      if (start === '-') await this.markBackfilled(wf, r.len)
+      if (start === '-') await this.markBackfilled(wf, r)
       c.outcome = 'backfilled'
       report.backfilledWorkflows++
       report.backfilledEvents += c.backfilled
@@ -261,8 +252,13 @@ export class Reconciler {
     }
   }
 
-  private async markBackfilled(wf: string, len: number): Promise<void> {
-    await this.d.driver.executeQuery('MATCH (w:Workflow {id: $wf}) SET w.backfilledLen = $len', { wf, len: neo4j.int(len) }, this.d.opts.database ? { database: this.d.opts.database } : {})
+  /** Records that the whole stream, as `x` describes it, was written (see lacksEvents). */
+  private async markBackfilled(wf: string, x: StreamExtent): Promise<void> {
+    await this.d.driver.executeQuery(
+      'MATCH (w:Workflow {id: $wf}) SET w.backfilledLen = $len, w.backfilledFirst = $first',
+      { wf, len: neo4j.int(x.len), first: x.first },
+      this.d.opts.database ? { database: this.d.opts.database } : {},
+    )
   }
 
   /**

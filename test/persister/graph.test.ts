@@ -273,6 +273,34 @@ describe('reconciliation and retention', () => {
     expect((await graphCounts(driver, [gap])).get(gap)?.events).toBe(3)
     expect(await client.redis.pttl(client.keys.events(gap))).toBeGreaterThan(0)
   })
+
+  it('does not let an earlier run of a reused workflow id hide a hole in the new run', async () => {
+    const wf = wfId()
+    await setStatus(wf, 'completed')
+    const old = await append(wf, [{ id: `${wf}-old1`, type: 'one' }, { id: `${wf}-old2`, type: 'two' }, { id: `${wf}-old3`, type: 'workflow.completed' }])
+    await point(wf, old[0] as string, old[2])
+    await drained()
+    expect(await client.redis.pttl(client.keys.events(wf))).toBeGreaterThan(0)
+    // Its keys expire; the same id is started again and its middle event's pointer is lost.
+    await client.redis.del(client.keys.events(wf), client.keys.status(wf))
+    await setStatus(wf, 'cancelled')
+    const now = await append(wf, [{ id: `${wf}-new1`, type: 'one' }, { id: `${wf}-new2`, type: 'late token' }, { id: `${wf}-new3`, type: 'workflow.cancelled' }])
+    await point(wf, now[0] as string)
+    await drained()
+    await point(wf, now[2] as string)
+    await drained()
+    // Neo4j holds five events of this id, more than the three in the stream, and the stream's last one.
+    expect((await graphCounts(driver, [wf])).get(wf)?.events).toBe(5)
+    expect(await client.redis.pttl(client.keys.events(wf))).toBe(-1)
+
+    const report = await svc.reconcileNow([wf])
+    expect(report.workflows[0]).toMatchObject({ outcome: 'backfilled', backfilled: 3, expired: true })
+    expect((await graphCounts(driver, [wf])).get(wf)?.events).toBe(6)
+    expect(await client.redis.pttl(client.keys.events(wf))).toBeGreaterThan(0)
+    // Rewritten whole, the stream is now known complete: a second run finds nothing to do.
+    const again = await svc.reconcileNow([wf])
+    expect(again.workflows[0]?.outcome).not.toBe('backfilled')
+  })
 })
 
 describe('history', () => {
