@@ -47,6 +47,12 @@ export function keeperPeriodMs(lockTtlMs: number): number {
 
 /** How far a pick pushes a hint whose actor another process holds. */
 const BUSY_RETRY_MS = 250
+/**
+ * How long actions handed back for a newer agent version wait before they are due
+ * again: long enough not to spin between processes of the old version during a
+ * rolling update, short enough not to hold the workflow up much.
+ */
+const VERSION_HANDBACK_MS = 2000
 
 /**
  * Lifecycle of an activation, one line per state:
@@ -132,7 +138,9 @@ export class ActorActivation implements LiveActorHooks {
 
   /** Finish the current action, then release (graceful shutdown). */
   drain(): void {
-    if (this.state === 'active') this.state = 'draining'
+    // Also while still taking the lock (a rerun, or any activation on a Cluster):
+    // it then hands back what it claims instead of running up to MAX_TURNS.
+    if (this.state === 'active' || this.state === 'locking') this.state = 'draining'
   }
 
   /** True once the activation should hand its actor back (drain, abort). */
@@ -228,10 +236,19 @@ export class ActorActivation implements LiveActorHooks {
     if (act.redelivered) metrics.redeliveries.inc({ agent }, act.batch.length)
     let snapshot = act.snapshot
     let restoreError = ''
-    if (snapshot && act.version !== this.def.version) {
+    // Written by a newer version of this agent (a rolling update under way): this
+    // process must neither run the machine on it nor "migrate" it backwards, so it
+    // hands the batch back, due again in a moment, for a process of that version.
+    const newer = snapshot !== '' && act.version > this.def.version
+    if (newer) this.env.log.warn(`snapshot of ${agent} in ${this.wf} was written by version ${act.version}, this process runs version ${this.def.version}: handing its actions back`)
+    else if (snapshot && act.version < this.def.version) {
       if (this.def.migrate) {
         try {
-          snapshot = JSON.stringify(this.def.migrate(JSON.parse(snapshot), act.version))
+          const migrated: unknown = this.def.migrate(JSON.parse(snapshot), act.version)
+          // A migrate() that changes its argument and forgets to return it would
+          // otherwise start the actor afresh, and the next commit would overwrite its state.
+          if (typeof migrated !== 'object' || migrated === null) throw new Error(`migrate() returned ${migrated === null ? 'null' : typeof migrated}, not a snapshot object`)
+          snapshot = JSON.stringify(migrated)
         } catch (err) {
           restoreError = `migrating ${agent} snapshot from version ${act.version} failed: ${err instanceof Error ? err.message : String(err)}`
         }
@@ -255,17 +272,22 @@ export class ActorActivation implements LiveActorHooks {
       for (const claimed of batch) {
         // Once the workflow is ending, or the activation must stop, the rest of the
         // batch goes back undelivered (the commit drops it if the workflow ended).
-        if (op || this.stopping()) {
-          results.push({ actionId: claimed.actionId, outcome: 'return', error: '', retryDelayMs: 0, parentEventId: '', durationMs: 0, attempt: claimed.attempt, events: [], outbox: [] })
+        if (op || this.stopping() || newer) {
+          results.push({ actionId: claimed.actionId, outcome: 'return', error: '', retryDelayMs: newer ? VERSION_HANDBACK_MS : 0, parentEventId: '', durationMs: 0, attempt: claimed.attempt, events: [], outbox: [] })
           continue
         }
         const started = Date.now()
-        const { record, delivery: o } = await this.deliver(claimed, restoreError)
+        const { record, delivery: o } = await this.deliverSafely(claimed, restoreError)
         turns++
         let outcome: ActionResult['outcome'] = 'ok'
         let retryDelay = 0
         if (o.outcome === 'rejected') outcome = 'dead'
-        else if (o.outcome === 'failed') {
+        else if (o.aborted && this.state !== 'active') {
+          // Stopped by the drain timeout: handed back undelivered, so the action
+          // runs again elsewhere without an attempt spent (a cancel or deadline
+          // ends the workflow, and the commit drops it either way).
+          outcome = 'return'
+        } else if (o.outcome === 'failed') {
           if (claimed.attempt >= this.def.maxAttempts) outcome = 'dead'
           else {
             outcome = 'retry'
@@ -285,11 +307,20 @@ export class ActorActivation implements LiveActorHooks {
         metrics.actionDuration.observe({ agent }, durationMs / 1000)
         results.push({ actionId: claimed.actionId, outcome, error: o.error, retryDelayMs: retryDelay, parentEventId: record?.eventId ?? '', durationMs, attempt: claimed.attempt, events: o.events, outbox: o.outbox })
       }
-      const release = this.stopping() || turns >= MAX_TURNS
+      const taken = live.takeSnapshot()
+      if ('badAt' in taken) {
+        const cut = this.cutAtUnserialisable(results, taken.badAt, taken.error)
+        stateValue = ''
+        if (cut) {
+          op = ''
+          opPayload = ''
+        }
+      }
+      const release = this.stopping() || turns >= MAX_TURNS || newer
       let res: CommitResult
       try {
         res = await commit(ctx, {
-          wf: this.wf, agent, fence: act.fence, lockValue, snapshot: live.takeSnapshot(), stateValue: this.stateToWrite(stateValue, transitions),
+          wf: this.wf, agent, fence: act.fence, lockValue, snapshot: taken.json, stateValue: this.stateToWrite(stateValue, transitions),
           version: this.def.version, op, opPayload, release, batch: Math.max(1, Math.min(BATCH, MAX_TURNS - turns)), eventBase: `${eventBase}.${commits++}`, results,
           ...(this.fusedSettle ? { settle: { lease: this.lease, rerunLease: this.rerunLease } } : {}),
         })
@@ -310,6 +341,12 @@ export class ActorActivation implements LiveActorHooks {
         if (r.events.length > 0) metrics.eventsPublished.inc({ agent }, r.events.length)
       }
       if (transitions > 0) metrics.transitions.inc({ agent }, transitions)
+      if (op && res.code === 'ended') {
+        // As a cancel does: other agents' actions still running in this workflow
+        // (anywhere) stop now instead of running on to their end or timeout.
+        const final = op === 'complete' ? 'completed' : 'failed'
+        this.env.background(ctx.redis.publish(ctx.keys.control(), JSON.stringify({ op: 'abort', wf: this.wf, reason: final })))
+      }
       // settle.lua wrote the persistence pointer, and released the hint if the lock went.
       const settled = res.settled && (res.settled.state === 'held') === (res.code === 'next') ? res.settled : null
       // 'held' with another code: a replay answered after our lock ran out (commit.lua
@@ -325,6 +362,33 @@ export class ActorActivation implements LiveActorHooks {
     }
   }
 
+  /**
+   * After a snapshot that cannot be serialised: the `badAt`-th successful result
+   * fails with the reason (its state cannot be stored, so it did not happen), and
+   * every result after it goes back undelivered, since it ran on that state.
+   * Returns true when the workflow op (the last successful result's) was cut.
+   */
+  private cutAtUnserialisable(results: ActionResult[], badAt: number, error: string): boolean {
+    let ok = -1
+    let cutOp = false
+    for (let i = 0; i < results.length; i++) {
+      const r = results[i] as ActionResult
+      if (ok >= badAt) {
+        results[i] = { ...r, outcome: 'return', error: '', retryDelayMs: 0, events: [], outbox: [] }
+        continue
+      }
+      if (r.outcome !== 'ok' || ++ok < badAt) continue
+      const dead = r.attempt >= this.def.maxAttempts
+      results[i] = {
+        ...r, outcome: dead ? 'dead' : 'retry', outbox: [],
+        error: `the state of ${this.def.name} after this action cannot be stored: ${error}`,
+        retryDelayMs: dead ? 0 : backoffDelay(this.def.backoff, r.attempt),
+      }
+      cutOp = true
+    }
+    return cutOp
+  }
+
   /** LiveActorHooks: publishes events of an action still running. */
   async flush(events: string[], stateValue: string | null): Promise<void> {
     const agent = this.def.name
@@ -336,6 +400,21 @@ export class ActorActivation implements LiveActorHooks {
   /** LiveActorHooks: validates an outgoing action. */
   checkSend(to: string, type: string, payloadJson: string): SendProblem | null {
     return this.env.checkSend(to, type, payloadJson)
+  }
+
+  /**
+   * {@link deliver}, with anything it throws (agent code XState does not catch)
+   * turned into a failed delivery: thrown out of the activation, it held the
+   * lock until its TTL and ran the whole batch again.
+   */
+  private async deliverSafely(next: Claimed, restoreError: string): Promise<{ record: ActionRecord | null; delivery: DeliveryOutcome }> {
+    try {
+      return await this.deliver(next, restoreError)
+    } catch (err) {
+      this.live?.discard()
+      const { delivery } = reject(`delivery failed: ${err instanceof Error ? err.message : String(err)}`)
+      return { record: null, delivery: { ...delivery, outcome: 'failed' } }
+    }
   }
 
   private async deliver(next: Claimed, restoreError: string): Promise<{ record: ActionRecord | null; delivery: DeliveryOutcome }> {

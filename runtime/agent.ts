@@ -26,7 +26,11 @@ export interface AgentOptions<TMachine extends AnyStateMachine = AnyStateMachine
   backoff?: Partial<BackoffPolicy>
   /** Time one action may take before it is aborted and retried (default 5 minutes). */
   actionTimeoutMs?: number
-  /** Version stored with each snapshot (default 1); a mismatch runs `migrate` or fails the action. */
+  /**
+   * Version stored with each snapshot (default 1). An older snapshot runs `migrate`
+   * (or fails the action without one); a newer one, written by a newer deployment
+   * during a rolling update, is handed back for a process of that version.
+   */
   version?: number
   /** Upgrades a persisted snapshot written by an older `version`. */
   migrate?: (snapshot: unknown, fromVersion: number) => unknown
@@ -47,11 +51,14 @@ export interface AgentDefinition<TMachine extends AnyStateMachine = AnyStateMach
   readonly actionTypes: readonly string[]
 }
 
-function positiveInt(v: number | undefined, fallback: number, what: string): number {
+function positiveInt(v: number | undefined, fallback: number, what: string, max = Number.MAX_SAFE_INTEGER): number {
   if (v === undefined) return fallback
-  if (!Number.isInteger(v) || v < 1) throw new TroupeError('config', `${what} must be a positive integer, got ${String(v)}`)
+  if (!Number.isInteger(v) || v < 1 || v > max) throw new TroupeError('config', `${what} must be an integer from 1 to ${max}, got ${String(v)}`)
   return v
 }
+
+/** Longest timer Node keeps: a longer setTimeout fires after 1 ms, which would time every action out at once. */
+const MAX_TIMER_MS = 2 ** 31 - 1
 
 /**
  * Defines an agent: a named XState machine with its delivery policy.
@@ -81,7 +88,7 @@ export function defineAgent<TMachine extends AnyStateMachine>(opts: AgentOptions
     concurrency: positiveInt(opts.concurrency, 16, `agent ${opts.name}: concurrency`),
     maxAttempts: positiveInt(opts.maxAttempts, 3, `agent ${opts.name}: maxAttempts`),
     backoff,
-    actionTimeoutMs: positiveInt(opts.actionTimeoutMs, 5 * 60_000, `agent ${opts.name}: actionTimeoutMs`),
+    actionTimeoutMs: positiveInt(opts.actionTimeoutMs, 5 * 60_000, `agent ${opts.name}: actionTimeoutMs`, MAX_TIMER_MS),
     version: positiveInt(opts.version, 1, `agent ${opts.name}: version`),
     actionTypes: [...new Set(machine.events.filter((t: string) => !t.startsWith('xstate.') && t !== '*'))],
     ...(opts.migrate ? { migrate: opts.migrate } : {}),

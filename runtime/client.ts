@@ -30,7 +30,10 @@ export interface StartOptions {
   workflowId?: string
   /** Fail the workflow with reason `deadline` after this long (enforced by the supervisor). */
   deadlineMs?: number
-  /** Check the agent and type against `system:agents` first (default true). */
+  /**
+   * Check the agent and type against `system:agents` first (default true). A pair
+   * found there is trusted for 5 s without reading the registry again.
+   */
   validate?: boolean
 }
 
@@ -68,12 +71,17 @@ function safeJson<T>(text: string | null | undefined): T | null {
   }
 }
 
+/** How long a send target seen in the agent registry is trusted without reading it again. */
+const VALIDATION_TTL_MS = 5000
+
 /** Talks to Troupe through Redis. */
 export class TroupeClient {
   readonly keys: Keys
   readonly ctx: ProtocolContext
   private sub: Subscriber | null = null
   private readonly ownsRedis: boolean
+  /** (agent, action type) pairs seen registered, until when they are trusted (see validateTarget). */
+  private readonly validated = new Map<string, number>()
 
   constructor(
     readonly redis: RedisClient,
@@ -117,6 +125,13 @@ export class TroupeClient {
   }
 
   private async validateTarget(agent: string, type: string): Promise<void> {
+    // A target seen registered lately is taken on trust for a few seconds: a
+    // producer sending in a loop read the whole registry once per send. A runtime
+    // that stops within that window leaves the action queued, which is what a
+    // send just before it stopped would have done too.
+    const key = `${agent}\u0000${type}`
+    const now = Date.now()
+    if ((this.validated.get(key) ?? 0) > now) return
     const reg = await this.agents()
     const a = reg.get(agent)
     if (!a) {
@@ -126,6 +141,9 @@ export class TroupeClient {
     if (!a.actionTypes.includes(type)) {
       throw new TroupeError('unknown_action', `agent '${agent}' does not handle action '${type}' (it handles: ${a.actionTypes.join(', ') || 'nothing'})`)
     }
+    // The registry as just read, so the cache never outgrows it.
+    this.validated.clear()
+    for (const [name, r] of reg) for (const t of r.actionTypes) this.validated.set(`${name}\u0000${t}`, now + VALIDATION_TTL_MS)
   }
 
   private record(wf: string, agent: string, type: string, payloadJson: string, actionId: string, eventId: string): string {

@@ -20,7 +20,12 @@ export interface DeliveryOutcome {
   opPayload: string
   stateValue: string
   transitions: number
+  /** Failed because the activation was aborted (cancel, deadline, shutdown), not by agent code. */
+  aborted?: boolean
 }
+
+/** The snapshot for a commit: JSON ('' = unchanged), or where serialising it failed (see takeSnapshot). */
+export type TakenSnapshot = { json: string } | { json: string; badAt: number; error: string }
 
 /**
  * Why an outgoing action cannot be sent. `transient`: it may be fine in a moment
@@ -88,6 +93,8 @@ export class LiveActor {
   private committed: string
   /** The snapshot after the last successful action not yet serialised (the newer restore point). */
   private lastOk: AnyMachineSnapshot | null = null
+  /** The snapshot after each successful action since the last commit, in order (see takeSnapshot). */
+  private okSnaps: AnyMachineSnapshot[] = []
   /** Actors of the current XState system whose emitted events we listen to, and its root. */
   private attached = new WeakSet<object>()
   private root: object | undefined
@@ -284,7 +291,16 @@ export class LiveActor {
     }
     const before = actor.getSnapshot() as AnyMachineSnapshot
     if (before.status !== 'active') return outcomeOf(cur, 'rejected', `agent ${this.def.name} is ${before.status} and accepts no more actions`)
-    if (!before.can(event)) {
+    let accepted: boolean
+    try {
+      accepted = before.can(event)
+    } catch (err) {
+      // A guard that throws: send() would catch it and put the actor in error,
+      // but can() lets it out. It is the agent code failing on this action.
+      this.discard()
+      return outcomeOf(cur, 'failed', describe(err))
+    }
+    if (!accepted) {
       return outcomeOf(cur, 'rejected', `agent ${this.def.name} in state ${JSON.stringify(before.value)} does not accept action '${record.type}'`)
     }
     actor.send(event)
@@ -295,6 +311,7 @@ export class LiveActor {
       if (cur.events.length > 0) this.scheduleFlush()
       const abort = signal()
       let stopReason = ''
+      let aborted = false
       await new Promise<void>((resolve) => {
         const done = (): void => {
           this.settleWaiter = null
@@ -304,6 +321,7 @@ export class LiveActor {
         }
         const onAbort = (): void => {
           stopReason = abort.reason instanceof Error ? abort.reason.message : 'aborted'
+          aborted = true
           done()
         }
         const timer = setTimeout(() => {
@@ -319,7 +337,7 @@ export class LiveActor {
       await this.flushing
       if (stopReason && !isSettled(snap)) {
         this.discard()
-        return outcomeOf(cur, 'failed', stopReason)
+        return { ...outcomeOf(cur, 'failed', stopReason), aborted }
       }
     }
     if (snap.status === 'error') {
@@ -331,20 +349,51 @@ export class LiveActor {
       this.discard()
       return outcomeOf(cur, cur.effectTransient ? 'failed' : 'rejected', cur.effectError)
     }
-    // Snapshots are immutable: keeping the object is free; it is serialised once per commit.
+    // Snapshots are immutable: keeping the objects is free; the last is serialised once per commit.
     this.lastOk = snap
+    this.okSnaps.push(snap)
     return { ...outcomeOf(cur, 'ok'), stateValue: this.prevValue }
+  }
+
+  private serialise(snap: AnyMachineSnapshot): string {
+    return JSON.stringify(this.def.machine.getPersistedSnapshot(snap))
   }
 
   /**
    * The persisted snapshot after the last successful action, as JSON for the
-   * commit, or '' when nothing changed since the last call.
+   * commit ('' when nothing changed since the last call). When it cannot be
+   * serialised (a BigInt or a cycle in context), `badAt` is the index, among the
+   * successful actions since the last call, of the first whose snapshot cannot,
+   * and `json` the snapshot of the one before it ('' when there is none): the
+   * caller commits up to there, fails that action and hands the rest back. The
+   * actor then restarts from that snapshot.
    */
-  takeSnapshot(): string {
-    if (!this.lastOk) return ''
-    const json = JSON.stringify(this.def.machine.getPersistedSnapshot(this.lastOk))
-    this.committed = json
+  takeSnapshot(): TakenSnapshot {
+    const last = this.lastOk
+    const snaps = this.okSnaps
     this.lastOk = null
-    return json
+    this.okSnaps = []
+    if (!last) return { json: '' }
+    try {
+      const json = this.serialise(last)
+      this.committed = json
+      return { json }
+    } catch (lastErr) {
+      let json = ''
+      for (let i = 0; i < snaps.length; i++) {
+        let next: string
+        try {
+          next = this.serialise(snaps[i] as AnyMachineSnapshot)
+        } catch (err) {
+          if (json) this.committed = json
+          this.discard()
+          return { json, badAt: i, error: describe(err) }
+        }
+        json = next
+      }
+      // Not reached (the last one failed), unless serialising is not deterministic.
+      this.discard()
+      return { json: '', badAt: 0, error: describe(lastErr) }
+    }
   }
 }

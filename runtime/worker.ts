@@ -283,7 +283,11 @@ export class AgentWorker {
     if (this.state === 'stopped') return
     this.state = 'draining'
     this.wake()
-    await this.loopDone
+    // Bounded too: a pick in flight waits in ioredis's offline queue while Redis is
+    // unreachable, and the drain must still end within its timeouts.
+    let timer: NodeJS.Timeout | undefined
+    await Promise.race([this.loopDone, new Promise((r) => (timer = setTimeout(r, timeoutMs)))])
+    clearTimeout(timer)
     this.blocker?.disconnect()
     this.blocker = null
     // A wake-up the BZPOPMIN popped just before the disconnect is passed on to

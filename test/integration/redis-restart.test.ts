@@ -36,6 +36,24 @@ describe('redis restart', () => {
     }
   })
 
+  it('stops within its drain bounds while Redis is unreachable', async () => {
+    const redis = await startRedis()
+    servers.push(redis)
+    const cfg = testConfig({ redisUrl: redis.url, idlePollMs: 200 })
+    const rt = await startRuntime({ agents: [counter], config: cfg, metricsPort: false, drainTimeoutMs: 500 })
+    redis.kill()
+    // Long enough for the worker's idle poll to send a pick, which then waits in
+    // ioredis's offline queue for a Redis that does not come back.
+    await new Promise((r) => setTimeout(r, 1000))
+    let timer: NodeJS.Timeout | undefined
+    const outcome = await Promise.race([
+      rt.stop().then(() => 'stopped'),
+      new Promise((r) => (timer = setTimeout(() => r('still draining after 30 s'), 30_000))),
+    ])
+    clearTimeout(timer)
+    expect(outcome).toBe('stopped')
+  })
+
   it('refuses a Redis that may evict keys unless allowed', async () => {
     const redis = await startRedis({ args: ['--maxmemory', '64mb', '--maxmemory-policy', 'allkeys-lru'] })
     servers.push(redis)

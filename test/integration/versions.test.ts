@@ -46,6 +46,67 @@ describe('versions', () => {
     await client.close()
   })
 
+  it('hands actions back from a snapshot a newer version wrote, for a process of that version (rolling update)', async () => {
+    const cfg = testConfig()
+    const client = TroupeClient.connect(cfg)
+    const ranOld = { n: 0 }
+    const migrate = (s: unknown): unknown => {
+      ranOld.n++
+      return s
+    }
+    let rt = await startRuntime({ agents: [counterV(2)], config: cfg, metricsPort: false })
+    const { workflowId } = await client.startWorkflow({ agent: 'tally', type: 'add', payload: { n: 2 } })
+    await eventually(async () => (await client.getStatus(workflowId))?.counts.done === 1, 10_000, 'v2 add')
+    await rt.stop()
+
+    // A process still on version 1 (with a migrate it must not run backwards) takes the next action.
+    rt = await startRuntime({ agents: [counterV(1, migrate)], config: cfg, metricsPort: false })
+    const { actionId } = await client.sendAction(workflowId, 'tally', 'add', { n: 3 })
+    const st = await eventually(async () => {
+      const raw = await client.redis.hget(client.keys.actions(workflowId), `${actionId}:st`)
+      const parsed = JSON.parse(raw ?? '{}') as { status?: string; attempt?: number; availableAt?: number }
+      // Handed back: queued again, due later than now, no attempt spent.
+      return parsed.status === 'queued' && (parsed.availableAt ?? 0) > Date.now() ? parsed : null
+    }, 10_000, 'hand-back')
+    expect(st.attempt).toBe(0)
+    await rt.stop()
+    expect(ranOld.n).toBe(0)
+    expect(await client.deadLetters(workflowId)).toEqual([])
+
+    rt = await startRuntime({ agents: [counterV(2)], config: cfg, metricsPort: false })
+    await eventually(async () => (await client.getStatus(workflowId))?.counts.done === 2, 10_000, 'v2 add after the hand-back')
+    const h = await client.redis.hmget(client.keys.actor(workflowId, 'tally'), 'snapshot', 'version')
+    expect((JSON.parse(h[0] ?? '{}') as { context: { total: number } }).context.total).toBe(5)
+    expect(h[1]).toBe('2')
+    expect(await client.deadLetters(workflowId)).toEqual([])
+    await rt.stop()
+    await client.close()
+  })
+
+  it('refuses a migrate() that returns no snapshot, keeping the stored state', async () => {
+    const cfg = testConfig()
+    const client = TroupeClient.connect(cfg)
+    let rt = await startRuntime({ agents: [counterV(1)], config: cfg, metricsPort: false })
+    const { workflowId } = await client.startWorkflow({ agent: 'tally', type: 'add', payload: { n: 2 } })
+    await eventually(async () => (await client.getStatus(workflowId))?.counts.done === 1, 10_000, 'v1 add')
+    await rt.stop()
+
+    // Changes its argument and forgets to return it.
+    const forgetful = (s: unknown): unknown => {
+      ;(s as { context: { total: number } }).context.total = 99
+      return undefined
+    }
+    rt = await startRuntime({ agents: [counterV(2, forgetful)], config: cfg, metricsPort: false })
+    await client.sendAction(workflowId, 'tally', 'add', { n: 3 })
+    await eventually(async () => (await client.deadLetters(workflowId)).length === 1, 10_000, 'dead letter')
+    expect((await client.deadLetters(workflowId))[0]?.error).toMatch(/migrate\(\) returned undefined/)
+    const h = await client.redis.hmget(client.keys.actor(workflowId, 'tally'), 'snapshot', 'version')
+    expect((JSON.parse(h[0] ?? '{}') as { context: { total: number } }).context.total).toBe(2)
+    expect(h[1]).toBe('1')
+    await rt.stop()
+    await client.close()
+  })
+
   it('delivers a send to an agent whose runtime started after the sender\'s', async () => {
     const cfg = testConfig()
     const client = TroupeClient.connect(cfg)

@@ -13,7 +13,8 @@
 --       8 snapshot JSON ('' = keep)  9 state value JSON ('' = keep)  10 machine version  11 retention ms (0 = none)
 --       12 release: '1' = release even if work is due (drain, fairness)  13 workflow op: '' | 'complete' | 'fail'
 --       14 op payload JSON  15 batch size for the next claim  16 number of action results (N)
---       then N results, each: actionId, outcome ('ok' | 'retry' | 'dead' | 'return'), error, retry delay ms,
+--       then N results, each: actionId, outcome ('ok' | 'retry' | 'dead' | 'return'), error, retry delay ms (for
+--         'return': how long it waits before it is due again, 0 = at its old place),
 --         parent event id (its action.enqueued), duration ms, attempt, number of events (E), number of sends (S),
 --         followed by E event JSONs and S x 5 send fields: agent, actionId, record JSON, delay ms, event id
 -- Returns: { code, nextDue|'', firstStreamId, lastStreamId, hintCount, agent1, score1, ..., record1, attempt1, id1, ... }
@@ -185,13 +186,19 @@ for _, r in ipairs(results) do
         agent, r.id, r.attempt, r.parent, now))
     elseif r.outcome == 'return' then
       -- Claimed but not delivered (drain, or the batch was cut short): back in line
-      -- at its old place, and this claim does not count as an attempt.
+      -- at its old place, and this claim does not count as an attempt. A retry
+      -- delay holds it back that long (handed back for a newer agent version).
       local ok, st = pcall(cjson.decode, redis.call('HGET', actions_key, r.id .. ':st') or '')
       if ok and type(st) == 'table' then
         st.status = 'queued'
         st.attempt = math.max(0, (tonumber(st.attempt) or 1) - 1)
+        local at = tonumber(st.availableAt) or now
+        if r.delay and r.delay > 0 and at < now + r.delay then
+          at = now + r.delay
+          st.availableAt = at
+        end
         redis.call('HSET', actions_key, r.id .. ':st', cjson.encode(st))
-        redis.call('ZADD', mailbox, tonumber(st.availableAt) or now, member_of(tonumber(st.seq) or 0, r.id))
+        redis.call('ZADD', mailbox, at, member_of(tonumber(st.seq) or 0, r.id))
       end
     else
       set_st(r.id, { status = 'dead', error = r.err, finishedAt = now })

@@ -1,0 +1,190 @@
+// Agent code failing in the ways XState does not catch for us, and activations cut
+// short, each ending as a clear outcome for the action concerned only: a guard that
+// throws, a state that cannot be stored, a drain that times out, a workflow ended
+// by one agent while another is still working. The locks here last a minute, so
+// an activation that threw out of its run and held its lock until the TTL (what
+// the first two did) makes these tests time out instead of passing late.
+import { afterEach, describe, expect, it } from 'vitest'
+import { assign, fromPromise, setup } from 'xstate'
+import { completeWorkflow, defineAgent, startRuntime, TroupeClient, type ActionEvent, type Runtime } from '../../runtime/index.ts'
+import { eventually, testConfig } from '../helpers/redis.ts'
+
+const cfg = testConfig({ lockTtlMs: 60_000 })
+const opened: { stop(): Promise<void> }[] = []
+afterEach(async () => {
+  for (const o of opened.splice(0).reverse()) await o.stop()
+})
+
+async function runtime(agents: Parameters<typeof startRuntime>[0]['agents'], drainTimeoutMs?: number): Promise<Runtime> {
+  const rt = await startRuntime({ agents, config: cfg, metricsPort: false, ...(drainTimeoutMs ? { drainTimeoutMs } : {}) })
+  opened.push(rt)
+  return rt
+}
+
+function client(): TroupeClient {
+  const c = TroupeClient.connect(cfg)
+  opened.push({ stop: () => c.close() })
+  return c
+}
+
+async function context<T>(c: TroupeClient, wf: string, agent: string): Promise<T> {
+  const raw = await c.redis.hget(c.keys.actor(wf, agent), 'snapshot')
+  return (JSON.parse(raw ?? '{}') as { context: T }).context
+}
+
+type Take = ActionEvent<'take', { items?: number[] }>
+
+describe('agent code failing where XState does not catch it', () => {
+  it('fails only the action whose guard throws; the actions around it in the batch are done', async () => {
+    const picky = defineAgent({
+      name: 'picky',
+      maxAttempts: 1,
+      machine: setup({
+        types: { context: {} as { taken: number }, events: {} as Take },
+        guards: { hasItems: ({ event }) => (event.payload.items as number[]).length > 0 },
+      }).createMachine({
+        context: { taken: 0 },
+        on: { take: { guard: 'hasItems', actions: assign({ taken: ({ context }) => context.taken + 1 }) } },
+      }),
+    })
+    const c = client()
+    // Queued before any runtime runs, so one activation claims all three together.
+    const { workflowId: wf } = await c.startWorkflow({ agent: 'picky', type: 'take', payload: { items: [1] }, validate: false })
+    await c.sendAction(wf, 'picky', 'take', {}, { validate: false })
+    await c.sendAction(wf, 'picky', 'take', { items: [2] }, { validate: false })
+    await runtime([picky])
+    await eventually(async () => (await c.getStatus(wf))?.counts.done === 2, 20_000, 'the two good actions')
+    const dead = await c.deadLetters(wf)
+    expect(dead).toHaveLength(1)
+    expect(dead[0]?.error).toMatch(/Cannot read properties of undefined/)
+    expect((await context<{ taken: number }>(c, wf, 'picky')).taken).toBe(2)
+  })
+
+  it('fails the action whose state cannot be stored, keeps the one before it and redelivers the one after', async () => {
+    const keeper = defineAgent({
+      name: 'keeper',
+      maxAttempts: 1,
+      machine: setup({
+        types: { context: {} as { added: number; big: unknown }, events: {} as ActionEvent<'add'> | ActionEvent<'bad'> },
+      }).createMachine({
+        context: { added: 0, big: null },
+        on: {
+          add: { actions: assign({ added: ({ context }) => context.added + 1 }) },
+          // JSON.stringify throws on a BigInt: the snapshot after this action cannot be written.
+          bad: { actions: assign({ big: () => BigInt(1) }) },
+        },
+      }),
+    })
+    const c = client()
+    const { workflowId: wf } = await c.startWorkflow({ agent: 'keeper', type: 'add', validate: false })
+    await c.sendAction(wf, 'keeper', 'bad', null, { validate: false })
+    await c.sendAction(wf, 'keeper', 'add', null, { validate: false })
+    await runtime([keeper])
+    await eventually(async () => (await c.getStatus(wf))?.counts.done === 2, 20_000, 'both adds')
+    const dead = await c.deadLetters(wf)
+    expect(dead).toHaveLength(1)
+    expect(dead[0]?.error).toMatch(/cannot be stored: .*BigInt/)
+    expect(await context<{ added: number; big: unknown }>(c, wf, 'keeper')).toEqual({ added: 2, big: null })
+  })
+})
+
+describe('activations cut short', () => {
+  it('hands an action aborted by the drain timeout back without spending an attempt', async () => {
+    let mayFinish = false
+    let started = 0
+    const slow = defineAgent({
+      name: 'slow',
+      maxAttempts: 1,
+      machine: setup({
+        actors: {
+          work: fromPromise(async ({ signal }) => {
+            started++
+            while (!mayFinish) {
+              if (signal.aborted) throw signal.reason
+              await new Promise((r) => setTimeout(r, 20))
+            }
+            return 'done'
+          }),
+        },
+      }).createMachine({
+        initial: 'idle',
+        states: { idle: { on: { go: 'working' } }, working: { invoke: { src: 'work', onDone: 'finished', onError: 'idle' } }, finished: {} },
+      }),
+    })
+    const c = client()
+    const first = await runtime([slow], 300)
+    const { workflowId: wf, actionId } = await c.startWorkflow({ agent: 'slow', type: 'go' })
+    await eventually(() => Promise.resolve(started === 1), 20_000, 'the action to start')
+    // Drains for 300 ms, then aborts the action still running.
+    await first.stop()
+    const st = JSON.parse((await c.redis.hget(c.keys.actions(wf), `${actionId}:st`)) ?? '{}') as { status?: string; attempt?: number }
+    expect(st).toMatchObject({ status: 'queued', attempt: 0 })
+    expect(await c.deadLetters(wf)).toEqual([])
+
+    mayFinish = true
+    await runtime([slow])
+    await eventually(async () => (await c.getStatus(wf))?.agents.slow === 'finished', 20_000, 'the action run elsewhere')
+    expect(await c.deadLetters(wf)).toEqual([])
+    expect(started).toBe(2)
+  })
+
+  it('aborts another agent\'s running action when one agent completes the workflow', async () => {
+    // XState aborts the promise's own signal when the actor stops, with a reason of its own.
+    let abortedWith = ''
+    const sleeper = defineAgent({
+      name: 'sleeper',
+      actionTimeoutMs: 600_000,
+      machine: setup({
+        actors: {
+          sleep: fromPromise(({ signal }) => new Promise((_resolve, reject) => {
+            signal.addEventListener('abort', () => {
+              abortedWith = signal.reason instanceof Error ? signal.reason.message : String(signal.reason)
+              reject(signal.reason as Error)
+            })
+          })),
+        },
+      }).createMachine({
+        initial: 'idle',
+        states: { idle: { on: { sleep: 'sleeping' } }, sleeping: { invoke: { src: 'sleep', onDone: 'idle', onError: 'idle' } } },
+      }),
+    })
+    const finisher = defineAgent({
+      name: 'finisher',
+      machine: setup({}).createMachine({ on: { finish: { actions: completeWorkflow({ ok: true }) } } }),
+    })
+    const c = client()
+    await runtime([sleeper, finisher])
+    const { workflowId: wf, actionId } = await c.startWorkflow({ agent: 'sleeper', type: 'sleep' })
+    await eventually(async () => (await c.getStatus(wf))?.agents.sleeper === 'sleeping', 20_000, 'the sleeper to start')
+    await c.sendAction(wf, 'finisher', 'finish')
+    // Without the abort it would sleep for its whole ten-minute timeout.
+    await eventually(() => Promise.resolve(abortedWith !== ''), 20_000, 'the sleeper aborted')
+    expect((await c.getStatus(wf))?.status).toBe('completed')
+    await eventually(async () => {
+      const st = JSON.parse((await c.redis.hget(c.keys.actions(wf), `${actionId}:st`)) ?? '{}') as { status?: string }
+      return st.status === 'cancelled'
+    }, 20_000, 'the sleeper\'s action cancelled')
+  })
+})
+
+describe('send validation', () => {
+  it('trusts a registered target for a while, but never an unknown agent or action type', async () => {
+    const echo = defineAgent({ name: 'echo', machine: setup({}).createMachine({ initial: 'up', states: { up: { on: { ping: 'up' } } } }) })
+    const c = client()
+    await runtime([echo])
+    const { workflowId: wf } = await c.startWorkflow({ agent: 'echo', type: 'ping' })
+    // Gone from the registry: a send right after still goes (trusted), as it would have a moment earlier.
+    await c.redis.hdel(c.keys.agents(), 'echo')
+    await c.sendAction(wf, 'echo', 'ping')
+    await expect(c.sendAction(wf, 'echo', 'pong')).rejects.toThrow(/unknown agent 'echo'/)
+    await expect(c.sendAction(wf, 'ghost', 'ping')).rejects.toThrow(/unknown agent 'ghost'/)
+  })
+})
+
+describe('defineAgent', () => {
+  it('refuses an action timeout longer than Node can time (it would fire at once)', () => {
+    const machine = setup({}).createMachine({})
+    expect(() => defineAgent({ name: 'patient', machine, actionTimeoutMs: 2 ** 31 })).toThrow(/actionTimeoutMs must be an integer from 1 to 2147483647/)
+    expect(defineAgent({ name: 'patient', machine, actionTimeoutMs: 2 ** 31 - 1 }).actionTimeoutMs).toBe(2 ** 31 - 1)
+  })
+})
