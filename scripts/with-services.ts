@@ -1,5 +1,6 @@
-// Runs a command with Redis and Neo4j available: reuses REDIS_URL / NEO4J_URI when
-// they answer, otherwise starts private ones, and stops what it started afterwards.
+// Runs a command with Redis and Neo4j available: uses REDIS_URL / NEO4J_URI when set
+// (stopping with the fix when one does not answer), otherwise starts private ones,
+// and stops what it started afterwards.
 // Usage: tsx scripts/with-services.ts [--no-neo4j] <command> [args...]
 import { spawn } from 'node:child_process'
 import { ensureRedis } from './services/redis.ts'
@@ -29,6 +30,8 @@ try {
     started.push(neo)
     console.error(`[services] neo4j ${neo.started ? 'started' : 'reused'} at ${neo.url}`)
     Object.assign(env, { NEO4J_URI: neo.url, NEO4J_USER: neo.user, NEO4J_PASSWORD: neo.password })
+    // Tells the command that this Neo4j came from the local bootstrap (auth on), not from the user.
+    if (neo.started) env.TROUPE_NEO4J_BOOTSTRAPPED = '1'
   }
   const [bin, ...args] = cmd as [string, ...string[]]
   const child = spawn(bin, args, { stdio: 'inherit', env })

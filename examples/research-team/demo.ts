@@ -12,14 +12,28 @@ import { readServices } from '../../runtime/cli/fleet.ts'
 const root = fileURLToPath(new URL('../..', import.meta.url))
 const say = (s: string): void => void process.stdout.write(`\x1b[1m${s}\x1b[0m\n`)
 const namespace = process.env.TROUPE_NAMESPACE ?? `demo${Date.now().toString(36)}:`
-const env = { ...process.env, TROUPE_NAMESPACE: namespace, TROUPE_LOG_LEVEL: process.env.TROUPE_LOG_LEVEL ?? 'warn' }
+// Each process serves metrics on a free port of its own: a TROUPE_METRICS_PORT
+// from the caller's environment would have both bind the same one.
+const { TROUPE_METRICS_PORT: _port, ...callerEnv } = process.env
+const env = { ...callerEnv, TROUPE_NAMESPACE: namespace, TROUPE_LOG_LEVEL: process.env.TROUPE_LOG_LEVEL ?? 'warn' }
+/** How long the workflow may take before the demo gives up (the fake model needs seconds). */
+const WORKFLOW_TIMEOUT_MS = 180_000
+
+// Cut short by a runtime process that dies (nothing would run the workflow's
+// remaining actions) or by the timeout, instead of following forever.
+const giveUp = new AbortController()
 
 function startProcess(extra: string[]): ChildProcess {
   const child = spawn(process.execPath, ['bin/troupe.mjs', 'start', '--agents', 'examples/research-team/agents.ts', ...extra], { cwd: root, env, stdio: ['ignore', 'inherit', 'inherit'] })
   child.on('exit', (code, sig) => {
-    if (!stopping && code !== 0) process.stderr.write(`runtime process exited early (${code ?? sig})\n`)
+    if (!stopping) giveUp.abort(new Error(`a runtime process exited early (${code ?? sig}); its output is above`))
   })
   return child
+}
+
+function giveUpReason(): Error {
+  const reason: unknown = giveUp.signal.reason
+  return reason instanceof Error ? reason : new Error(String(reason))
 }
 
 let stopping = false
@@ -27,10 +41,12 @@ const builtins = Object.keys(SERVICES).filter((s) => s !== 'gateway')
 say(`Troupe demo: namespace ${namespace}, Redis ${process.env.REDIS_URL ?? '(default)'}`)
 say(`starting two runtime processes hosting planner, researcher, writer, reviewer${builtins.length ? ` (+ ${builtins.join(', ')})` : ''}`)
 const children = [startProcess(builtins.map((s) => `--${s}`)), startProcess(builtins.map((s) => `--${s}`))]
-const client = TroupeClient.connect({ namespace })
+let client: TroupeClient | undefined
 let code = 0
 try {
+  client = TroupeClient.connect({ namespace })
   for (let i = 0; ; i++) {
+    if (giveUp.signal.aborted) throw giveUpReason()
     const alive = (await readServices(client)).filter((s) => s.status === 'alive')
     if (alive.length >= 2) break
     if (i > 300) throw new Error('runtime processes did not come up within 30 s')
@@ -39,9 +55,15 @@ try {
   const topic = process.argv[2] ?? 'fusion energy'
   const { workflowId } = await client.startWorkflow({ agent: 'planner', type: 'plan', payload: { topic } })
   say(`\nworkflow ${workflowId}: plan "${topic}" — live events:\n`)
+  const timer = setTimeout(() => giveUp.abort(new Error(`workflow ${workflowId} did not end within ${WORKFLOW_TIMEOUT_MS / 1000} s`)), WORKFLOW_TIMEOUT_MS)
   const r = new EventRenderer()
-  for await (const e of client.follow(workflowId, { untilEnd: true })) r.write(e)
+  try {
+    for await (const e of client.follow(workflowId, { untilEnd: true, signal: giveUp.signal })) r.write(e)
+  } finally {
+    clearTimeout(timer)
+  }
   r.end()
+  if (giveUp.signal.aborted) throw giveUpReason()
   const st = await client.getStatus(workflowId)
   say(`\nstatus: ${st?.status}; agents: ${JSON.stringify(st?.agents)}; actions: ${st?.counts.done} done, ${st?.counts.dead} dead`)
   if (st?.status !== 'completed') code = 1
@@ -70,7 +92,7 @@ try {
 } finally {
   stopping = true
   for (const c of children) c.kill('SIGTERM')
-  await Promise.all(children.map((c) => new Promise((r) => (c.exitCode !== null ? r(null) : c.once('exit', r)))))
-  await client.close()
+  await Promise.all(children.map((c) => new Promise((r) => (c.exitCode !== null || c.signalCode !== null ? r(null) : c.once('exit', r)))))
+  await client?.close()
 }
 process.exit(code)

@@ -13,12 +13,14 @@ export interface ServiceEntry {
   readonly describe: string
   /** Extra string flags this service reads (e.g. `gateway-port`). */
   readonly flags?: readonly string[]
+  /** Extra boolean flags this service reads (e.g. `supervisor-no-sd`). */
+  readonly booleanFlags?: readonly string[]
   create(flags: ServiceFlags): Promise<HostedService>
 }
 
 /** The registry: add one entry per built-in service. */
 export const SERVICES: Record<string, ServiceEntry> = {
-  supervisor: { describe: 'run the leader-elected supervisor (tune with --supervisor-lease, --supervisor-tick, --supervisor-sd-port)', flags: ['supervisor-lease', 'supervisor-tick', 'supervisor-sd-port'], create: async ({ values }) => (await import('../../agents/supervisor.ts')).supervisorService((await import('./supervisor.ts')).supervisorFlags(values, 'supervisor-')) },
+  supervisor: { describe: 'run the leader-elected supervisor (tune with --supervisor-lease, --supervisor-tick, --supervisor-sd-port, --supervisor-no-sd)', flags: ['supervisor-lease', 'supervisor-tick', 'supervisor-sd-port'], booleanFlags: ['supervisor-no-sd'], create: async ({ values }) => (await import('../../agents/supervisor.ts')).supervisorService((await import('./supervisor.ts')).supervisorFlags(values, 'supervisor-')) },
   gateway: { describe: 'serve the HTTP API, SSE and web UI (tune with --gateway-port, --gateway-host)', flags: ['gateway-port', 'gateway-host'], create: async ({ values }) => (await import('../gateway/service.ts')).gatewayService((await import('./gateway.ts')).gatewayFlags(values)) },
   persister: { describe: 'write workflow history to Neo4j', flags: ['neo4j-uri', 'neo4j-user', 'neo4j-password', 'neo4j-database', 'persister-batch', 'persister-claim-idle', 'persister-reconcile-every', 'persister-retention'], create: async ({ values }) => (await import('../../agents/persister.ts')).persisterService((await import('./persister.ts')).persisterFlags(values, 'persister-')) },
 }

@@ -38,6 +38,7 @@ export const command: Command = {
     for (const [name, s] of Object.entries(SERVICES)) {
       serviceFlags[name] = { type: 'boolean' }
       for (const f of s.flags ?? []) serviceFlags[f] = { type: 'string' }
+      for (const f of s.booleanFlags ?? []) serviceFlags[f] = { type: 'boolean' }
     }
     const { values } = parse(argv, {
       agents: { type: 'string' },
