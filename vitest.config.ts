@@ -9,5 +9,8 @@ export default defineConfig({
     testTimeout: 60_000,
     hookTimeout: 120_000,
     reporters: ['default'],
+    // Vitest allows a stray `.only` unless CI is set, and .ci/run does not set it:
+    // a committed `it.only` would run a subset and pass.
+    allowOnly: false,
   },
 })

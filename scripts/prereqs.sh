@@ -3,8 +3,9 @@
 # missing ones, on Debian/Ubuntu as root; elsewhere prints the exact command.
 #   demo:  redis-server, Java 17 + Maven (a real Neo4j 5.26 runs embedded)
 #   tests: the same, plus redis-tools (cluster tests), prometheus (observability
-#          tests), chromium (browser tests of the web UI) and, where a docker
-#          client exists without compose, docker-compose (compose file check)
+#          tests), chromium (browser tests of the web UI) and, unless a docker
+#          client with the compose plugin exists, docker-compose (the compose
+#          file check; it needs no Docker engine)
 set -euo pipefail
 need=()
 have() { command -v "$1" >/dev/null 2>&1; }
@@ -15,9 +16,9 @@ if [ "${1:-}" != "--demo" ]; then
   have redis-cli || need+=(redis-tools)
   have prometheus || need+=(prometheus)
   [ -x /usr/bin/chromium ] || need+=(chromium)
-  # The compose file is validated with `docker compose config` wherever a docker
-  # client exists; without the compose plugin, Debian's docker-compose does it.
-  if have docker && ! docker compose version >/dev/null 2>&1 && ! have docker-compose; then need+=(docker-compose); fi
+  # The compose file is validated with `docker compose config`, or without the
+  # plugin by Debian's docker-compose, which parses it without an engine.
+  if ! have docker-compose && ! { have docker && docker compose version >/dev/null 2>&1; }; then need+=(docker-compose); fi
 fi
 if [ ${#need[@]} -eq 0 ]; then
   echo "prerequisites: all present"

@@ -1,25 +1,15 @@
 // `npm run bench:gc` must not rot: run it with small counts and check that every
 // variant ran, its child's GC trace was read, and the numbers are finite. Never a
 // time, a ratio or a promotion figure: those depend on the machine.
-import { spawn } from 'node:child_process'
-import { fileURLToPath } from 'node:url'
-import { describe, expect, it } from 'vitest'
+import { afterAll, describe, expect, it } from 'vitest'
+import { killStragglers, runNode } from '../helpers/processes.ts'
 import { redisUrl } from '../helpers/redis.ts'
 
-const root = fileURLToPath(new URL('../..', import.meta.url))
+afterAll(killStragglers)
 
 describe('npm run bench:gc', () => {
   it('reports every variant with its allocation, promotion and scavenges', { timeout: 180_000 }, async () => {
-    const child = spawn(process.execPath, ['--import', 'tsx', 'bench/gc.ts', '--cold', '400', '--flow', '60'], {
-      cwd: root,
-      env: { ...process.env, REDIS_URL: redisUrl() },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    })
-    let out = ''
-    let err = ''
-    child.stdout.on('data', (d: Buffer) => (out += d.toString()))
-    child.stderr.on('data', (d: Buffer) => (err += d.toString()))
-    const code = await new Promise<number | null>((r) => child.once('exit', r))
+    const { code, out, err } = await runNode(['--import', 'tsx', 'bench/gc.ts', '--cold', '400', '--flow', '60'], { REDIS_URL: redisUrl() })
     expect(code, err).toBe(0)
     const rows = out.split('\n').filter((l) => l.startsWith('| ') && !l.startsWith('| variant'))
     expect(rows.map((r) => r.split('|')[1]?.trim().replace(/ \(per .*\)$/, ''))).toEqual([

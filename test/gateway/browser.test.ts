@@ -77,14 +77,12 @@ async function startRelay(text: string): Promise<void> {
   await page.waitForSelector('#d-conn.live')
 }
 
-/** Samples the new stream row's text until it equals `want`; returns the distinct lengths seen on the way. */
-async function watchStream(want: string, skip: number, during?: () => Promise<void>): Promise<number[]> {
-  const lengths = new Set<number>()
+/** Polls the new stream row's text until it equals `want`, running `during` once a quarter of it shows. */
+async function watchStream(want: string, skip: number, during?: () => Promise<void>): Promise<void> {
   let side: Promise<void> | undefined
   const deadline = Date.now() + 30_000
   for (;;) {
     const t = await streamText(skip)
-    lengths.add(t.length)
     if (!side && during && t.length > want.length / 4) side = during()
     if (t === want) break
     // Past the expected text means duplicates: fail fast with what we saw.
@@ -92,7 +90,27 @@ async function watchStream(want: string, skip: number, during?: () => Promise<vo
     await sleep(15)
   }
   await side
-  return [...lengths].sort((a, b) => a - b)
+}
+
+/**
+ * Has the page record the first stream row's length at each DOM update it makes;
+ * {@link recordedLengths} returns them and stops recording. Sampling the row from
+ * here instead (a round trip per sample) saw too few updates on a loaded machine:
+ * the text can finish streaming between two samples.
+ */
+async function recordStreamLengths(): Promise<void> {
+  await page.evaluate(`(() => {
+    const seen = (window.__streamLengths = [])
+    window.__streamObserver = new MutationObserver(() => {
+      const c = document.querySelector('#d-timeline .c.stream')
+      if (c && seen.at(-1) !== c.textContent.length) seen.push(c.textContent.length)
+    })
+    window.__streamObserver.observe(document.getElementById('d-timeline'), { childList: true, subtree: true, characterData: true })
+  })()`)
+}
+
+async function recordedLengths(): Promise<number[]> {
+  return await page.evaluate<number[]>('(() => { window.__streamObserver.disconnect(); return window.__streamLengths })()')
 }
 
 describe('web UI in headless Chromium', () => {
@@ -114,10 +132,16 @@ describe('web UI in headless Chromium', () => {
 
     // Start a workflow from the form: counter relays the text to echo, which streams it.
     const text = 'Troupe streams every token to the browser as it happens. '.repeat(4)
+    await recordStreamLengths()
     await startRelay(text)
-    const seen = await watchStream(text, 0)
-    // Tokens arrived over time, not all at once.
+    await watchStream(text, 0)
+    // Tokens arrived over time, not all at once: the UI renders once per animation
+    // frame, so three or more lengths short of the whole text mean it grew on screen
+    // over several frames.
+    const seen = await recordedLengths()
+    console.info(`browser: the stream row showed ${seen.length} lengths on the way to ${text.length} characters`)
     expect(seen.filter((n) => n > 0 && n < text.length).length).toBeGreaterThanOrEqual(3)
+    expect(seen).toEqual([...seen].sort((a, b) => a - b))
     // (The page's CSP forbids eval, so waits use selectors rather than waitForFunction strings.)
     await page.waitForSelector('#d-agents :text-is("echo")')
     const wfId = (await page.textContent('#d-id')) ?? ''
@@ -178,16 +202,7 @@ describe('web UI in headless Chromium', () => {
     await page.click('#new-workflow')
     await page.waitForSelector('#example-card:not([hidden])')
     await page.fill('#example-topic', 'tidal power')
-    // The page records the streamed row's length at each DOM update it makes. Sampling
-    // it from here instead (a round trip per sample) saw too few updates on a loaded
-    // machine: the draft can finish streaming between two samples.
-    await page.evaluate(`(() => {
-      const seen = (window.__streamLengths = [])
-      new MutationObserver(() => {
-        const c = document.querySelector('#d-timeline .c.stream')
-        if (c && seen.at(-1) !== c.textContent.length) seen.push(c.textContent.length)
-      }).observe(document.getElementById('d-timeline'), { childList: true, subtree: true, characterData: true })
-    })()`)
+    await recordStreamLengths()
     await page.click('#start-example')
     await page.waitForSelector('#detail-view:not([hidden])')
     await page.waitForSelector('#d-conn.live')
@@ -197,7 +212,7 @@ describe('web UI in headless Chromium', () => {
     await page.waitForSelector('#d-agents li:has-text("reviewer") .state:text-is("awaitingSignOff")', { timeout: 30_000 })
     // The UI renders once per animation frame: three or more distinct lengths mean
     // the draft grew on screen over several frames, not in one block at the end.
-    const lengths = await page.evaluate<number[]>('window.__streamLengths')
+    const lengths = await recordedLengths()
     expect(new Set(lengths).size).toBeGreaterThanOrEqual(3)
     expect(lengths).toEqual([...lengths].sort((a, b) => a - b))
     // The reviewer's transition and the workflow's status change come from one commit

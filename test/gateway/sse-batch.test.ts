@@ -257,8 +257,13 @@ describe('SSE live frames coalesced per tick', () => {
     }
     await fast.until((m) => ids(m).length >= 400, 20_000)
     expect(ids(fast.messages)).toEqual(range(1, 400).map(id))
-    await sleep(400)
+    await until(() => r.drops.length >= 1, 'the slow client dropped')
+    // Only the slow one: the fast one is still live and gets what comes next.
+    r.sub.publish([live(401)])
+    await fast.until((m) => ids(m).includes(id(401)), 5000)
     expect(r.drops.length).toBe(1)
+    expect(r.streams.map((x) => x.state).sort()).toEqual(['closed', 'live'])
+    expect(ids(fast.messages)).toEqual(range(1, 401).map(id))
     fast.close()
     slow.close()
   })

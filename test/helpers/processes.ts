@@ -87,3 +87,28 @@ export async function scrapeCounter(url: string, name: string, labels: Record<st
   }
   return sum
 }
+
+/** Children started by {@link runNode} and not yet exited, killed by {@link killStragglers}. */
+const running = new Set<ChildProcess>()
+
+/**
+ * Runs `node <args>` from the repository root with `env` added, collecting its
+ * output; the child is killed by {@link killStragglers} if the test gives up on it.
+ */
+export async function runNode(args: string[], env: Record<string, string>): Promise<{ code: number | null; out: string; err: string }> {
+  const child = spawn(process.execPath, args, { cwd: root, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] })
+  running.add(child)
+  let out = ''
+  let err = ''
+  child.stdout?.on('data', (d: Buffer) => (out += d.toString()))
+  child.stderr?.on('data', (d: Buffer) => (err += d.toString()))
+  const code = await new Promise<number | null>((r) => child.once('exit', (c) => r(c)))
+  running.delete(child)
+  return { code, out, err }
+}
+
+/** Kills what {@link runNode} started and is still running (a test that timed out leaves it behind). */
+export function killStragglers(): void {
+  for (const c of running) c.kill('SIGKILL')
+  running.clear()
+}

@@ -1,29 +1,72 @@
 // The CLI as a user runs it: exit codes, JSON output, clear errors for bad input.
-import { spawn } from 'node:child_process'
-import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { spawn, type ChildProcess } from 'node:child_process'
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
 import { startRuntime, type Runtime } from '../../runtime/index.ts'
 import { counter, echo } from '../fixtures/agents.ts'
 import { eventually, testConfig } from '../helpers/redis.ts'
 
 const cfg = testConfig()
 let rt: Runtime
+// A CLI call that hangs is killed after this long (a process start alone takes
+// seconds on a loaded machine), so it fails as itself rather than as the test's timeout.
+const CLI_TIMEOUT_MS = 30_000
+const cliEnv = { ...process.env, REDIS_URL: cfg.redisUrl, TROUPE_NAMESPACE: cfg.namespace }
+// Children still running when a test ends (it failed or timed out while one ran).
+const live = new Set<ChildProcess>()
 
 beforeAll(async () => {
   rt = await startRuntime({ agents: [counter, echo], config: cfg, metricsPort: false })
+})
+afterEach(async () => {
+  await Promise.all([...live].map(async (c) => {
+    const gone = new Promise((r) => c.once('exit', r))
+    c.kill('SIGKILL')
+    await gone
+  }))
 })
 afterAll(async () => {
   await rt?.stop()
 })
 
-function troupe(...args: string[]): Promise<{ code: number | null; out: string; err: string }> {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, ['bin/troupe.mjs', ...args], { env: { ...process.env, REDIS_URL: cfg.redisUrl, TROUPE_NAMESPACE: cfg.namespace }, stdio: ['ignore', 'pipe', 'pipe'] })
-    let out = ''
-    let err = ''
-    child.stdout.on('data', (d: Buffer) => (out += d.toString()))
-    child.stderr.on('data', (d: Buffer) => (err += d.toString()))
-    child.on('exit', (code) => resolve({ code, out, err }))
+/** Starts the CLI; whatever it prints accumulates in `io`, and `exited` resolves with its exit code. */
+function launch(args: string[], env: NodeJS.ProcessEnv = cliEnv): { child: ChildProcess; io: { out: string; err: string }; exited: Promise<number | null> } {
+  const child = spawn(process.execPath, ['bin/troupe.mjs', ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] })
+  live.add(child)
+  const io = { out: '', err: '' }
+  child.stdout?.on('data', (d: Buffer) => (io.out += d.toString()))
+  child.stderr?.on('data', (d: Buffer) => (io.err += d.toString()))
+  const exited = new Promise<number | null>((resolve, reject) => {
+    child.once('exit', (code) => {
+      live.delete(child)
+      resolve(code)
+    })
+    child.once('error', (err) => {
+      live.delete(child)
+      reject(err)
+    })
   })
+  return { child, io, exited }
+}
+
+/** Runs the CLI to its exit, killing it (and failing) after CLI_TIMEOUT_MS. */
+async function runCli(args: string[], env?: NodeJS.ProcessEnv): Promise<{ code: number | null; out: string; err: string }> {
+  const { child, io, exited } = launch(args, env)
+  let hung = false
+  const killer = setTimeout(() => {
+    hung = true
+    child.kill('SIGKILL')
+  }, CLI_TIMEOUT_MS)
+  try {
+    const code = await exited
+    if (hung) throw new Error(`troupe ${args.join(' ')} did not exit within ${CLI_TIMEOUT_MS / 1000} s:\n${io.out}${io.err}`)
+    return { code, out: io.out, err: io.err }
+  } finally {
+    clearTimeout(killer)
+  }
+}
+
+function troupe(...args: string[]): Promise<{ code: number | null; out: string; err: string }> {
+  return runCli(args)
 }
 
 describe('cli', () => {
@@ -78,29 +121,19 @@ describe('cli', () => {
   it('exits 0 when Ctrl-C stops following a workflow that goes on', async () => {
     const run = await troupe('run', 'counter', 'ping', '--payload', '{"i":1}', '--json')
     const { workflowId } = JSON.parse(run.out) as { workflowId: string }
-    const child = spawn(process.execPath, ['bin/troupe.mjs', 'tail', workflowId, '--json'], { env: { ...process.env, REDIS_URL: cfg.redisUrl, TROUPE_NAMESPACE: cfg.namespace }, stdio: ['ignore', 'pipe', 'pipe'] })
-    let out = ''
-    let err = ''
-    child.stdout.on('data', (d: Buffer) => (out += d.toString()))
-    child.stderr.on('data', (d: Buffer) => (err += d.toString()))
-    const exited = new Promise((r) => child.on('exit', r))
+    const { child, io, exited } = launch(['tail', workflowId, '--json'])
     // Following: the replay has printed the first event (a process start takes seconds on a loaded machine).
-    await eventually(() => Promise.resolve(out.includes('"workflow.started"')), 45_000, 'the replay printed')
+    await eventually(() => Promise.resolve(io.out.includes('"workflow.started"')), 45_000, 'the replay printed')
     child.kill('SIGINT')
-    expect(await exited, err).toBe(0)
-  }, 60_000)
+    expect(await exited, io.err).toBe(0)
+  }, 90_000)
 
   it('fails clearly when Redis is unreachable', async () => {
     // `auth` once hung here for good: its QUIT queued behind the unanswered PING.
     for (const args of [['run', 'counter', 'ping'], ['auth', 'issue', '--user', 'alice']]) {
-      const child = spawn(process.execPath, ['bin/troupe.mjs', ...args], { env: { ...process.env, REDIS_URL: 'redis://127.0.0.1:1' }, stdio: ['ignore', 'pipe', 'pipe'] })
-      let err = ''
-      child.stderr.on('data', (d: Buffer) => (err += d.toString()))
-      const killer = setTimeout(() => child.kill('SIGKILL'), 30_000)
-      const code = await new Promise((r) => child.on('exit', r))
-      clearTimeout(killer)
+      const { code, err } = await runCli(args, { ...process.env, REDIS_URL: 'redis://127.0.0.1:1' })
       expect(code, `troupe ${args.join(' ')}: ${err}`).toBe(4)
       expect(err).toMatch(/cannot reach Redis at redis:\/\/127.0.0.1:1/)
     }
-  }, 60_000)
+  }, 90_000)
 })

@@ -1,5 +1,6 @@
 // The core workflow, a crash and live following against a local 3-primary Redis
 // Cluster: every per-workflow script stays in one {wf} slot.
+import { Redis, type Cluster } from 'ioredis'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { startRuntime, TroupeClient, type Runtime } from '../../runtime/index.ts'
 import { startRedisCluster, type RedisCluster } from '../../scripts/services/redis-cluster.ts'
@@ -73,11 +74,14 @@ describe('redis cluster', () => {
     const own = testConfig({ redisUrl: cluster.url, idlePollMs: 60_000, lockTtlMs: 60_000 })
     const rt2 = await startRuntime({ agents: [counter], config: own, metricsPort: false })
     const admin = TroupeClient.connect(own)
+    const ready = admin.keys.ready('counter')
     try {
       const nodeOf = await slotOwners(admin)
-      const busy = new Set([await nodeOf(admin.keys.ready('counter')), await nodeOf(admin.keys.wake('counter'))])
-      // Let the worker finish its first pick and block on the wake-up marker.
-      await new Promise((r) => setTimeout(r, 300))
+      const wakePort = await nodeOf(admin.keys.wake('counter'))
+      const wakeNode = cluster.nodes.find((n) => n.port === wakePort)
+      if (!wakeNode) throw new Error('no node for the wake-up marker')
+      const busy = new Set([await nodeOf(ready), wakePort])
+      let raced = 0
       for (let round = 0; round < 4; round++) {
         let wf = ''
         let port = -1
@@ -87,12 +91,26 @@ describe('redis cluster', () => {
         }
         const node = cluster.nodes.find((n) => n.port === port)
         if (!node) throw new Error(`no node for ${wf}`)
+        // The worker is idle, blocked on the wake-up marker as its node sees it:
+        // only a wake-up moves it (the idle poll is a minute away).
+        await eventually(() => blockedOnWake(rt2, wakeNode), 10_000, `the worker blocked on its wake-up marker (round ${round})`)
         const fresh = TroupeClient.connect(own)
         try {
+          // The fresh client knows the slots and the hint's node; the workflow's
+          // node it has yet to connect to. (A slot refresh asked of the stalled
+          // node would hold everything up for a second, stall included.)
+          await fresh.redis.exists(ready)
           node.pause()
           const started = fresh.startWorkflow({ workflowId: wf, agent: 'counter', type: 'ping' })
-          // Long enough for a woken worker to pick and send its activate to the stalled node.
-          await new Promise((r) => setTimeout(r, 200))
+          // Mid-enqueue: its first write (the pre-hint, on a live node) landed,
+          // its script waits on the stalled node.
+          await eventually(async () => (await admin.redis.zscore(ready, wf)) !== null, 5000, `the pre-hint of ${wf}`)
+          // A wake-up sent before the script's reply (the bug) has the worker pick
+          // and send its activate to the stalled node ahead of the enqueue: wait for
+          // that activation. Sent after the reply (as it should be), nothing moves
+          // while the node is stalled, so this gives up after a moment; the node
+          // must not stay stalled near its cluster-node-timeout (2 s) anyway.
+          if (await eventually(() => Promise.resolve(rt2.workers.get('counter')?.active.has(wf)), 500, 'an activation').then(() => true, () => false)) raced++
           node.resume()
           await started
         } finally {
@@ -101,6 +119,7 @@ describe('redis cluster', () => {
         }
         await eventually(async () => (await admin.readEvents(wf, '0', 100)).some((e) => e.event.type === 'action.completed'), 5000, `the ping of ${wf} (round ${round}) to run: a lost hint strands it`)
       }
+      console.log(`stalled enqueues: ${raced} of 4 had a worker activate ahead of the script`)
     } finally {
       for (const n of cluster.nodes) n.resume()
       await rt2.stop()
@@ -206,6 +225,24 @@ describe('redis cluster', () => {
     }
   })
 })
+
+/**
+ * True when `node` holds the connection of `rt`'s counter worker blocked in
+ * BZPOPMIN (CLIENT LIST there, matched by the client's port on the worker's own
+ * blocking connection, which the runtime keeps private).
+ */
+async function blockedOnWake(rt: Runtime, node: { url: string; port: number }): Promise<boolean> {
+  const blocker = (rt.workers.get('counter') as unknown as { blocker: Cluster | null } | undefined)?.blocker
+  const port = blocker?.nodes('master').find((n) => n.options.port === node.port)?.stream?.localPort
+  if (port === undefined) return false
+  const conn = new Redis(node.url, { maxRetriesPerRequest: 0 })
+  try {
+    const list = String(await conn.call('CLIENT', 'LIST'))
+    return list.split('\n').some((l) => l.includes(`addr=127.0.0.1:${port} `) && / flags=\S*b/.test(l) && / cmd=bzpopmin /.test(l))
+  } finally {
+    conn.disconnect()
+  }
+}
 
 /** Maps a key to the port of the primary that owns its slot. */
 async function slotOwners(c: TroupeClient): Promise<(key: string) => Promise<number>> {

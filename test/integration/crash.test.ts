@@ -103,14 +103,17 @@ describe('across processes', () => {
   })
 
   it('drains on SIGTERM: finishes the running action, exits 0, leaves the rest to others', async () => {
-    const p1 = await runtimeChild()
+    // A drain timeout far beyond the test's own: p1 exiting at all shows that the
+    // drain ended when its action did, not on the timer (nor was the action cut
+    // short by it on a slow machine).
+    const p1 = await runtimeChild({ args: ['--drain-timeout', '10m'] })
     const { workflowId } = await client.startWorkflow({ agent: 'slow', type: 'work', payload: { ms: 800, i: 1 } })
     await client.sendAction(workflowId, 'slow', 'work', { ms: 10, i: 2 })
     await eventually(async () => (await client.getStatus(workflowId))?.agents.slow === 'working', 10_000, 'working')
     const t0 = Date.now()
     p1.signal('SIGTERM')
     expect(await p1.exited()).toBe(0)
-    expect(Date.now() - t0).toBeLessThan(10_000)
+    console.log(`drained and exited ${Date.now() - t0} ms after SIGTERM`)
     const ctx1 = await actorContext(workflowId, 'slow')
     expect(ctx1.done).toEqual([1])
     await runtimeChild()

@@ -25,6 +25,22 @@ async function events(wf: string): Promise<StreamedEvent[]> {
 }
 const ofType = (list: StreamedEvent[], t: string): StreamedEvent[] => list.filter((e) => e.event.type === t)
 
+/**
+ * When an action was stored, when it was due and when its run was committed, all
+ * from Redis's clock (the scripts stamp events with TIME), so a loaded test
+ * process does not move them.
+ */
+async function timeline(wf: string, actionId: string): Promise<{ sent: number; due: number; done: number }> {
+  const ev = await events(wf)
+  const enqueued = ofType(ev, 'action.enqueued').find((e) => (e.event.content as { actionId: string }).actionId === actionId)
+  const completed = ofType(ev, 'action.completed').find((e) => e.event.metadata?.actionId === actionId)
+  return {
+    sent: enqueued?.event.metadata?.at ?? Number.NaN,
+    due: (enqueued?.event.content as { availableAt?: number } | undefined)?.availableAt ?? Number.NaN,
+    done: completed?.event.metadata?.at ?? Number.NaN,
+  }
+}
+
 describe('delivery', () => {
   it('retries a failing action with backoff until it succeeds', async () => {
     const { workflowId } = await client.startWorkflow({ agent: 'flaky', type: 'flaky', payload: { failTimes: 2 } })
@@ -81,14 +97,20 @@ describe('delivery', () => {
   })
 
   it('delivers delayed actions no earlier than asked (durable timers)', async () => {
-    const { workflowId } = await client.startWorkflow({ agent: 'counter', type: 'later' })
-    const t0 = Date.now()
+    const { workflowId, actionId: later } = await client.startWorkflow({ agent: 'counter', type: 'later' })
     await eventually(async () => ((await client.getStatus(workflowId))?.counts.done ?? 0) === 2, 10_000, 'delayed ping')
-    expect(Date.now() - t0).toBeGreaterThanOrEqual(280)
+    const sentBack = ofType(await events(workflowId), 'action.enqueued').map((e) => (e.event.content as { actionId: string }).actionId).filter((id) => id !== later)
+    expect(sentBack).toHaveLength(1)
+    const fromAgent = await timeline(workflowId, sentBack[0] as string)
     const { actionId } = await client.sendAction(workflowId, 'counter', 'ping', { i: 'x' }, { delayMs: 500 })
-    const sentAt = Date.now()
     await eventually(async () => ofType(await events(workflowId), 'action.completed').some((e) => e.event.metadata?.actionId === actionId), 10_000, 'delayed send')
-    expect(Date.now() - sentAt).toBeGreaterThanOrEqual(480)
+    const fromClient = await timeline(workflowId, actionId)
+    console.log(`delayed actions committed ${fromAgent.done - fromAgent.sent} ms (asked 300) and ${fromClient.done - fromClient.sent} ms (asked 500) after they were sent`)
+    // Due exactly the delay after they were stored, and run no earlier than that.
+    expect(fromAgent.due - fromAgent.sent).toBe(300)
+    expect(fromAgent.done).toBeGreaterThanOrEqual(fromAgent.due)
+    expect(fromClient.due - fromClient.sent).toBe(500)
+    expect(fromClient.done).toBeGreaterThanOrEqual(fromClient.due)
   })
 
   it('cancel drops queued actions, aborts the running one, and nothing commits after', async () => {

@@ -9,6 +9,9 @@ import { seededRandom } from '../helpers/rng.ts'
 const SEED = Number(process.env.STRESS_SEED ?? Date.now() % 1_000_000)
 const WORKFLOWS = 40
 const PINGS = 25
+// The wait for every action to finish; the test's timeout adds room for the sends
+// before it and the per-workflow reads after it, so a slow run fails on this wait.
+const SETTLE_MS = 60_000
 
 const rng = seededRandom
 
@@ -43,7 +46,7 @@ describe(`stress (STRESS_SEED=${SEED})`, () => {
     await eventually(async () => {
       const sts = await Promise.all(wfs.map((wf) => client.getStatus(wf)))
       return sts.every((s) => s?.counts.done === PINGS && s.counts.queued === 0)
-    }, 60_000, `all ${WORKFLOWS * PINGS} actions (seed ${SEED})`)
+    }, SETTLE_MS, `all ${WORKFLOWS * PINGS} actions (seed ${SEED})`)
     const expected = Array.from({ length: PINGS }, (_, i) => JSON.stringify(i))
     for (const wf of wfs) {
       const snap = JSON.parse((await client.redis.hget(client.keys.actor(wf, 'counter'), 'snapshot')) ?? '{}') as { context: { n: number; seen: string[] } }
@@ -56,5 +59,5 @@ describe(`stress (STRESS_SEED=${SEED})`, () => {
     // nothing left hinted or leased for finished actors beyond a harmless due hint
     const leftovers = await client.redis.zrange(client.keys.ready('counter'), '0', '-1')
     for (const wf of leftovers) expect(await client.redis.zcard(client.keys.mailbox(wf, 'counter'))).toBe(0)
-  })
+  }, SETTLE_MS + 30_000)
 })

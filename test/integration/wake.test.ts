@@ -1,6 +1,7 @@
 // Idle workers block on their agent's wake-up marker: one enqueue wakes one
 // worker, not every process. The idle poll is set far beyond the test's waits, so
 // anything that completes here was started by a wake-up.
+import type { Redis } from 'ioredis'
 import { afterAll, describe, expect, it } from 'vitest'
 import { startRuntime, TroupeClient, type Runtime } from '../../runtime/index.ts'
 import { counter, flaky, slow } from '../fixtures/agents.ts'
@@ -24,6 +25,24 @@ async function total(name: string): Promise<number> {
   return sum
 }
 
+/** The local port of the connection `rt`'s worker for `agent` blocks on (the runtime keeps it private). */
+function blockerPort(rt: Runtime, agent: string): number | undefined {
+  const w = rt.workers.get(agent) as unknown as { blocker: Redis | null } | undefined
+  return w?.blocker?.stream?.localPort
+}
+
+/** Client ports of the connections Redis holds blocked in BZPOPMIN now. */
+async function blockedPorts(): Promise<Set<number>> {
+  const list = String(await client.redis.call('CLIENT', 'LIST'))
+  const ports = new Set<number>()
+  for (const line of list.split('\n')) {
+    if (!/ flags=\S*b/.test(line) || !/ cmd=bzpopmin /.test(line)) continue
+    const m = / addr=\S+:(\d+) /.exec(line)
+    if (m) ports.add(Number(m[1]))
+  }
+  return ports
+}
+
 async function pings(wf: string): Promise<number> {
   return (await client.readEvents(wf, '0', 1000)).filter((e) => e.event.type === 'action.completed').length
 }
@@ -31,8 +50,13 @@ async function pings(wf: string): Promise<number> {
 describe('wake-ups', () => {
   it('an action for an idle agent wakes exactly one of three idle processes', async () => {
     runtimes = await Promise.all([1, 2, 3].map(() => startRuntime({ agents: [counter], config: cfg, metricsPort: false })))
-    // Let every worker finish its first pick and block on the marker.
-    await new Promise((r) => setTimeout(r, 300))
+    // Every worker finished its first pick and blocks on the marker, as Redis sees
+    // it: otherwise a worker still on its first pick could take the ping unwoken.
+    await eventually(async () => {
+      const ports = runtimes.map((rt) => blockerPort(rt, 'counter'))
+      const blocked = await blockedPorts()
+      return ports.every((p) => p !== undefined && blocked.has(p))
+    }, 10_000, 'the three workers blocked in BZPOPMIN')
     const { workflowId } = await client.startWorkflow({ agent: 'counter', type: 'ping' })
     await eventually(async () => (await pings(workflowId)) === 1, 10_000, 'the ping to run (only a wake-up can start it)')
     expect(await total('troupe_wakeups_total')).toBe(1)

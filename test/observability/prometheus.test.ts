@@ -57,6 +57,12 @@ async function upByService(p: PrometheusProcess): Promise<Map<string, string>> {
   return new Map(rows.map((r) => [r.metric.service_id ?? r.metric.instance ?? '', r.value[1]]))
 }
 
+/** When Prometheus last scraped each process (unix seconds, its sample timestamps), by service id. */
+async function lastScrapes(p: PrometheusProcess): Promise<Map<string, number>> {
+  const rows = await p.query(`timestamp(up{job="${TROUPE_JOB}"})`)
+  return new Map(rows.map((r) => [r.metric.service_id ?? r.metric.instance ?? '', Number(r.value[1])]))
+}
+
 describe('Prometheus with http_sd from the supervisor', () => {
   it('discovers the two runtimes, the supervisor and the gateway and scrapes each (up == 1)', async () => {
     const { fleet, prom } = need()
@@ -95,7 +101,15 @@ describe('Prometheus with http_sd from the supervisor', () => {
       const up = await upByService(prom)
       return fleet.processes.every((c) => up.get(c.serviceId) === '1')
     }, 20_000, 'every process scraped again after the zombie woke up')
-    await new Promise((r) => setTimeout(r, 2500))
+    // Counted by the scrape times Prometheus records, from its own clock now.
+    let after = Number((await prom.query('vector(time())'))[0]?.value[1])
+    for (const nth of ['one', 'two']) {
+      const at = await eventually(async () => {
+        const last = await lastScrapes(prom)
+        return fleet.processes.every((c) => (last.get(c.serviceId) ?? 0) > after) ? last : null
+      }, 20_000, `${nth} more scrape(s) of every process after the workload`)
+      after = Math.max(...fleet.processes.map((c) => at.get(c.serviceId) ?? 0))
+    }
 
     const empty: string[] = []
     const queries = dashboardQueries(loadDashboard())

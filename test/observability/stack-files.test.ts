@@ -26,14 +26,10 @@ function composeCli(): string[] | null {
 }
 
 describe('docker compose stack', () => {
-  it('docker compose config accepts docker-compose.yml', (ctx) => {
+  it('docker compose config accepts docker-compose.yml', () => {
     const cli = composeCli()
-    if (!cli) {
-      if (hasCommand('docker')) throw new Error('the docker client has no compose command: install docker-compose: apt-get install -y docker-compose (or the docker compose plugin)')
-      console.warn('skipping `docker compose config`: no docker client on this machine')
-      ctx.skip()
-      return
-    }
+    // Never skipped: the compose CLI parses the file without a Docker engine.
+    if (!cli) throw new Error('no compose CLI to validate docker-compose.yml: run ./scripts/prereqs.sh, or apt-get install -y docker-compose (or the docker compose plugin)')
     const [bin, ...pre] = cli as [string, ...string[]]
     // Without the optional variables set, so the defaults are what gets checked.
     // One call (the standalone CLI is slow to start): it validates the whole file and lists the services.

@@ -98,5 +98,8 @@ describe('persister crash', () => {
     const done = await driver.executeQuery('UNWIND $ids AS id MATCH (w:Workflow {id: id}) WHERE w.status = "completed" RETURN count(w) AS n', { ids })
     expect(Number(done.records[0]?.get('n'))).toBe(WORKFLOWS)
     expect(await scrapeCounter(a.metricsUrl, 'troupe_persister_events_total')).toBeGreaterThan(0)
-  }, 90_000)
+    // Three rounds of starts (spawnRuntime allows 30 s each) and the waits above
+    // (170 s), with a minute for the sends and the graph reads: a slow run fails on
+    // the wait that ran out, not on the test's timeout.
+  }, 3 * 30_000 + 170_000 + 60_000)
 })

@@ -48,9 +48,17 @@ async function dueNow(ready: string, wf: string): Promise<number> {
 
 describe('ready hints under racing sends', () => {
   it('every workflow completes when actions arrive while its actor is finishing', async () => {
-    const ids = await tallyWorkflows(client, 10, 40, 10)
+    const TICKS = 10
+    const ids = await tallyWorkflows(client, 10, 40, TICKS)
     await eventually(async () => (await notCompleted(client, ids)).length === 0, 30_000, 'every workflow completed (a stuck one lost its hint)').catch(() => undefined)
     expect(await stuckReport(client, ids)).toEqual([])
+    // Completing says nothing about a tick applied twice (or one dropped without
+    // stranding the rest): the actor's record must hold each tick once, in order.
+    const want = Array.from({ length: TICKS }, (_, i) => i)
+    for (const wf of ids) {
+      const snap = JSON.parse((await client.redis.hget(client.keys.actor(wf, 'tally'), 'snapshot')) ?? '{}') as { context?: { seen?: number[] } }
+      expect(snap.context?.seen, wf).toEqual(want)
+    }
   })
 
   it('a pick of an actor active in this process runs it again when that activation ends', async () => {

@@ -43,9 +43,9 @@ describe('memory exhaustion', () => {
       expect(await client.redis.exists(client.keys.status('oom-victim'), client.keys.events('oom-victim'), client.keys.actions('oom-victim'))).toBe(0)
       await expect(client.sendAction(before, 'counter', 'ping')).rejects.toMatchObject({ code: 'redis_oom' })
 
-      // the CLI says so and exits 4
-      const cli = spawnSync(process.execPath, ['bin/troupe.mjs', 'run', 'counter', 'ping'], { env: { ...process.env, REDIS_URL: redis.url, TROUPE_NAMESPACE: cfg.namespace }, encoding: 'utf8' })
-      expect(cli.status).toBe(4)
+      // the CLI says so and exits 4 (killed if it hangs: spawnSync blocks the test's own timeout)
+      const cli = spawnSync(process.execPath, ['bin/troupe.mjs', 'run', 'counter', 'ping'], { env: { ...process.env, REDIS_URL: redis.url, TROUPE_NAMESPACE: cfg.namespace }, encoding: 'utf8', timeout: 30_000, killSignal: 'SIGKILL' })
+      expect(cli.status, `${cli.error?.message ?? ''}\n${cli.stderr}`).toBe(4)
       expect(cli.stderr).toMatch(/redis_oom.*out of memory/)
 
       await client.redis.config('SET', 'maxmemory', '64mb')

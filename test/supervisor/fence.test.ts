@@ -53,7 +53,11 @@ describe('leader fence', () => {
 
   it('only runs the commands it allows', async () => {
     await raw.set(keys.leaderTerm(), '1')
-    await expect(runSupervisorScript(redis, 'fenced', [keys.leaderTerm()], ['1', JSON.stringify([['FLUSHALL', 0]])])).rejects.toThrow(/TROUPE_BADOP/)
+    // A write outside the list, on a key of this test's own: should the guard let it
+    // through, the key appears and nothing the parallel test files hold is touched.
+    const sentinel = keys.systemMetrics('fence-badop')
+    await expect(runSupervisorScript(redis, 'fenced', [keys.leaderTerm(), sentinel], ['1', JSON.stringify([['SET', 2, 'written']])])).rejects.toThrow(/TROUPE_BADOP/)
+    expect(await raw.exists(sentinel)).toBe(0)
   })
 })
 

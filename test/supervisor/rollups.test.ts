@@ -95,6 +95,8 @@ describe('rollups', () => {
     const random = rng(seed)
     const expected = { ok: 0, boom: 0, parked: 0, orphan: 0 }
     const wfs: string[] = []
+    // Workflows with an action for the unhosted agent: each is one stuck actor.
+    const orphanWfs = new Set<string>()
     for (let w = 0; w < 30; w++) {
       const { workflowId } = await client.startWorkflow({ agent: 'mixer', type: 'ok' })
       expected.ok++
@@ -115,8 +117,16 @@ describe('rollups', () => {
           // An agent no process hosts: due at once, never picked.
           await client.sendAction(workflowId, 'orphan', 'work', null, { validate: false })
           expected.orphan++
+          orphanWfs.add(workflowId)
         }
       }
+    }
+    // A seed that drew no orphan would skip the stuck checks below: one is always
+    // sent, after the draws, so every seed's workload stays as it was otherwise.
+    if (orphanWfs.size === 0 && wfs[0]) {
+      await client.sendAction(wfs[0], 'orphan', 'work', null, { validate: false })
+      expected.orphan++
+      orphanWfs.add(wfs[0])
     }
     // A persister that read five entries and has not acknowledged them.
     await redis.xgroup('CREATE', client.keys.persistence(), 'persister', '0', 'MKSTREAM')
@@ -164,25 +174,25 @@ describe('rollups', () => {
     expect(gt.due.orphan ?? 0).toBe(expected.orphan)
 
     // Orphaned actors are stuck (no live worker hosts the agent), reported once each.
-    const orphanWfs = new Set((await scan(`${cfg.namespace}workflow:queue:*:orphan`)).map((k) => k.slice(k.indexOf('{') + 1, k.indexOf('}'))))
-    if (orphanWfs.size > 0) {
-      await until(() => events.of('system.actor.stuck').length >= orphanWfs.size, 10_000, 'stuck reports')
-      const stuck = events.of('system.actor.stuck')
-      expect(new Set(stuck.map((e) => e.workflowId))).toEqual(orphanWfs)
-      expect(stuck.every((e) => e.reason === 'unpicked' && e.noWorker === true && e.agent === 'orphan')).toBe(true)
-      expect(stuck).toHaveLength(orphanWfs.size)
-      // The rollup read above may predate the reports (actors become stuck after a
-      // threshold): a later rollup must count them.
-      const later = await eventually(async () => {
-        const r = await readRollup(client.redis, client.keys)
-        return r && r.agents.orphan?.stuck === orphanWfs.size ? r : null
-      }, 20_000, 'a rollup counting the stuck actors')
-      expect(later.agents.orphan?.stuck).toBe(orphanWfs.size)
-    }
+    const queuedOrphans = new Set((await scan(`${cfg.namespace}workflow:queue:*:orphan`)).map((k) => k.slice(k.indexOf('{') + 1, k.indexOf('}'))))
+    expect(queuedOrphans, 'the orphan actions still queued').toEqual(orphanWfs)
+    await until(() => events.of('system.actor.stuck').length >= orphanWfs.size, 10_000, 'stuck reports')
+    const stuck = events.of('system.actor.stuck')
+    expect(new Set(stuck.map((e) => e.workflowId))).toEqual(orphanWfs)
+    expect(stuck.every((e) => e.reason === 'unpicked' && e.noWorker === true && e.agent === 'orphan')).toBe(true)
+    expect(stuck).toHaveLength(orphanWfs.size)
+    // The rollup read above may predate the reports (actors become stuck after a
+    // threshold): a later rollup must count them.
+    const later = await eventually(async () => {
+      const r = await readRollup(client.redis, client.keys)
+      return r && r.agents.orphan?.stuck === orphanWfs.size ? r : null
+    }, 20_000, 'a rollup counting the stuck actors')
+    expect(later.agents.orphan?.stuck).toBe(orphanWfs.size)
     // Cluster gauges come from the same rollup.
     const text = await rt.metrics.registry.getSingleMetricAsString('troupe_cluster_dead_letters')
     expect(text).toContain(`troupe_cluster_dead_letters{agent="mixer"} ${expected.boom}`)
-  })
+    // Its waits add up to 70 s (20 + 20 + 10 + 20): a slow run fails on the one that ran out.
+  }, 100_000)
 
   it('re-hints an actor whose due work lost its ready hint', async () => {
     const { workflowId } = await client.startWorkflow({ agent: 'mixer', type: 'ok' })

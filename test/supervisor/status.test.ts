@@ -22,7 +22,8 @@ let rt: Runtime | null = null
 const children: Child[] = []
 
 async function status(...args: string[]): Promise<string> {
-  const { stdout } = await run(process.execPath, ['bin/troupe.mjs', 'status', ...args], { env })
+  // A hung call is killed and fails as itself (a process start takes seconds on a loaded machine).
+  const { stdout } = await run(process.execPath, ['bin/troupe.mjs', 'status', ...args], { env, timeout: 30_000, killSignal: 'SIGKILL' })
   return stdout
 }
 async function statusJson(): Promise<FleetView> {
@@ -102,10 +103,20 @@ describe('troupe status (fleet)', () => {
 
     // --watch redraws until interrupted.
     const watch = spawn(process.execPath, ['bin/troupe.mjs', 'status', '--watch'], { env, stdio: ['ignore', 'pipe', 'pipe'] })
+    const exited = new Promise((r) => watch.once('exit', r))
+    const running = (): boolean => watch.exitCode === null && watch.signalCode === null
     let out = ''
     watch.stdout.on('data', (d: Buffer) => (out += d.toString()))
-    await eventually(() => Promise.resolve(out.split('leader: ').length > 2), 10_000, 'two refreshes')
-    watch.kill('SIGINT')
+    try {
+      await eventually(() => Promise.resolve(out.split('leader: ').length > 2), 10_000, 'two refreshes')
+      watch.kill('SIGINT')
+      await eventually(() => Promise.resolve(!running()), 10_000, 'Ctrl-C to stop the watch')
+    } finally {
+      // Not left redrawing after a failure above.
+      if (running()) watch.kill('SIGKILL')
+      await exited
+    }
     expect(out).toContain('refreshing every 2s; Ctrl-C to stop')
-  })
+    // A supervisor start (30 s at most) and 65 s of waits, plus the CLI calls.
+  }, 150_000)
 })
