@@ -3,7 +3,7 @@
 // favour whoever runs first), several rounds, and keeps every run.
 import { backlogRun, flowRun, pacedRun, type BenchContext, type Measured } from './lib/run.ts'
 import { fmt, summarize, type Summary } from './lib/stats.ts'
-import type { System } from './lib/spec.ts'
+import { FLOW_STAGES, type System } from './lib/spec.ts'
 
 /** Sizes of one mode. */
 export interface Sizes {
@@ -54,6 +54,14 @@ export interface SystemResult {
   reads: Summary
   commands: Summary
   scripts: Summary
+  /** Backlog runs: Redis CPU per unit of putting the backlog in place (outside the window). */
+  enqueueRedisCpuUs: Summary | null
+  /**
+   * Redis CPU per unit including the enqueue: backlog runs add the enqueue's cost
+   * per unit to the window's; paced and flow runs enqueue inside the window, so
+   * this is the window's figure.
+   */
+  withEnqueueRedisCpuUs: Summary
   nodeCpuUs: Summary
   redisCpuPct: Summary
   memoryBytes: Summary | null
@@ -103,7 +111,7 @@ export function plan(ctx: BenchContext, z: Sizes): VariantDef[] {
   }
   out.push({
     id: 'noop.busy', scenario: 1, kind: 'throughput', unit: 'action', procs: 1,
-    title: `no-op, one busy actor: ${z.busy} actions to one workflow's agent (BullMQ: one queue, in order at concurrency 1; and at ${c})`,
+    title: `no-op, one busy actor: ${z.busy} actions to one workflow's agent (BullMQ: one queue at concurrency ${c}, the target's peer; and in order at concurrency 1)`,
     entries: [
       { label: 'Troupe', system: 'troupe', run: () => backlogRun(ctx, 'troupe', { workflows: 1, perWorkflow: z.busy, procs: 1, concurrency: c, label: 'Troupe' }) },
       { label: 'BullMQ c=1', system: 'bullmq', run: () => backlogRun(ctx, 'bullmq', { workflows: z.busy, perWorkflow: 1, procs: 1, concurrency: 1, label: 'BullMQ c=1' }) },
@@ -130,13 +138,17 @@ export function plan(ctx: BenchContext, z: Sizes): VariantDef[] {
     })
   }
   const f = z.flow
+  // Equal handler slots: Troupe's four stages (the researchers as three agents
+  // sharing c) and BullMQ's four queues get c each; the naive pattern's single
+  // pool of loops gets all of them.
   const flowEntries = (rate: number): Entry[] => (['troupe', 'bullmq', 'naive'] as const).map((system) => {
     const label = system === 'troupe' ? 'Troupe' : system === 'bullmq' ? 'BullMQ flow' : 'naive'
-    return { label, system, run: () => flowRun(ctx, system, { workflows: f.workflows, rate, procs: 1, concurrency: c, label }) }
+    const concurrency = system === 'naive' ? FLOW_STAGES * c : c
+    return { label, system, run: () => flowRun(ctx, system, { workflows: f.workflows, rate, procs: 1, concurrency, label }) }
   })
   out.push({
     id: 'flow.burst', scenario: 2, kind: 'throughput', unit: 'workflow', procs: 1,
-    title: `planner → 3 researchers → writer → reviewer: ${f.workflows} workflows started at once (100 start calls in flight), 1 process`,
+    title: `planner → 3 researchers → writer → reviewer: ${f.workflows} workflows started at once (100 start calls in flight), 1 process (naive: ${FLOW_STAGES * c} loops)`,
     entries: flowEntries(0),
   })
   out.push({
@@ -151,6 +163,7 @@ function summaries(label: string, system: System, runs: Measured[]): SystemResul
   const of = (f: (m: Measured) => number): Summary => summarize(runs.map(f))
   const withLatency = runs.every((m) => m.latency !== null)
   const withMemory = runs.every((m) => m.memory !== null)
+  const withEnqueue = runs.length > 0 && runs.every((m) => m.enqueuePerUnit !== null)
   return {
     label, system, runs,
     throughput: of((m) => m.throughput),
@@ -161,6 +174,8 @@ function summaries(label: string, system: System, runs: Measured[]): SystemResul
     reads: of((m) => m.perUnit.reads),
     commands: of((m) => m.perUnit.commands),
     scripts: of((m) => m.perUnit.scripts),
+    enqueueRedisCpuUs: withEnqueue ? of((m) => m.enqueuePerUnit?.redisCpuUs ?? Number.NaN) : null,
+    withEnqueueRedisCpuUs: of((m) => m.perUnit.redisCpuUs + (m.enqueuePerUnit?.redisCpuUs ?? 0)),
     nodeCpuUs: of((m) => m.nodeCpuUs),
     redisCpuPct: of((m) => m.redisCpuPct),
     memoryBytes: withMemory ? of((m) => m.memory?.bytesPerWorkflow ?? Number.NaN) : null,
@@ -178,7 +193,8 @@ export async function runVariant(def: VariantDef, rounds: number, log: (line: st
       runs.get(e.label)?.push(m)
       const lat = m.latency ? ` · p50 ${fmt(m.latency.p50)} ms p99 ${fmt(m.latency.p99)} ms` : ''
       const rate = def.kind === 'throughput' ? `${fmt(m.throughput)} ${m.unit}s/s` : `paced, ${fmt(m.throughput)} ${m.unit}s/s done`
-      log(`[${def.id} ${r + 1}/${rounds}] ${e.label}: ${rate}${lat} · Redis ${fmt(m.perUnit.redisCpuUs)} µs, ${fmt(m.perUnit.roundTrips)} round trips per ${m.unit} · ${fmt((performance.now() - t) / 1000)} s`)
+      const enq = m.enqueuePerUnit ? ` (+ ${fmt(m.enqueuePerUnit.redisCpuUs)} µs to enqueue)` : ''
+      log(`[${def.id} ${r + 1}/${rounds}] ${e.label}: ${rate}${lat} · Redis ${fmt(m.perUnit.redisCpuUs)} µs${enq}, ${fmt(m.perUnit.roundTrips)} round trips per ${m.unit} · ${fmt((performance.now() - t) / 1000)} s`)
     }
   }
   return {

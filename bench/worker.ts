@@ -79,12 +79,15 @@ async function main(): Promise<void> {
           await profiler.start()
           probe.go()
           await worker.go()
+          // Consuming (a Troupe runtime has registered its agents): the producer may start.
+          send({ t: 'started' })
         } else if (m.t === 'report') {
           collectGarbage()
           const report = probe.report()
           send({ t: 'report', report: { ...report, extra: { ...report.extra, ...worker.gauges?.() } } })
         } else {
           clearInterval(ticker)
+          await worker.drain?.()
           const report = probe.report()
           await profiler.stop()
           await worker.stop()

@@ -102,8 +102,14 @@ export class WorkerPool {
     return this.members.reduce((s, m) => s + m.done, 0)
   }
 
-  go(): void {
+  /**
+   * Starts every worker consuming; resolves once each has (a Troupe runtime has
+   * then registered its agents, which the client's default validation reads).
+   */
+  async go(): Promise<void> {
+    const started = this.members.map((m) => this.next(m, 'started', 60_000))
     for (const m of this.members) this.post(m, { t: 'go' })
+    await Promise.all(started)
   }
 
   /** Resolves once the workers together finished `total` units; rejects on a failure or after `timeoutMs`. */

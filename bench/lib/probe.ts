@@ -10,6 +10,8 @@ export function wallMs(): number {
 
 /** What a worker process reports when it stops. */
 export interface WorkerReport {
+  /** When this report was taken (wall ms): a window can start at the moment its counts were read. */
+  at: number
   /** Units finished here: actions committed, or workflows completed. */
   done: number
   /** When the first unit started here (wall ms), or 0. */
@@ -68,7 +70,7 @@ export class Probe {
     const cpu = process.cpuUsage(this.cpuAtGo ?? undefined)
     const mem = process.memoryUsage()
     return {
-      done: this.done, firstStart: this.firstStart, lastDone: this.lastDone, cpuUs: cpu.user + cpu.system, roundTrips: roundTrips() - this.tripsAtGo,
+      at: wallMs(), done: this.done, firstStart: this.firstStart, lastDone: this.lastDone, cpuUs: cpu.user + cpu.system, roundTrips: roundTrips() - this.tripsAtGo,
       rssBytes: mem.rss, heapUsedBytes: mem.heapUsed, latencies: this.latencies, extra: this.extra,
     }
   }

@@ -37,7 +37,7 @@ export interface Measured {
   /** Milliseconds: enqueue-to-start of actions, or start-to-last-step of workflows. */
   latency: { p50: number; p99: number; p999: number; max: number; n: number } | null
   perUnit: UnitCost
-  /** Redis cost of putting the backlog in place (backlog runs only). */
+  /** Redis cost of putting the backlog in place, per unit of the whole backlog (backlog runs only; outside the window). */
   enqueuePerUnit: UnitCost | null
   /** Share of one core the Redis server used during the window, percent. */
   redisCpuPct: number
@@ -156,12 +156,15 @@ export async function backlogRun(ctx: BenchContext, system: 'troupe' | 'bullmq',
     const e1 = await sample(ctx.admin)
     const enqueueTrips = roundTrips() - t0
     return await withPool(ctx, specs(ctx, system, 'noop', prefix, o.procs, o.concurrency), async (pool) => {
-      pool.go()
+      await pool.go()
       await pool.waitFor(Math.floor(units * BACKLOG_WARMUP), timeoutFor(units))
-      // The window starts here, with the workers busy: its units are what is left.
-      const s0 = await sample(ctx.admin)
-      const windowStart = performance.timeOrigin + performance.now()
-      const before = await pool.report()
+      // The window starts here, with the workers busy: its units are what is left
+      // after the counts each worker reports, so the window starts when they were
+      // read (each worker stamps its report; with several, their mean: a worker's
+      // units between its stamp and another's are counted and timed alike when
+      // the workers go at the same pace). The Redis counters are read meanwhile.
+      const [s0, before] = await Promise.all([sample(ctx.admin), pool.report()])
+      const windowStart = before.reduce((sum, r) => sum + r.at, 0) / before.length
       const measured = units - before.reduce((n, r) => n + r.done, 0)
       await pool.waitFor(units, timeoutFor(units))
       const s1 = await sample(ctx.admin)
@@ -200,14 +203,14 @@ export async function pacedRun(ctx: BenchContext, system: 'troupe' | 'bullmq', o
         // The workflows exist before the measurement, each with its first action done.
         const wfs = await p.backlog(o.workflows, 1)
         prepared = o.workflows
-        pool.go()
+        await pool.go()
         await pool.waitFor(prepared, timeoutFor(prepared))
         before = await pool.report()
         send = (i, t) => p.send(wfs[i % wfs.length] as string, t)
         close = () => p.close()
       } else {
         const p = new BullProducer(ctx.redisUrl, prefix)
-        pool.go()
+        await pool.go()
         // As many jobs first as Troupe's workflows had first actions (no latency taken).
         prepared = o.workflows
         await burst(prepared, 100, () => p.send(0))
@@ -252,7 +255,7 @@ export async function flowRun(ctx: BenchContext, system: System, o: FlowOptions)
     return await withPool(ctx, specs(ctx, system, 'flow', prefix, o.procs, o.concurrency), async (pool) => {
       const p = system === 'troupe' ? new TroupeProducer(ctx.redisUrl, prefix, ctx.persistence) : system === 'bullmq' ? new BullProducer(ctx.redisUrl, prefix) : new NaiveProducer(ctx.redisUrl, prefix)
       try {
-        pool.go()
+        await pool.go()
         // Warm-up: as many workflows as the window has, started at once (t0 0: no latency taken).
         await burst(o.workflows, 100, () => p.startFlow(0))
         await pool.waitFor(o.workflows, timeoutFor(o.workflows * 8))
@@ -303,7 +306,7 @@ export async function idleRun(ctx: BenchContext, workflows: number, concurrency:
     return await withPool(ctx, specs(ctx, 'troupe', 'idle', prefix, 1, concurrency), async (pool) => {
       const p = new TroupeProducer(ctx.redisUrl, prefix, ctx.persistence)
       try {
-        pool.go()
+        await pool.go()
         await settle()
         const [base] = await pool.report()
         await p.backlog(half, 1, 'waiter', 'park')

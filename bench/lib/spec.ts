@@ -8,6 +8,14 @@ export type System = 'troupe' | 'bullmq' | 'naive'
 export const ANGLES = 3
 
 /**
+ * The flow's stages (planner, researcher, writer, reviewer): BullMQ runs one queue
+ * per stage at the run's concurrency, Troupe one agent per stage (the researcher
+ * stage as three agents sharing that concurrency), and the naive pattern gets as
+ * many loops as the two have handler slots together: FLOW_STAGES × concurrency.
+ */
+export const FLOW_STAGES = 4
+
+/**
  * What a worker process hosts:
  * - `noop`: one agent / queue whose handler does nothing but record its start;
  * - `flow`: planner → 3 researchers → writer → reviewer;
@@ -21,7 +29,10 @@ export interface WorkerSpec {
   redisUrl: string
   /** Key prefix of the run: Troupe namespace, BullMQ prefix, or the naive pattern's prefix. */
   prefix: string
-  /** Per agent / queue (Troupe, BullMQ) or number of loops (naive). */
+  /**
+   * Per agent / queue (Troupe, BullMQ; Troupe's three researcher agents share it)
+   * or number of loops (naive: the harness passes FLOW_STAGES × the run's concurrency).
+   */
   concurrency: number
   /** Troupe: feed `persistence:queue` (the default) or not. */
   persistence: boolean
@@ -33,6 +44,8 @@ export interface WorkerSpec {
 export interface BenchWorker {
   /** Start consuming. */
   go(): Promise<void>
+  /** Before the final report: wait for measurements still on their way (e.g. a completion event). */
+  drain?(): Promise<void>
   /** Stop consuming and close connections. */
   stop(): Promise<void>
   /** Current values worth reporting next to the probe's (e.g. actors held in memory). */
@@ -43,6 +56,7 @@ export type ToWorker = { t: 'go' } | { t: 'stop' } | { t: 'report' }
 
 export type FromWorker =
   | { t: 'ready' }
+  | { t: 'started' }
   | { t: 'progress'; done: number; at: number }
   | { t: 'report'; report: WorkerReport }
   | { t: 'result'; report: WorkerReport }

@@ -61,10 +61,15 @@ export function bullWorker(spec: WorkerSpec): BenchWorker {
     )
     const reviewer = new Worker('reviewer', async (job: Job<FlowData>) => {
       const [written] = Object.values(await job.getChildrenValues<{ draft: string }>())
-      probe.latencySince(job.data.t0)
       return { verdict: `approved ${written?.draft.length ?? 0} chars` }
     }, opts)
-    reviewer.on('completed', () => probe.finished())
+    // The workflow is done when the reviewer's job is: BullMQ emits `completed`
+    // once moveToCompleted has returned, the same point Troupe's and the naive
+    // pattern's end-to-end latency stop at (their completing write is done).
+    reviewer.on('completed', (job: Job<FlowData>) => {
+      probe.latencySince(job.data.t0)
+      probe.finished()
+    })
     workers.push(reviewer)
   } else {
     throw new Error('BullMQ has no idle workload in this harness')

@@ -63,12 +63,17 @@ function handle(a: NaiveAction, state: Record<string, string>): Effects {
       return { set: { ...set, status: 'reviewing' }, send: [{ type: 'review', payload: { draft } }], complete: false }
     }
     case 'review':
-      probe.latencySince(Number(state.t0 ?? 0))
       return { set: { status: 'completed', verdict: `approved ${String(a.payload.draft).length} chars` }, send: [], complete: true }
   }
 }
 
-/** A worker process: `spec.concurrency` loops, each taking one action at a time. */
+/**
+ * A worker process: `spec.concurrency` loops, each taking one action at a time
+ * (the harness gives it FLOW_STAGES × the run's concurrency: as many handler
+ * slots as Troupe's agents and BullMQ's queues have together). Every action of a
+ * workflow runs under that workflow's lock, so its three researches run one
+ * after another: that is the seed's pattern, kept as it is.
+ */
 export function naiveWorker(spec: WorkerSpec): BenchWorker {
   if (spec.workload !== 'flow') throw new Error('the naive pattern runs only the flow in this harness')
   const keys = new NaiveKeys(spec.prefix)
@@ -100,7 +105,11 @@ export function naiveWorker(spec: WorkerSpec): BenchWorker {
       const m = redis.multi().hset(keys.state(wf), fx.set)
       for (const a of fx.send) m.lpush(keys.queue(wf), JSON.stringify(a)).lpush(keys.ready(), wf)
       await m.exec()
-      if (fx.complete) probe.finished()
+      // Stamped once the completing MULTI is done, like the other systems.
+      if (fx.complete) {
+        probe.latencySince(Number(state.t0 ?? 0))
+        probe.finished()
+      }
     } finally {
       await lock.release().catch(() => probe.count('naive_release_failed'))
     }
