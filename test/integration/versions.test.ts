@@ -17,16 +17,27 @@ function counterV(version: number, migrate?: (s: unknown, from: number) => unkno
   })
 }
 
+/** A workflow whose `tally` actor took one `add` of 2 at `version`; its runtime stopped. */
+async function afterOneAdd(version: number): Promise<{ client: TroupeClient; cfg: ReturnType<typeof testConfig>; workflowId: string }> {
+  const cfg = testConfig()
+  const client = TroupeClient.connect(cfg)
+  const rt = await startRuntime({ agents: [counterV(version)], config: cfg, metricsPort: false })
+  const { workflowId } = await client.startWorkflow({ agent: 'tally', type: 'add', payload: { n: 2 } })
+  await eventually(async () => (await client.getStatus(workflowId))?.counts.done === 1, 10_000, `v${version} add`)
+  await rt.stop()
+  return { client, cfg, workflowId }
+}
+
+/** The stored total and snapshot version of the workflow's `tally` actor. */
+async function stored(client: TroupeClient, workflowId: string): Promise<{ total: number; version: string | null }> {
+  const [snap, version] = await client.redis.hmget(client.keys.actor(workflowId, 'tally'), 'snapshot', 'version')
+  return { total: (JSON.parse(snap ?? '{}') as { context: { total: number } }).context.total, version: version ?? null }
+}
+
 describe('versions', () => {
   it('fails on a version mismatch without migrate, and migrates when given', async () => {
-    const cfg = testConfig()
-    const client = TroupeClient.connect(cfg)
-    let rt = await startRuntime({ agents: [counterV(1)], config: cfg, metricsPort: false })
-    const { workflowId } = await client.startWorkflow({ agent: 'tally', type: 'add', payload: { n: 2 } })
-    await eventually(async () => (await client.getStatus(workflowId))?.counts.done === 1, 10_000, 'v1 add')
-    await rt.stop()
-
-    rt = await startRuntime({ agents: [counterV(2)], config: cfg, metricsPort: false })
+    const { client, cfg, workflowId } = await afterOneAdd(1)
+    let rt = await startRuntime({ agents: [counterV(2)], config: cfg, metricsPort: false })
     await client.sendAction(workflowId, 'tally', 'add', { n: 3 })
     await eventually(async () => (await client.deadLetters(workflowId)).length === 1, 10_000, 'mismatch dead letter')
     expect((await client.deadLetters(workflowId))[0]?.error).toMatch(/version 1, agent is version 2 and has no migrate/)
@@ -39,28 +50,21 @@ describe('versions', () => {
     rt = await startRuntime({ agents: [counterV(2, migrate)], config: cfg, metricsPort: false })
     await client.sendAction(workflowId, 'tally', 'add', { n: 5 })
     await eventually(async () => (await client.getStatus(workflowId))?.counts.done === 2, 10_000, 'migrated add')
-    const h = await client.redis.hmget(client.keys.actor(workflowId, 'tally'), 'snapshot', 'version')
-    expect((JSON.parse(h[0] ?? '{}') as { context: { total: number } }).context.total).toBe(2 * 10 + 1 + 5)
-    expect(h[1]).toBe('2')
+    expect(await stored(client, workflowId)).toEqual({ total: 2 * 10 + 1 + 5, version: '2' })
     await rt.stop()
     await client.close()
   })
 
   it('hands actions back from a snapshot a newer version wrote, for a process of that version (rolling update)', async () => {
-    const cfg = testConfig()
-    const client = TroupeClient.connect(cfg)
     const ranOld = { n: 0 }
     const migrate = (s: unknown): unknown => {
       ranOld.n++
       return s
     }
-    let rt = await startRuntime({ agents: [counterV(2)], config: cfg, metricsPort: false })
-    const { workflowId } = await client.startWorkflow({ agent: 'tally', type: 'add', payload: { n: 2 } })
-    await eventually(async () => (await client.getStatus(workflowId))?.counts.done === 1, 10_000, 'v2 add')
-    await rt.stop()
+    const { client, cfg, workflowId } = await afterOneAdd(2)
 
     // A process still on version 1 (with a migrate it must not run backwards) takes the next action.
-    rt = await startRuntime({ agents: [counterV(1, migrate)], config: cfg, metricsPort: false })
+    let rt = await startRuntime({ agents: [counterV(1, migrate)], config: cfg, metricsPort: false })
     const { actionId } = await client.sendAction(workflowId, 'tally', 'add', { n: 3 })
     const st = await eventually(async () => {
       const raw = await client.redis.hget(client.keys.actions(workflowId), `${actionId}:st`)
@@ -75,34 +79,25 @@ describe('versions', () => {
 
     rt = await startRuntime({ agents: [counterV(2)], config: cfg, metricsPort: false })
     await eventually(async () => (await client.getStatus(workflowId))?.counts.done === 2, 10_000, 'v2 add after the hand-back')
-    const h = await client.redis.hmget(client.keys.actor(workflowId, 'tally'), 'snapshot', 'version')
-    expect((JSON.parse(h[0] ?? '{}') as { context: { total: number } }).context.total).toBe(5)
-    expect(h[1]).toBe('2')
+    expect(await stored(client, workflowId)).toEqual({ total: 5, version: '2' })
     expect(await client.deadLetters(workflowId)).toEqual([])
     await rt.stop()
     await client.close()
   })
 
   it('refuses a migrate() that returns no snapshot, keeping the stored state', async () => {
-    const cfg = testConfig()
-    const client = TroupeClient.connect(cfg)
-    let rt = await startRuntime({ agents: [counterV(1)], config: cfg, metricsPort: false })
-    const { workflowId } = await client.startWorkflow({ agent: 'tally', type: 'add', payload: { n: 2 } })
-    await eventually(async () => (await client.getStatus(workflowId))?.counts.done === 1, 10_000, 'v1 add')
-    await rt.stop()
+    const { client, cfg, workflowId } = await afterOneAdd(1)
 
     // Changes its argument and forgets to return it.
     const forgetful = (s: unknown): unknown => {
       ;(s as { context: { total: number } }).context.total = 99
       return undefined
     }
-    rt = await startRuntime({ agents: [counterV(2, forgetful)], config: cfg, metricsPort: false })
+    const rt = await startRuntime({ agents: [counterV(2, forgetful)], config: cfg, metricsPort: false })
     await client.sendAction(workflowId, 'tally', 'add', { n: 3 })
     await eventually(async () => (await client.deadLetters(workflowId)).length === 1, 10_000, 'dead letter')
     expect((await client.deadLetters(workflowId))[0]?.error).toMatch(/migrate\(\) returned undefined/)
-    const h = await client.redis.hmget(client.keys.actor(workflowId, 'tally'), 'snapshot', 'version')
-    expect((JSON.parse(h[0] ?? '{}') as { context: { total: number } }).context.total).toBe(2)
-    expect(h[1]).toBe('1')
+    expect(await stored(client, workflowId)).toEqual({ total: 2, version: '1' })
     await rt.stop()
     await client.close()
   })
