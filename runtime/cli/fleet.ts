@@ -172,6 +172,15 @@ export async function fleetStatus(client: TroupeClient, opts: { json: boolean; w
       process.stdout.write(`${renderFleet(view)}\n${opts.watch ? `\n(refreshing every ${(opts.intervalMs ?? 2000) / 1000}s; Ctrl-C to stop)\n` : ''}`)
     }
     if (!opts.watch || opts.signal?.aborted) return EXIT.ok
-    await new Promise((r) => setTimeout(r, opts.intervalMs ?? 2000))
+    await new Promise<void>((resolve) => {
+      const done = (): void => {
+        clearTimeout(timer)
+        opts.signal?.removeEventListener('abort', done)
+        resolve()
+      }
+      const timer = setTimeout(done, opts.intervalMs ?? 2000)
+      opts.signal?.addEventListener('abort', done)
+    })
+    if (opts.signal?.aborted) return EXIT.ok
   }
 }

@@ -23,7 +23,17 @@ export const command: Command = {
     const client = TroupeClient.connect(configFlags(values))
     try {
       await waitReachable(client.redis, client.cfg.redisUrl)
-      if (!wf) return await fleetStatus(client, { json: values.json === true, watch: values.watch === true })
+      if (!wf) {
+        // Ctrl-C ends a watch like the end of its output: exit 0, connections closed.
+        const ctl = new AbortController()
+        const onInt = (): void => ctl.abort()
+        process.once('SIGINT', onInt)
+        try {
+          return await fleetStatus(client, { json: values.json === true, watch: values.watch === true, signal: ctl.signal })
+        } finally {
+          process.off('SIGINT', onInt)
+        }
+      }
       const st = await client.getStatus(wf)
       if (!st) throw new TroupeError('workflow_not_found', `no workflow ${wf}`)
       const dead = await client.deadLetters(wf)

@@ -103,7 +103,7 @@ describe('troupe status (fleet)', () => {
 
     // --watch redraws until interrupted.
     const watch = spawn(process.execPath, ['bin/troupe.mjs', 'status', '--watch'], { env, stdio: ['ignore', 'pipe', 'pipe'] })
-    const exited = new Promise((r) => watch.once('exit', r))
+    const exited = new Promise<[number | null, NodeJS.Signals | null]>((r) => watch.once('exit', (code, sig) => r([code, sig])))
     const running = (): boolean => watch.exitCode === null && watch.signalCode === null
     let out = ''
     watch.stdout.on('data', (d: Buffer) => (out += d.toString()))
@@ -116,6 +116,8 @@ describe('troupe status (fleet)', () => {
       if (running()) watch.kill('SIGKILL')
       await exited
     }
+    // Stopped by its own handler (exit 0, connections closed), not killed by the signal.
+    expect(await exited).toEqual([0, null])
     expect(out).toContain('refreshing every 2s; Ctrl-C to stop')
     // A supervisor start (30 s at most) and 65 s of waits, plus the CLI calls.
   }, 150_000)
