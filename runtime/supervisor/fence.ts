@@ -76,7 +76,14 @@ export class LeaderFence {
     readonly term: number,
   ) {}
 
-  /** Runs `writes` atomically if this term is still current; throws LeaderDeposedError otherwise. */
+  /**
+   * Runs `writes` if this term is still current, checked atomically with them;
+   * throws LeaderDeposedError otherwise. Each batch of up to
+   * `MAX_WRITES_PER_BATCH` writes is one script: no other client's command runs
+   * inside it, and a command the script refuses refuses the whole batch, but a
+   * write Redis itself fails (e.g. WRONGTYPE on a hand-written key) leaves the
+   * batch's earlier writes applied, as any Redis script does.
+   */
   async write(writes: readonly FencedWrite[]): Promise<unknown[]> {
     const out: unknown[] = []
     for (let i = 0; i < writes.length; i += MAX_WRITES_PER_BATCH) {

@@ -14,10 +14,14 @@ if current ~= ARGV[1] then
   return redis.error_reply('TROUPE_DEPOSED term ' .. ARGV[1] .. ' is over (current ' .. tostring(current) .. ')')
 end
 local writes = cjson.decode(ARGV[2])
+-- Every command is checked before the first write: a refused one must not leave
+-- the writes ahead of it applied (a script's writes are not rolled back).
+for _, w in ipairs(writes) do
+  if not ALLOWED[w[1]] then return redis.error_reply('TROUPE_BADOP ' .. tostring(w[1])) end
+end
 local out = {}
 for i, w in ipairs(writes) do
   local cmd, idx = w[1], tonumber(w[2])
-  if not ALLOWED[cmd] then return redis.error_reply('TROUPE_BADOP ' .. tostring(cmd)) end
   local args = {}
   if idx > 0 then args[1] = KEYS[idx] end
   for j = 3, #w do args[#args + 1] = w[j] end
