@@ -53,6 +53,8 @@ const BUSY_RETRY_MS = 250
  * rolling update, short enough not to hold the workflow up much.
  */
 const VERSION_HANDBACK_MS = 2000
+/** How long an action may be handed back that way before it is dead-lettered (see handBack). */
+const VERSION_HANDBACK_LIMIT_MS = 60 * 60_000
 
 /**
  * Lifecycle of an activation, one line per state:
@@ -269,11 +271,17 @@ export class ActorActivation implements LiveActorHooks {
       let opPayload = ''
       let stateValue = ''
       let transitions = 0
+      /** The state value after each successful action of the batch, in order (see the cut below). */
+      const okStates: string[] = []
       for (const claimed of batch) {
+        if (newer) {
+          results.push(this.handBack(claimed, act.version))
+          continue
+        }
         // Once the workflow is ending, or the activation must stop, the rest of the
         // batch goes back undelivered (the commit drops it if the workflow ended).
-        if (op || this.stopping() || newer) {
-          results.push({ actionId: claimed.actionId, outcome: 'return', error: '', retryDelayMs: newer ? VERSION_HANDBACK_MS : 0, parentEventId: '', durationMs: 0, attempt: claimed.attempt, events: [], outbox: [] })
+        if (op || this.stopping()) {
+          results.push({ actionId: claimed.actionId, outcome: 'return', error: '', retryDelayMs: 0, parentEventId: '', durationMs: 0, attempt: claimed.attempt, events: [], outbox: [] })
           continue
         }
         const started = Date.now()
@@ -297,6 +305,7 @@ export class ActorActivation implements LiveActorHooks {
         if (outcome !== 'ok') live.discard()
         else {
           stateValue = o.stateValue
+          okStates.push(stateValue)
           if (o.op) {
             op = o.op
             opPayload = o.opPayload
@@ -305,12 +314,15 @@ export class ActorActivation implements LiveActorHooks {
         transitions += o.transitions
         const durationMs = Date.now() - started
         metrics.actionDuration.observe({ agent }, durationMs / 1000)
-        results.push({ actionId: claimed.actionId, outcome, error: o.error, retryDelayMs: retryDelay, parentEventId: record?.eventId ?? '', durationMs, attempt: claimed.attempt, events: o.events, outbox: o.outbox })
+        // A handed-back action runs again and raises its events then: none of its unsent ones now.
+        const events = outcome === 'return' ? [] : o.events
+        results.push({ actionId: claimed.actionId, outcome, error: o.error, retryDelayMs: retryDelay, parentEventId: record?.eventId ?? '', durationMs, attempt: claimed.attempt, events, outbox: o.outbox })
       }
       const taken = live.takeSnapshot()
       if ('badAt' in taken) {
         const cut = this.cutAtUnserialisable(results, taken.badAt, taken.error)
-        stateValue = ''
+        // The state of the last action kept ('' when none was: nothing to write).
+        stateValue = okStates[taken.badAt - 1] ?? ''
         if (cut) {
           op = ''
           opPayload = ''
@@ -341,11 +353,13 @@ export class ActorActivation implements LiveActorHooks {
         if (r.events.length > 0) metrics.eventsPublished.inc({ agent }, r.events.length)
       }
       if (transitions > 0) metrics.transitions.inc({ agent }, transitions)
-      if (op && res.code === 'ended') {
+      // Only when this commit ended the workflow: it then appended the workflow's
+      // final event (a workflow already ended by a cancel or deadline appends none).
+      if (op && res.code === 'ended' && res.appended.first !== '') {
         // As a cancel does: other agents' actions still running in this workflow
         // (anywhere) stop now instead of running on to their end or timeout.
         const final = op === 'complete' ? 'completed' : 'failed'
-        this.env.background(ctx.redis.publish(ctx.keys.control(), JSON.stringify({ op: 'abort', wf: this.wf, reason: final })))
+        this.env.background(ctx.redis.publish(ctx.keys.control(), JSON.stringify({ op: 'abort', wf: this.wf, reason: final, by: 'commit' })))
       }
       // settle.lua wrote the persistence pointer, and released the hint if the lock went.
       const settled = res.settled && (res.settled.state === 'held') === (res.code === 'next') ? res.settled : null
@@ -360,6 +374,31 @@ export class ActorActivation implements LiveActorHooks {
       await this.settle(res.code === 'idle' ? res.nextDue : null, res.hints, appended, settled?.state === 'released' ? settled.released : null)
       batch = []
     }
+  }
+
+  /**
+   * An action of an actor whose snapshot a newer version of the agent wrote:
+   * handed back, due again in {@link VERSION_HANDBACK_MS}, for a process of that
+   * version. Dead-lettered once it has waited {@link VERSION_HANDBACK_LIMIT_MS}
+   * since it was sent: by then no such process is coming (a rollback, or the
+   * newer version stopped everywhere), and the workflow must not wait forever.
+   */
+  private handBack(claimed: Claimed, version: number): ActionResult {
+    const base = { actionId: claimed.actionId, error: '', retryDelayMs: VERSION_HANDBACK_MS, parentEventId: '', durationMs: 0, attempt: claimed.attempt, events: [], outbox: [] }
+    let sentAt = Number.NaN
+    try {
+      sentAt = Number((JSON.parse(claimed.record) as Partial<ActionRecord>).enqueuedAt)
+    } catch {
+      // A malformed record waits like the others; its delivery will reject it.
+    }
+    this.env.metrics.versionHandBacks.inc({ agent: this.def.name })
+    if (Date.now() - sentAt > VERSION_HANDBACK_LIMIT_MS) {
+      return {
+        ...base, outcome: 'dead', retryDelayMs: 0,
+        error: `snapshot of ${this.def.name} was written by version ${version}; this process runs version ${this.def.version}, and no process of version ${version} took the action within ${VERSION_HANDBACK_LIMIT_MS / 60_000} min`,
+      }
+    }
+    return { ...base, outcome: 'return' }
   }
 
   /**

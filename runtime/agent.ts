@@ -2,6 +2,7 @@
 // runtime through XState's own `emit`: the helpers below build emitted events of
 // reserved `troupe.*` types that the runtime collects while it delivers an action.
 import { emit, type ActionFunction, type AnyStateMachine } from 'xstate'
+import { MAX_TIMER_MS } from './config.ts'
 import { assertAgentName, assertActionType } from './redis/keys.ts'
 import { TroupeError } from './errors.ts'
 
@@ -57,8 +58,6 @@ function positiveInt(v: number | undefined, fallback: number, what: string, max 
   return v
 }
 
-/** Longest timer Node keeps: a longer setTimeout fires after 1 ms, which would time every action out at once. */
-const MAX_TIMER_MS = 2 ** 31 - 1
 
 /**
  * Defines an agent: a named XState machine with its delivery policy.

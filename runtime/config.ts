@@ -29,6 +29,9 @@ function num(name: string, fallback: number): number {
   return v
 }
 
+/** Longest delay Node's timers keep (2^31 - 1 ms, about 24.8 days): a longer one fires after 1 ms. */
+export const MAX_TIMER_MS = 2 ** 31 - 1
+
 /** Reads the configuration from the environment, with `overrides` on top. */
 export function loadConfig(overrides: Partial<TroupeConfig> = {}): TroupeConfig {
   const persistenceEnv = (process.env.TROUPE_PERSISTENCE ?? 'on').toLowerCase()
@@ -46,8 +49,10 @@ export function loadConfig(overrides: Partial<TroupeConfig> = {}): TroupeConfig 
   if (cfg.namespace && !/^[A-Za-z0-9_.-]+:$/.test(cfg.namespace)) {
     throw new TroupeError('config', `TROUPE_NAMESPACE=${cfg.namespace} must be letters, digits, _ . - and end with ':' (e.g. "staging:")`)
   }
-  if (cfg.lockTtlMs < 1000) throw new TroupeError('config', 'lockTtlMs must be at least 1000 ms')
-  if (cfg.idlePollMs < 10) throw new TroupeError('config', 'idlePollMs must be at least 10 ms')
+  // Upper bounds: Node fires a longer timer after 1 ms, which would extend every
+  // lock, or poll, in a busy loop.
+  if (!(cfg.lockTtlMs >= 1000 && cfg.lockTtlMs <= MAX_TIMER_MS)) throw new TroupeError('config', `lockTtlMs must be from 1000 to ${MAX_TIMER_MS} ms`)
+  if (!(cfg.idlePollMs >= 10 && cfg.idlePollMs <= MAX_TIMER_MS)) throw new TroupeError('config', `idlePollMs must be from 10 to ${MAX_TIMER_MS} ms`)
   return cfg
 }
 

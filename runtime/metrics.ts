@@ -16,6 +16,7 @@ export class RuntimeMetrics {
   readonly fenceRejections = new Counter({ name: 'troupe_fence_rejections_total', help: 'Commits rejected because a newer activation owns the actor (zombie writes prevented)', labelNames: ['agent'], registers: [this.registry] })
   readonly wakeUps = new Counter({ name: 'troupe_wakeups_total', help: 'Idle workers woken by their agent\'s wake-up marker (one per hinted batch of work, not one per process)', labelNames: ['agent'], registers: [this.registry] })
   readonly handOffs = new Counter({ name: 'troupe_handoffs_total', help: 'Actors sent work by a commit in this process and taken by its own next pick (a free local slot), without a hint write or a wake-up to other processes', labelNames: ['agent'], registers: [this.registry] })
+  readonly versionHandBacks = new Counter({ name: 'troupe_version_handbacks_total', help: 'Actions handed back because a newer version of their agent wrote the actor\'s snapshot (a rolling update under way)', labelNames: ['agent'], registers: [this.registry] })
   readonly redeliveries = new Counter({ name: 'troupe_redeliveries_total', help: 'Actions redelivered after an activation died with them in flight', labelNames: ['agent'], registers: [this.registry] })
   readonly transitions = new Counter({ name: 'troupe_transitions_total', help: 'State transitions of agent machines', labelNames: ['agent'], registers: [this.registry] })
   readonly activeActors = new Gauge({ name: 'troupe_active_actors', help: 'Actors activated in this process now', labelNames: ['agent'], registers: [this.registry] })

@@ -210,9 +210,12 @@ export class Runtime {
 
   private onControl(msg: string): void {
     try {
-      const m = JSON.parse(msg) as { op?: string; wf?: string; reason?: string }
+      const m = JSON.parse(msg) as { op?: string; wf?: string; reason?: string; by?: string }
       if (m.op === 'abort' && typeof m.wf === 'string') {
-        for (const w of this.workers.values()) w.abortWorkflow(m.wf, `workflow ${m.reason ?? 'cancelled'}`)
+        // An ending commit's abort (one per finished workflow, to every process)
+        // only stops what runs: the workflow is over for any later activation anyway.
+        const remember = m.by !== 'commit'
+        for (const w of this.workers.values()) w.abortWorkflow(m.wf, `workflow ${m.reason ?? 'cancelled'}`, remember)
       } else if (m.op === 'agents') {
         this.background(this.refreshRegistry())
       }

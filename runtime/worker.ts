@@ -66,13 +66,24 @@ export class AgentWorker {
     else this.wakePending = true
   }
 
-  /** Aborts the running action of `wf`'s actor here, if any (cancel, deadline). */
-  abortWorkflow(wf: string, reason: string): void {
+  /**
+   * Aborts the running action of `wf`'s actor here, if any (cancel, deadline, or
+   * another agent ending the workflow). With `remember`, an activation a pick
+   * already on its way makes for it starts aborted too.
+   */
+  abortWorkflow(wf: string, reason: string, remember = true): void {
     this.active.get(wf)?.abort(reason)
+    if (!remember) return
     // A pick on its way may have activated this actor before the cancel landed:
     // the activation it starts is aborted too (hands its batch back unrun).
+    // Entries stay in time order (deleted before they are set again), so only the
+    // stale ones at the front are looked at.
     const now = Date.now()
-    for (const [w, at] of this.aborted) if (now - at.at > this.env.ctx.cfg.lockTtlMs) this.aborted.delete(w)
+    for (const [w, at] of this.aborted) {
+      if (now - at.at <= this.env.ctx.cfg.lockTtlMs) break
+      this.aborted.delete(w)
+    }
+    this.aborted.delete(wf)
     this.aborted.set(wf, { at: now, reason })
   }
 
@@ -283,8 +294,9 @@ export class AgentWorker {
     if (this.state === 'stopped') return
     this.state = 'draining'
     this.wake()
-    // Bounded too: a pick in flight waits in ioredis's offline queue while Redis is
-    // unreachable, and the drain must still end within its timeouts.
+    // Bounded by the same deadline as the running actions: a pick in flight waits in
+    // ioredis's offline queue while Redis is unreachable.
+    const deadline = Date.now() + timeoutMs
     let timer: NodeJS.Timeout | undefined
     await Promise.race([this.loopDone, new Promise((r) => (timer = setTimeout(r, timeoutMs)))])
     clearTimeout(timer)
@@ -294,7 +306,6 @@ export class AgentWorker {
     // another process (passWakeOn) while the runtime's connection is still open.
     if (this.listening) await Promise.race([this.listening, new Promise((r) => setTimeout(r, 1000).unref())])
     for (const a of this.active.values()) a.drain()
-    const deadline = Date.now() + timeoutMs
     while (this.active.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20))
     for (const a of this.active.values()) a.abort('runtime is shutting down')
     // An activation stuck on an unreachable Redis is abandoned: its lock expires and

@@ -61,17 +61,21 @@ describe('agent code failing where XState does not catch it', () => {
   })
 
   it('fails the action whose state cannot be stored, keeps the one before it and redelivers the one after', async () => {
+    const add = { target: 'added', actions: 'count' } as const
     const keeper = defineAgent({
       name: 'keeper',
       maxAttempts: 1,
       machine: setup({
         types: { context: {} as { added: number; big: unknown }, events: {} as ActionEvent<'add'> | ActionEvent<'bad'> },
+        actions: { count: assign({ added: ({ context }) => context.added + 1 }) },
       }).createMachine({
         context: { added: 0, big: null },
-        on: {
-          add: { actions: assign({ added: ({ context }) => context.added + 1 }) },
-          // JSON.stringify throws on a BigInt: the snapshot after this action cannot be written.
-          bad: { actions: assign({ big: () => BigInt(1) }) },
+        initial: 'fresh',
+        states: {
+          fresh: { on: { add } },
+          // JSON.stringify throws on a BigInt: the snapshot after `bad` cannot be written.
+          added: { on: { add, bad: { target: 'broken', actions: assign({ big: () => BigInt(1) }) } } },
+          broken: { on: { add } },
         },
       }),
     })
@@ -79,12 +83,20 @@ describe('agent code failing where XState does not catch it', () => {
     const { workflowId: wf } = await c.startWorkflow({ agent: 'keeper', type: 'add', validate: false })
     await c.sendAction(wf, 'keeper', 'bad', null, { validate: false })
     await c.sendAction(wf, 'keeper', 'add', null, { validate: false })
+    // A second workflow whose batch ends with the bad action: nothing after it writes the state.
+    const { workflowId: last } = await c.startWorkflow({ agent: 'keeper', type: 'add', validate: false })
+    await c.sendAction(last, 'keeper', 'bad', null, { validate: false })
     await runtime([keeper])
     await eventually(async () => (await c.getStatus(wf))?.counts.done === 2, 20_000, 'both adds')
     const dead = await c.deadLetters(wf)
     expect(dead).toHaveLength(1)
     expect(dead[0]?.error).toMatch(/cannot be stored: .*BigInt/)
     expect(await context<{ added: number; big: unknown }>(c, wf, 'keeper')).toEqual({ added: 2, big: null })
+
+    await eventually(async () => (await c.deadLetters(last)).length === 1, 20_000, 'the bad action of the second workflow')
+    // The status shows the state that was stored, the one before the bad action.
+    expect((await c.getStatus(last))?.agents.keeper).toBe('added')
+    expect(await context<{ added: number }>(c, last, 'keeper')).toEqual({ added: 1, big: null })
   })
 })
 

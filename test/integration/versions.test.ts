@@ -85,6 +85,21 @@ describe('versions', () => {
     await client.close()
   })
 
+  it('dead-letters an action still handed back an hour after it was sent (no process of the newer version came)', async () => {
+    const { client, cfg, workflowId } = await afterOneAdd(2)
+    const { actionId } = await client.sendAction(workflowId, 'tally', 'add', { n: 3 })
+    // As if sent an hour and a minute ago, during a rollback that never rolled forward.
+    const key = client.keys.actions(workflowId)
+    const record = JSON.parse((await client.redis.hget(key, actionId)) ?? '{}') as { enqueuedAt: number }
+    await client.redis.hset(key, actionId, JSON.stringify({ ...record, enqueuedAt: Date.now() - 61 * 60_000 }))
+    const rt = await startRuntime({ agents: [counterV(1)], config: cfg, metricsPort: false })
+    await eventually(async () => (await client.deadLetters(workflowId)).length === 1, 10_000, 'dead letter')
+    expect((await client.deadLetters(workflowId))[0]?.error).toMatch(/written by version 2; this process runs version 1, and no process of version 2 took the action within 60 min/)
+    expect(await stored(client, workflowId)).toEqual({ total: 2, version: '2' })
+    await rt.stop()
+    await client.close()
+  })
+
   it('refuses a migrate() that returns no snapshot, keeping the stored state', async () => {
     const { client, cfg, workflowId } = await afterOneAdd(1)
 

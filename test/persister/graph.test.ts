@@ -297,7 +297,11 @@ describe('reconciliation and retention', () => {
     expect(report.workflows[0]).toMatchObject({ outcome: 'backfilled', backfilled: 3, expired: true })
     expect((await graphCounts(driver, [wf])).get(wf)?.events).toBe(6)
     expect(await client.redis.pttl(client.keys.events(wf))).toBeGreaterThan(0)
-    // Rewritten whole, the stream is now known complete: a second run finds nothing to do.
+    // Rewritten whole, and recorded as this stream (its length and first id): a
+    // second run finds nothing to do.
+    const marker = await driver.executeQuery('MATCH (w:Workflow {id: $wf}) RETURN w.backfilledLen AS len, w.backfilledFirst AS first', { wf })
+    expect(Number(marker.records[0]?.get('len'))).toBe(3)
+    expect(marker.records[0]?.get('first')).toBe(now[0])
     const again = await svc.reconcileNow([wf])
     expect(again.workflows[0]?.outcome).not.toBe('backfilled')
   })

@@ -6,6 +6,7 @@ import { parseDuration, parsePayload } from '../../runtime/cli/common.ts'
 import { fakeText } from '../../examples/research-team/fake-model.ts'
 import { advertisedHost, heartbeatFromEnv } from '../../runtime/runtime.ts'
 import { gcTuningFromEnv } from '../../runtime/gc-tuning.ts'
+import { loadConfig } from '../../runtime/config.ts'
 
 describe('backoffDelay', () => {
   const p = { initialMs: 100, maxMs: 1000, factor: 2, jitter: 0.5 }
@@ -75,6 +76,16 @@ describe('defineAgent', () => {
     expect(() => defineAgent({ name: 'bad name', machine })).toThrow(TroupeError)
     expect(() => defineAgent({ name: 'x', machine, concurrency: 0 })).toThrow(/concurrency/)
     expect(() => defineAgent({ name: 'x', machine: {} as never })).toThrow(/XState/)
+  })
+})
+
+describe('loadConfig', () => {
+  it('refuses lock and poll periods beyond what Node can time (the timer would fire every millisecond)', () => {
+    expect(() => loadConfig({ lockTtlMs: 2 ** 31 })).toThrow(/lockTtlMs must be from 1000 to 2147483647 ms/)
+    expect(() => loadConfig({ lockTtlMs: 999 })).toThrow(/lockTtlMs must be from 1000/)
+    expect(() => loadConfig({ idlePollMs: 2 ** 31 })).toThrow(/idlePollMs must be from 10 to 2147483647 ms/)
+    expect(() => loadConfig({ lockTtlMs: Number.NaN })).toThrow(/lockTtlMs/)
+    expect(loadConfig({ lockTtlMs: 2 ** 31 - 1, idlePollMs: 2 ** 31 - 1 }).lockTtlMs).toBe(2 ** 31 - 1)
   })
 })
 
