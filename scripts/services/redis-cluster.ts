@@ -19,7 +19,7 @@ export async function startRedisCluster(primaries = 3): Promise<RedisCluster> {
   const nodes: RedisProcess[] = []
   try {
     for (let i = 0; i < primaries; i++) {
-      nodes.push(await startRedis({ args: ['--cluster-enabled', 'yes', '--cluster-config-file', 'nodes.conf', '--cluster-node-timeout', '2000'] }))
+      nodes.push(await startRedis({ args: ['--cluster-enabled', 'yes', '--cluster-config-file', 'nodes.conf', '--cluster-node-timeout', '15000'] }))
     }
     const addrs = nodes.map((n) => `127.0.0.1:${n.port}`)
     const r = spawnSync('redis-cli', ['--cluster', 'create', ...addrs, '--cluster-replicas', '0', '--cluster-yes'], { encoding: 'utf8' })

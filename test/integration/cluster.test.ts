@@ -101,15 +101,19 @@ describe('redis cluster', () => {
           // node would hold everything up for a second, stall included.)
           await fresh.redis.exists(ready)
           node.pause()
-          const started = fresh.startWorkflow({ workflowId: wf, agent: 'counter', type: 'ping' })
+          // Not validated: the registry's key may live on the stalled node, and a
+          // start waiting on it writes nothing, so the race would not be set up.
+          const started = fresh.startWorkflow({ workflowId: wf, agent: 'counter', type: 'ping', validate: false })
           // Mid-enqueue: its first write (the pre-hint, on a live node) landed,
           // its script waits on the stalled node.
-          await eventually(async () => (await admin.redis.zscore(ready, wf)) !== null, 5000, `the pre-hint of ${wf}`)
+          await eventually(async () => (await admin.redis.zscore(ready, wf)) !== null, 3000, `the pre-hint of ${wf}`)
           // A wake-up sent before the script's reply (the bug) has the worker pick
           // and send its activate to the stalled node ahead of the enqueue: wait for
           // that activation. Sent after the reply (as it should be), nothing moves
-          // while the node is stalled, so this gives up after a moment; the node
-          // must not stay stalled near its cluster-node-timeout (2 s) anyway.
+          // while the node is stalled, so this gives up after a moment. The whole
+          // stall stays far below the cluster's node timeout (15 s: see
+          // scripts/services/redis-cluster.ts), past which the other nodes would
+          // mark this one failed and the cluster would refuse every command.
           if (await eventually(() => Promise.resolve(rt2.workers.get('counter')?.active.has(wf)), 500, 'an activation').then(() => true, () => false)) raced++
           node.resume()
           await started
@@ -125,7 +129,8 @@ describe('redis cluster', () => {
       await rt2.stop()
       await admin.close()
     }
-  })
+    // Four rounds of at most 10 + 3 + 0.5 + 5 s of waits, and the runtime's start and stop.
+  }, 120_000)
 
   it('persists every event of workflows spread over the nodes to Neo4j', async () => {
     // The persister reads many workflows' streams and states per batch, each in its
