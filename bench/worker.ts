@@ -21,8 +21,9 @@ async function create(spec: WorkerSpec): Promise<BenchWorker> {
 }
 
 /**
- * Profiles only the measured window: `node --cpu-prof` would also record loading
- * the modules, which dominates a run of a few seconds.
+ * Profiles from `go` to `stop` (the warm-up and the measured window):
+ * `node --cpu-prof` would also record loading the modules, which dominates a
+ * run of a few seconds.
  */
 class WindowProfiler {
   private session: Session | null = null

@@ -36,7 +36,7 @@ export interface WorkerSpec {
   concurrency: number
   /** Troupe: feed `persistence:queue` (the default) or not. */
   persistence: boolean
-  /** Write a CPU profile of the measured window (from `go` to `stop`) into this folder. */
+  /** Write a CPU profile from `go` to `stop` (warm-up and measured window) into this folder. */
   profileDir?: string
 }
 
