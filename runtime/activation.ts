@@ -53,8 +53,6 @@ const BUSY_RETRY_MS = 250
  * rolling update, short enough not to hold the workflow up much.
  */
 const VERSION_HANDBACK_MS = 2000
-/** How long an action may be handed back that way before it is dead-lettered (see handBack). */
-const VERSION_HANDBACK_LIMIT_MS = 60 * 60_000
 
 /**
  * Lifecycle of an activation, one line per state:
@@ -347,7 +345,7 @@ export class ActorActivation implements LiveActorHooks {
         throw err
       }
       for (const r of results) {
-        if (r.outcome === 'return') continue
+        if (r.outcome === 'return' || r.outcome === 'handback') continue
         const label = res.code === 'ended' && !op ? 'cancelled' : r.outcome === 'ok' ? 'completed' : r.outcome === 'retry' ? 'retried' : 'dead'
         metrics.actions.inc({ agent, outcome: label })
         if (r.events.length > 0) metrics.eventsPublished.inc({ agent }, r.events.length)
@@ -379,26 +377,17 @@ export class ActorActivation implements LiveActorHooks {
   /**
    * An action of an actor whose snapshot a newer version of the agent wrote:
    * handed back, due again in {@link VERSION_HANDBACK_MS}, for a process of that
-   * version. Dead-lettered once it has waited {@link VERSION_HANDBACK_LIMIT_MS}
-   * since it was sent: by then no such process is coming (a rollback, or the
-   * newer version stopped everywhere), and the workflow must not wait forever.
+   * version. commit.lua dead-letters it with the reason given here once an hour
+   * has passed since its first hand-back (by Redis's clock): by then no such
+   * process is coming (a rollback, or the newer version stopped everywhere), and
+   * the workflow must not wait forever.
    */
   private handBack(claimed: Claimed, version: number): ActionResult {
-    const base = { actionId: claimed.actionId, error: '', retryDelayMs: VERSION_HANDBACK_MS, parentEventId: '', durationMs: 0, attempt: claimed.attempt, events: [], outbox: [] }
-    let sentAt = Number.NaN
-    try {
-      sentAt = Number((JSON.parse(claimed.record) as Partial<ActionRecord>).enqueuedAt)
-    } catch {
-      // A malformed record waits like the others; its delivery will reject it.
-    }
     this.env.metrics.versionHandBacks.inc({ agent: this.def.name })
-    if (Date.now() - sentAt > VERSION_HANDBACK_LIMIT_MS) {
-      return {
-        ...base, outcome: 'dead', retryDelayMs: 0,
-        error: `snapshot of ${this.def.name} was written by version ${version}; this process runs version ${this.def.version}, and no process of version ${version} took the action within ${VERSION_HANDBACK_LIMIT_MS / 60_000} min`,
-      }
+    return {
+      actionId: claimed.actionId, outcome: 'handback', retryDelayMs: VERSION_HANDBACK_MS, parentEventId: '', durationMs: 0, attempt: claimed.attempt, events: [], outbox: [],
+      error: `snapshot of ${this.def.name} was written by version ${version}; this process runs version ${this.def.version}, and no process of version ${version} took the action within an hour of its first hand-back`,
     }
-    return { ...base, outcome: 'return' }
   }
 
   /**

@@ -296,8 +296,12 @@ export interface OutboxEntry {
 /** What happened to one action of the batch. */
 export interface ActionResult {
   actionId: string
-  /** `return`: claimed but not delivered; it goes back to its place in the mailbox. */
-  outcome: 'ok' | 'retry' | 'dead' | 'return'
+  /**
+   * `return`: claimed but not delivered; it goes back to its place in the mailbox.
+   * `handback`: the same, due again after `retryDelayMs`, for a process of a newer
+   * agent version; dead-lettered with `error` an hour after its first hand-back.
+   */
+  outcome: 'ok' | 'retry' | 'dead' | 'return' | 'handback'
   error: string
   retryDelayMs: number
   parentEventId: string

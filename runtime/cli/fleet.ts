@@ -164,8 +164,11 @@ export function renderFleet(v: FleetView): string {
 
 /** Prints the fleet (table or JSON), once or every 2 s with `watch`. */
 export async function fleetStatus(client: TroupeClient, opts: { json: boolean; watch: boolean; intervalMs?: number; signal?: AbortSignal }): Promise<number> {
+  // A read stuck on an unreachable Redis must not outlast Ctrl-C.
+  const stopped = new Promise<null>((resolve) => opts.signal?.addEventListener('abort', () => resolve(null), { once: true }))
   for (;;) {
-    const view = await readFleetView(client)
+    const view = await Promise.race([readFleetView(client), stopped])
+    if (view === null) return EXIT.ok
     if (opts.json) process.stdout.write(`${JSON.stringify(view)}\n`)
     else {
       if (opts.watch && process.stdout.isTTY) process.stdout.write('\x1b[2J\x1b[H')

@@ -23,6 +23,7 @@ export const command: Command = {
     const client = TroupeClient.connect(configFlags(values))
     try {
       await waitReachable(client.redis, client.cfg.redisUrl)
+      if (!wf && values.watch !== true) return await fleetStatus(client, { json: values.json === true, watch: false })
       if (!wf) {
         // Ctrl-C ends a watch like the end of its output: exit 0, connections closed.
         const ctl = new AbortController()

@@ -85,16 +85,27 @@ describe('versions', () => {
     await client.close()
   })
 
-  it('dead-letters an action still handed back an hour after it was sent (no process of the newer version came)', async () => {
+  it('dead-letters an action handed back for over an hour (no process of the newer version came), not one merely sent long ago', async () => {
     const { client, cfg, workflowId } = await afterOneAdd(2)
-    const { actionId } = await client.sendAction(workflowId, 'tally', 'add', { n: 3 })
-    // As if sent an hour and a minute ago, during a rollback that never rolled forward.
     const key = client.keys.actions(workflowId)
-    const record = JSON.parse((await client.redis.hget(key, actionId)) ?? '{}') as { enqueuedAt: number }
-    await client.redis.hset(key, actionId, JSON.stringify({ ...record, enqueuedAt: Date.now() - 61 * 60_000 }))
+    // Sent two hours ago (a durable timer, a long backlog), never handed back: it waits for version 2.
+    const { actionId: old } = await client.sendAction(workflowId, 'tally', 'add', { n: 3 })
+    const record = JSON.parse((await client.redis.hget(key, old)) ?? '{}') as { enqueuedAt: number }
+    await client.redis.hset(key, old, JSON.stringify({ ...record, enqueuedAt: Date.now() - 2 * 3600_000 }))
+    // First handed back an hour and a minute ago, during a rollback that never rolled forward.
+    const { actionId: stuck } = await client.sendAction(workflowId, 'tally', 'add', { n: 4 })
+    const st = JSON.parse((await client.redis.hget(key, `${stuck}:st`)) ?? '{}') as Record<string, unknown>
+    await client.redis.hset(key, `${stuck}:st`, JSON.stringify({ ...st, handedBackAt: Date.now() - 61 * 60_000 }))
+
     const rt = await startRuntime({ agents: [counterV(1)], config: cfg, metricsPort: false })
     await eventually(async () => (await client.deadLetters(workflowId)).length === 1, 10_000, 'dead letter')
-    expect((await client.deadLetters(workflowId))[0]?.error).toMatch(/written by version 2; this process runs version 1, and no process of version 2 took the action within 60 min/)
+    const [dead] = await client.deadLetters(workflowId)
+    expect(dead).toMatchObject({ actionId: stuck, error: expect.stringMatching(/written by version 2; this process runs version 1, and no process of version 2 took the action within an hour of its first hand-back/) as unknown })
+    const oldSt = await eventually(async () => {
+      const parsed = JSON.parse((await client.redis.hget(key, `${old}:st`)) ?? '{}') as { status?: string; attempt?: number; handedBackAt?: number }
+      return parsed.status === 'queued' && parsed.handedBackAt !== undefined ? parsed : null
+    }, 10_000, 'the old action handed back')
+    expect(oldSt.attempt).toBe(0)
     expect(await stored(client, workflowId)).toEqual({ total: 2, version: '2' })
     await rt.stop()
     await client.close()

@@ -58,6 +58,9 @@ describe('leader fence', () => {
     const sentinel = keys.systemMetrics('fence-badop')
     await expect(runSupervisorScript(redis, 'fenced', [keys.leaderTerm(), sentinel], ['1', JSON.stringify([['SET', 2, 'written']])])).rejects.toThrow(/TROUPE_BADOP/)
     expect(await raw.exists(sentinel)).toBe(0)
+    // A write without a key is refused before anything is written, too.
+    await expect(runSupervisorScript(redis, 'fenced', [keys.leaderTerm(), sentinel], ['1', JSON.stringify([['HSET', 2, 'f', 'v'], ['DEL', 9]])])).rejects.toThrow(/TROUPE_BADOP DEL without a key/)
+    expect(await raw.exists(sentinel)).toBe(0)
     // Refused as a whole: an allowed write ahead of the refused one is not applied either.
     await expect(runSupervisorScript(redis, 'fenced', [keys.leaderTerm(), sentinel], ['1', JSON.stringify([['HSET', 2, 'f', 'v'], ['SET', 2, 'written']])])).rejects.toThrow(/TROUPE_BADOP/)
     expect(await raw.exists(sentinel)).toBe(0)

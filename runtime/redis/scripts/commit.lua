@@ -13,8 +13,9 @@
 --       8 snapshot JSON ('' = keep)  9 state value JSON ('' = keep)  10 machine version  11 retention ms (0 = none)
 --       12 release: '1' = release even if work is due (drain, fairness)  13 workflow op: '' | 'complete' | 'fail'
 --       14 op payload JSON  15 batch size for the next claim  16 number of action results (N)
---       then N results, each: actionId, outcome ('ok' | 'retry' | 'dead' | 'return'), error, retry delay ms (for
---         'return': how long it waits before it is due again, 0 = at its old place),
+--       then N results, each: actionId, outcome ('ok' | 'retry' | 'dead' | 'return' | 'handback'), error (for
+--         'handback': the reason should it be dead-lettered), retry delay ms (for 'handback': how long it
+--         waits before it is due again),
 --         parent event id (its action.enqueued), duration ms, attempt, number of events (E), number of sends (S),
 --         followed by E event JSONs and S x 5 send fields: agent, actionId, record JSON, delay ms, event id
 -- Returns: { code, nextDue|'', firstStreamId, lastStreamId, hintCount, agent1, score1, ..., record1, attempt1, id1, ... }
@@ -31,6 +32,8 @@ local fence, lock_value, wf, agent, ev_base, channel = ARGV[1], ARGV[2], ARGV[3]
 local maxlen, snapshot, state_value, version = tonumber(ARGV[7]), ARGV[8], ARGV[9], ARGV[10]
 local retention, release, op, op_payload = tonumber(ARGV[11]), ARGV[12], ARGV[13], ARGV[14]
 local batch, n_results = tonumber(ARGV[15]), tonumber(ARGV[16])
+-- How long actions may be handed back for a newer agent version (see the 'handback' outcome): an hour.
+local HANDBACK_LIMIT_MS = 3600000
 
 local held = redis.call('HMGET', actor_key, 'fence', 'inflight')
 if held[1] ~= fence then
@@ -135,6 +138,13 @@ end
 
 local hints, hinted = {}, {}
 local queued_delta, done, dead, sent = 0, 0, 0, 0
+local function dead_letter(r)
+  set_st(r.id, { status = 'dead', error = r.err, finishedAt = now })
+  redis.call('ZADD', dead_key, now, r.id)
+  queued_delta = queued_delta - 1
+  dead = dead + 1
+  add(make_event(ev_id(), wf, 'action.dead', { actionId = r.id, agent = agent, error = r.err }, agent, r.id, r.attempt, r.parent, now))
+end
 -- Targets whose `agent:<name>` field this commit made sure of.
 local listed = {}
 local key_at = 9
@@ -184,28 +194,32 @@ for _, r in ipairs(results) do
       redis.call('ZADD', mailbox, at, member_of(tonumber(st.seq) or 0, r.id))
       add(make_event(ev_id(), wf, 'action.failed', { actionId = r.id, agent = agent, error = r.err, retryAt = at, durationMs = r.duration },
         agent, r.id, r.attempt, r.parent, now))
-    elseif r.outcome == 'return' then
-      -- Claimed but not delivered (drain, or the batch was cut short): back in line
-      -- at its old place, and this claim does not count as an attempt. A retry
-      -- delay holds it back that long (handed back for a newer agent version).
+    elseif r.outcome == 'return' or r.outcome == 'handback' then
+      -- 'return': claimed but not delivered (drain, or the batch was cut short):
+      -- back in line at its old place, and this claim does not count as an
+      -- attempt. 'handback': the same, held back `delay` ms, for a process of the
+      -- newer agent version that wrote the actor's snapshot; dead-lettered with
+      -- the reason once HANDBACK_LIMIT_MS have passed since its first hand-back
+      -- (a rollback: no such process is coming).
       local ok, st = pcall(cjson.decode, redis.call('HGET', actions_key, r.id .. ':st') or '')
       if ok and type(st) == 'table' then
-        st.status = 'queued'
-        st.attempt = math.max(0, (tonumber(st.attempt) or 1) - 1)
-        local at = tonumber(st.availableAt) or now
-        if r.delay and r.delay > 0 and at < now + r.delay then
-          at = now + r.delay
-          st.availableAt = at
+        if r.outcome == 'handback' then st.handedBackAt = tonumber(st.handedBackAt) or now end
+        if r.outcome == 'handback' and now - st.handedBackAt > HANDBACK_LIMIT_MS then
+          dead_letter(r)
+        else
+          st.status = 'queued'
+          st.attempt = math.max(0, (tonumber(st.attempt) or 1) - 1)
+          local at = tonumber(st.availableAt) or now
+          if r.outcome == 'handback' and at < now + r.delay then
+            at = now + r.delay
+            st.availableAt = at
+          end
+          redis.call('HSET', actions_key, r.id .. ':st', cjson.encode(st))
+          redis.call('ZADD', mailbox, at, member_of(tonumber(st.seq) or 0, r.id))
         end
-        redis.call('HSET', actions_key, r.id .. ':st', cjson.encode(st))
-        redis.call('ZADD', mailbox, at, member_of(tonumber(st.seq) or 0, r.id))
       end
     else
-      set_st(r.id, { status = 'dead', error = r.err, finishedAt = now })
-      redis.call('ZADD', dead_key, now, r.id)
-      queued_delta = queued_delta - 1
-      dead = dead + 1
-      add(make_event(ev_id(), wf, 'action.dead', { actionId = r.id, agent = agent, error = r.err }, agent, r.id, r.attempt, r.parent, now))
+      dead_letter(r)
     end
   end
 end

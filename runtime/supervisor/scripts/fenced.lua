@@ -18,6 +18,10 @@ local writes = cjson.decode(ARGV[2])
 -- the writes ahead of it applied (a script's writes are not rolled back).
 for _, w in ipairs(writes) do
   if not ALLOWED[w[1]] then return redis.error_reply('TROUPE_BADOP ' .. tostring(w[1])) end
+  local idx = tonumber(w[2])
+  if not idx or (idx > 0 and not KEYS[idx]) or (idx <= 0 and w[1] ~= 'PUBLISH') then
+    return redis.error_reply('TROUPE_BADOP ' .. tostring(w[1]) .. ' without a key')
+  end
 end
 local out = {}
 for i, w in ipairs(writes) do
