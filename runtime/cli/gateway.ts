@@ -17,7 +17,7 @@ Users sign in with credentials from 'troupe auth issue --user <name>' (see docs/
 /** Gateway options from `--gateway-port` / `--port` and `--gateway-host` / `--host` (`troupe start --gateway` passes the `gateway-` ones). */
 export function gatewayFlags(values: Record<string, string | boolean | undefined>): GatewayServiceOptions {
   const text = (v: string | boolean | undefined): string | undefined => (typeof v === 'string' ? v : undefined)
-  const port = portFlag(text(values['gateway-port']) ?? text(values.port), '--gateway-port')
+  const port = portFlag(text(values['gateway-port']) ?? text(values.port), text(values['gateway-port']) !== undefined ? '--gateway-port' : '--port')
   const host = text(values['gateway-host']) ?? text(values.host)
   return { ...(port !== undefined ? { port } : {}), ...(host ? { host } : {}) }
 }

@@ -2,6 +2,7 @@
 // actions, and the causal tree of its events (CHILD_OF: which event led to which).
 import type { Driver } from 'neo4j-driver'
 import { TroupeError } from '../errors.ts'
+import { assertWorkflowId } from '../redis/keys.ts'
 import { causalTree, readHistory, treeDepth, type HistoryEvent, type TreeNode, type WorkflowHistory } from '../persister/history.ts'
 import { createNeo4jDriver, describeError } from '../persister/neo4j.ts'
 import { resolvePersisterOptions } from '../persister/options.ts'
@@ -96,6 +97,9 @@ function toJson(roots: readonly TreeNode[]): JsonNode[] {
   return out
 }
 
+/** What to set when Neo4j cannot be reached. */
+export const NEO4J_FIX = 'set NEO4J_URI / NEO4J_USER / NEO4J_PASSWORD (or --neo4j-uri ...)'
+
 /** Opens a driver from the Neo4j flags (or NEO4J_* variables). */
 export function neo4jFromFlags(v: Record<string, string | boolean | undefined>): { driver: Driver; database: string | undefined; uri: string } {
   const o = resolvePersisterOptions(persisterFlags(v))
@@ -110,6 +114,8 @@ export const command: Command = {
     const { values, positionals } = parse(argv, { ...NEO4J_FLAGS, limit: { type: 'string' } })
     const [wf, ...extra] = positionals
     if (!wf || extra.length) throw new UsageError('expected exactly one <workflowId>')
+    // Before any connection: a bad id is the caller's mistake, not an unreachable Neo4j.
+    assertWorkflowId(wf)
     const limit = values.limit === undefined ? Infinity : Number(values.limit)
     if (!(limit > 0)) throw new UsageError('--limit must be a positive number')
     const { driver, database, uri } = neo4jFromFlags(values)
@@ -118,7 +124,7 @@ export const command: Command = {
       try {
         h = await readHistory(driver, database, wf)
       } catch (err) {
-        process.stderr.write(`error: cannot read Neo4j at ${uri}: ${describeError(err)}\n  set NEO4J_URI / NEO4J_USER / NEO4J_PASSWORD (or --neo4j-uri ...)\n`)
+        process.stderr.write(`error: cannot read Neo4j at ${uri}: ${describeError(err)}\n  ${NEO4J_FIX}\n`)
         return EXIT.unavailable
       }
       if (!h) throw new TroupeError('workflow_not_found', `Neo4j has no workflow ${wf} (not persisted yet? is a persister running? try: troupe reconcile ${wf})`)

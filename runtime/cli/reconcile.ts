@@ -11,7 +11,7 @@ import { Reconciler, type ReconcileReport } from '../persister/reconcile.ts'
 import { assertWorkflowId } from '../redis/keys.ts'
 import { waitReachable } from '../redis/connection.ts'
 import { configFlags, EXIT, parse, parseDuration, type Command } from './common.ts'
-import { neo4jFromFlags } from './history.ts'
+import { NEO4J_FIX, neo4jFromFlags } from './history.ts'
 import { NEO4J_FLAGS, persisterFlags } from './persister.ts'
 
 const usage = `usage: troupe reconcile [<workflowId>...] [--json] [--retention <dur>]
@@ -54,7 +54,7 @@ export const command: Command = {
       try {
         await ensureSchema(driver, opts.database)
       } catch (err) {
-        process.stderr.write(`error: cannot reach Neo4j at ${uri}: ${describeError(err)}\n`)
+        process.stderr.write(`error: cannot reach Neo4j at ${uri}: ${describeError(err)}\n  ${NEO4J_FIX}\n`)
         return EXIT.unavailable
       }
       const reconciler = new Reconciler({ redis: client.redis, keys: client.keys, driver, metrics: new PersisterMetrics(new Registry()), log: createLogger('reconcile'), opts })

@@ -40,7 +40,7 @@ export const command: Command = {
       for (const f of s.flags ?? []) serviceFlags[f] = { type: 'string' }
       for (const f of s.booleanFlags ?? []) serviceFlags[f] = { type: 'boolean' }
     }
-    const { values } = parse(argv, {
+    const { values, positionals } = parse(argv, {
       agents: { type: 'string' },
       only: { type: 'string' },
       concurrency: { type: 'string' },
@@ -49,6 +49,7 @@ export const command: Command = {
       'allow-eviction': { type: 'boolean' },
       ...serviceFlags,
     })
+    if (positionals.length > 0) throw new UsageError(`unexpected argument ${positionals[0] ?? ''} (did you mean --agents ${positionals[0] ?? ''}?)`)
     const v = values as Record<string, string | boolean | undefined>
     const services: HostedService[] = []
     for (const [name, s] of Object.entries(SERVICES)) if (v[name] === true) services.push(await s.create({ values: v }))

@@ -20,6 +20,7 @@ export const command: Command = {
     const { values, positionals } = parse(argv, { watch: { type: 'boolean' } })
     const [wf, ...extra] = positionals
     if (extra.length) throw new UsageError('expected at most one <workflowId>')
+    if (wf && values.watch === true) throw new UsageError('--watch shows the fleet: drop the <workflowId> (or follow the workflow with troupe tail <workflowId>)')
     const client = TroupeClient.connect(configFlags(values))
     try {
       await waitReachable(client.redis, client.cfg.redisUrl)

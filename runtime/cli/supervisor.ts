@@ -39,10 +39,10 @@ export function supervisorFlags(v: Record<string, string | boolean | undefined>,
   const dead = str('dead-after')
   if (dead) {
     const n = Number(dead)
-    if (!Number.isInteger(n) || n < 1 || n > 4) throw new UsageError('--dead-after must be an integer from 1 to 4')
+    if (!Number.isInteger(n) || n < 1 || n > 4) throw new UsageError(`--${prefix}dead-after must be an integer from 1 to 4`)
     o.deadAfterMissed = n
   }
-  const sd = portFlag(str('sd-port'), '--sd-port')
+  const sd = portFlag(str('sd-port'), `--${prefix}sd-port`)
   if (sd !== undefined) o.sdPort = sd
   if (v[`${prefix}no-sd`] === true) o.sdPort = false
   return o

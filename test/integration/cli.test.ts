@@ -102,6 +102,12 @@ describe('cli', () => {
       [['frobnicate'], 2, /unknown command 'frobnicate'/],
       [['start'], 2, /nothing to host/],
       [['start', '--agents', 'nope.ts'], 3, /agents module not found/],
+      [['start', 'agents.ts', '--supervisor'], 2, /unexpected argument agents.ts \(did you mean --agents agents.ts\?\)/],
+      [['start', '--supervisor', '--supervisor-dead-after', '9'], 2, /--supervisor-dead-after must be an integer from 1 to 4/],
+      [['start', '--supervisor', '--supervisor-sd-port', '99999'], 2, /--supervisor-sd-port must be a port number/],
+      [['gateway', '--port', '99999'], 2, /--port must be a port number/],
+      [['history', 'bad id'], 3, /invalid workflow id "bad id"/],
+      [['status', 'nosuchworkflow', '--watch'], 2, /--watch shows the fleet/],
     ]
     for (const [args, code, msg] of cases) {
       const r = await troupe(...args)
