@@ -198,8 +198,8 @@ function percentile(sorted: number[], p: number): number {
 }
 
 /** Emits ~`rate` events/s through the runtime's emit script + pointer writes, sampling the queue's oldest-entry age. */
-async function lagUnderLoad(redis: RedisClient, keys: Keys, namespace: string, prefix: string, rate: number, seconds: number) {
-  const cfg = loadConfig({ redisUrl: '', namespace })
+async function lagUnderLoad(redis: RedisClient, redisUrl: string, keys: Keys, namespace: string, prefix: string, rate: number, seconds: number) {
+  const cfg = loadConfig({ redisUrl, namespace })
   const ctx = { redis, keys, cfg: { ...cfg, persistence: true } }
   const wfs = Array.from({ length: 20 }, (_, i) => `${prefix}-live-${i}`)
   for (const wf of wfs) await redis.hset(keys.status(wf), { status: 'running', owner: 'bench', createdAt: String(Date.now()), updatedAt: String(Date.now()) })
@@ -285,7 +285,7 @@ export async function benchPersister(opts: PersisterBenchOptions = {}): Promise<
     const txRate = await oneTxPerEvent(driver, data.streamed, size.txSample)
     const rawRate = await rawCreate(driver, data.streamed, false)
     const rawGraphRate = await rawCreate(driver, data.streamed, true)
-    const lag = await lagUnderLoad(redis, keys, namespace, prefix, 2000, size.lagSeconds)
+    const lag = await lagUnderLoad(redis, redisUrl, keys, namespace, prefix, 2000, size.lagSeconds)
     return {
       events: data.count,
       persisterEventsPerSec: Math.round(persisterRate),

@@ -32,7 +32,8 @@ export const SIZES: Record<'full' | 'quick', Sizes> = {
   quick: {
     rounds: 1,
     concurrency: 50,
-    spread: { workflows: 200, perWorkflow: 10, procs: [1, 4] },
+    // Big enough that four processes have not worked the backlog off by the time the window starts.
+    spread: { workflows: 500, perWorkflow: 20, procs: [1, 4] },
     busy: 1000,
     cold: 500,
     paced: { workflows: 200, count: 400, rate: 400, procs: [1] },

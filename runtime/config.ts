@@ -46,8 +46,11 @@ export function loadConfig(overrides: Partial<TroupeConfig> = {}): TroupeConfig 
     idlePollMs: num('TROUPE_IDLE_POLL_MS', 1000),
     ...overrides,
   }
+  if (!/^(redis|rediss|redis\+cluster):\/\//.test(cfg.redisUrl)) {
+    throw new TroupeError('config', `the Redis URL ${JSON.stringify(cfg.redisUrl)} (REDIS_URL or --redis) must start with redis://, rediss:// or redis+cluster://`)
+  }
   if (cfg.namespace && !/^[A-Za-z0-9_.-]+:$/.test(cfg.namespace)) {
-    throw new TroupeError('config', `TROUPE_NAMESPACE=${cfg.namespace} must be letters, digits, _ . - and end with ':' (e.g. "staging:")`)
+    throw new TroupeError('config', `the namespace ${JSON.stringify(cfg.namespace)} (TROUPE_NAMESPACE or --namespace) must be letters, digits, _ . - and end with ':' (e.g. "staging:")`)
   }
   // Upper bounds: Node fires a longer timer after 1 ms, which would extend every
   // lock, or poll, in a busy loop.

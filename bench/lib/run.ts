@@ -166,6 +166,7 @@ export async function backlogRun(ctx: BenchContext, system: 'troupe' | 'bullmq',
       const [s0, before] = await Promise.all([sample(ctx.admin), pool.report()])
       const windowStart = before.reduce((sum, r) => sum + r.at, 0) / before.length
       const measured = units - before.reduce((n, r) => n + r.done, 0)
+      if (measured < units / 10) throw new Error(`${o.label}: the workers had done ${units - measured} of ${units} units when the window started; the backlog is too small to measure`)
       await pool.waitFor(units, timeoutFor(units))
       const s1 = await sample(ctx.admin)
       const reports = since(await pool.stop(), before)

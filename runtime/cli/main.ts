@@ -21,6 +21,11 @@ export function addCommand(name: string, load: () => Promise<{ command: Command 
   COMMANDS[name] = load
 }
 
+const COMMON_HELP = `common options:
+  --redis <url>          Redis URL (default REDIS_URL or redis://127.0.0.1:6379)
+  --namespace <prefix:>  key prefix (default TROUPE_NAMESPACE or none)
+  -h, --help             this text`
+
 async function help(): Promise<string> {
   const lines = ['usage: troupe <command> [options]', '', 'commands:']
   for (const [name, load] of Object.entries(COMMANDS)) lines.push(`  ${name.padEnd(10)} ${(await load()).command.summary}`)
@@ -42,7 +47,9 @@ export async function main(argv: string[]): Promise<number> {
   }
   const { command } = await load()
   if (rest.includes('--help') || rest.includes('-h')) {
-    process.stdout.write(`${command.usage}\n`)
+    // Every command takes the connection flags; the usages that do not list them get them here.
+    const common = command.usage.includes('--redis') ? '' : `\n\n${COMMON_HELP}`
+    process.stdout.write(`${command.usage}${common}\n`)
     return EXIT.ok
   }
   try {

@@ -44,7 +44,7 @@ function quiet<T extends RedisClient>(client: T): T {
 export async function waitReachable(redis: RedisClient, url: string, timeoutMs = 5000): Promise<void> {
   let timer: NodeJS.Timeout | undefined
   const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`cannot reach Redis at ${url} within ${timeoutMs} ms; start Redis there or set REDIS_URL`)), timeoutMs)
+    timer = setTimeout(() => reject(new Error(`cannot reach Redis at ${url} within ${timeoutMs} ms; start Redis there or point REDIS_URL (or --redis) at one`)), timeoutMs)
   })
   try {
     await Promise.race([redis.ping(), timeout])

@@ -108,6 +108,8 @@ describe('cli', () => {
       [['gateway', '--port', '99999'], 2, /--port must be a port number/],
       [['history', 'bad id'], 3, /invalid workflow id "bad id"/],
       [['status', 'nosuchworkflow', '--watch'], 2, /--watch shows the fleet/],
+      [['status', '--redis', 'localhost:6379'], 3, /the Redis URL "localhost:6379" \(REDIS_URL or --redis\) must start with redis:\/\//],
+      [['status', '--namespace', 'bad ns'], 3, /the namespace "bad ns" \(TROUPE_NAMESPACE or --namespace\)/],
     ]
     for (const [args, code, msg] of cases) {
       const r = await troupe(...args)

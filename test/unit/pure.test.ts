@@ -87,6 +87,11 @@ describe('loadConfig', () => {
     expect(() => loadConfig({ lockTtlMs: Number.NaN })).toThrow(/lockTtlMs/)
     expect(loadConfig({ lockTtlMs: 2 ** 31 - 1, idlePollMs: 2 ** 31 - 1 }).lockTtlMs).toBe(2 ** 31 - 1)
   })
+
+  it('refuses a Redis URL ioredis would not read as one, naming where it came from', () => {
+    expect(() => loadConfig({ redisUrl: 'localhost:6379' })).toThrow(/REDIS_URL or --redis\) must start with redis:\/\//)
+    for (const ok of ['redis://h:1', 'rediss://h:1', 'redis+cluster://h:1,h:2']) expect(loadConfig({ redisUrl: ok }).redisUrl).toBe(ok)
+  })
 })
 
 describe('fake model', () => {
