@@ -35,9 +35,9 @@ describe('the lock keeper', () => {
     const holder = await redis.get(lockKey)
     expect(holder).toBeTruthy()
     // Sampled all through the action: the same holder, never expired. The status is
-    // read after each sample, and the commit that ends the action releases the lock
-    // in the same script that moves the status on: a sample followed by 'working'
-    // was taken while the action ran, so a null there is a lapse, not the release.
+    // read after each sample; it moves on when the action's last transition is
+    // streamed, just before the commit that releases the lock: a sample followed
+    // by 'working' was taken while the action ran, so a null there is a lapse.
     const seen = new Set<string | null>()
     let last: string | null
     for (;;) {
@@ -49,7 +49,11 @@ describe('the lock keeper', () => {
     expect([...seen]).toEqual([holder])
     // The sample that raced the end: still held, or the release.
     expect([holder, null]).toContain(last)
-    const events = await client.readEvents(workflowId, '0', 1000)
+    // The commit follows the streamed transition by a round trip or so.
+    const events = await eventually(async () => {
+      const all = await client.readEvents(workflowId, '0', 1000)
+      return all.some((e) => e.event.type === 'action.completed') ? all : null
+    }, 10_000, 'the action\'s commit')
     const completed = events.filter((e) => e.event.type === 'action.completed' && e.event.metadata?.actionId === actionId)
     expect(completed).toHaveLength(1)
     expect(completed[0]?.event.metadata?.attempt).toBe(1)
