@@ -146,9 +146,12 @@ export class TroupeClient {
     for (const [name, r] of reg) for (const t of r.actionTypes) this.validated.set(`${name}\u0000${t}`, now + VALIDATION_TTL_MS)
   }
 
+  // The payload goes in as encodePayload checked it, not parsed and encoded again:
+  // a payload nested just deep enough to pass that check overflowed the stack
+  // here, one level deeper (a 500 at the gateway).
   private record(wf: string, agent: string, type: string, payloadJson: string, actionId: string, eventId: string): string {
-    const rec: ActionRecord = { id: actionId, workflowId: wf, agent, type, payload: JSON.parse(payloadJson) as unknown, eventId, enqueuedAt: Date.now() }
-    return JSON.stringify(rec)
+    const rec: Omit<ActionRecord, 'payload'> = { id: actionId, workflowId: wf, agent, type, eventId, enqueuedAt: Date.now() }
+    return `${JSON.stringify(rec).slice(0, -1)},"payload":${payloadJson}}`
   }
 
   /**

@@ -201,6 +201,44 @@ describe('bad input', () => {
     expect(({} as Record<string, unknown>).polluted).toBeUndefined()
   })
 
+  it('takes a payload nested as deep as JSON can encode, or refuses it as bad_payload, never another error', async () => {
+    const nested = (d: number): unknown => JSON.parse(`${'['.repeat(d)}${']'.repeat(d)}`)
+    const encodes = (d: number): boolean => {
+      try {
+        JSON.stringify(nested(d))
+        return true
+      } catch {
+        return false
+      }
+    }
+    // The deepest nesting this process encodes (the stack decides): a payload just
+    // inside it passed the client's check and then overflowed building the action
+    // record around it, one level deeper (a RangeError, a 500 at the gateway).
+    let lo = 10
+    let hi = 1_000_000
+    while (hi - lo > 1) {
+      const mid = Math.floor((lo + hi) / 2)
+      if (encodes(mid)) lo = mid
+      else hi = mid
+    }
+    // The client runs from a shallower stack than this loop (after an await), so
+    // its limit lies a little above: walk up until it refuses a few in a row.
+    const outcomes = new Set<string>()
+    let refused = 0
+    for (let d = lo - 30; refused < 5 && d <= lo + 5000; d++) {
+      try {
+        await client.startWorkflow({ agent: 'counter', type: 'ping', payload: nested(d), validate: false })
+        outcomes.add('started')
+        refused = 0
+      } catch (err) {
+        expect(err, `depth ${d}`).toMatchObject({ code: 'bad_payload' })
+        outcomes.add('bad_payload')
+        refused++
+      }
+    }
+    expect([...outcomes].sort()).toEqual(['bad_payload', 'started'])
+  })
+
   it('survives malformed records written into queues by hand', async () => {
     const k = client.keys
     const { workflowId } = await client.startWorkflow({ agent: 'counter', type: 'ping', payload: { i: 0 } })
