@@ -224,6 +224,8 @@ export async function benchSse(opts: SseBenchOptions): Promise<Record<string, nu
         // The status load must measure the gateway, not the per-user limiter saying no.
         TROUPE_RATE_PER_SEC: '0',
         TROUPE_DAILY_STARTS: '0',
+        // All the clients are one user: the per-user cap on open streams would refuse most.
+        TROUPE_SSE_MAX_STREAMS_PER_USER: '100000',
       },
     },
   )

@@ -31,6 +31,14 @@ export function isStreamId(s: string): boolean {
   return s.split('-').every((part) => part.length < 20 || part <= U64_MAX)
 }
 
+/**
+ * True for the largest possible stream id: nothing can follow it, and Redis
+ * refuses it as an exclusive start (`(id` has no next id).
+ */
+export function isLastStreamId(s: string): boolean {
+  return s === `${U64_MAX}-${U64_MAX}`
+}
+
 /** Parses one XRANGE/XREAD entry; a malformed entry becomes a `troupe.malformed` event rather than an exception. */
 export function parseEntry(wf: string, entry: [string, string[]]): StreamedEvent {
   const [streamId, fields] = entry

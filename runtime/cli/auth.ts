@@ -17,7 +17,8 @@ const usage = `usage: troupe auth <issue|revoke|limits> --user <name> [options]
          deletes alice's credential, tokens, sessions and limiter state.
   limits --user alice [--rate 20] [--burst 60] [--daily 1000] [--clear]
          overrides the default limits for alice (requests/s, burst, workflows started per UTC day;
-         0 disables a limit); without values prints the current overrides.
+         --rate 0 or --daily 0 disables that limit; --burst is at least 1);
+         without values prints the current overrides.
 
 Users exchange the credential at POST /v1/auth/token (API) or sign in with it in the web UI.`
 
@@ -72,6 +73,7 @@ export const command: Command = {
           const limits: UserLimits = {}
           const rate = num(values.rate, 'rate')
           const burst = num(values.burst, 'burst')
+          if (burst !== undefined && burst < 1) throw new UsageError('--burst must be at least 1 (one request at a time at the rate); to lift the rate limit use --rate 0')
           const daily = num(values.daily, 'daily')
           if (rate !== undefined) limits.rate = rate
           if (burst !== undefined) limits.burst = burst

@@ -145,6 +145,8 @@ export class AuthStore {
     for (const [k, v] of Object.entries(limits)) {
       if (v === undefined) continue
       if (!Number.isFinite(v) || v < 0) throw new TroupeError('config', `limit ${k} must be a non-negative number`)
+      // 0 disables the rate or the quota; a burst below 1 would refuse every request.
+      if (k === 'burst' && v < 1) throw new TroupeError('config', 'limit burst must be at least 1 (one request at a time at the rate); to lift the rate limit set rate 0')
       fields[k] = String(v)
     }
     if (Object.keys(fields).length) await this.redis.hset(key, fields)
@@ -284,6 +286,17 @@ export class AuthStore {
       throw fail('expired', 'token_expired', via === 'cookie' ? 'session expired: sign in again' : 'access token expired: refresh it at POST /v1/auth/refresh')
     }
     return { user: parsed.user, via, tokenId: parsed.id, expiresAt: rec.exp, ...(rec.fam ? { family: rec.fam } : {}) }
+  }
+
+  /**
+   * Whether a token verified earlier is still good: its record is still there
+   * (not signed out, revoked or rotated away) and it has not expired. For
+   * long-lived requests (SSE streams) that verified once, when they opened.
+   */
+  async stillValid(ctx: AuthContext): Promise<boolean> {
+    if (ctx.expiresAt <= this.now()) return false
+    const rec = parseJson<TokenRecord>(await this.redis.hget(this.keys.authToken(ctx.user), ctx.tokenId))
+    return rec !== null && rec.exp > this.now()
   }
 
   /**

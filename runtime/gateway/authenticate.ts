@@ -13,8 +13,8 @@ declare module 'fastify' {
   interface FastifyRequest {
     /** The authenticated caller of a /v1 route (null on public routes). */
     auth: AuthContext | null
-    /** True once a workflow start was counted against the daily quota (refunded on failure). */
-    quotaTaken: boolean
+    /** The UTC day a workflow start was counted on against the daily quota ('' when none; refunded on failure). */
+    quotaTaken: string
   }
   interface FastifyContextConfig {
     /** No authentication (auth endpoints, the UI's static files). */
@@ -57,14 +57,17 @@ export function checkOrigin(request: FastifyRequest): void {
   } catch {
     throw new GatewayError('forbidden_origin', 'unparseable Origin header')
   }
-  if (host !== request.headers.host) throw new GatewayError('forbidden_origin', `requests from ${origin} may not use this site's session cookie`)
+  // request.host is the Host header, or X-Forwarded-Host behind a trusted proxy
+  // (TROUPE_GATEWAY_TRUST_PROXY): a proxy that rewrites Host to its upstream
+  // made every cookie-session write look cross-site.
+  if (host !== request.host) throw new GatewayError('forbidden_origin', `requests from ${origin} may not use this site's session cookie`)
 }
 
 /** Builds the onRequest hook that authenticates and rate-limits every non-public /v1 route. */
 export function createAuthHook(deps: { store: AuthStore; limiter: RateLimiter; metrics: GatewayMetrics }) {
   return async function authenticate(request: FastifyRequest, reply: FastifyReply): Promise<void> {
     request.auth = null
-    request.quotaTaken = false
+    request.quotaTaken = ''
     const cfg = request.routeOptions.config
     // Every route is private unless marked public. The matched route decides, not
     // the raw URL: the router decodes %-escapes first, so /%76%31/agents is
@@ -97,7 +100,7 @@ export function createAuthHook(deps: { store: AuthStore; limiter: RateLimiter; m
         : new GatewayError('rate_limited', `too many requests; retry in ${d.headers['retry-after'] ?? '1'} s`, d.headers)
     }
     request.auth = ctx
-    request.quotaTaken = start
+    request.quotaTaken = start ? d.day : ''
   }
 }
 

@@ -2,7 +2,7 @@
 // resumable exactly after `Last-Event-ID` (or `?after=` for a first connection).
 import type { FastifyInstance } from 'fastify'
 import { TroupeError } from '../errors.ts'
-import { isStreamId } from '../events.ts'
+import { isLastStreamId, isStreamId } from '../events.ts'
 import { TERMINAL_STATUSES, type WorkflowStatusValue } from '../types.ts'
 import { caller } from './authenticate.ts'
 import type { GatewayDeps } from './deps.ts'
@@ -12,21 +12,31 @@ import { SseStream } from './sse-stream.ts'
 
 /** Registers the SSE route. */
 export function registerEventsRoute(app: FastifyInstance, deps: GatewayDeps): void {
-  const { redis, keys, hub, metrics, client, settings } = deps
+  const { redis, keys, hub, metrics, client, settings, store } = deps
+  /** Open streams per user in this process. */
+  const open = new Map<string, number>()
+  const streamsOf = (user: string): number => open.get(user) ?? 0
 
   app.get<{ Params: { id: string }; Querystring: { after?: string } }>(
     '/v1/workflows/:id/events',
     // No automatic HEAD twin: a HEAD request must not open a stream.
     { schema: { params: workflowParams, querystring: eventsQuery }, config: { sse: true }, exposeHeadRoute: false },
     async (request, reply) => {
-      const { user } = caller(request)
+      const auth = caller(request)
+      const { user } = auth
       const wf = request.params.id
       // The browser's reconnect carries the URL it first used; its header is newer.
       const header = request.headers['last-event-id']
       const after = (typeof header === 'string' && header !== '' ? header : request.query.after) ?? '0'
       if (!isStreamId(after)) throw new GatewayError('validation', 'Last-Event-ID must be a stream id like 1700000000000-0')
+      if (isLastStreamId(after)) throw new GatewayError('validation', 'Last-Event-ID is the largest possible stream id: no event can follow it')
       const [owner, status] = await redis.hmget(keys.status(wf), 'owner', 'status')
       if (owner !== user) throw new TroupeError('workflow_not_found', `no workflow ${wf}`)
+      // Streams are long-lived sockets that cost one rate-limit token each: a cap
+      // per user and gateway process keeps one user from holding them by the thousand.
+      if (streamsOf(user) >= settings.sse.maxStreamsPerUser) {
+        throw new GatewayError('too_many_streams', `${settings.sse.maxStreamsPerUser} event streams are open for ${user} on this gateway (TROUPE_SSE_MAX_STREAMS_PER_USER); close one first`, { 'retry-after': String(Math.ceil(settings.sse.retryMs / 1000)) })
+      }
       if (status && TERMINAL_STATUSES.has(status as WorkflowStatusValue)) {
         // Nothing more will ever come: 204 tells EventSource to stop reconnecting.
         const start = after === '0' || after === '0-0' ? '-' : `(${after}`
@@ -49,17 +59,25 @@ export function registerEventsRoute(app: FastifyInstance, deps: GatewayDeps): vo
       metrics.httpRequests.inc({ route: '/v1/workflows/:id/events', status: '200' })
       metrics.httpDuration.observe({ route: '/v1/workflows/:id/events' }, reply.elapsedTime / 1000)
       metrics.sseConnections.inc()
+      open.set(user, streamsOf(user) + 1)
       const stream: SseStream = new SseStream(wf, res, after, {
         redis,
         keys,
         settings: settings.sse,
         status: () => client.getStatus(wf),
+        // Checked at every heartbeat: a stream ends once its token or session
+        // expires or is revoked (sign-out, troupe auth revoke), and the client's
+        // reconnect shows whether it may go on.
+        authorized: () => store.stillValid(auth),
         onDrop: (reason) => {
           metrics.sseDropped.inc({ reason })
           request.log.info({ wf, reason, last: stream.last }, 'SSE client dropped')
         },
         onClose: () => {
           metrics.sseConnections.dec()
+          const n = streamsOf(user) - 1
+          if (n > 0) open.set(user, n)
+          else open.delete(user)
           hub.detach(wf, stream)
         },
       })

@@ -15,6 +15,7 @@ export type GatewayErrorCode =
   | 'dead_letter_not_found'
   | 'rate_limited'
   | 'quota_exceeded'
+  | 'too_many_streams'
   | 'validation'
   | 'bad_request'
   | 'unsupported_media_type'
@@ -75,6 +76,7 @@ const KINDS: Record<ProblemCode, ProblemKind> = {
   dead_letter_not_found: { status: 404, title: 'Dead letter not found' },
   rate_limited: { status: 429, title: 'Too many requests' },
   quota_exceeded: { status: 429, title: 'Daily quota exceeded' },
+  too_many_streams: { status: 429, title: 'Too many open event streams' },
   validation: { status: 400, title: 'Request does not match the schema' },
   bad_request: { status: 400, title: 'Bad request' },
   unsupported_media_type: { status: 415, title: 'Unsupported media type' },

@@ -17,6 +17,8 @@ export interface RateDecision {
   deniedBy: '' | 'rate' | 'quota'
   /** Milliseconds until a retry can succeed (0 when allowed). */
   retryAfterMs: number
+  /** The UTC day (YYYY-MM-DD) the daily quota was counted on: what a refund names. */
+  day: string
   /** Headers to add to the response, allowed or not. */
   headers: Record<string, string>
 }
@@ -50,7 +52,7 @@ export class RateLimiter {
     const r = (await runGatewayScript(this.redis, 'rate_limit', [this.keys.authRate(user), this.keys.authCredential(user)], [
       now, bucket, rate, burst, opts.start ? 1 : 0, auth ? 0 : this.limits.dailyStarts, day, dayStart + DAY_MS - now, auth ? '0' : '1',
     ])) as (number | string)[]
-    if (Number(r[0]) === -1) return { known: false, allowed: false, deniedBy: '', retryAfterMs: 0, headers: {} }
+    if (Number(r[0]) === -1) return { known: false, allowed: false, deniedBy: '', retryAfterMs: 0, day, headers: {} }
     const [allowed, deniedBy, burstN, remaining, resetMs, retryMs, daily, quotaLeft, ratePerSec] = r
     const policies: string[] = []
     const states: string[] = []
@@ -71,15 +73,11 @@ export class RateLimiter {
     }
     const ok = Number(allowed) === 1
     if (!ok) headers['retry-after'] = String(Math.max(1, secs(Number(retryMs))))
-    return { known: true, allowed: ok, deniedBy: String(deniedBy) as RateDecision['deniedBy'], retryAfterMs: Number(retryMs), headers }
+    return { known: true, allowed: ok, deniedBy: String(deniedBy) as RateDecision['deniedBy'], retryAfterMs: Number(retryMs), day, headers }
   }
 
-  /** Gives back a quota unit when a start failed after being counted. */
-  async refundStart(user: string): Promise<void> {
-    const now = this.now()
-    const day = new Date(now - (now % DAY_MS)).toISOString().slice(0, 10)
-    const key = this.keys.authRate(user)
-    const [qday, qn] = await this.redis.hmget(key, 'qday', 'qn')
-    if (qday === day && Number(qn) > 0) await this.redis.hincrby(key, 'qn', -1)
+  /** Gives back a quota unit counted on `day` (see RateDecision.day) when the start it was taken for failed. */
+  async refundStart(user: string, day: string): Promise<void> {
+    await runGatewayScript(this.redis, 'quota_refund', [this.keys.authRate(user)], [day])
   }
 }

@@ -26,7 +26,8 @@ function matches(pattern: readonly string[], path: readonly string[]): boolean {
 export class RouteTable {
   private readonly patterns = new Map<string, Pattern>()
 
-  add(method: string | string[], url: string): void {
+  /** `head`: Fastify also answers HEAD for a GET (unless the route set `exposeHeadRoute: false`). */
+  add(method: string | string[], url: string, head = true): void {
     let p = this.patterns.get(url)
     if (!p) {
       p = { segments: split(url), methods: new Set() }
@@ -34,8 +35,7 @@ export class RouteTable {
     }
     for (const m of Array.isArray(method) ? method : [method]) {
       p.methods.add(m.toUpperCase())
-      // Fastify answers HEAD for every GET route.
-      if (m.toUpperCase() === 'GET') p.methods.add('HEAD')
+      if (head && m.toUpperCase() === 'GET') p.methods.add('HEAD')
     }
   }
 

@@ -150,7 +150,7 @@ export async function createGateway(opts: GatewayOptions): Promise<Gateway> {
   // Only JSON bodies: a text/plain body is a client mistake, answered with 415.
   app.removeContentTypeParser('text/plain')
   app.decorateRequest('auth', null)
-  app.decorateRequest('quotaTaken', false)
+  app.decorateRequest('quotaTaken', '')
 
   app.addHook('onRequest', createAuthHook(deps))
   app.addHook('onSend', async (request, reply, payload) => {
@@ -165,12 +165,12 @@ export async function createGateway(opts: GatewayOptions): Promise<Gateway> {
     metrics.httpRequests.inc({ route, status: String(reply.statusCode) })
     metrics.httpDuration.observe({ route }, reply.elapsedTime / 1000)
     if (request.quotaTaken && request.auth && reply.statusCode >= 400) {
-      await deps.limiter.refundStart(request.auth.user).catch((err: unknown) => request.log.warn({ err }, 'quota refund failed'))
+      await deps.limiter.refundStart(request.auth.user, request.quotaTaken).catch((err: unknown) => request.log.warn({ err }, 'quota refund failed'))
     }
   })
   app.setErrorHandler((err, request, reply) => sendProblem(err, request, reply))
   const routes = new RouteTable()
-  app.addHook('onRoute', (r) => routes.add(r.method, r.url))
+  app.addHook('onRoute', (r) => routes.add(r.method, r.url, r.exposeHeadRoute !== false))
   app.setNotFoundHandler((request, reply) => {
     const path = request.url.split('?')[0] ?? ''
     // A known path asked with the wrong method is a 405 naming the methods it takes (RFC 9110 §15.5.6).

@@ -37,6 +37,8 @@ export interface SseSettings {
   slowClientMs: number
   /** `TROUPE_SSE_MAX_QUEUE_BYTES`: a client that falls this far behind is dropped at once (default 8 MiB). */
   maxQueueBytes: number
+  /** `TROUPE_SSE_MAX_STREAMS_PER_USER`: open streams one user may hold on one gateway process (default 64). */
+  maxStreamsPerUser: number
 }
 
 /** Limits on how long a client may take to send its request (slowloris defence). */
@@ -108,6 +110,7 @@ export function gatewaySettings(input: GatewaySettingsInput = {}): GatewaySettin
     retryMs: envNum('TROUPE_SSE_RETRY_MS', 2000, 1),
     slowClientMs: envNum('TROUPE_SSE_SLOW_MS', 10_000, 1),
     maxQueueBytes: envNum('TROUPE_SSE_MAX_QUEUE_BYTES', 8 * 1024 * 1024, 1024),
+    maxStreamsPerUser: envNum('TROUPE_SSE_MAX_STREAMS_PER_USER', 64, 1),
     ...input.sse,
   }
   const http: HttpSettings = {

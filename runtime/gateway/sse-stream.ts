@@ -28,6 +28,11 @@ export interface SseStreamDeps {
   settings: SseSettings
   /** Builds the `reset` event's payload (the workflow's current status). */
   status(): Promise<unknown>
+  /**
+   * Whether the credential the stream was opened with is still good (not
+   * expired, not revoked); asked at every heartbeat. False ends the stream.
+   */
+  authorized?(): Promise<boolean>
   onDrop(reason: DropReason): void
   onClose(): void
 }
@@ -78,6 +83,8 @@ export class SseStream implements FeedClient {
   private drainWaiters: (() => void)[] = []
   private replayAgain = false
   private released = false
+  /** A credential check is in flight (see recheck). */
+  private checking = false
   /**
    * The response's socket once its headers are out, when the body is sent
    * chunked: batches go to it as their shared, already framed chunk.
@@ -217,7 +224,32 @@ export class SseStream implements FeedClient {
   }
 
   heartbeat(): void {
-    if (this.state !== 'closed' && !this.congested) this.write(': keep-alive\n\n')
+    if (this.state === 'closed') return
+    this.recheck()
+    if (!this.congested) this.write(': keep-alive\n\n')
+  }
+
+  /**
+   * Ends the stream once its credential is gone. The client reconnects after
+   * `retry:` with Last-Event-ID, as after any end: a refreshed cookie or token
+   * resumes exactly where it was, a revoked one gets 401 (EventSource stops).
+   * A failed check (Redis away) keeps the stream: only a clear no ends it.
+   */
+  private recheck(): void {
+    if (!this.deps.authorized || this.checking) return
+    this.checking = true
+    this.deps.authorized().then(
+      (ok) => {
+        this.checking = false
+        if (ok || this.state === 'closed') return
+        this.deps.onDrop('unauthorized')
+        // A clean end, not a cut: what was written reaches the client first.
+        this.close(false)
+      },
+      () => {
+        this.checking = false
+      },
+    )
   }
 
   shutdown(): void {

@@ -89,10 +89,14 @@ describe('gateway API', () => {
     const r = await call(s, 'POST', '/v1/workflows', { token: alice, body: { agent: 'counter', type: 'ping' } })
     const wf = (r.json as { workflowId: string }).workflowId
     await call(s, 'POST', `/v1/workflows/${wf}/cancel`, { token: alice })
-    for (const id of ['99999999999999999999', '1-99999999999999999999']) {
+    // The last one is within range, but Redis has no id after it to start from.
+    for (const id of ['99999999999999999999', '1-99999999999999999999', '18446744073709551615-18446744073709551615']) {
       expectProblem(await call(s, 'GET', `/v1/workflows/${wf}/events`, { token: alice, headers: { 'last-event-id': id } }), 400, 'validation')
       expectProblem(await call(s, 'GET', `/v1/workflows/${wf}/events?after=${id}`, { token: alice }), 400, 'validation')
     }
+    // Ended or not: a running workflow answered 200 and then cut the stream.
+    const running = ((await call(s, 'POST', '/v1/workflows', { token: alice, body: { agent: 'counter', type: 'ping' } })).json as { workflowId: string }).workflowId
+    expectProblem(await call(s, 'GET', `/v1/workflows/${running}/events?after=18446744073709551615-18446744073709551615`, { token: alice }), 400, 'validation')
   })
 
   it('pages my workflows newest first with a stable cursor', async () => {
@@ -175,6 +179,10 @@ describe('gateway API', () => {
     expectProblem(wrong, 405, 'method_not_allowed')
     expect(wrong.headers.get('allow')).toBe('GET, HEAD')
     expect((await call(s, 'PUT', '/v1/workflows', { token: alice, body: {} })).headers.get('allow')).toBe('GET, HEAD, POST')
+    // The event stream takes no HEAD (it would open a stream), and says so.
+    const head = await call(s, 'HEAD', '/v1/workflows/some-id/events', { token: alice })
+    expect(head.status).toBe(405)
+    expect(head.headers.get('allow')).toBe('GET')
     // The retry of a dead letter takes no body (or an empty object).
     expectProblem(await call(s, 'POST', '/v1/workflows/some-id/dead-letters/aid/retry', { token: alice, body: { force: true } }), 400, 'validation')
     expectProblem(await call(s, 'GET', '/v1/workflows?limit=1000', { token: alice }), 400, 'validation')

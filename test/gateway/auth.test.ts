@@ -12,7 +12,8 @@ const ACCESS_TTL = 60_000
 const SESSION_TTL = 3_600_000
 
 beforeAll(async () => {
-  s = await startStack({ gateway: { auth: { accessTtlMs: ACCESS_TTL, refreshTtlMs: 24 * 3600_000, sessionTtlMs: SESSION_TTL } } })
+  // Heartbeats often: each one checks that an open stream's credential is still good.
+  s = await startStack({ gateway: { auth: { accessTtlMs: ACCESS_TTL, refreshTtlMs: 24 * 3600_000, sessionTtlMs: SESSION_TTL }, sse: { heartbeatMs: 100 } } })
 })
 afterAll(async () => {
   await s?.stop()
@@ -258,6 +259,30 @@ describe('gateway auth', () => {
     expect((await call(s, 'POST', '/v1/auth/token', { body: { credential: fresh } })).status).toBe(200)
   })
 
+  it('checks the Origin of a cookie-session write against the forwarded host only behind a trusted proxy', async () => {
+    // A proxy such as nginx sends its upstream address as Host and the public one as X-Forwarded-Host.
+    const forwarded = { origin: 'https://troupe.example', 'x-forwarded-host': 'troupe.example', 'x-forwarded-proto': 'https' }
+    const body = { agent: 'counter', type: 'ping' }
+    // Not trusted: the forwarded header is anyone's to send, so the write is cross-site.
+    expect((await call(s, 'POST', '/v1/workflows', { cookie: await s.session('pat'), body, headers: forwarded })).status).toBe(403)
+    process.env.TROUPE_GATEWAY_TRUST_PROXY = '1'
+    let p: Stack
+    try {
+      p = await startStack()
+    } finally {
+      delete process.env.TROUPE_GATEWAY_TRUST_PROXY
+    }
+    try {
+      const cookie = await p.session('pat')
+      const r = await call(p, 'POST', '/v1/workflows', { cookie, body, headers: forwarded })
+      expect(r.status, r.text).toBe(201)
+      // Another site is still another site.
+      expect((await call(p, 'POST', '/v1/workflows', { cookie, body, headers: { ...forwarded, origin: 'https://evil.example' } })).status).toBe(403)
+    } finally {
+      await p.stop()
+    }
+  })
+
   it('troupe auth issue prints a working credential; revoke removes the user', async () => {
     const out: string[] = []
     const stdout = vi.spyOn(process.stdout, 'write').mockImplementation((chunk) => {
@@ -289,5 +314,45 @@ describe('gateway auth', () => {
     expect(revoked).toBe(0)
     expect(await me({ token: (t.json as TokenPair).access_token })).toBe(401)
     expect((await call(s, 'POST', '/v1/auth/token', { body: { credential } })).status).toBe(401)
+  })
+
+  // Last: it moves the gateway's clock past every session's end.
+  it('ends an open event stream once its token or session is signed out or expires; the reconnect is refused', async () => {
+    const unauthorized = async (): Promise<number> =>
+      (await s.rt.metrics.registry.getSingleMetric('troupe_sse_dropped_total')?.get())?.values.find((v) => v.labels.reason === 'unauthorized')?.value ?? 0
+    const before = await unauthorized()
+    const t = await s.login('uma')
+    const started = await call(s, 'POST', '/v1/workflows', { token: t.access_token, body: { agent: 'counter', type: 'ping' } })
+    expect(started.status, started.text).toBe(201)
+    const path = `/v1/workflows/${(started.json as { workflowId: string }).workflowId}/events`
+    const follow = async (headers: Record<string, string>): Promise<ReturnType<typeof openSse>> => {
+      const c = openSse(s, path, headers)
+      expect(await c.status).toBe(200)
+      await c.until((m) => m.some((x) => x.data.includes('workflow.started')))
+      return c
+    }
+    const ended = async (c: ReturnType<typeof openSse>, what: string): Promise<void> => {
+      let timer: NodeJS.Timeout | undefined
+      await Promise.race([c.closed, new Promise((_, reject) => (timer = setTimeout(() => reject(new Error(`stream still open after ${what}`)), 10_000)))])
+      clearTimeout(timer)
+    }
+    const refused = async (headers: Record<string, string>): Promise<void> => {
+      const c = openSse(s, path, headers)
+      expect(await c.status).toBe(401)
+      c.close()
+    }
+
+    const bearer = { authorization: `Bearer ${t.access_token}` }
+    const a = await follow(bearer)
+    expect((await call(s, 'POST', '/v1/auth/logout', { token: t.access_token })).status).toBe(204)
+    await ended(a, 'sign-out')
+    await refused(bearer)
+
+    const cookie = { cookie: await s.session('uma') }
+    const b = await follow(cookie)
+    s.advance(SESSION_TTL + 1000)
+    await ended(b, 'the session expired')
+    await refused(cookie)
+    expect(await unauthorized()).toBe(before + 2)
   })
 })

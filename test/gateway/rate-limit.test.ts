@@ -57,13 +57,17 @@ describe('gateway rate limits', () => {
     const { access_token: token } = await s.login('quinn')
     const bad = await call(s, 'POST', '/v1/workflows', { token, body: { agent: 'ghost', type: 'ping' } })
     expect(bad.status).toBe(422) // a failed start is given back
+    let last: Reply | null = null
     for (let i = 0; i < DAILY; i++) {
       const r = await call(s, 'POST', '/v1/workflows', { token, body: { agent: 'counter', type: 'ping' } })
       expect(r.status, r.text).toBe(201)
       expect(rateState(r, 'daily')?.r).toBe(DAILY - 1 - i)
+      last = r
     }
     const over = await call(s, 'POST', '/v1/workflows', { token, body: { agent: 'counter', type: 'ping' } })
     expect(over.status).toBe(429)
+    // Refused, so it took no slot of the burst either (the clock is frozen).
+    expect(rateState(over, 'burst')?.r).toBe(rateState(last as Reply, 'burst')?.r)
     expect((over.json as { code: string }).code).toBe('quota_exceeded')
     const retry = Number(over.headers.get('retry-after'))
     expect(retry).toBeGreaterThan(0)
@@ -76,6 +80,34 @@ describe('gateway rate limits', () => {
     s.advance(retry * 1000 + 1000)
     const fresh = (await s.login('quinn')).access_token // the old one expired meanwhile
     expect((await call(s, 'POST', '/v1/workflows', { token: fresh, body: { agent: 'counter', type: 'ping' } })).status).toBe(201)
+  })
+
+  it('gives a start back on the day it was counted only', async () => {
+    const { access_token: token } = await s.login('rolf')
+    const start = async (): Promise<number | undefined> => {
+      const r = await call(s, 'POST', '/v1/workflows', { token, body: { agent: 'counter', type: 'ping' } })
+      expect(r.status, r.text).toBe(201)
+      return rateState(r, 'daily')?.r
+    }
+    expect(await start()).toBe(DAILY - 1)
+    const now = s.gw.deps.now()
+    const today = new Date(now - (now % 86_400_000)).toISOString().slice(0, 10)
+    // A refund that lands after midnight for a start counted the day before: nothing to give back today.
+    await s.gw.deps.limiter.refundStart('rolf', '1999-12-31')
+    expect(await start()).toBe(DAILY - 2)
+    await s.gw.deps.limiter.refundStart('rolf', today)
+    expect(await start()).toBe(DAILY - 2)
+  })
+
+  it('takes a burst below one as one request at a time, and refuses to store it', async () => {
+    const { access_token: token } = await s.login('pace')
+    await expect(s.gw.deps.store.setLimits('pace', { burst: 0 })).rejects.toMatchObject({ code: 'config' })
+    // Stored anyway (by hand, or by an older version): strict pacing, not a lockout.
+    await s.redis.hset(s.gw.deps.keys.authCredential('pace'), 'burst', '0')
+    expect((await call(s, 'GET', '/v1/me', { token })).status).toBe(200)
+    expect((await call(s, 'GET', '/v1/me', { token })).status).toBe(429)
+    s.advance(1000 / RATE + 5)
+    expect((await call(s, 'GET', '/v1/me', { token })).status).toBe(200)
   })
 
   it('applies per-user overrides from the credential hash', async () => {

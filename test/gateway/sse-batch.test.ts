@@ -103,7 +103,7 @@ async function startRig(settings: Partial<SseSettings> = {}): Promise<Rig> {
   const hub = new SseHub(sub as unknown as Subscriber, keys, 60_000)
   const streams: SseStream[] = []
   const drops: string[] = []
-  const sse: SseSettings = { heartbeatMs: 60_000, retryMs: 1000, slowClientMs: 300, maxQueueBytes: 8 * 1024 * 1024, ...settings }
+  const sse: SseSettings = { heartbeatMs: 60_000, retryMs: 1000, slowClientMs: 300, maxQueueBytes: 8 * 1024 * 1024, maxStreamsPerUser: 64, ...settings }
   const server = createServer((req, res) => {
     const header = req.headers['last-event-id']
     res.writeHead(200, { 'content-type': 'text/event-stream' })

@@ -12,9 +12,11 @@ import { seededRandom } from '../helpers/rng.ts'
 
 let s: Stack
 let token: string
+// Above what the other tests open at once for one user (20).
+const MAX_STREAMS = 40
 
 beforeAll(async () => {
-  s = await startStack({ gateway: { sse: { heartbeatMs: 150, retryMs: 750, slowClientMs: 400, maxQueueBytes: 4 * 1024 * 1024 }, limits: { ratePerSec: 10_000, burst: 10_000 } } })
+  s = await startStack({ gateway: { sse: { heartbeatMs: 150, retryMs: 750, slowClientMs: 400, maxQueueBytes: 4 * 1024 * 1024, maxStreamsPerUser: MAX_STREAMS }, limits: { ratePerSec: 10_000, burst: 10_000 } } })
   token = (await s.login('sia')).access_token
 })
 afterAll(async () => {
@@ -50,6 +52,29 @@ function assertIncreasing(ids: string[]): void {
 }
 
 describe('gateway SSE', () => {
+  it('caps the streams one user holds open on a gateway, and frees a slot when one closes', async () => {
+    const capped = (await s.login('cap')).access_token
+    const r = await call(s, 'POST', '/v1/workflows', { token: capped, body: { agent: 'counter', type: 'ping' } })
+    const path = `/v1/workflows/${(r.json as { workflowId: string }).workflowId}/events`
+    const headers = { authorization: `Bearer ${capped}` }
+    const open = Array.from({ length: MAX_STREAMS }, () => openSse(s, path, headers))
+    expect(await Promise.all(open.map((c) => c.status))).toEqual(Array(MAX_STREAMS).fill(200))
+    const over = await call(s, 'GET', path, { token: capped })
+    expect(over.status).toBe(429)
+    expect((over.json as { code: string }).code).toBe('too_many_streams')
+    expect(Number(over.headers.get('retry-after'))).toBeGreaterThanOrEqual(1)
+    // Another user is not affected.
+    expect((await call(s, 'GET', '/v1/workflows', { token })).status).toBe(200)
+    open[0]?.close()
+    await eventually(async () => {
+      const c = openSse(s, path, headers)
+      const ok = (await c.status) === 200
+      c.close()
+      return ok
+    }, 10_000, 'a slot freed by the closed stream')
+    for (const c of open) c.close()
+  })
+
   it('resumes exactly after Last-Event-ID through random disconnects during a busy workflow', async () => {
     const seed = Number(process.env.SSE_SEED ?? 20240611)
     const rnd = mulberry32(seed)

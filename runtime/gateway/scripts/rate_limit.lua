@@ -28,15 +28,18 @@ if ARGV[9] == '1' then
   if o[2] and tonumber(o[2]) then burst = tonumber(o[2]) end
   if o[3] and tonumber(o[3]) then daily = tonumber(o[3]) end
 end
+-- GCRA admits nothing with a burst below one request: every request would wait
+-- for a slot that never opens. One is strict pacing at the rate.
+if burst < 1 then burst = 1 end
 
 local tat_field = 'tat:' .. bucket
 local remaining, reset, retry, new_tat = burst, 0, 0, nil
 local denied = ''
-local tau = 0
+local tau, interval, tat = 0, 0, now
 if rate > 0 then
-  local interval = 1000 / rate
+  interval = 1000 / rate
   tau = interval * burst
-  local tat = tonumber(redis.call('HGET', rate_key, tat_field) or '0')
+  tat = tonumber(redis.call('HGET', rate_key, tat_field) or '0')
   if tat < now then tat = now end
   local candidate = tat + interval
   local allow_at = candidate - tau
@@ -58,6 +61,12 @@ if daily > 0 then
   if denied == '' and qcost > 0 and used + qcost > daily then
     denied = 'quota'
     retry = day_left
+    -- Refused, so this request takes no slot of the burst either.
+    if new_tat then
+      remaining = math.floor((tau - (tat - now)) / interval)
+      reset = math.ceil(tat - now)
+      new_tat = nil
+    end
   end
 end
 
