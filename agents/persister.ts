@@ -37,9 +37,18 @@ export interface PersisterPorts {
   read(): Promise<HeldBatch>
   /** Writes a batch and acks it; rejects (acking nothing) on any outage. */
   write(batch: HeldBatch): Promise<void>
+  /** Hands a batch it could not write back to the group, for any persister to take at once. */
+  release(batch: HeldBatch): Promise<void>
   /** One step of the reconciliation sweep; never rejects. */
   reconcile(signal: AbortSignal): Promise<void>
 }
+
+/**
+ * Writes of one batch that fail in a row before the batch is handed back: a
+ * persister that stays alive but cannot write (say, its Neo4j password went
+ * stale) otherwise kept the batch for good, touched so that no one else took it.
+ */
+export const RELEASE_AFTER_FAILURES = 5
 
 /** Where the machine resumes after a backoff. */
 type Resume = 'connecting' | 'ensuringSchema' | 'writing'
@@ -63,7 +72,8 @@ export function backoffMs(failures: number, minMs: number, maxMs: number, random
  * - `ensuringSchema`: creating the constraints and the consumer group;
  * - `consuming`: claiming dead consumers' entries or blocking briefly for new ones;
  * - `writing`: one batch to Neo4j, then XACK + XDEL;
- * - `backingOff`: Neo4j or Redis failed; wait, then resume where it failed (the batch is kept).
+ * - `backingOff`: Neo4j or Redis failed; wait, then resume where it failed (the batch is kept);
+ * - `releasing`: the same batch failed RELEASE_AFTER_FAILURES writes in a row: hand it back, then `connecting`.
  *
  * Region `housekeeping`: `waiting` ⇄ `reconciling` (one sweep step per interval), or `off`.
  * STOP finishes the batch in hand (reads are woken by the service), then `stopped`.
@@ -82,6 +92,7 @@ export function createPersisterMachine(ports: PersisterPorts, timing: { backoffM
       prepare: fromPromise<void>(() => ports.prepare()),
       read: fromPromise<HeldBatch>(() => ports.read()),
       write: fromPromise<void, HeldBatch>(({ input }) => ports.write(input)),
+      release: fromPromise<void, HeldBatch>(({ input }) => ports.release(input)),
       reconcile: fromPromise<void>(({ signal }) => ports.reconcile(signal)),
     },
     delays: {
@@ -139,10 +150,21 @@ export function createPersisterMachine(ports: PersisterPorts, timing: { backoffM
                   onError: [{ guard: 'stopping', target: '#persister.stopped' }, { target: 'backingOff', actions: { type: 'failed', params: { resume: 'writing' } } }],
                 },
               },
+              releasing: {
+                on: { STOP: '#persister.stopped' },
+                invoke: {
+                  src: 'release',
+                  input: ({ context }) => context.batch ?? { deliveries: [], parked: [], asked: 0 },
+                  // Released or not (Redis away: it is claimable once idle anyway), the batch is no longer ours.
+                  onDone: { target: 'connecting', actions: assign({ batch: null }) },
+                  onError: { target: 'connecting', actions: assign({ batch: null }) },
+                },
+              },
               backingOff: {
                 on: { STOP: '#persister.stopped' },
                 after: {
                   backoff: [
+                    { guard: ({ context }) => context.resume === 'writing' && context.failures >= RELEASE_AFTER_FAILURES, target: 'releasing' },
                     { guard: ({ context }) => context.resume === 'writing', target: 'writing' },
                     { guard: ({ context }) => context.resume === 'ensuringSchema', target: 'ensuringSchema' },
                     { target: 'connecting' },
@@ -174,7 +196,7 @@ async function briefly(p: Promise<unknown> | undefined, ms = 1000): Promise<void
 }
 
 /** The pipeline state shown in health records and `troupe persister status`. */
-export type PersisterState = 'connecting' | 'ensuringSchema' | 'consuming' | 'writing' | 'backingOff' | 'stopped'
+export type PersisterState = 'connecting' | 'ensuringSchema' | 'consuming' | 'writing' | 'backingOff' | 'releasing' | 'stopped'
 
 /** Counters of this service since it started. */
 export interface PersisterStats {
@@ -371,6 +393,12 @@ export class PersisterService implements HostedService {
         this.stats.expired += rep.expired
         this.recovered()
       }),
+      release: async (batch) => {
+        this.held = []
+        const ids = [...batch.deliveries.map((d) => d.id), ...batch.parked.map((p) => p.entryId)]
+        this.rt?.log.warn(`persister: handing back ${ids.length} entries after ${RELEASE_AFTER_FAILURES} failed writes in a row; another persister (or this one, once Neo4j answers) takes them`)
+        await queue.release(ids, Math.max(o.claimIdleMs, 3_600_000))
+      },
       reconcile: (signal) => {
         const run = (async () => {
           try {

@@ -35,8 +35,11 @@ const DATA_ERRORS = [
   'Neo.ClientError.Statement.ConstraintVerificationFailed',
   'Neo.ClientError.Schema.ConstraintValidationFailed',
   'Neo.ClientError.Request.Invalid',
-  'Neo.TransientError.General.MemoryPoolOutOfMemoryError',
+  // One transaction over db.memory.transaction.max: a smaller one passes.
+  'Neo.ClientError.General.TransactionOutOfMemoryError',
   'Neo.TransientError.General.TransactionMemoryLimit',
+  // The shared transaction pool full (see isPoolError: parked only after retries).
+  'Neo.TransientError.General.MemoryPoolOutOfMemoryError',
 ]
 
 /** The code of a Neo4j error ('' for other errors). */
@@ -51,9 +54,12 @@ export function neo4jCode(err: unknown): string {
  * Cypher errors) is retried after a backoff, so nothing is ever dropped because
  * of an outage or a bug.
  */
+// Exact codes only: Neo.TransientError.General.OutOfMemoryError is the server's
+// heap running out, an outage like any other, and was taken for a data error by
+// a match on "memory" (every batch split and parked while it lasted).
 export function isDataError(err: unknown): boolean {
   const code = neo4jCode(err)
-  return DATA_ERRORS.some((c) => code === c || code.startsWith(`${c}.`)) || /memory/i.test(code)
+  return DATA_ERRORS.some((c) => code === c || code.startsWith(`${c}.`))
 }
 
 /**

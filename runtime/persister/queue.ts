@@ -129,12 +129,16 @@ export class PersistenceQueue {
 
   /**
    * Hands entries we hold back to the group at once (a stop in the middle of a
-   * backoff): their idle time is set past the claim threshold, so the next
-   * persister's XAUTOCLAIM takes them without waiting.
+   * backoff, or writes that kept failing): their idle time is set past the claim
+   * threshold, so the next persister's XAUTOCLAIM takes them without waiting.
+   * Their delivery count goes back to 0: they were given up in good order (an
+   * outage, a stop), not lost with a persister that died on them, which is what
+   * the count is for (maxDeliveries). Counted, a write-only outage with
+   * persisters restarting parked every entry after ten restarts.
    */
   async release(ids: readonly string[], idleMs: number): Promise<void> {
     if (ids.length === 0) return
-    await this.redis.call('XCLAIM', this.key, GROUP, this.consumer, 0, ...ids, 'IDLE', idleMs, 'JUSTID')
+    await this.redis.call('XCLAIM', this.key, GROUP, this.consumer, 0, ...ids, 'IDLE', idleMs, 'RETRYCOUNT', 0, 'JUSTID')
   }
 
   /**

@@ -74,6 +74,8 @@ interface RedisSide extends StreamExtent {
 
 const TERMINAL = new Set(['completed', 'failed', 'cancelled'])
 const PAGE = 2000
+/** The most the queue's lag adds to the settle time (see check). */
+export const MAX_LAG_SETTLE_MS = 10 * 60_000
 
 function emptyReport(): ReconcileReport {
   return { checked: 0, backfilledWorkflows: 0, backfilledEvents: 0, statusFixed: 0, expired: 0, skipped: 0, failed: 0, complete: false, workflows: [] }
@@ -182,7 +184,11 @@ export class Reconciler {
     const report = emptyReport()
     const { sides, now } = await this.readRedis(ids)
     const neo = await persistedState(this.d.driver, this.d.opts.database, ids.map((wf) => ({ wf, first: sides.get(wf)?.first ?? null })))
-    const settle = this.d.opts.reconcileSettleMs + lagMs
+    // The queue's lag, capped: one entry stuck for hours (a persister that could
+    // not write held it) made every workflow newer than it wait, so lost pointers
+    // were never backfilled and ended workflows never got their TTL. Past the cap
+    // a backfill may repeat what the queue is about to write; MERGE makes that harmless.
+    const settle = this.d.opts.reconcileSettleMs + Math.min(lagMs, MAX_LAG_SETTLE_MS)
     const retain: { wf: string; status: Record<string, string> }[] = []
     let poolErrors = 0
     for (const wf of ids) {

@@ -7,6 +7,8 @@ import { fakeText } from '../../examples/research-team/fake-model.ts'
 import { advertisedHost, heartbeatFromEnv } from '../../runtime/runtime.ts'
 import { gcTuningFromEnv } from '../../runtime/gc-tuning.ts'
 import { loadConfig } from '../../runtime/config.ts'
+import { isDataError, isPoolError } from '../../runtime/persister/neo4j.ts'
+import { isLastStreamId } from '../../runtime/events.ts'
 
 describe('backoffDelay', () => {
   const p = { initialMs: 100, maxMs: 1000, factor: 2, jitter: 0.5 }
@@ -45,12 +47,35 @@ describe('stream ids', () => {
     expect(isStreamId('0')).toBe(true)
     expect(isStreamId('abc')).toBe(false)
     expect(isStreamId('1-2-3')).toBe(false)
+    // Valid, but nothing can follow it (Redis refuses it as an exclusive start).
+    expect(isStreamId('18446744073709551615-18446744073709551615')).toBe(true)
+    expect(isLastStreamId('18446744073709551615-18446744073709551615')).toBe(true)
+    expect(isLastStreamId('18446744073709551615-0')).toBe(false)
+    expect(isLastStreamId('18446744073709551615')).toBe(false)
   })
   it('turns malformed entries and messages into something safe', () => {
     expect(parseEntry('w', ['1-0', ['e', '{oops']]).event.type).toBe('troupe.malformed')
     expect(parseEntry('w', ['1-0', ['x', 'y']]).event.type).toBe('troupe.malformed')
     expect(parseLive('nope')).toBeNull()
     expect(parseLive(JSON.stringify({ streamId: '1-0', event: { type: 't' } }))?.streamId).toBe('1-0')
+  })
+})
+
+describe('Neo4j errors the persister splits a batch for (data) or retries (outage)', () => {
+  const err = (code: string): unknown => ({ code })
+  it('splits for what the rows or one transaction caused', () => {
+    for (const code of ['Neo.ClientError.Statement.TypeError', 'Neo.ClientError.Schema.ConstraintValidationFailed', 'Neo.ClientError.General.TransactionOutOfMemoryError', 'Neo.TransientError.General.TransactionMemoryLimit']) {
+      expect(isDataError(err(code)), code).toBe(true)
+      expect(isPoolError(err(code)), code).toBe(false)
+    }
+    expect(isDataError(err('Neo.TransientError.General.MemoryPoolOutOfMemoryError'))).toBe(true)
+    expect(isPoolError(err('Neo.TransientError.General.MemoryPoolOutOfMemoryError'))).toBe(true)
+  })
+  it('retries an outage, the server\'s heap running out included', () => {
+    for (const code of ['Neo.TransientError.General.OutOfMemoryError', 'Neo.TransientError.General.DatabaseUnavailable', 'Neo.ClientError.Security.Unauthorized', 'ServiceUnavailable', '']) {
+      expect(isDataError(err(code)), code).toBe(false)
+    }
+    expect(isDataError(new Error('out of memory'))).toBe(false)
   })
 })
 
