@@ -124,7 +124,8 @@ export function parseHealth(serviceId: string, h: Record<string, string>, now: n
 export async function readFleet(redis: RedisClient, keys: Keys, opts: ReadFleetOptions = {}): Promise<FleetSnapshot> {
   const now = opts.now ?? Date.now()
   const missed = opts.deadAfterMissed ?? 3
-  const flat = await redis.zrange(keys.services(), '0', String((opts.limit ?? 10_000) - 1), 'WITHSCORES')
+  // Newest first: past the limit, what is left out is the longest gone, not the live.
+  const flat = await redis.zrange(keys.services(), '0', String((opts.limit ?? 10_000) - 1), 'REV', 'WITHSCORES')
   const indexed = new Map<string, number>()
   for (let i = 0; i + 1 < flat.length; i += 2) indexed.set(flat[i] as string, Number(flat[i + 1]))
   const problems: FleetProblem[] = []

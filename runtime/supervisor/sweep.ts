@@ -43,7 +43,14 @@ export interface SweepOptions {
 }
 
 const TERMINAL = new Set(['completed', 'failed', 'cancelled'])
-const MAX_EVENTS_PER_WORKFLOW = 5000
+/** Most events read from one workflow's stream per sweep (past it, `truncated`). */
+export const MAX_EVENTS_PER_WORKFLOW = 5000
+// Events are read in pages, for a few workflows per round trip: a stream busy
+// with streamed tokens holds thousands of big entries a minute, and reading up
+// to MAX_EVENTS_PER_WORKFLOW of every workflow of a SCAN batch in one pipeline
+// could put hundreds of megabytes in one reply.
+const EVENTS_PAGE = 500
+const EVENT_STREAMS_PER_TRIP = 16
 const MAX_DEAD_READ = 1000
 
 type Reply = [Error | null, unknown]
@@ -127,7 +134,8 @@ export class WorkflowSweep {
     const r1 = ((await p1.exec()) ?? []) as Reply[]
     const now = await serverNow(this.redis)
     const p2 = this.redis.pipeline()
-    const reads: { wf: string; kind: 'dead' | 'events' | 'actor' | 'deadline'; agent?: string; due?: number }[] = []
+    const reads: { wf: string; kind: 'dead' | 'actor' | 'deadline'; agent?: string; due?: number }[] = []
+    const counted: string[] = []
     wfs.forEach((wf, i) => {
       const [e1, fields] = r1[i * 2] ?? [null, null]
       const [e2, names] = r1[i * 2 + 1] ?? [null, null]
@@ -140,10 +148,7 @@ export class WorkflowSweep {
         p2.zrange(k.dead(wf), '0', String(MAX_DEAD_READ - 1))
         reads.push({ wf, kind: 'dead' })
       }
-      if (Number(updatedAt ?? 0) >= fig.windowStart) {
-        p2.xrange(k.events(wf), String(fig.windowStart), String(fig.startedAt), 'COUNT', MAX_EVENTS_PER_WORKFLOW)
-        reads.push({ wf, kind: 'events' })
-      }
+      if (Number(updatedAt ?? 0) >= fig.windowStart) counted.push(wf)
       if (!TERMINAL.has(status) && deadline !== null && deadline !== undefined && Number.isFinite(Number(deadline))) {
         p2.zscore(k.deadlines(), wf)
         reads.push({ wf, kind: 'deadline', due: Number(deadline) })
@@ -160,6 +165,7 @@ export class WorkflowSweep {
         }
       }
     })
+    if (counted.length > 0) await this.countEventsPaged(counted, fig)
     if (reads.length === 0) return
     const r2 = ((await p2.exec()) ?? []) as Reply[]
     const deadIds: { wf: string; ids: string[] }[] = []
@@ -170,9 +176,6 @@ export class WorkflowSweep {
       if (r.kind === 'dead') {
         const [err, ids] = r2[at++] ?? [null, []]
         if (!err && Array.isArray(ids) && ids.length > 0) deadIds.push({ wf: r.wf, ids: ids as string[] })
-      } else if (r.kind === 'events') {
-        const [err, entries] = r2[at++] ?? [null, []]
-        if (!err) this.countEvents(entries as [string, string[]][], fig)
       } else if (r.kind === 'deadline') {
         // The start script records the deadline; its index entry is written one
         // round trip later. A starter that died in between left a deadline
@@ -209,8 +212,33 @@ export class WorkflowSweep {
     }
   }
 
+  /** Counts the window's action outcomes of `wfs` (see EVENTS_PAGE). */
+  private async countEventsPaged(wfs: readonly string[], fig: SweepFigures): Promise<void> {
+    const end = String(fig.startedAt)
+    for (let i = 0; i < wfs.length; i += EVENT_STREAMS_PER_TRIP) {
+      let pending = wfs.slice(i, i + EVENT_STREAMS_PER_TRIP).map((wf) => ({ wf, from: String(fig.windowStart), read: 0 }))
+      while (pending.length > 0) {
+        const p = this.redis.pipeline()
+        for (const x of pending) p.xrange(this.keys.events(x.wf), x.from, end, 'COUNT', EVENTS_PAGE)
+        const r = ((await p.exec()) ?? []) as Reply[]
+        const next: typeof pending = []
+        pending.forEach((x, j) => {
+          const [err, entries] = r[j] ?? [null, null]
+          if (err || !Array.isArray(entries)) return
+          const page = entries as [string, string[]][]
+          this.countEvents(page, fig)
+          x.read += page.length
+          const last = page[page.length - 1]
+          if (page.length < EVENTS_PAGE || !last) return
+          if (x.read >= MAX_EVENTS_PER_WORKFLOW) fig.truncated = true
+          else next.push({ ...x, from: `(${last[0]}` })
+        })
+        pending = next
+      }
+    }
+  }
+
   private countEvents(entries: [string, string[]][], fig: SweepFigures): void {
-    if (entries.length >= MAX_EVENTS_PER_WORKFLOW) fig.truncated = true
     for (const [, fields] of entries) {
       for (let i = 0; i + 1 < fields.length; i += 2) {
         const v = fields[i + 1] as string

@@ -1,0 +1,68 @@
+// The sweep's event counts and the fleet listing at their limits, on workflows
+// and services written straight into Redis: a stream with more events in the
+// window than one page is counted whole, one past the per-workflow cap is
+// reported truncated, and a listing past its limit leaves out the longest gone.
+import type { Redis } from 'ioredis'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { Keys } from '../../runtime/redis/keys.ts'
+import { readFleet } from '../../runtime/supervisor/health.ts'
+import { MAX_EVENTS_PER_WORKFLOW, WorkflowSweep } from '../../runtime/supervisor/sweep.ts'
+import { rawRedis, testConfig } from '../helpers/redis.ts'
+
+const cfg = testConfig()
+const keys = new Keys(cfg.namespace)
+let redis: Redis
+
+beforeAll(() => {
+  redis = rawRedis()
+})
+afterAll(async () => {
+  await redis?.quit()
+})
+
+/** A running workflow whose stream holds `completed` and `failed` action events of `agent`, all just now. */
+async function workflow(wf: string, agent: string, completed: number, failed: number): Promise<void> {
+  await redis.hset(keys.status(wf), 'status', 'running', 'updatedAt', String(Date.now()), `agent:${agent}`, '')
+  for (let i = 0; i < completed + failed; i += 500) {
+    const p = redis.pipeline()
+    for (let j = i; j < Math.min(i + 500, completed + failed); j++) {
+      const type = j < completed ? 'action.completed' : 'action.failed'
+      p.xadd(keys.events(wf), '*', 'e', JSON.stringify({ id: `e${j}`, workflowId: wf, type, content: { agent, actionId: `a${j}`, text: 'x'.repeat(200) } }))
+    }
+    await p.exec()
+  }
+}
+
+async function sweepAll(): Promise<NonNullable<WorkflowSweep['last']>> {
+  const sweep = new WorkflowSweep(redis, keys, { windowMs: 60_000 })
+  for (let i = 0; i < 1000 && !(await sweep.step(100, null)); i++);
+  if (!sweep.last) throw new Error('sweep did not finish')
+  return sweep.last
+}
+
+describe('the workflow sweep', () => {
+  it('counts every action outcome of a busy stream, page by page, and says when it stopped short', async () => {
+    await workflow('sweep-busy', 'scribe', 1234, 7)
+    await workflow('sweep-small', 'scribe', 3, 1)
+    let fig = await sweepAll()
+    expect(fig.completed.scribe).toBe(1237)
+    expect(fig.failed.scribe).toBe(8)
+    expect(fig.truncated).toBe(false)
+    await workflow('sweep-flood', 'flood', MAX_EVENTS_PER_WORKFLOW + 200, 0)
+    fig = await sweepAll()
+    expect(fig.completed.flood).toBe(MAX_EVENTS_PER_WORKFLOW)
+    expect(fig.truncated).toBe(true)
+  })
+})
+
+describe('the fleet listing', () => {
+  it('reads the most recently seen services first, so a limit leaves out the longest gone', async () => {
+    const now = Date.now()
+    for (const [id, ago] of [['svc-old', 3_000_000], ['svc-mid', 60_000], ['svc-new', 1000]] as const) {
+      await redis.zadd(keys.services(), now - ago, id)
+      await redis.hset(keys.health(id), { status: 'alive', lastSeen: String(now - ago), heartbeatMs: '1000', active: '{}', roles: 'worker' })
+    }
+    const fleet = await readFleet(redis, keys, { now, limit: 2 })
+    expect(fleet.services.map((s) => s.serviceId).sort()).toEqual(['svc-mid', 'svc-new'])
+  })
+})
