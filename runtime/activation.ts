@@ -36,10 +36,18 @@ export interface ActivationEnv {
 }
 
 /** Consecutive actions one activation handles before yielding its slot (fairness). */
-const MAX_TURNS = 64
-/** Most actions claimed, delivered (one at a time) and committed together. */
+const MAX_TURNS = 256
+/** Actions an activation's first claim takes (the pick's); later claims adapt (see nextClaim). */
 export const CLAIM_BATCH = 16
 const BATCH = CLAIM_BATCH
+/** Most actions one commit claims for the next batch. */
+const MAX_CLAIM_BATCH = 64
+/**
+ * How long a batch may deliver before the rest of it is handed back undelivered
+ * and what is done is committed: group commit must not hold the acks and sends
+ * of fast actions behind slow ones.
+ */
+const BATCH_BUDGET_MS = 20
 /** How often a worker extends the locks of its running activations: a third of the lock's TTL. */
 export function keeperPeriodMs(lockTtlMs: number): number {
   return Math.max(250, Math.floor(lockTtlMs / 3))
@@ -262,6 +270,7 @@ export class ActorActivation implements LiveActorHooks {
     let commits = 0
     let turns = 0
     let batch = act.batch
+    let claimSize = BATCH
     while (batch.length > 0) {
       for (const c of batch) this.claimed.add(c.actionId)
       const results: ActionResult[] = []
@@ -271,6 +280,9 @@ export class ActorActivation implements LiveActorHooks {
       let transitions = 0
       /** The state value after each successful action of the batch, in order (see the cut below). */
       const okStates: string[] = []
+      const batchStarted = Date.now()
+      let cut = false
+      let delivered = 0
       for (const claimed of batch) {
         if (newer) {
           results.push(this.handBack(claimed, act.version))
@@ -278,10 +290,14 @@ export class ActorActivation implements LiveActorHooks {
         }
         // Once the workflow is ending, or the activation must stop, the rest of the
         // batch goes back undelivered (the commit drops it if the workflow ended).
-        if (op || this.stopping()) {
+        // Past the batch's time budget the rest goes back too, in its place: what is
+        // done is committed now (see BATCH_BUDGET_MS).
+        if (!cut && delivered > 0 && Date.now() - batchStarted >= BATCH_BUDGET_MS) cut = true
+        if (op || this.stopping() || cut) {
           results.push({ actionId: claimed.actionId, outcome: 'return', error: '', retryDelayMs: 0, parentEventId: '', durationMs: 0, attempt: claimed.attempt, events: [], outbox: [] })
           continue
         }
+        delivered++
         const started = Date.now()
         const { record, delivery: o } = await this.deliverSafely(claimed, restoreError)
         turns++
@@ -327,11 +343,14 @@ export class ActorActivation implements LiveActorHooks {
         }
       }
       const release = this.stopping() || turns >= MAX_TURNS || newer
+      // A batch delivered within its budget doubles the next claim (a busy actor
+      // amortises the commit over more actions); one cut short claims what fitted.
+      claimSize = cut ? Math.max(1, delivered) : Math.min(MAX_CLAIM_BATCH, claimSize * 2)
       let res: CommitResult
       try {
         res = await commit(ctx, {
           wf: this.wf, agent, fence: act.fence, lockValue, snapshot: taken.json, stateValue: this.stateToWrite(stateValue, transitions),
-          version: this.def.version, op, opPayload, release, batch: Math.max(1, Math.min(BATCH, MAX_TURNS - turns)), eventBase: `${eventBase}.${commits++}`, results,
+          version: this.def.version, op, opPayload, release, batch: Math.max(1, Math.min(claimSize, MAX_TURNS - turns)), eventBase: `${eventBase}.${commits++}`, results,
           ...(this.fusedSettle ? { settle: { lease: this.lease, rerunLease: this.rerunLease } } : {}),
         })
       } catch (err) {
