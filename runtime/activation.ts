@@ -35,8 +35,10 @@ export interface ActivationEnv {
   handOff(agent: string, wf: string, actionIds: readonly string[]): boolean
 }
 
-/** Consecutive actions one activation handles before yielding its slot (fairness). */
+/** Consecutive actions one activation handles before yielding its slot (fairness)... */
 const MAX_TURNS = 256
+/** ...or how long it works before yielding, whichever comes first: slow actions reach no turn count. */
+const MAX_ACTIVE_MS = 1000
 /** Actions an activation's first claim takes (the pick's); later claims adapt (see nextClaim). */
 export const CLAIM_BATCH = 16
 const BATCH = CLAIM_BATCH
@@ -271,6 +273,7 @@ export class ActorActivation implements LiveActorHooks {
     let turns = 0
     let batch = act.batch
     let claimSize = BATCH
+    const activeSince = Date.now()
     while (batch.length > 0) {
       for (const c of batch) this.claimed.add(c.actionId)
       const results: ActionResult[] = []
@@ -342,10 +345,13 @@ export class ActorActivation implements LiveActorHooks {
           opPayload = ''
         }
       }
-      const release = this.stopping() || turns >= MAX_TURNS || newer
+      const release = this.stopping() || turns >= MAX_TURNS || Date.now() - activeSince >= MAX_ACTIVE_MS || newer
       // A batch delivered within its budget doubles the next claim (a busy actor
-      // amortises the commit over more actions); one cut short claims what fitted.
-      claimSize = cut ? Math.max(1, delivered) : Math.min(MAX_CLAIM_BATCH, claimSize * 2)
+      // amortises the commit over more actions); one that ran past it (cut short,
+      // or its last action overran) claims what fitted, so a slow actor is not
+      // claimed more actions than it runs (each claimed, then handed back).
+      const overran = cut || Date.now() - batchStarted >= BATCH_BUDGET_MS
+      claimSize = overran ? Math.max(1, delivered) : Math.min(MAX_CLAIM_BATCH, claimSize * 2)
       let res: CommitResult
       try {
         res = await commit(ctx, {

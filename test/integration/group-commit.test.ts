@@ -15,12 +15,12 @@ afterEach(async () => {
 
 type Ev = ActionEvent<string, { n: number }>
 
-/** Each `work` takes 60 ms (an invoked promise), recording its n. */
-const slowpoke = defineAgent({
-  name: 'slowpoke',
+/** Each `work` takes `ms` (an invoked promise), recording its n. */
+const slowAgent = (name: string, ms: number) => defineAgent({
+  name,
   machine: setup({
     types: { context: {} as { seen: number[] }, events: {} as Ev },
-    actors: { job: fromPromise(() => new Promise<void>((r) => setTimeout(r, 60))) },
+    actors: { job: fromPromise(() => new Promise<void>((r) => setTimeout(r, ms))) },
   }).createMachine({
     context: { seen: [] },
     initial: 'idle',
@@ -30,6 +30,8 @@ const slowpoke = defineAgent({
     },
   }),
 })
+const slowpoke = slowAgent('slowpoke', 60)
+const sloth = slowAgent('sloth', 400)
 
 /** Counts `tick`s, in order. */
 const ticker = defineAgent({
@@ -72,6 +74,8 @@ describe('group commit', () => {
     const events = await c.readEvents(wf, '0', 1000)
     const completed = completedOf(events)
     expect(completed.map(actionOf)).toEqual(ids)
+    // Handed back and claimed again: still the first attempt of each.
+    expect(completed.map((e) => e.event.metadata?.attempt)).toEqual([1, 1, 1])
     // The second action's first transition (streamed live while it runs) comes after
     // the first action's commit: the batch of three was not delivered whole first.
     const firstAck = events.indexOf(completed[0] as StreamedEvent)
@@ -79,6 +83,18 @@ describe('group commit', () => {
     expect(secondStarts).toBeGreaterThan(firstAck)
     const snap = JSON.parse((await c.redis.hget(c.keys.actor(wf, 'slowpoke'), 'snapshot')) ?? '{}') as { context: { seen: number[] } }
     expect(snap.context.seen).toEqual([0, 1, 2])
+  })
+
+  it('yields the worker slot after a second of work, whatever the number of actions', async () => {
+    const c0 = TroupeClient.connect(cfg)
+    const { wf } = await backlog(c0, 'sloth', 'work', 4)
+    await c0.close()
+    const { rt, c } = await run([sloth])
+    await eventually(async () => (await c.getStatus(wf))?.counts.done === 4, 15_000, 'four works done')
+    const m = await rt.metrics.registry.getSingleMetric('troupe_activations_total')?.get()
+    const activations = m?.values.find((v) => v.labels.agent === 'sloth')?.value ?? 0
+    // Four actions of 400 ms: the first activation yields after the third (1.2 s).
+    expect(activations).toBeGreaterThanOrEqual(2)
   })
 
   it('grows a busy actor\'s claims, so many actions share a commit, each done once and in order', async () => {
@@ -91,8 +107,10 @@ describe('group commit', () => {
     expect(completed.map(actionOf)).toEqual(ids)
     // Event ids are <activation>.<commit>.<n>: one commit per distinct prefix.
     const commits = new Set(completed.map((e) => e.event.id.split('.').slice(0, 2).join('.')))
-    // Claims of 16, 32, 64, 64, 24 make five; a fixed claim of 16 made thirteen.
-    expect(commits.size).toBeLessThanOrEqual(7)
+    // Claims of 16, 32, 64, 64, 24 make five; a fixed claim of 16 made thirteen. A
+    // loaded machine may cut a batch at its 20 ms budget: the bound leaves room for that.
+    expect(commits.size).toBeLessThanOrEqual(12)
+    expect(completed.every((e) => e.event.metadata?.attempt === 1)).toBe(true)
     const snap = JSON.parse((await c.redis.hget(c.keys.actor(wf, 'ticker'), 'snapshot')) ?? '{}') as { context: { seen: number[] } }
     expect(snap.context.seen).toEqual(Array.from({ length: 200 }, (_, i) => i))
   })
