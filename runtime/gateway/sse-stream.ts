@@ -243,8 +243,9 @@ export class SseStream implements FeedClient {
         this.checking = false
         if (ok || this.state === 'closed') return
         this.deps.onDrop('unauthorized')
-        // A clean end, not a cut: what was written reaches the client first.
-        this.close(false)
+        // A clean end, not a cut, so what was written reaches the client first;
+        // cut when its socket is full (a client that stopped reading would hold it).
+        this.close(this.congested)
       },
       () => {
         this.checking = false
