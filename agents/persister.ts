@@ -395,6 +395,9 @@ export class PersisterService implements HostedService {
       }),
       release: async (batch) => {
         this.held = []
+        // Not ours to take back at once: the next own claim waits out the claim
+        // time, so that another persister (one that can write) takes the batch.
+        this.lastClaim = Date.now() + o.claimIdleMs
         const ids = [...batch.deliveries.map((d) => d.id), ...batch.parked.map((p) => p.entryId)]
         this.rt?.log.warn(`persister: handing back ${ids.length} entries after ${RELEASE_AFTER_FAILURES} failed writes in a row; another persister (or this one, once Neo4j answers) takes them`)
         await queue.release(ids, Math.max(o.claimIdleMs, 3_600_000))

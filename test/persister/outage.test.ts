@@ -64,7 +64,7 @@ describe('Neo4j outage', () => {
     await eventually(async () => (await gauge(p.metricsUrl, 'troupe_persister_lag_seconds')) > 1, 10_000, 'lag growing while Neo4j is down')
     expect(await gauge(p.metricsUrl, 'troupe_persister_backlog')).toBeGreaterThan(0)
     const health = await client.redis.hget(client.keys.health((/runtime (\S+) \(persister\)/.exec(p.output()) ?? [])[1] ?? ''), 'persister')
-    expect(['backingOff', 'connecting', 'writing']).toContain(health)
+    expect(['backingOff', 'connecting', 'writing', 'releasing']).toContain(health)
 
     await own.start()
     await run(40)
