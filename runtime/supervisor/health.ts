@@ -45,8 +45,13 @@ export interface FleetSnapshot {
   now: number
   services: ServiceRecord[]
   problems: FleetProblem[]
-  /** Index score (last seen) of every id in `system:services`, usable or not. */
+  /** Index score (last seen) of every id in `system:services` read (the newest `limit`), usable or not. */
   indexed: Map<string, number>
+  /**
+   * When the index holds more than `limit` ids: the oldest ones (up to 1,000),
+   * which the listing left out, so that they can still be pruned. Empty otherwise.
+   */
+  oldest: Map<string, number>
 }
 
 /** Options of {@link readFleet}. */
@@ -125,9 +130,15 @@ export async function readFleet(redis: RedisClient, keys: Keys, opts: ReadFleetO
   const now = opts.now ?? Date.now()
   const missed = opts.deadAfterMissed ?? 3
   // Newest first: past the limit, what is left out is the longest gone, not the live.
-  const flat = await redis.zrange(keys.services(), '0', String((opts.limit ?? 10_000) - 1), 'REV', 'WITHSCORES')
+  const limit = opts.limit ?? 10_000
+  const flat = await redis.zrange(keys.services(), '0', String(limit - 1), 'REV', 'WITHSCORES')
   const indexed = new Map<string, number>()
   for (let i = 0; i + 1 < flat.length; i += 2) indexed.set(flat[i] as string, Number(flat[i + 1]))
+  const oldest = new Map<string, number>()
+  if (indexed.size >= limit) {
+    const old = await redis.zrange(keys.services(), '0', '999', 'WITHSCORES')
+    for (let i = 0; i + 1 < old.length; i += 2) if (!indexed.has(old[i] as string)) oldest.set(old[i] as string, Number(old[i + 1]))
+  }
   const problems: FleetProblem[] = []
   const ids = [...indexed.keys()].filter((id) => {
     if (SERVICE_ID_RE.test(id)) return true
@@ -161,7 +172,7 @@ export async function readFleet(redis: RedisClient, keys: Keys, opts: ReadFleetO
     if (typeof parsed === 'string') problems.push({ serviceId: id, kind: 'corrupt', detail: parsed })
     else services.push(parsed)
   })
-  return { now, services, problems, indexed }
+  return { now, services, problems, indexed, oldest }
 }
 
 /** Options of the leader's health duty. */
@@ -196,7 +207,9 @@ export async function healthDuty(fence: LeaderFence, fleet: FleetSnapshot, opts:
   const live = new Set(fleet.services.filter((s) => s.status === 'alive').map((s) => s.serviceId))
   // Reported once (by the caller); nothing more will ever be learnt about them.
   const unknown = new Set(fleet.problems.filter((p) => p.kind === 'unknown').map((p) => p.serviceId))
-  const forgotten = [...fleet.indexed].filter(([id, seen]) => !live.has(id) && (seen < cutoff || unknown.has(id))).map(([id]) => id)
+  // The oldest entries beyond the listing are not live either (a live service's
+  // heartbeat keeps its entry among the newest; one dropped here is added again).
+  const forgotten = [...fleet.indexed, ...fleet.oldest].filter(([id, seen]) => !live.has(id) && (seen < cutoff || unknown.has(id))).map(([id]) => id)
   if (forgotten.length > 0) await fence.write([{ cmd: 'ZREM', key: fence.keys.services(), args: forgotten }])
   return { markedDead, forgotten }
 }

@@ -165,9 +165,11 @@ export class WorkflowSweep {
         }
       }
     })
+    // Counted after the reads that decide repairs, which must see the lock, the
+    // hints and the mailboxes as of `now` (paging the events may take a while).
+    const r2 = reads.length > 0 ? (((await p2.exec()) ?? []) as Reply[]) : []
     if (counted.length > 0) await this.countEventsPaged(counted, fig)
     if (reads.length === 0) return
-    const r2 = ((await p2.exec()) ?? []) as Reply[]
     const deadIds: { wf: string; ids: string[] }[] = []
     const repairs: FencedWrite[] = []
     const repaired: { agent: string; wf: string }[] = []

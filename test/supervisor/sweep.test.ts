@@ -64,5 +64,8 @@ describe('the fleet listing', () => {
     }
     const fleet = await readFleet(redis, keys, { now, limit: 2 })
     expect(fleet.services.map((s) => s.serviceId).sort()).toEqual(['svc-mid', 'svc-new'])
+    // What the listing left out is still there to be pruned.
+    expect([...fleet.oldest.keys()]).toEqual(['svc-old'])
+    expect((await readFleet(redis, keys, { now })).oldest.size).toBe(0)
   })
 })
