@@ -207,9 +207,14 @@ export async function healthDuty(fence: LeaderFence, fleet: FleetSnapshot, opts:
   const live = new Set(fleet.services.filter((s) => s.status === 'alive').map((s) => s.serviceId))
   // Reported once (by the caller); nothing more will ever be learnt about them.
   const unknown = new Set(fleet.problems.filter((p) => p.kind === 'unknown').map((p) => p.serviceId))
+  // A service that stopped cleanly keeps its record for 10 minutes; its index
+  // entry goes once it is older than UNANNOUNCED_DEATH_MS, before the record
+  // expires: left, it was reported as an unknown id (a bad record) 10 minutes
+  // after every clean stop.
+  const stopped = new Set(fleet.services.filter((s) => s.stored === 'stopped' && fleet.now - s.lastSeen > UNANNOUNCED_DEATH_MS).map((s) => s.serviceId))
   // The oldest entries beyond the listing are not live either (a live service's
   // heartbeat keeps its entry among the newest; one dropped here is added again).
-  const forgotten = [...fleet.indexed, ...fleet.oldest].filter(([id, seen]) => !live.has(id) && (seen < cutoff || unknown.has(id))).map(([id]) => id)
+  const forgotten = [...fleet.indexed, ...fleet.oldest].filter(([id, seen]) => !live.has(id) && (seen < cutoff || unknown.has(id) || stopped.has(id))).map(([id]) => id)
   if (forgotten.length > 0) await fence.write([{ cmd: 'ZREM', key: fence.keys.services(), args: forgotten }])
   return { markedDead, forgotten }
 }

@@ -5,7 +5,8 @@
 import type { Redis } from 'ioredis'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { Keys } from '../../runtime/redis/keys.ts'
-import { readFleet } from '../../runtime/supervisor/health.ts'
+import { LeaderFence } from '../../runtime/supervisor/fence.ts'
+import { healthDuty, readFleet, UNANNOUNCED_DEATH_MS } from '../../runtime/supervisor/health.ts'
 import { MAX_EVENTS_PER_WORKFLOW, WorkflowSweep } from '../../runtime/supervisor/sweep.ts'
 import { rawRedis, testConfig } from '../helpers/redis.ts'
 
@@ -56,6 +57,25 @@ describe('the workflow sweep', () => {
 })
 
 describe('the fleet listing', () => {
+  it('forgets a cleanly stopped service before its record expires, so it is never reported as an unknown id', async () => {
+    const now = Date.now()
+    const record = (lastSeen: number, status: string): Record<string, string> => ({ status, lastSeen: String(lastSeen), heartbeatMs: '1000', active: '{}', roles: 'worker' })
+    for (const [id, ago, status] of [['stop-old', UNANNOUNCED_DEATH_MS + 60_000, 'stopped'], ['stop-new', 10_000, 'stopped'], ['alive-one', 500, 'alive']] as const) {
+      await redis.zadd(keys.services(), now - ago, id)
+      await redis.hset(keys.health(id), record(now - ago, status))
+    }
+    await redis.set(keys.leaderTerm(), '7')
+    const fleet = await readFleet(redis, keys, { now })
+    const pass = await healthDuty(new LeaderFence(redis, keys, 'sup-test', 7), fleet, { deadAfterMissed: 3, keepDeadMs: 3_600_000 })
+    expect(pass.forgotten).toEqual(['stop-old'])
+    expect(await redis.zscore(keys.services(), 'stop-old')).toBeNull()
+    expect(await redis.zscore(keys.services(), 'stop-new')).not.toBeNull()
+    // Its record stays until its own TTL: only the index entry went.
+    expect(await redis.hget(keys.health('stop-old'), 'status')).toBe('stopped')
+    for (const id of ['stop-old', 'stop-new', 'alive-one']) await redis.del(keys.health(id))
+    await redis.zrem(keys.services(), 'stop-new', 'alive-one')
+  })
+
   it('reads the most recently seen services first, so a limit leaves out the longest gone', async () => {
     const now = Date.now()
     for (const [id, ago] of [['svc-old', 3_000_000], ['svc-mid', 60_000], ['svc-new', 1000]] as const) {
