@@ -73,6 +73,8 @@ async function withTimeout<T>(p: Promise<T>, ms: number): Promise<T | undefined>
 }
 
 /** Eviction policies that never evict keys without a TTL (our queues and mailboxes). */
+/** Heartbeats between two readings of Redis's clock (see Runtime.clockOffset). */
+const CLOCK_SYNC_EVERY = 15
 const SAFE_POLICIES = new Set(['noeviction', 'volatile-lru', 'volatile-lfu', 'volatile-random', 'volatile-ttl'])
 
 /** Checks `maxmemory-policy`; throws a TroupeError unless it is safe or `allow` is set. */
@@ -107,6 +109,12 @@ export class Runtime {
   private knownAgents = new Set<string>()
   private heartbeatTimer: NodeJS.Timeout | null = null
   readonly startedAt = Date.now()
+  /**
+   * Redis's clock minus this host's, from the last heartbeat's TIME: `lastSeen`
+   * is stamped on Redis's clock, which the supervisor judges it by, so a host
+   * whose clock runs ahead or behind is not marked dead (or kept alive) for it.
+   */
+  private clockOffset = 0
   /** Heartbeat interval: the option, else `TROUPE_HEARTBEAT_MS`, else 2 s. */
   readonly heartbeatMs: number
   /** Address of the metrics server once listening, e.g. `http://127.0.0.1:9464/metrics`. */
@@ -267,7 +275,10 @@ export class Runtime {
   /** Writes this process's `system:health` record and `system:services` entry. */
   async heartbeat(status: 'alive' | 'stopped'): Promise<void> {
     const every = this.heartbeatMs
-    const now = Date.now()
+    // The first heartbeat learns the offset before it writes (startRuntime awaits
+    // it); later ones refresh it now and then (clocks drift slowly), not when stopping.
+    if (status === 'alive' && this.beats++ % CLOCK_SYNC_EVERY === 0) await this.syncClock().catch(() => undefined)
+    const now = Date.now() + this.clockOffset
     const extra: Record<string, string> = {}
     for (const s of this.opts.services ?? []) Object.assign(extra, s.health?.() ?? {})
     const key = this.keys.health(this.serviceId)
@@ -281,6 +292,17 @@ export class Runtime {
       { cmd: 'pexpire', args: [key, status === 'stopped' ? 10 * 60_000 : every * 5] },
       { cmd: 'zadd', args: [this.keys.services(), now, this.serviceId] },
     ])
+  }
+
+  /** Heartbeats written so far (see CLOCK_SYNC_EVERY). */
+  private beats = 0
+
+  /** Learns Redis's clock from TIME, against the middle of the round trip. */
+  private async syncClock(): Promise<void> {
+    const sent = Date.now()
+    const [s, us] = await this.redis.time()
+    const server = Number(s) * 1000 + Math.floor(Number(us) / 1000)
+    if (Number.isFinite(server)) this.clockOffset = server - Math.round((sent + Date.now()) / 2)
   }
 
   /** Actors active in this process now, per agent. */

@@ -71,7 +71,7 @@ function row(s: ServiceRecord): ServiceRow {
 
 /** Reads `system:services` and each `system:health:<id>`; unusable records are skipped. */
 export async function readServices(client: TroupeClient): Promise<ServiceRow[]> {
-  return (await readFleet(client.redis, client.keys)).services.map(row)
+  return (await readFleet(client.redis, client.keys, { now: await serverNow(client.redis) })).services.map(row)
 }
 
 async function readLeader(client: TroupeClient, problems: FleetProblem[]): Promise<LeaderView | null> {
@@ -90,7 +90,8 @@ async function readLeader(client: TroupeClient, problems: FleetProblem[]): Promi
 /** Reads the whole fleet view. */
 export async function readFleetView(client: TroupeClient): Promise<FleetView> {
   const { redis, keys } = client
-  const fleet = await readFleet(redis, keys)
+  // Liveness by Redis's clock, as the supervisor judges it (heartbeats are stamped with it).
+  const fleet = await readFleet(redis, keys, { now: await serverNow(redis) })
   const [leader, rollup, persistence, now] = await Promise.all([readLeader(client, fleet.problems), readRollup(redis, keys), readPersistence(redis, keys), serverNow(redis)])
   const names = await knownAgents(redis, keys, [...fleet.services.flatMap((s) => s.agents), ...Object.keys(rollup?.agents ?? {})])
   const queues = await readQueues(redis, keys, names, now, 2000)

@@ -101,7 +101,9 @@ export class LeaderDuties {
     const errors: string[] = []
     const report: TickReport = { health: null, deadlines: [], stuck: [], sweptAt: null, rollup: null, errors }
 
-    const fleet = await this.guard('health scan', errors, () => readFleet(redis, keys, { deadAfterMissed: o.deadAfterMissed }))
+    // Judged by Redis's clock, which heartbeats are stamped with: a supervisor
+    // host whose clock runs ahead would mark every service dead each tick.
+    const fleet = await this.guard('health scan', errors, async () => readFleet(redis, keys, { deadAfterMissed: o.deadAfterMissed, now: await serverNow(redis) }))
     if (fleet) {
       this.reportProblems(fleet)
       report.health = await this.guard('health', errors, () => healthDuty(fence, fleet, o))

@@ -6,6 +6,7 @@ import { createServer, type Server } from 'node:http'
 import type { RedisClient } from '../redis/connection.ts'
 import type { Keys } from '../redis/keys.ts'
 import { readFleet, type FleetSnapshot } from './health.ts'
+import { serverNow } from './queues.ts'
 
 /** One `http_sd_configs` target group. */
 export interface SdTargetGroup {
@@ -59,7 +60,7 @@ export class SdServer {
   private async body(): Promise<string> {
     const now = Date.now()
     if (this.cache && now - this.cache.at < (this.opts.cacheMs ?? 1000)) return this.cache.body
-    const fleet = await readFleet(this.redis, this.keys, { deadAfterMissed: this.opts.deadAfterMissed, now })
+    const fleet = await readFleet(this.redis, this.keys, { deadAfterMissed: this.opts.deadAfterMissed, now: await serverNow(this.redis) })
     const body = JSON.stringify(sdTargets(fleet))
     this.cache = { at: now, body }
     return body
