@@ -1,13 +1,18 @@
 // The sweep's event counts and the fleet listing at their limits, on workflows
 // and services written straight into Redis: a stream with more events in the
 // window than one page is counted whole, one past the per-workflow cap is
-// reported truncated, and a listing past its limit leaves out the longest gone.
+// reported truncated, a listing past its limit leaves out the longest gone, a
+// cleanly stopped service is forgotten before its record expires, and liveness
+// is judged by Redis's clock, whatever a host's clock says.
 import type { Redis } from 'ioredis'
-import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest'
+import { startRuntime } from '../../runtime/index.ts'
 import { Keys } from '../../runtime/redis/keys.ts'
 import { LeaderFence } from '../../runtime/supervisor/fence.ts'
 import { healthDuty, readFleet, UNANNOUNCED_DEATH_MS } from '../../runtime/supervisor/health.ts'
+import { serverNow } from '../../runtime/supervisor/queues.ts'
 import { MAX_EVENTS_PER_WORKFLOW, WorkflowSweep } from '../../runtime/supervisor/sweep.ts'
+import { counter } from '../fixtures/agents.ts'
 import { rawRedis, testConfig } from '../helpers/redis.ts'
 
 const cfg = testConfig()
@@ -87,5 +92,27 @@ describe('the fleet listing', () => {
     // What the listing left out is still there to be pruned.
     expect([...fleet.oldest.keys()]).toEqual(['svc-old'])
     expect((await readFleet(redis, keys, { now })).oldest.size).toBe(0)
+  })
+})
+
+describe('heartbeats', () => {
+  it('are stamped with Redis\'s clock, so a host ten minutes ahead is judged alive', async () => {
+    // Only Date is faked: this process's clock runs ten minutes ahead, timers run as usual.
+    vi.useFakeTimers({ toFake: ['Date'], now: Date.now() + 10 * 60_000 })
+    try {
+      const rt = await startRuntime({ agents: [counter], config: cfg, metricsPort: false, heartbeatMs: 200 })
+      try {
+        const lastSeen = Number(await redis.hget(keys.health(rt.serviceId), 'lastSeen'))
+        const now = await serverNow(redis)
+        expect(Math.abs(lastSeen - now)).toBeLessThan(5000)
+        expect(Math.abs((Number(await redis.zscore(keys.services(), rt.serviceId))) - now)).toBeLessThan(5000)
+        const fleet = await readFleet(redis, keys, { now })
+        expect(fleet.services.find((s) => s.serviceId === rt.serviceId)?.status).toBe('alive')
+      } finally {
+        await rt.stop()
+      }
+    } finally {
+      vi.useRealTimers()
+    }
   })
 })
