@@ -37,7 +37,7 @@ export interface PersisterPorts {
   read(): Promise<HeldBatch>
   /** Writes a batch and acks it; rejects (acking nothing) on any outage. */
   write(batch: HeldBatch): Promise<void>
-  /** Hands a batch it could not write back to the group, for any persister to take at once. */
+  /** Hands a batch it could not write back to the group, for another persister's next claim. */
   release(batch: HeldBatch): Promise<void>
   /** One step of the reconciliation sweep; never rejects. */
   reconcile(signal: AbortSignal): Promise<void>
@@ -395,11 +395,12 @@ export class PersisterService implements HostedService {
       }),
       release: async (batch) => {
         this.held = []
-        // Not ours to take back at once: the next own claim waits out the claim
-        // time, so that another persister (one that can write) takes the batch.
-        this.lastClaim = Date.now() + o.claimIdleMs
+        // Not ours to take back at once: the next own claim waits one more claim
+        // period, so that another persister (one that can write) takes the batch
+        // first; alone, this one takes it back a few seconds later.
+        this.lastClaim = Date.now() + claimEvery
         const ids = [...batch.deliveries.map((d) => d.id), ...batch.parked.map((p) => p.entryId)]
-        this.rt?.log.warn(`persister: handing back ${ids.length} entries after ${RELEASE_AFTER_FAILURES} failed writes in a row; another persister (or this one, once Neo4j answers) takes them`)
+        this.rt?.log.warn(`persister: handing back ${ids.length} entries after ${RELEASE_AFTER_FAILURES} failed writes in a row; another persister takes them at its next claim (or this one, a claim period later, once Neo4j answers)`)
         await queue.release(ids, Math.max(o.claimIdleMs, 3_600_000))
       },
       reconcile: (signal) => {

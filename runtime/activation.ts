@@ -335,6 +335,8 @@ export class ActorActivation implements LiveActorHooks {
         const events = outcome === 'return' ? [] : o.events
         results.push({ actionId: claimed.actionId, outcome, error: o.error, retryDelayMs: retryDelay, parentEventId: record?.eventId ?? '', durationMs, attempt: claimed.attempt, events, outbox: o.outbox })
       }
+      // Before the snapshot: serialising it is the commit's cost, not the batch's.
+      const deliveredAt = Date.now()
       const taken = live.takeSnapshot()
       if ('badAt' in taken) {
         const cut = this.cutAtUnserialisable(results, taken.badAt, taken.error)
@@ -350,7 +352,7 @@ export class ActorActivation implements LiveActorHooks {
       // amortises the commit over more actions); one that ran past it (cut short,
       // or its last action overran) claims what fitted, so a slow actor is not
       // claimed more actions than it runs (each claimed, then handed back).
-      const overran = cut || Date.now() - batchStarted >= BATCH_BUDGET_MS
+      const overran = cut || deliveredAt - batchStarted >= BATCH_BUDGET_MS
       claimSize = overran ? Math.max(1, delivered) : Math.min(MAX_CLAIM_BATCH, claimSize * 2)
       let res: CommitResult
       try {

@@ -72,9 +72,15 @@ async function withTimeout<T>(p: Promise<T>, ms: number): Promise<T | undefined>
   }
 }
 
-/** Eviction policies that never evict keys without a TTL (our queues and mailboxes). */
 /** Heartbeats between two readings of Redis's clock (see Runtime.clockOffset). */
 const CLOCK_SYNC_EVERY = 15
+/**
+ * A reading of Redis's clock whose round trip took longer is not trusted (a
+ * reconnect's offline queue, a stalled event loop): the offset would be off by
+ * half of it. The next heartbeat tries again.
+ */
+const CLOCK_SYNC_MAX_RTT_MS = 100
+/** Eviction policies that never evict keys without a TTL (our queues and mailboxes). */
 const SAFE_POLICIES = new Set(['noeviction', 'volatile-lru', 'volatile-lfu', 'volatile-random', 'volatile-ttl'])
 
 /** Checks `maxmemory-policy`; throws a TroupeError unless it is safe or `allow` is set. */
@@ -277,7 +283,7 @@ export class Runtime {
     const every = this.heartbeatMs
     // The first heartbeat learns the offset before it writes (startRuntime awaits
     // it); later ones refresh it now and then (clocks drift slowly), not when stopping.
-    if (status === 'alive' && this.beats++ % CLOCK_SYNC_EVERY === 0) await this.syncClock().catch(() => undefined)
+    if (status === 'alive' && (this.beats++ % CLOCK_SYNC_EVERY === 0 || this.syncDue)) await this.syncClock().catch(() => undefined)
     const now = Date.now() + this.clockOffset
     const extra: Record<string, string> = {}
     for (const s of this.opts.services ?? []) Object.assign(extra, s.health?.() ?? {})
@@ -296,13 +302,19 @@ export class Runtime {
 
   /** Heartbeats written so far (see CLOCK_SYNC_EVERY). */
   private beats = 0
+  /** The last reading of Redis's clock failed or was not trusted: read it again at the next heartbeat. */
+  private syncDue = true
 
   /** Learns Redis's clock from TIME, against the middle of the round trip. */
   private async syncClock(): Promise<void> {
+    this.syncDue = true
     const sent = Date.now()
     const [s, us] = await this.redis.time()
+    const back = Date.now()
     const server = Number(s) * 1000 + Math.floor(Number(us) / 1000)
-    if (Number.isFinite(server)) this.clockOffset = server - Math.round((sent + Date.now()) / 2)
+    if (!Number.isFinite(server) || back - sent > CLOCK_SYNC_MAX_RTT_MS) return
+    this.clockOffset = server - Math.round((sent + back) / 2)
+    this.syncDue = false
   }
 
   /** Actors active in this process now, per agent. */

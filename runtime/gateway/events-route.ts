@@ -83,7 +83,7 @@ export function registerEventsRoute(app: FastifyInstance, deps: GatewayDeps): vo
       })
       // The client may have left before the stream listened for it (its 'close'
       // came during the reads above): it would hold a slot until the workflow ended.
-      if (request.raw.destroyed || res.destroyed || res.socket?.destroyed !== false) stream.close(true)
+      if (request.raw.destroyed || request.raw.socket.destroyed || res.destroyed) stream.close(true)
       try {
         await hub.attach(wf, stream)
         // The client may have left while we subscribed; its close ran before attach.
