@@ -512,11 +512,13 @@ export class ActorActivation implements LiveActorHooks {
       else kept.push(h)
     }
     const [writes, wakes] = followUpOps(this.env.ctx, rest, appended)
-    // Kept here: no wake-up. On a Cluster their hint is written again all the
-    // same, after the commit (a single Redis did so in the commit's own write):
-    // a pick that ran before the commit may have leased and released the pre-hint.
-    if (this.fusedSettle || kept.length === 0) return [writes, wakes]
-    return [[...followUpOps(this.env.ctx, kept, [], false)[0], ...writes], wakes]
+    // Kept here: no wake-up. Their hint is written again all the same, after the
+    // commit, unless the commit's own write did so (single Redis): a pick that
+    // ran before the commit may have leased and released the pre-hint, and the
+    // pre-hint of a join the commit completed is not due yet.
+    const unwritten = kept.filter((h) => h.written !== true)
+    if (unwritten.length === 0) return [writes, wakes]
+    return [[...followUpOps(this.env.ctx, unwritten, [], false)[0], ...writes], wakes]
   }
 
   private followUps(hints: Hint[], appended: Appended[]): void {

@@ -136,17 +136,50 @@ export const CONTROL = {
 /**
  * XState action: sends an action to another agent (or, with `to === own name`, to
  * itself) in the same workflow. It takes effect atomically with the ack of the
- * action being handled; `delayMs` makes it a durable timer.
+ * action being handled; `delayMs` makes it a durable timer; `join` holds it
+ * until its siblings have been sent too (a fan-in, see {@link JoinOptions}).
  *
  * @example
  * ```ts
  * on: { plan: { actions: sendToAgent('researcher', 'research', ({ event }) => ({ topic: event.payload.topic })) } }
+ * // each of three researchers; the writer gets the three findings in one activation
+ * sendToAgent('writer', 'finding', ({ event }) => event.output, { join: { key: 'findings', of: 3 } })
  * ```
  */
-export function sendToAgent(to: string, type: string, payload?: Resolvable<unknown>, opts: { delayMs?: Resolvable<number> } = {}): TroupeAction {
+export function sendToAgent(to: string, type: string, payload?: Resolvable<unknown>, opts: SendOptions = {}): TroupeAction {
   assertAgentName(to)
   assertActionType(type)
-  return emitAny((args: ExprArgs) => ({ type: CONTROL.send, to, actionType: type, payload: resolve(payload, args) ?? null, delayMs: resolve(opts.delayMs, args) ?? 0 }))
+  return emitAny((args: ExprArgs) => ({
+    type: CONTROL.send, to, actionType: type, payload: resolve(payload, args) ?? null, delayMs: resolve(opts.delayMs, args) ?? 0,
+    join: opts.join === undefined ? null : resolve(opts.join, args) ?? null,
+  }))
+}
+
+/**
+ * A fan-in: actions sent to one agent of a workflow with the same `key` are held
+ * in its mailbox until `of` of them have been sent (since the last time that key
+ * let its actions go), then become due together, in the order they were sent, so
+ * the agent usually takes them in one activation instead of one each. If they are
+ * not all sent within `timeoutMs` of the first (default 10 minutes), those held so
+ * far become due at that moment all the same: a join never strands work (a sender
+ * dead-lettered, a branch that decided to send nothing). Use a key per round
+ * (`findings-${round}`) when a workflow joins more than once.
+ */
+export interface JoinOptions {
+  /** Names the join among the receiver's: 1-200 characters. */
+  key: string
+  /** How many actions complete it: an integer from 1 to 1000. */
+  of: number
+  /** How long the first may wait for the rest, ms (default 600000; at most ten years). */
+  timeoutMs?: number
+}
+
+/** Options of {@link sendToAgent}. */
+export interface SendOptions {
+  /** Due this many ms after the commit (a durable timer). Not with `join`. */
+  delayMs?: Resolvable<number>
+  /** Held until the join is complete (see {@link JoinOptions}). */
+  join?: Resolvable<JoinOptions>
 }
 
 /**

@@ -26,6 +26,12 @@ export interface Hint {
   score: number
   /** The actions a commit sent that actor (a commit's hints only). */
   sent?: readonly string[]
+  /**
+   * A commit's hint that its own write already made due (single Redis: the
+   * post-hint after the script). Not so for a join the commit completed, whose
+   * pre-hint waited for the join's timeout, nor on a Cluster.
+   */
+  written?: boolean
 }
 
 /** Stream ids a script appended, for the persister's pointer entry. */
@@ -284,6 +290,13 @@ export function parseActivation(raw: unknown): Activation {
   return { code: 'ok', fence, snapshot: str(r[2]), version: Number(str(r[3]) || '0'), redelivered: Number(r[4]) === 1, batch: parseClaimed(r, 6) }
 }
 
+/** A sent action's fan-in (JoinOptions, checked and with its default timeout). */
+export interface OutboxJoin {
+  key: string
+  of: number
+  timeoutMs: number
+}
+
 /** One action sent by agent code, written by the commit (the outbox). */
 export interface OutboxEntry {
   to: string
@@ -291,6 +304,8 @@ export interface OutboxEntry {
   record: string
   delayMs: number
   eventId: string
+  /** Held in the target's mailbox until the join is complete (commit.lua); null: due at once. */
+  join?: OutboxJoin | null
 }
 
 /** What happened to one action of the batch. */
@@ -361,21 +376,28 @@ export async function commit(ctx: ProtocolContext, a: CommitArgs): Promise<Commi
     a.fence, a.lockValue, a.wf, a.agent, a.eventBase, k.channel(a.wf), effectiveMaxLen(ctx.cfg),
     a.snapshot, a.stateValue, a.version, effectiveRetention(ctx.cfg), a.release ? '1' : '', a.op, a.opPayload, a.batch, a.results.length,
   ]
-  const preHinted = new Set<string>()
+  // Target → how far from now its pre-hint is due: at once, or, for actions held
+  // by a join, when the join would time out (the join's deadline is at most that:
+  // it counts from its first action). The commit that completes a join hints it
+  // due at once through its reply (commit.lua).
+  const preHinted = new Map<string, number>()
   for (const r of a.results) {
     args.push(r.actionId, r.outcome, r.error, r.retryDelayMs, r.parentEventId, r.durationMs, r.attempt, r.events.length, r.outbox.length, ...r.events)
     for (const o of r.outbox) {
       keys.push(k.mailbox(a.wf, o.to), k.lock(a.wf, o.to))
-      args.push(o.to, o.actionId, o.record, o.delayMs, o.eventId)
+      args.push(o.to, o.actionId, o.record, o.delayMs, o.eventId, o.join?.key ?? '', o.join?.of ?? 0, o.join?.timeoutMs ?? 0)
       // A commit that ends the workflow drops what it sends (commit.lua): no hint for it.
-      if (o.to !== a.agent && r.outcome === 'ok' && a.op === '') preHinted.add(o.to)
+      if (o.to !== a.agent && r.outcome === 'ok' && a.op === '') {
+        const after = o.join ? o.join.timeoutMs : 0
+        preHinted.set(o.to, Math.min(after, preHinted.get(o.to) ?? after))
+      }
     }
   }
   let raw: unknown
   let settled: Settled | null = null
   if (preHinted.size > 0 || a.settle) {
     const now = Date.now()
-    const hintOps: Op[] = [...preHinted].map((to) => ({ cmd: 'zadd', args: [k.ready(to), 'LT', now, a.wf] }))
+    const hintOps: Op[] = [...preHinted].map(([to, after]) => ({ cmd: 'zadd', args: [k.ready(to), 'LT', now + after, a.wf] }))
     const ops: Op[] = [...hintOps]
     const at = ops.length
     ops.push({ script: 'commit', keys, args })
@@ -416,7 +438,7 @@ export async function commit(ctx: ProtocolContext, a: CommitArgs): Promise<Commi
     const agent = str(r[5 + i * 2])
     const sent: string[] = []
     for (const res of a.results) if (res.outcome === 'ok') for (const o of res.outbox) if (o.to === agent) sent.push(o.actionId)
-    hints.push({ agent, wf: a.wf, score: Number(r[6 + i * 2]), sent })
+    hints.push({ agent, wf: a.wf, score: Number(r[6 + i * 2]), sent, written: !isCluster(ctx.redis) && preHinted.get(agent) === 0 })
   }
   return {
     code,

@@ -15,8 +15,8 @@ export { completeWorkflow } from './agent.ts'
 export { failWorkflow } from './agent.ts'
 /** Computes the retry delay for an attempt under a backoff policy (exported for tests and tools). */
 export { backoffDelay } from './agent.ts'
-/** Types of agent definitions and their options. */
-export type { AgentDefinition, AgentOptions, BackoffPolicy, Resolvable, TroupeAction } from './agent.ts'
+/** Types of agent definitions and their options, and of `sendToAgent`'s options (a delay, a fan-in join). */
+export type { AgentDefinition, AgentOptions, BackoffPolicy, JoinOptions, Resolvable, SendOptions, TroupeAction } from './agent.ts'
 
 /** Starts a runtime process hosting agents; `Runtime.stop()` drains it. */
 export { startRuntime, Runtime, checkEvictionPolicy } from './runtime.ts'

@@ -6,7 +6,7 @@ import { createActor, type AnyActorRef, type AnyMachineSnapshot, type Inspection
 import { nanoid } from 'nanoid'
 import { CONTROL, type AgentDefinition } from './agent.ts'
 import { encodeEvent } from './events.ts'
-import type { OutboxEntry } from './claims.ts'
+import type { OutboxEntry, OutboxJoin } from './claims.ts'
 import { MAX_DELAY_MS, type ActionEvent, type ActionRecord } from './types.ts'
 
 /** What delivering one action produced. */
@@ -62,6 +62,31 @@ interface Current {
 
 function isSettled(s: AnyMachineSnapshot): boolean {
   return s.status !== 'active' || Object.keys(s.children as Record<string, unknown>).length === 0
+}
+
+/** A join's key and count may be at most these (see JoinOptions). */
+const MAX_JOIN_KEY = 200
+const MAX_JOIN_OF = 1000
+const DEFAULT_JOIN_TIMEOUT_MS = 600_000
+
+/**
+ * Checks a send's `join` option as the machine resolved it: the join the commit
+ * writes, null for none, or why it cannot be sent (the action then fails, as
+ * for any other bad effect: these are the agent's code's mistakes, not the
+ * moment's).
+ */
+export function joinOf(raw: unknown, delayMs: number): OutboxJoin | null | string {
+  if (raw === null || raw === undefined) return null
+  if (typeof raw !== 'object' || Array.isArray(raw)) return 'sendToAgent join must be an object { key, of, timeoutMs? }'
+  const { key, of, timeoutMs } = raw as Record<string, unknown>
+  if (typeof key !== 'string' || key.length === 0 || key.length > MAX_JOIN_KEY) return `sendToAgent join.key must be a string of 1-${MAX_JOIN_KEY} characters`
+  if (typeof of !== 'number' || !Number.isInteger(of) || of < 1 || of > MAX_JOIN_OF) return `sendToAgent join.of must be an integer from 1 to ${MAX_JOIN_OF}, not ${JSON.stringify(of)}`
+  const t = timeoutMs ?? DEFAULT_JOIN_TIMEOUT_MS
+  if (typeof t !== 'number' || !Number.isFinite(t) || t < 1 || t > MAX_DELAY_MS) return `sendToAgent join.timeoutMs must be from 1 to ${MAX_DELAY_MS} ms, not ${JSON.stringify(t)}`
+  // A joined action is due when its join lets it go; a delay on top would need a
+  // second clock per action for no case we know of.
+  if (delayMs > 0) return 'sendToAgent join cannot be combined with delayMs'
+  return { key, of, timeoutMs: Math.round(t) }
 }
 
 function describe(err: unknown): string {
@@ -197,10 +222,16 @@ export class LiveActor {
             if (cur.effectError === null) cur.effectError = `sendToAgent delayMs ${delay} is beyond ${MAX_DELAY_MS} ms (ten years)`
             return
           }
+          const delayMs = Number.isFinite(delay) && delay > 0 ? Math.round(delay) : 0
+          const join = joinOf(e.join, delayMs)
+          if (typeof join === 'string') {
+            if (cur.effectError === null) cur.effectError = join
+            return
+          }
           const id = nanoid()
           const eventId = nanoid()
           const record: ActionRecord = { id, workflowId: this.wf, agent: to, type, payload: JSON.parse(payloadJson) as unknown, from: this.def.name, parentId: cur.record.id, eventId, enqueuedAt: Date.now() }
-          cur.outbox.push({ to, actionId: id, record: JSON.stringify(record), delayMs: Number.isFinite(delay) && delay > 0 ? Math.round(delay) : 0, eventId })
+          cur.outbox.push({ to, actionId: id, record: JSON.stringify(record), delayMs, eventId, join })
           return
         }
         case CONTROL.complete:

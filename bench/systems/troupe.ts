@@ -52,7 +52,7 @@ export type WatchCompletion = (wf: string, t0: number) => void
 /**
  * The multi-agent workflow with no-op work and real state (context) in every
  * agent: planner → researcher-0..2 (one research each, in parallel like BullMQ's
- * three child jobs) → writer (fans the three findings in) → reviewer.
+ * three child jobs) → writer (fans the three findings in with a join) → reviewer.
  */
 export function flowAgents(concurrency: number, watch: WatchCompletion = () => undefined): AgentDefinition[] {
   const planner = defineAgent({
@@ -88,7 +88,10 @@ export function flowAgents(concurrency: number, watch: WatchCompletion = () => u
         research: {
           actions: [
             assign({ done: ({ context }) => context.done + 1 }),
-            sendToAgent('writer', 'finding', ({ event }: { event: ResearchEvent }) => ({ angle: event.payload.angle, text: `${event.payload.topic} #${event.payload.angle}`, t0: event.payload.t0 })),
+            // A join, as BullMQ's parent job waits for its children: the writer
+            // takes the three findings in one activation instead of one each.
+            sendToAgent('writer', 'finding', ({ event }: { event: ResearchEvent }) => ({ angle: event.payload.angle, text: `${event.payload.topic} #${event.payload.angle}`, t0: event.payload.t0 }),
+              { join: { key: 'findings', of: ANGLES } }),
           ],
         },
       },

@@ -1,6 +1,7 @@
 // The research team: a planner fans a topic out to three research actions, the
-// writer fans the findings back in and streams a draft token by token, and the
-// reviewer sends it back once before approving it, which completes the workflow.
+// writer fans the findings back in (a join: it gets them together) and streams a
+// draft token by token, and the reviewer sends it back once before approving it,
+// which completes the workflow.
 // Started with `{ signOff: true }`, the approved report also waits for a person
 // to send `approve` to the reviewer (from the web UI, `troupe send` or the API).
 import { assign, fromPromise, setup } from 'xstate'
@@ -72,7 +73,11 @@ export const researcher = defineAgent({
           input: ({ event }) => ({ topic: (event as ActionEvent<'research', { topic: string; angle: string }>).payload.topic, angle: (event as ActionEvent<'research', { topic: string; angle: string }>).payload.angle }),
           onDone: {
             target: 'idle',
-            actions: [assign({ done: ({ context }) => context.done + 1 }), sendToAgent('writer', 'findings', ({ event }: { event: { output: unknown } }) => event.output)],
+            actions: [
+              assign({ done: ({ context }) => context.done + 1 }),
+              // A join: the writer gets the findings together, once the last angle is in.
+              sendToAgent('writer', 'findings', ({ event }: { event: { output: unknown } }) => event.output, { join: { key: 'findings', of: ANGLES.length } }),
+            ],
           },
         },
       },

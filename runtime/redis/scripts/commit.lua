@@ -17,7 +17,8 @@
 --         'handback': the reason should it be dead-lettered), retry delay ms (for 'handback': how long it
 --         waits before it is due again),
 --         parent event id (its action.enqueued), duration ms, attempt, number of events (E), number of sends (S),
---         followed by E event JSONs and S x 5 send fields: agent, actionId, record JSON, delay ms, event id
+--         followed by E event JSONs and S x 8 send fields: agent, actionId, record JSON, delay ms, event id,
+--         join key ('' = none), join count, join timeout ms
 -- Returns: { code, nextDue|'', firstStreamId, lastStreamId, hintCount, agent1, score1, ..., record1, attempt1, id1, ... }
 --          code 'next' (a new batch is claimed and follows the hints), 'idle' (lock released),
 --          'ended' (workflow over, lock released); hints are targets whose actor nobody holds
@@ -89,7 +90,7 @@ for _ = 1, n_results do
   }
   r.events_at = cursor + 9
   r.out_at = r.events_at + r.n_events
-  cursor = r.out_at + r.n_out * 5
+  cursor = r.out_at + r.n_out * 8
   if not in_flight[r.id] then
     return redis.error_reply('TROUPE_STALE action ' .. r.id .. ' is not in flight for ' .. agent .. ' in ' .. wf)
   end
@@ -159,17 +160,27 @@ for _, r in ipairs(results) do
       agent, r.id, r.attempt, r.parent, now_s))
     -- The outbox: only an acked action's sends take effect, exactly once with the ack.
     for j = 0, r.n_out - 1 do
-      local a = r.out_at + j * 5
+      local a = r.out_at + j * 8
       local to, id, rec, delay, eid = ARGV[a], ARGV[a + 1], ARGV[a + 2], tonumber(ARGV[a + 3]), ARGV[a + 4]
+      local join_key = ARGV[a + 5]
       local to_mailbox, to_lock = KEYS[key_at], KEYS[key_at + 1]
       key_at = key_at + 2
       if redis.call('HSETNX', actions_key, id, rec) == 1 then
         local seq = redis.call('INCR', seq_key)
+        local member = member_of(seq, id)
         local at = now + delay
         local at_s = now_s
         if delay ~= 0 then at_s = int(at) end
+        -- A join holds its actions at its deadline until the last one comes
+        -- (join_send in lib.lua); false: this one made it complete, all due now.
+        local held_until, join_json = false, ''
+        if join_key ~= '' then
+          held_until = join_send(status_key, actions_key, to_mailbox, to, join_key, tonumber(ARGV[a + 6]), tonumber(ARGV[a + 7]), member, now, now_s)
+          if held_until then at, at_s = tonumber(held_until), held_until end
+          join_json = ',"join":{"key":' .. cjson.encode(join_key) .. ',"of":' .. int(tonumber(ARGV[a + 6])) .. '}'
+        end
         redis.call('HSET', actions_key, id .. ':st', '{"status":"queued","attempt":0,"seq":' .. int(seq) .. ',"availableAt":' .. at_s .. '}')
-        redis.call('ZADD', to_mailbox, at_s, member_of(seq, id))
+        redis.call('ZADD', to_mailbox, at_s, member)
         if not listed[to] then
           listed[to] = true
           redis.call('HSETNX', status_key, 'agent:' .. to, '')
@@ -177,9 +188,11 @@ for _, r in ipairs(results) do
         queued_delta = queued_delta + 1
         sent = sent + 1
         add(event_json(eid, wf, 'action.enqueued',
-          '{"actionId":' .. cjson.encode(id) .. ',"agent":' .. cjson.encode(to) .. ',"from":' .. cjson.encode(agent) .. ',"availableAt":' .. at_s .. '}',
+          '{"actionId":' .. cjson.encode(id) .. ',"agent":' .. cjson.encode(to) .. ',"from":' .. cjson.encode(agent) .. ',"availableAt":' .. at_s .. join_json .. '}',
           to, id, 0, r.parent, now_s))
-        if to ~= agent and not hinted[to] and redis.call('EXISTS', to_lock) == 0 then
+        -- A held action needs no hint now: the pre-hint (at the latest deadline
+        -- the join can have) covers its timeout, and the commit that completes it hints.
+        if not held_until and to ~= agent and not hinted[to] and redis.call('EXISTS', to_lock) == 0 then
           hinted[to] = true
           hints[#hints + 1] = to
           hints[#hints + 1] = (at < now) and int(at) or now_s

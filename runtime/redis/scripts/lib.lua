@@ -95,6 +95,43 @@ local function settle_status(status_key, now, st, queued)
   return false
 end
 
+-- A fan-in (sendToAgent's join): actions sent to one agent of a workflow under
+-- one key wait in its mailbox, scored at the join's deadline (its first action's
+-- time plus the timeout), until `of` of them have come; the one that completes
+-- the join makes every one of them due now, so one claim takes them together.
+-- Its state is a field of the status hash, 'join:<agent>:<key>' = the deadline
+-- and the waiting members, so it lives and expires with the workflow. Returns
+-- the deadline's digits to hold this action until, or false when this action
+-- completed the join (it is due now, like the rest).
+local function join_send(status_key, actions_key, mailbox, to, key, of, timeout, member, now, now_s)
+  local field = 'join:' .. to .. ':' .. key
+  local raw = redis.call('HGET', status_key, field)
+  local deadline, members = nil, {}
+  if raw then
+    for word in string.gmatch(raw, '%S+') do
+      if deadline then members[#members + 1] = word else deadline = word end
+    end
+    -- Timed out: its actions were let go at the deadline; this one starts the key afresh.
+    if not tonumber(deadline) or tonumber(deadline) <= now then deadline, members = nil, {} end
+  end
+  if #members + 1 < of then
+    deadline = deadline or int(now + timeout)
+    members[#members + 1] = member
+    redis.call('HSET', status_key, field, deadline .. ' ' .. table.concat(members, ' '))
+    return deadline
+  end
+  redis.call('HDEL', status_key, field)
+  for _, m in ipairs(members) do
+    -- XX: only an action still waiting in the mailbox (one that was not there
+    -- any more would otherwise be put back).
+    if redis.call('ZADD', mailbox, 'XX', 'CH', now_s, m) == 1 then
+      redis.call('HSET', actions_key, id_of(m) .. ':st',
+        '{"status":"queued","attempt":0,"seq":' .. int(tonumber(string.sub(m, 1, 12)) or 0) .. ',"availableAt":' .. now_s .. '}')
+    end
+  end
+  return false
+end
+
 -- Claims up to `max` due actions of a mailbox, in order, marks them running
 -- (attempt + 1) and records their ids as the actor's in-flight batch. Members
 -- whose record vanished or was written by hand without a state are dropped and
