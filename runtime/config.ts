@@ -3,13 +3,13 @@ import { TroupeError } from './errors.ts'
 
 /** Settings shared by runtimes, clients and the gateway. */
 export interface TroupeConfig {
-  /** `REDIS_URL`; `redis+cluster://h:p,h:p` for Redis Cluster. */
+  /** `REDIS_URL`; `redis+cluster://[user:password@]h:p,h:p` for Redis Cluster (`rediss+cluster://` with TLS). */
   redisUrl: string
   /** `TROUPE_NAMESPACE`: prefix for every key and channel (default none). */
   namespace: string
   /** `TROUPE_PERSISTENCE=off` stops feeding `persistence:queue` (deployments without Neo4j). */
   persistence: boolean
-  /** `TROUPE_STREAM_MAXLEN`: approximate cap of each workflow's event stream, applied only when persistence is off. */
+  /** `TROUPE_STREAM_MAXLEN`: approximate cap of each workflow's event stream, applied only when persistence is off (0: no cap). */
   streamMaxLen: number
   /** `TROUPE_MAX_PAYLOAD_BYTES`: largest accepted action payload (JSON bytes). */
   maxPayloadBytes: number
@@ -24,9 +24,25 @@ export interface TroupeConfig {
 function num(name: string, fallback: number): number {
   const raw = process.env[name]
   if (raw === undefined || raw === '') return fallback
-  const v = Number(raw)
-  if (!Number.isFinite(v) || v < 0) throw new TroupeError('config', `${name}=${raw} is not a non-negative number`)
-  return v
+  // Digits only: Number(' ') is 0 and Number('2500.5') reaches Redis as a TTL it refuses.
+  if (!/^\d+$/.test(raw)) throw new TroupeError('config', `${name}=${JSON.stringify(raw)} must be a whole number`)
+  return Number(raw)
+}
+
+/** TROUPE_PERSISTENCE: on (default) or off; anything else is a mistake, not "on". */
+function persistenceFromEnv(raw: string | undefined): boolean {
+  const v = (raw ?? '').trim().toLowerCase()
+  if (v === '' || ['on', '1', 'true', 'yes'].includes(v)) return true
+  if (['off', '0', 'false', 'no'].includes(v)) return false
+  throw new TroupeError('config', `TROUPE_PERSISTENCE=${JSON.stringify(raw)} must be on or off`)
+}
+
+/** `url` with its password, if any, replaced by *** (for messages and logs). */
+export function redactUrl(url: string): string {
+  return url.replace(/^([a-z+]+:\/\/)([^@/]*)@/i, (_, scheme: string, auth: string) => {
+    const colon = auth.indexOf(':')
+    return `${scheme}${colon < 0 ? '***' : `${auth.slice(0, colon)}:***`}@`
+  })
 }
 
 /** Longest delay Node's timers keep (2^31 - 1 ms, about 24.8 days): a longer one fires after 1 ms. */
@@ -34,11 +50,10 @@ export const MAX_TIMER_MS = 2 ** 31 - 1
 
 /** Reads the configuration from the environment, with `overrides` on top. */
 export function loadConfig(overrides: Partial<TroupeConfig> = {}): TroupeConfig {
-  const persistenceEnv = (process.env.TROUPE_PERSISTENCE ?? 'on').toLowerCase()
   const cfg: TroupeConfig = {
     redisUrl: process.env.REDIS_URL ?? 'redis://127.0.0.1:6379',
     namespace: process.env.TROUPE_NAMESPACE ?? '',
-    persistence: !['off', '0', 'false', 'no'].includes(persistenceEnv),
+    persistence: overrides.persistence ?? persistenceFromEnv(process.env.TROUPE_PERSISTENCE),
     streamMaxLen: num('TROUPE_STREAM_MAXLEN', 10_000),
     maxPayloadBytes: num('TROUPE_MAX_PAYLOAD_BYTES', 1024 * 1024),
     retentionMs: num('TROUPE_RETENTION_MS', 7 * 24 * 3600 * 1000),
@@ -46,8 +61,8 @@ export function loadConfig(overrides: Partial<TroupeConfig> = {}): TroupeConfig 
     idlePollMs: num('TROUPE_IDLE_POLL_MS', 1000),
     ...overrides,
   }
-  if (!/^(redis|rediss|redis\+cluster):\/\//.test(cfg.redisUrl)) {
-    throw new TroupeError('config', `the Redis URL ${JSON.stringify(cfg.redisUrl)} (REDIS_URL or --redis) must start with redis://, rediss:// or redis+cluster://`)
+  if (!/^(redis|rediss|redis\+cluster|rediss\+cluster):\/\//.test(cfg.redisUrl)) {
+    throw new TroupeError('config', `the Redis URL ${JSON.stringify(redactUrl(cfg.redisUrl))} (REDIS_URL or --redis) must start with redis://, rediss://, redis+cluster:// or rediss+cluster://`)
   }
   if (cfg.namespace && !/^[A-Za-z0-9_.-]+:$/.test(cfg.namespace)) {
     throw new TroupeError('config', `the namespace ${JSON.stringify(cfg.namespace)} (TROUPE_NAMESPACE or --namespace) must be letters, digits, _ . - and end with ':' (e.g. "staging:")`)
@@ -56,6 +71,18 @@ export function loadConfig(overrides: Partial<TroupeConfig> = {}): TroupeConfig 
   // lock, or poll, in a busy loop.
   if (!(cfg.lockTtlMs >= 1000 && cfg.lockTtlMs <= MAX_TIMER_MS)) throw new TroupeError('config', `lockTtlMs must be from 1000 to ${MAX_TIMER_MS} ms`)
   if (!(cfg.idlePollMs >= 10 && cfg.idlePollMs <= MAX_TIMER_MS)) throw new TroupeError('config', `idlePollMs must be from 10 to ${MAX_TIMER_MS} ms`)
+  // Whole numbers: the scripts pass them to Redis as TTLs and counts, which
+  // refuses a fraction halfway through a script (its earlier writes kept).
+  // Retention 0 meant "no TTL" to the scripts and "already expired" to the
+  // owner index; a payload limit of 0 refused every send.
+  const whole: [keyof TroupeConfig, string, number][] = [
+    ['lockTtlMs', 'TROUPE_LOCK_TTL_MS', 1000], ['idlePollMs', 'TROUPE_IDLE_POLL_MS', 10], ['retentionMs', 'TROUPE_RETENTION_MS', 1000],
+    ['maxPayloadBytes', 'TROUPE_MAX_PAYLOAD_BYTES', 1], ['streamMaxLen', 'TROUPE_STREAM_MAXLEN', 0],
+  ]
+  for (const [k, env, min] of whole) {
+    const v = cfg[k]
+    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min) throw new TroupeError('config', `${k} (${env}) must be a whole number, at least ${min}; got ${String(v)}`)
+  }
   return cfg
 }
 

@@ -12,8 +12,26 @@ export interface Logger {
   debug(msg: string, fields?: Record<string, unknown>): void
 }
 
+/** Warned about once per process: a logger is made per component. */
+let warnedLevel = false
+
+/**
+ * TROUPE_LOG_LEVEL as a level, in any case; unset is `info`. An unknown value
+ * says so once on stderr and means `info` (a logger has no one to throw to).
+ */
+export function logLevelFromEnv(raw: string | undefined = process.env.TROUPE_LOG_LEVEL): LogLevel {
+  const v = (raw ?? '').trim().toLowerCase()
+  if (v === '') return 'info'
+  if (v in ORDER) return v as LogLevel
+  if (!warnedLevel) {
+    warnedLevel = true
+    process.stderr.write(`TROUPE_LOG_LEVEL=${JSON.stringify(raw)} is not one of error, warn, info, debug: logging at info\n`)
+  }
+  return 'info'
+}
+
 /** A logger printing at `level` and above (env `TROUPE_LOG_LEVEL`, default `info`). */
-export function createLogger(name: string, level: LogLevel = (process.env.TROUPE_LOG_LEVEL as LogLevel | undefined) ?? 'info'): Logger {
+export function createLogger(name: string, level: LogLevel = logLevelFromEnv()): Logger {
   const max = ORDER[level] ?? ORDER.info
   const out = (lvl: LogLevel) => (msg: string, fields?: Record<string, unknown>) => {
     if (ORDER[lvl] > max) return

@@ -7,7 +7,7 @@ import { Redlock } from '@sesamecare-oss/redlock'
 import { nanoid } from 'nanoid'
 import type { AgentDefinition } from './agent.ts'
 import type { ActivationEnv } from './activation.ts'
-import { loadConfig, type TroupeConfig } from './config.ts'
+import { loadConfig, MAX_TIMER_MS, type TroupeConfig } from './config.ts'
 import type { ProtocolContext } from './claims.ts'
 import { TroupeError } from './errors.ts'
 import { gcTuningFromEnv, tuneGarbageCollector } from './gc-tuning.ts'
@@ -19,11 +19,12 @@ import { Keys } from './redis/keys.ts'
 import { loadScripts } from './redis/scripts.ts'
 import { execAll } from './redis/batch.ts'
 import { Subscriber } from './subscriber.ts'
+import { TERMINAL_STATUSES, type WorkflowStatusValue } from './types.ts'
 import { AgentWorker } from './worker.ts'
 
 /**
  * A component hosted by a runtime process next to its agents (supervisor,
- * persister, gateway): started after the workers, stopped before they drain.
+ * persister, gateway): started after the workers, stopped while they drain.
  */
 export interface HostedService {
   /** Role name shown in `system:health` and `troupe status` (e.g. `supervisor`). */
@@ -125,7 +126,6 @@ export class Runtime {
   readonly heartbeatMs: number
   /** Address of the metrics server once listening, e.g. `http://127.0.0.1:9464/metrics`. */
   metricsUrl = ''
-  private stopped = false
 
   constructor(
     readonly redis: RedisClient,
@@ -199,6 +199,9 @@ export class Runtime {
     }
     this.sub = new Subscriber(this.redis)
     await this.sub.subscribe(this.keys.control(), (msg) => this.onControl(msg))
+    // An abort published while the subscription was down is lost to us: after a
+    // reconnect, what runs here is checked against its workflow's status instead.
+    this.sub.onResync(() => this.background(this.abortEnded()))
     // Other runtimes keep a copy of the agent registry: tell them ours is in it.
     // Read it once more now that we listen, so a runtime that registered between
     // our first read and the subscription is not missed.
@@ -236,6 +239,19 @@ export class Runtime {
     } catch {
       this.log.warn('ignoring malformed control message', { msg: msg.slice(0, 200) })
     }
+  }
+
+  /** Aborts the running actions of workflows that ended (or vanished), as their abort message would have. */
+  private async abortEnded(): Promise<void> {
+    const wfs = [...new Set([...this.workers.values()].flatMap((w) => [...w.active.keys()]))]
+    if (wfs.length === 0) return
+    const res = await execAll(this.redis, wfs.map((wf) => ({ cmd: 'hget', args: [this.keys.status(wf), 'status'] })))
+    wfs.forEach((wf, i) => {
+      const status = res[i]
+      if (status === null || TERMINAL_STATUSES.has(status as WorkflowStatusValue)) {
+        for (const w of this.workers.values()) w.abortWorkflow(wf, `workflow ${typeof status === 'string' ? status : 'gone'}`)
+      }
+    })
   }
 
   private async listen(port: number): Promise<void> {
@@ -322,17 +338,32 @@ export class Runtime {
     return Object.fromEntries([...this.workers].map(([n, w]) => [n, w.active.size]))
   }
 
-  /** Drains every worker (bounded), flushes follow-up writes, closes connections. */
-  async stop(): Promise<void> {
-    if (this.stopped) return
-    this.stopped = true
+  /**
+   * Drains every worker (bounded), flushes follow-up writes, closes connections.
+   * Every call returns the same promise: a second caller (SIGINT after SIGTERM, a
+   * host's own exit path) waits for the one drain instead of exiting in its middle.
+   */
+  stop(): Promise<void> {
+    this.stopping ??= this.shutDown()
+    return this.stopping
+  }
+
+  private stopping: Promise<void> | null = null
+
+  private async shutDown(): Promise<void> {
     if (this.registryTimer) clearInterval(this.registryTimer)
-    if (this.heartbeatTimer) clearInterval(this.heartbeatTimer)
     const timeout = this.opts.drainTimeoutMs ?? 10_000
+    // Workers stop picking at once and drain while the services stop (those
+    // waited first, and took new work meanwhile, so a drain could start late
+    // enough for the orchestrator's kill to land before its hand-back).
+    const drained = Promise.all([...this.workers.values()].map((w) => w.drain(timeout)))
     for (const s of [...(this.opts.services ?? [])].reverse()) {
       await s.stop().catch((err: unknown) => this.log.error(`stopping ${s.role} failed`, { error: err instanceof Error ? err.message : String(err) }))
     }
-    await Promise.all([...this.workers.values()].map((w) => w.drain(timeout)))
+    await drained
+    // Heartbeats go on through the drain: a process that went quiet for three
+    // of them was marked dead by the supervisor in the middle of a clean stop.
+    if (this.heartbeatTimer) clearInterval(this.heartbeatTimer)
     await withTimeout(Promise.all(this.pending), timeout)
     if (this.workers.size + (this.opts.services?.length ?? 0) > 0) {
       await withTimeout(this.heartbeat('stopped'), 1000).catch(() => undefined)
@@ -362,7 +393,13 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
   }
   const log = opts.logger ?? createLogger('runtime')
   // Checked before a connection exists: a bad setting must not leave one open.
+  // Past MAX_TIMER_MS Node fires a timer after 1 ms: a heartbeat every
+  // millisecond, or a drain that gives up at once.
   if (opts.heartbeatMs === undefined) heartbeatFromEnv(process.env.TROUPE_HEARTBEAT_MS)
+  else if (!(opts.heartbeatMs >= 50 && opts.heartbeatMs <= MAX_TIMER_MS)) throw new TroupeError('config', `heartbeatMs must be from 50 to ${MAX_TIMER_MS} ms`)
+  if (opts.drainTimeoutMs !== undefined && !(opts.drainTimeoutMs >= 0 && opts.drainTimeoutMs <= MAX_TIMER_MS)) {
+    throw new TroupeError('config', `drainTimeoutMs (--drain-timeout) must be from 0 to ${MAX_TIMER_MS} ms`)
+  }
   if (opts.gcTuning ?? gcTuningFromEnv(process.env.TROUPE_GC_TUNING)) {
     if (tuneGarbageCollector()) log.debug('V8 allocation-site pretenuring turned off (TROUPE_GC_TUNING=off keeps it)')
   }
@@ -396,6 +433,6 @@ export function advertisedHost(bind: string, env: NodeJS.ProcessEnv = process.en
 export function heartbeatFromEnv(raw: string | undefined): number {
   if (raw === undefined || raw === '') return 2000
   const v = Number(raw)
-  if (!Number.isFinite(v) || v < 50) throw new TroupeError('config', `TROUPE_HEARTBEAT_MS=${raw} must be a number of milliseconds, at least 50 (as --heartbeat)`)
+  if (!Number.isFinite(v) || v < 50 || v > MAX_TIMER_MS) throw new TroupeError('config', `TROUPE_HEARTBEAT_MS=${raw} must be a number of milliseconds, from 50 to ${MAX_TIMER_MS} (as --heartbeat)`)
   return v
 }

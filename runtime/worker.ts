@@ -300,11 +300,19 @@ export class AgentWorker {
     let timer: NodeJS.Timeout | undefined
     await Promise.race([this.loopDone, new Promise((r) => (timer = setTimeout(r, timeoutMs)))])
     clearTimeout(timer)
+    const wasListening = this.listening !== null
     this.blocker?.disconnect()
     this.blocker = null
     // A wake-up the BZPOPMIN popped just before the disconnect is passed on to
     // another process (passWakeOn) while the runtime's connection is still open.
     if (this.listening) await Promise.race([this.listening, new Promise((r) => setTimeout(r, 1000).unref())])
+    // Work handed to this worker's next pick, which will not come, and a wake-up
+    // whose reply the disconnect may have cut (popped on the server, never seen
+    // here): another process is woken for them instead of finding them at its poll.
+    if (this.promised > 0 || wasListening) {
+      this.promised = 0
+      this.passWakeOn()
+    }
     for (const a of this.active.values()) a.drain()
     while (this.active.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20))
     for (const a of this.active.values()) a.abort('runtime is shutting down')

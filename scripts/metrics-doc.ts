@@ -54,9 +54,9 @@ export function metricGroups(): MetricGroup[] {
   const node = new Registry()
   collectDefaultMetrics({ register: node })
   return [
-    { title: 'Runtime', exposedBy: 'every process (`troupe start`, `supervisor`, `gateway`); agent series only where the agent is hosted', families: families(runtime) },
+    { title: 'Runtime', exposedBy: 'every process (`troupe start`, `supervisor`, `persister`, `gateway`); agent series only where the agent is hosted', families: families(runtime) },
     { title: 'Supervisor', exposedBy: 'processes hosting the supervisor (`--supervisor`, `troupe supervisor`); `troupe_cluster_*` and `troupe_supervisor_stuck_actors` only on the current leader (standbys clear them, so sums never double-count)', families: families(supervisor) },
-    { title: 'Persister', exposedBy: 'processes hosting the persister (`--persister`)', families: families(persister) },
+    { title: 'Persister', exposedBy: 'processes hosting the persister (`--persister`, `troupe persister`)', families: families(persister) },
     { title: 'Gateway', exposedBy: 'processes hosting the gateway (`--gateway`, `troupe gateway`)', families: families(gateway) },
     { title: 'Node.js (prom-client defaults)', exposedBy: 'every process', families: families(node) },
   ]

@@ -3,10 +3,11 @@
 import { readFileSync } from 'node:fs'
 import { parseArgs, type ParseArgsConfig } from 'node:util'
 import { TroupeError } from '../errors.ts'
+import { MAX_TIMER_MS } from '../config.ts'
 import { startRuntime, type HostedService, type Runtime } from '../runtime.ts'
 
 /** Exit codes of every command. */
-export const EXIT = { ok: 0, failed: 1, usage: 2, input: 3, unavailable: 4 } as const
+export const EXIT = { ok: 0, failed: 1, usage: 2, input: 3, unavailable: 4, interrupted: 130 } as const
 
 /** A subcommand of `troupe`. */
 export interface Command {
@@ -111,8 +112,19 @@ export async function serveUntilSignal(rt: Runtime, doing = 'stopping'): Promise
     process.on('SIGTERM', onTerm)
     process.on('SIGINT', onInt)
   })
-  rt.log.info(`${sig}: ${doing}`)
+  rt.log.info(`${sig}: ${doing} (a second signal exits at once)`)
+  // A second signal is the operator (or the orchestrator) giving up on the
+  // drain. Without a handler its default action would apply, which for a
+  // container's PID 1 is to ignore SIGTERM and SIGINT.
+  const force = (name: string): void => {
+    rt.log.warn(`${name} again: exiting without finishing the drain; running actions are redelivered after their lock runs out`)
+    process.exit(EXIT.interrupted)
+  }
+  process.once('SIGTERM', force)
+  process.once('SIGINT', force)
   await rt.stop()
+  process.off('SIGTERM', force)
+  process.off('SIGINT', force)
   rt.log.info('stopped')
   return EXIT.ok
 }
@@ -123,7 +135,7 @@ export async function serveUntilSignal(rt: Runtime, doing = 'stopping'): Promise
  */
 export async function serveAlone(service: HostedService, values: Record<string, string | boolean | undefined>): Promise<number> {
   const heartbeatMs = typeof values.heartbeat === 'string' ? parseDuration(values.heartbeat) : undefined
-  if (heartbeatMs !== undefined && heartbeatMs < 50) throw new UsageError('--heartbeat must be at least 50ms')
+  if (heartbeatMs !== undefined && !(heartbeatMs >= 50 && heartbeatMs <= MAX_TIMER_MS)) throw new UsageError('--heartbeat must be from 50ms to 24d (Node cannot time longer)')
   const rt = await startRuntime({
     agents: [], services: [service], config: configFlags(values), allowEviction: values['allow-eviction'] === true, metricsPort: metricsPortFlag(values),
     ...(heartbeatMs ? { heartbeatMs } : {}),

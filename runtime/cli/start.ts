@@ -2,6 +2,7 @@
 import { startRuntime } from '../runtime.ts'
 import type { HostedService } from '../runtime.ts'
 import { TroupeError } from '../errors.ts'
+import { MAX_TIMER_MS } from '../config.ts'
 import { configFlags, metricsPortFlag, parse, parseDuration, serveUntilSignal, UsageError, type Command } from './common.ts'
 import { loadAgents } from './load-agents.ts'
 import { SERVICES } from './services.ts'
@@ -68,6 +69,7 @@ export const command: Command = {
     }
     const metricsPort = metricsPortFlag(v)
     const drain = typeof v['drain-timeout'] === 'string' ? parseDuration(v['drain-timeout']) : 10_000
+    if (drain > MAX_TIMER_MS) throw new UsageError('--drain-timeout must be at most 24d (Node cannot time longer)')
     const rt = await startRuntime({ agents, services, config: configFlags(v), allowEviction: v['allow-eviction'] === true, metricsPort, drainTimeoutMs: drain })
     return await serveUntilSignal(rt, 'draining')
   },

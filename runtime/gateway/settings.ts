@@ -2,6 +2,7 @@
 // which override defaults. Durations are milliseconds, like the runtime's own
 // TROUPE_*_MS variables.
 import { TroupeError } from '../errors.ts'
+import { logLevelFromEnv } from '../log.ts'
 
 /** Token lifetimes and cookie behaviour. */
 export interface AuthSettings {
@@ -128,7 +129,7 @@ export function gatewaySettings(input: GatewaySettingsInput = {}): GatewaySettin
   return {
     port,
     host: input.host ?? process.env.TROUPE_GATEWAY_HOST ?? '127.0.0.1',
-    logLevel: input.logLevel ?? process.env.TROUPE_LOG_LEVEL ?? 'info',
+    logLevel: input.logLevel ?? logLevelFromEnv(),
     auth,
     limits,
     sse,

@@ -2,6 +2,8 @@
 // forever with capped backoff, and queue commands while reconnecting so a Redis
 // restart looks like a pause, not an error.
 import { Cluster, Redis, type RedisOptions } from 'ioredis'
+import { redactUrl } from '../config.ts'
+import { TroupeError } from '../errors.ts'
 
 /** A single Redis or a Redis Cluster client. */
 export type RedisClient = Redis | Cluster
@@ -14,19 +16,44 @@ const base: RedisOptions = {
 }
 
 /**
- * Connects to `url`. `redis+cluster://host:port[,host:port]` (or `cluster: true`)
- * makes a Cluster client from the seed nodes; `rediss://` uses TLS.
+ * Connects to `url`. `redis+cluster://[user:password@]host:port[,host:port]` (or
+ * `cluster: true`) makes a Cluster client from the seed nodes, with TLS as
+ * `rediss+cluster://`; `rediss://` uses TLS.
  */
 export function createRedis(url: string, opts: { cluster?: boolean; name?: string } = {}): RedisClient {
-  const clusterUrl = url.startsWith('redis+cluster://')
+  const clusterUrl = /^rediss?\+cluster:\/\//.test(url)
   if (clusterUrl || opts.cluster) {
-    const hosts = url.replace(/^redis(\+cluster)?s?:\/\//, '').split(',').map((hp) => {
-      const [host, port] = hp.split(':')
-      return { host: host ?? '127.0.0.1', port: Number(port ?? 6379) }
-    })
-    return quiet(new Cluster(hosts, { redisOptions: { ...base, connectionName: opts.name }, scaleReads: 'master' }))
+    const seeds = clusterSeeds(url)
+    const redisOptions: RedisOptions = { ...base, connectionName: opts.name, ...seeds.auth, ...(seeds.tls ? { tls: {} } : {}) }
+    return quiet(new Cluster(seeds.hosts, { redisOptions, scaleReads: 'master' }))
   }
   return quiet(new Redis(url, { ...base, connectionName: opts.name }))
+}
+
+/**
+ * The seed nodes, credentials and TLS of a Cluster URL. Every seed is read as a
+ * URL of its own (the credentials before the first one's host), so a password
+ * is never taken for a host or a port; a seed that is not host:port is refused.
+ */
+export function clusterSeeds(url: string): { hosts: { host: string; port: number }[]; auth: { username?: string; password?: string }; tls: boolean } {
+  const m = /^(redis|rediss)(\+cluster)?:\/\/(?:([^@/]*)@)?([^/?#]*)\/?$/.exec(url)
+  const bad = (why: string): TroupeError => new TroupeError('config', `the Redis Cluster URL ${JSON.stringify(redactUrl(url))} ${why}: use redis+cluster://[user:password@]host:port[,host:port]`)
+  if (!m) throw bad('is malformed')
+  const auth: { username?: string; password?: string } = {}
+  const userinfo = m[3]
+  if (userinfo !== undefined) {
+    const colon = userinfo.indexOf(':')
+    const user = decodeURIComponent(colon < 0 ? userinfo : userinfo.slice(0, colon))
+    if (colon >= 0) auth.password = decodeURIComponent(userinfo.slice(colon + 1))
+    if (user) auth.username = user
+  }
+  const hosts = (m[4] ?? '').split(',').map((hp) => {
+    const seed = /^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(?::(\d{1,5}))?$/.exec(hp)
+    const port = Number(seed?.[2] ?? 6379)
+    if (!seed?.[1] || port < 1 || port > 65535) throw bad(`has a seed ${JSON.stringify(hp)} that is not host:port`)
+    return { host: seed[1].replace(/^\[|\]$/g, ''), port }
+  })
+  return { hosts, auth, tls: m[1] === 'rediss' }
 }
 
 // Connection errors are retried forever and every command reports its own failure
@@ -44,7 +71,7 @@ function quiet<T extends RedisClient>(client: T): T {
 export async function waitReachable(redis: RedisClient, url: string, timeoutMs = 5000): Promise<void> {
   let timer: NodeJS.Timeout | undefined
   const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`cannot reach Redis at ${url} within ${timeoutMs} ms; start Redis there or point REDIS_URL (or --redis) at one`)), timeoutMs)
+    timer = setTimeout(() => reject(new Error(`cannot reach Redis at ${redactUrl(url)} within ${timeoutMs} ms; start Redis there or point REDIS_URL (or --redis) at one`)), timeoutMs)
   })
   try {
     await Promise.race([redis.ping(), timeout])

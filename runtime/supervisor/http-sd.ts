@@ -5,6 +5,7 @@
 import { createServer, type Server } from 'node:http'
 import type { RedisClient } from '../redis/connection.ts'
 import type { Keys } from '../redis/keys.ts'
+import { advertisedHost } from '../runtime.ts'
 import { readFleet, type FleetSnapshot } from './health.ts'
 import { serverNow } from './queues.ts'
 
@@ -83,7 +84,8 @@ export class SdServer {
       this.server?.listen(port, host, () => resolve())
     })
     const addr = this.server.address()
-    if (addr && typeof addr === 'object') this.url = `http://${host}:${addr.port}/sd`
+    // The address others can use, as for metricsUrl: 0.0.0.0 names no host.
+    if (addr && typeof addr === 'object') this.url = `http://${advertisedHost(host)}:${addr.port}/sd`
   }
 
   async stop(): Promise<void> {

@@ -6,7 +6,9 @@ import { parseDuration, parsePayload } from '../../runtime/cli/common.ts'
 import { fakeText } from '../../examples/research-team/fake-model.ts'
 import { advertisedHost, heartbeatFromEnv } from '../../runtime/runtime.ts'
 import { gcTuningFromEnv } from '../../runtime/gc-tuning.ts'
-import { loadConfig } from '../../runtime/config.ts'
+import { loadConfig, redactUrl } from '../../runtime/config.ts'
+import { clusterSeeds } from '../../runtime/redis/connection.ts'
+import { logLevelFromEnv } from '../../runtime/log.ts'
 import { isDataError, isPoolError } from '../../runtime/persister/neo4j.ts'
 import { isLastStreamId } from '../../runtime/events.ts'
 
@@ -119,6 +121,82 @@ describe('loadConfig', () => {
   })
 })
 
+describe('settings from the environment', () => {
+  const withEnv = <T>(env: Record<string, string>, fn: () => T): T => {
+    const saved = Object.fromEntries(Object.keys(env).map((k) => [k, process.env[k]]))
+    Object.assign(process.env, env)
+    try {
+      return fn()
+    } finally {
+      for (const [k, v] of Object.entries(saved)) {
+        if (v === undefined) delete process.env[k]
+        else process.env[k] = v
+      }
+    }
+  }
+
+  it('takes whole numbers only: a blank, a fraction or a sign is refused by name', () => {
+    // ' ' was read as 0 and 2500.5 reached SET PX, which Redis refuses inside every activation.
+    for (const bad of [' ', '2500.5', '-1', '1e4', '0x10']) {
+      expect(() => withEnv({ TROUPE_LOCK_TTL_MS: bad }, () => loadConfig())).toThrow(/TROUPE_LOCK_TTL_MS=.* must be a whole number/)
+    }
+    expect(withEnv({ TROUPE_LOCK_TTL_MS: '2500' }, () => loadConfig()).lockTtlMs).toBe(2500)
+  })
+
+  it('refuses a retention or payload limit of 0 and fractional overrides', () => {
+    // Retention 0 meant "no TTL" to the scripts and "expired" to the owner index.
+    expect(() => withEnv({ TROUPE_RETENTION_MS: '0' }, () => loadConfig())).toThrow(/retentionMs \(TROUPE_RETENTION_MS\) must be a whole number, at least 1000/)
+    expect(() => withEnv({ TROUPE_MAX_PAYLOAD_BYTES: '0' }, () => loadConfig())).toThrow(/maxPayloadBytes/)
+    expect(() => loadConfig({ lockTtlMs: 2500.5 })).toThrow(/lockTtlMs/)
+    expect(() => loadConfig({ streamMaxLen: 1.5 })).toThrow(/streamMaxLen/)
+    expect(withEnv({ TROUPE_STREAM_MAXLEN: '0' }, () => loadConfig()).streamMaxLen).toBe(0)
+  })
+
+  it('reads TROUPE_PERSISTENCE as on or off, and refuses anything else (disabled used to mean on)', () => {
+    expect(withEnv({ TROUPE_PERSISTENCE: 'OFF' }, () => loadConfig()).persistence).toBe(false)
+    expect(withEnv({ TROUPE_PERSISTENCE: 'on' }, () => loadConfig()).persistence).toBe(true)
+    for (const bad of ['disabled', 'none', 'nope']) {
+      expect(() => withEnv({ TROUPE_PERSISTENCE: bad }, () => loadConfig())).toThrow(/TROUPE_PERSISTENCE=.* must be on or off/)
+    }
+    // An explicit override wins over a bad environment value.
+    expect(withEnv({ TROUPE_PERSISTENCE: 'disabled' }, () => loadConfig({ persistence: false })).persistence).toBe(false)
+  })
+
+  it('reads the log level in any case', () => {
+    expect(logLevelFromEnv('DEBUG')).toBe('debug')
+    expect(logLevelFromEnv(undefined)).toBe('info')
+    expect(logLevelFromEnv('Warn')).toBe('warn')
+  })
+
+  it('keeps a Redis password out of messages', () => {
+    expect(redactUrl('redis://default:s3cret@h:6379/0')).toBe('redis://default:***@h:6379/0')
+    expect(redactUrl('rediss://s3cret@h')).toBe('rediss://***@h')
+    expect(redactUrl('redis://h:6379')).toBe('redis://h:6379')
+    expect(() => loadConfig({ redisUrl: 'http://u:s3cret@h' })).toThrow(/u:\*\*\*@h/)
+    expect(() => loadConfig({ redisUrl: 'http://u:s3cret@h' })).not.toThrow(/s3cret/)
+  })
+})
+
+describe('Redis Cluster URLs', () => {
+  it('reads credentials, TLS and every seed; a password is never taken for a host', () => {
+    // redis+cluster://default:pw@h:6379 was split on ':' into host "default" and port NaN.
+    expect(clusterSeeds('redis+cluster://default:p%40ss@h1:7000,h2:7001,[::1]:7002')).toEqual({
+      hosts: [{ host: 'h1', port: 7000 }, { host: 'h2', port: 7001 }, { host: '::1', port: 7002 }],
+      auth: { username: 'default', password: 'p@ss' },
+      tls: false,
+    })
+    expect(clusterSeeds('rediss+cluster://:pw@h')).toEqual({ hosts: [{ host: 'h', port: 6379 }], auth: { password: 'pw' }, tls: true })
+    expect(loadConfig({ redisUrl: 'rediss+cluster://h:1' }).redisUrl).toBe('rediss+cluster://h:1')
+  })
+
+  it('refuses a seed that is not host:port, without showing the password', () => {
+    for (const bad of ['redis+cluster://h:6379/0', 'redis+cluster://h:port', 'redis+cluster://h:70000', 'redis+cluster://u:pw@h:1,', 'redis+cluster://']) {
+      expect(() => clusterSeeds(bad)).toThrow(TroupeError)
+    }
+    expect(() => clusterSeeds('redis+cluster://u:pw@h:x')).toThrow(/u:\*\*\*@h:x/)
+  })
+})
+
 describe('fake model', () => {
   it('is deterministic', () => {
     expect(fakeText('p', 5)).toBe(fakeText('p', 5))
@@ -142,7 +220,8 @@ describe('heartbeatFromEnv', () => {
   it('defaults to 2 s and refuses what is not a sane interval', () => {
     expect(heartbeatFromEnv(undefined)).toBe(2000)
     expect(heartbeatFromEnv('500')).toBe(500)
-    for (const bad of ['2s', '-1', '49', 'NaN']) expect(() => heartbeatFromEnv(bad)).toThrow(/TROUPE_HEARTBEAT_MS/)
+    // 3e9 ms is past what Node can time: setInterval would fire every millisecond.
+    for (const bad of ['2s', '-1', '49', 'NaN', '3000000000']) expect(() => heartbeatFromEnv(bad)).toThrow(/TROUPE_HEARTBEAT_MS/)
   })
 })
 

@@ -1,0 +1,95 @@
+// A runtime's stop and its pub/sub reconnects: workers stop picking as soon as
+// the stop begins (not after the hosted services have stopped), heartbeats go on
+// through the drain, every caller of stop() waits for the one drain, a second
+// signal to `troupe start` exits at once, and an abort published while the
+// subscription was down still stops the action it was for.
+import { afterEach, describe, expect, it } from 'vitest'
+import { startRuntime, TroupeClient, type HostedService, type Runtime } from '../../runtime/index.ts'
+import { startRedis } from '../../scripts/services/redis.ts'
+import { counter, slow } from '../fixtures/agents.ts'
+import { spawnRuntime } from '../helpers/processes.ts'
+import { eventually, testConfig } from '../helpers/redis.ts'
+
+const cfg = testConfig()
+const opened: { stop(): Promise<unknown> }[] = []
+afterEach(async () => {
+  for (const o of opened.splice(0).reverse()) await o.stop()
+})
+
+function client(): TroupeClient {
+  const c = TroupeClient.connect(cfg)
+  opened.push({ stop: () => c.close() })
+  return c
+}
+
+/** A hosted service whose stop takes `ms`, as a persister flushing or a supervisor handing its lease back does. */
+const slowToStop = (ms: number): HostedService => ({
+  role: 'slow-to-stop',
+  start: () => Promise.resolve(),
+  stop: () => new Promise((r) => setTimeout(r, ms)),
+})
+
+describe('runtime stop', () => {
+  it('stops picking at once, heartbeats through the drain, and gives every caller the same stop', async () => {
+    const c = client()
+    const rt = await startRuntime({ agents: [slow, counter], services: [slowToStop(1500)], config: cfg, metricsPort: false, heartbeatMs: 100, drainTimeoutMs: 20_000 })
+    const { workflowId: busy } = await c.startWorkflow({ agent: 'slow', type: 'work', payload: { ms: 1500, i: 1 } })
+    await eventually(() => Promise.resolve(rt.activeCounts().slow === 1), 10_000, 'the slow action running')
+
+    const stopping = rt.stop()
+    expect(rt.stop()).toBe(stopping)
+    // Sent after the stop began: a draining worker must leave it for another process.
+    const { workflowId: late } = await c.startWorkflow({ agent: 'slow', type: 'work', payload: { ms: 10, i: 2 } })
+    const health = c.keys.health(rt.serviceId)
+    const first = Number(await c.redis.hget(health, 'lastSeen'))
+    // Three heartbeat periods without a beat is how the supervisor marks a process dead.
+    const later = await eventually(async () => {
+      const seen = Number(await c.redis.hget(health, 'lastSeen'))
+      return seen > first ? seen : null
+    }, 1000, 'a heartbeat during the drain')
+    expect(later).toBeGreaterThan(first)
+    expect(await c.redis.hget(health, 'status')).toBe('alive')
+    await stopping
+
+    expect((await c.getStatus(busy))?.counts.done).toBe(1)
+    const lateStatus = await c.getStatus(late)
+    expect(lateStatus?.counts.done).toBe(0)
+    expect(lateStatus?.counts.queued).toBe(1)
+    expect(await c.redis.hget(health, 'status')).toBe('stopped')
+  })
+
+  it('exits at once on a second signal during the drain', async () => {
+    const c = client()
+    const p = await spawnRuntime(cfg, { args: ['--drain-timeout', '10m'] })
+    opened.push({ stop: () => p.stop(2000) })
+    const { workflowId } = await c.startWorkflow({ agent: 'slow', type: 'work', payload: { ms: 600_000, i: 1 } })
+    await eventually(async () => (await c.readEvents(workflowId, '0', 100)).some((e) => e.event.type === 'agent.transition'), 10_000, 'the long action running')
+    p.signal('SIGTERM')
+    await eventually(() => Promise.resolve(p.output().includes('a second signal exits at once')), 10_000, 'the drain begun')
+    p.signal('SIGTERM')
+    expect(await p.exited()).toBe(130)
+    expect(p.output()).toMatch(/SIGTERM again: exiting without finishing the drain/)
+  })
+})
+
+describe('pub/sub reconnect', () => {
+  it('aborts an action whose workflow was cancelled while the subscription was down', async () => {
+    // A Redis of its own: the test cuts every subscriber connection on it.
+    const redis = await startRedis()
+    opened.push(redis)
+    const own = testConfig({ redisUrl: redis.url })
+    const c = TroupeClient.connect(own)
+    opened.push({ stop: () => c.close() })
+    const rt: Runtime = await startRuntime({ agents: [slow, counter], config: own, metricsPort: false })
+    opened.push(rt)
+    const { workflowId } = await c.startWorkflow({ agent: 'slow', type: 'work', payload: { ms: 600_000, i: 1 } })
+    await eventually(() => Promise.resolve(rt.activeCounts().slow === 1), 10_000, 'the long action running')
+    // The cancel's abort is published before the subscriber is back (ioredis
+    // waits at least 50 ms before it reconnects).
+    await c.redis.call('CLIENT', 'KILL', 'TYPE', 'pubsub')
+    await c.cancelWorkflow(workflowId, 'test')
+    // Without the check after the reconnect it ran on for its ten minutes.
+    await eventually(() => Promise.resolve(rt.activeCounts().slow === 0), 10_000, 'the action aborted')
+    expect((await c.getStatus(workflowId))?.status).toBe('cancelled')
+  })
+})
