@@ -6,7 +6,7 @@ import { Lock, type Redlock } from '@sesamecare-oss/redlock'
 import { backoffDelay, type AgentDefinition } from './agent.ts'
 import { nanoid } from 'nanoid'
 import {
-  activateOp, commit, emitEvents, extendHint, followUpOps, parseActivation, pushBusyHint, releaseHintOp,
+  activateOp, commit, emitEvents, extendHint, followUpOps, parseActivation, pushBusyHint, releaseHintOp, writeFollowUps,
   type Activation, type ActionResult, type Appended, type Claimed, type CommitResult, type Hint, type ProtocolContext,
 } from './claims.ts'
 import { execOps, execPhases, isCluster, throwFirst, type Op } from './redis/batch.ts'
@@ -369,6 +369,11 @@ export class ActorActivation implements LiveActorHooks {
           this.env.log.warn(`commit of ${agent} in ${this.wf} rejected: ${err.message}`)
           return
         }
+        // Whether it took effect is unknown (a dropped connection). A join it may
+        // have completed has no hint due before the join's deadline but the one
+        // its reply carried: make one due now (at worst an activation finds nothing).
+        const joined = [...new Set(results.flatMap((r) => (r.outcome === 'ok' ? r.outbox.filter((o) => o.join && o.to !== agent).map((o) => o.to) : [])))]
+        if (joined.length > 0) this.env.background(writeFollowUps(ctx, joined.map((to) => ({ agent: to, wf: this.wf, score: Date.now() })), []))
         throw err
       }
       for (const r of results) {

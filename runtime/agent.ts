@@ -162,7 +162,8 @@ export function sendToAgent(to: string, type: string, payload?: Resolvable<unkno
  * the agent usually takes them in one activation instead of one each. If they are
  * not all sent within `timeoutMs` of the first (default 10 minutes), those held so
  * far become due at that moment all the same: a join never strands work (a sender
- * dead-lettered, a branch that decided to send nothing). Use a key per round
+ * dead-lettered, a branch that decided to send nothing), and one sent late (up
+ * to `of` in all, within another timeout) is due at once. Use a key per round
  * (`findings-${round}`) when a workflow joins more than once.
  */
 export interface JoinOptions {

@@ -395,6 +395,8 @@ export async function commit(ctx: ProtocolContext, a: CommitArgs): Promise<Commi
   }
   let raw: unknown
   let settled: Settled | null = null
+  /** Pre-hints that failed while the commit went through (on a Cluster they run in parallel): the follow-ups write them. */
+  const unhinted: Hint[] = []
   if (preHinted.size > 0 || a.settle) {
     const now = Date.now()
     const hintOps: Op[] = [...preHinted].map(([to, after]) => ({ cmd: 'zadd', args: [k.ready(to), 'LT', now + after, a.wf] }))
@@ -420,6 +422,10 @@ export async function commit(ctx: ProtocolContext, a: CommitArgs): Promise<Commi
     const [err, val] = res[at] ?? [new Error('no reply'), null]
     if (err) throw err
     raw = val
+    // A held join's pre-hint is its only hint until the join completes.
+    hintOps.forEach((op, i) => {
+      if (res[i]?.[0]) unhinted.push({ agent: [...preHinted.keys()][i] ?? '', wf: a.wf, score: Number(op.args[2]) })
+    })
     // A failed or skipping settle leaves its work to the separate follow-ups.
     const [settleErr, sv] = res[at + 1] ?? [null, null]
     if (a.settle && !settleErr && Array.isArray(sv)) {
@@ -440,6 +446,7 @@ export async function commit(ctx: ProtocolContext, a: CommitArgs): Promise<Commi
     for (const res of a.results) if (res.outcome === 'ok') for (const o of res.outbox) if (o.to === agent) sent.push(o.actionId)
     hints.push({ agent, wf: a.wf, score: Number(r[6 + i * 2]), sent, written: !isCluster(ctx.redis) && preHinted.get(agent) === 0 })
   }
+  if (code !== 'ended') for (const h of unhinted) if (!hints.some((x) => x.agent === h.agent)) hints.push(h)
   return {
     code,
     next: code === 'next' ? parseClaimed(r, 5 + nHints * 2) : [],

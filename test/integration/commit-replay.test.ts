@@ -5,6 +5,7 @@ import { afterAll, describe, expect, it } from 'vitest'
 import { TroupeClient } from '../../runtime/index.ts'
 import { commit, parseActivation, activateOp, type CommitArgs, type ProtocolContext } from '../../runtime/claims.ts'
 import { runScript } from '../../runtime/redis/scripts.ts'
+import { nanoid } from 'nanoid'
 import { testConfig } from '../helpers/redis.ts'
 
 const cfg = testConfig()
@@ -61,5 +62,49 @@ describe('commit replay', () => {
 
     // A different commit naming actions no longer in flight is still stale.
     await expect(commit(ctx, okCommit(wf, act.fence, second?.actionId ?? '', 'other.0'))).rejects.toMatchObject({ code: 'stale_action' })
+  })
+
+  it('gives a replay the due hints of what the first run sent, a join it completed included', async () => {
+    const { workflowId: wf } = await client.startWorkflow({ agent: 'counter', type: 'ping', payload: { i: 1 }, validate: false })
+    const act = await activate(wf, 1)
+    if (act.code !== 'ok') throw new Error(`activation: ${act.code}`)
+    const args = okCommit(wf, act.fence, act.batch[0]?.actionId ?? '', 'joined.0')
+    const sentId = nanoid()
+    const record = JSON.stringify({ id: sentId, workflowId: wf, agent: 'echo', type: 'say', payload: { text: 'x' }, from: 'counter', enqueuedAt: Date.now() })
+    // A join of one completes as it is sent: its pre-hint waited for the timeout
+    // (ten minutes), so the reply's hint is the only one due now.
+    const first = args.results[0]
+    if (!first) throw new Error('no result')
+    const joined: CommitArgs = { ...args, results: [{ ...first, outbox: [{ to: 'echo', actionId: sentId, record, delayMs: 0, eventId: nanoid(), join: { key: 'k', of: 1, timeoutMs: 600_000 } }] }] }
+    const once = await commit(ctx, joined)
+    const twice = await commit(ctx, joined)
+    expect(once.hints.map((h) => h.agent)).toEqual(['echo'])
+    // The replay used to answer with no hints at all: the sent action then waited
+    // for its pre-hint, ten minutes away.
+    expect(twice.hints.map((h) => h.agent)).toEqual(['echo'])
+    expect(twice.hints[0]?.score).toBeLessThanOrEqual(Date.now() + 5_000)
+    expect(await client.redis.zcard(client.keys.mailbox(wf, 'echo'))).toBe(1)
+  })
+
+  it('hands a pre-hint that failed to the follow-ups, since a held join has no other hint', async () => {
+    const { workflowId: wf } = await client.startWorkflow({ agent: 'counter', type: 'ping', payload: { i: 1 }, validate: false })
+    const act = await activate(wf, 1)
+    if (act.code !== 'ok') throw new Error(`activation: ${act.code}`)
+    const args = okCommit(wf, act.fence, act.batch[0]?.actionId ?? '', 'held.0')
+    const first = args.results[0]
+    if (!first) throw new Error('no result')
+    const sentId = nanoid()
+    const record = JSON.stringify({ id: sentId, workflowId: wf, agent: 'mute', type: 'say', payload: null, from: 'counter', enqueuedAt: Date.now() })
+    // Junk in the target's ready key: its pre-hint (ZADD) fails, the commit goes through.
+    const ready = client.keys.ready('mute')
+    await client.redis.set(ready, 'junk')
+    try {
+      const res = await commit(ctx, { ...args, results: [{ ...first, outbox: [{ to: 'mute', actionId: sentId, record, delayMs: 0, eventId: nanoid(), join: { key: 'k', of: 2, timeoutMs: 600_000 } }] }] })
+      const hint = res.hints.find((h) => h.agent === 'mute')
+      expect(hint?.score).toBeGreaterThan(Date.now() + 500_000)
+      expect(await client.redis.zcard(client.keys.mailbox(wf, 'mute'))).toBe(1)
+    } finally {
+      await client.redis.del(ready)
+    }
   })
 })

@@ -5,7 +5,7 @@
 // the action that asked for it.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { assign, setup } from 'xstate'
-import { defineAgent, sendToAgent, startRuntime, TroupeClient, type ActionEvent, type Runtime, type StreamedEvent } from '../../runtime/index.ts'
+import { defineAgent, MAX_DELAY_MS, sendToAgent, startRuntime, TroupeClient, type ActionEvent, type Runtime, type StreamedEvent } from '../../runtime/index.ts'
 import { eventually, testConfig } from '../helpers/redis.ts'
 
 type Ask = ActionEvent<'research', { i: number; key: string; of: unknown; timeoutMs?: number; delayMs?: number }>
@@ -94,8 +94,8 @@ describe('join', () => {
     expect(await seen(wf)).toEqual([0, 1, 2, 3, 4])
   })
 
-  it('lets what it holds go at its deadline when the join is never completed', async () => {
-    const ask = (i: number) => ({ i, key: 'partial', of: 3, timeoutMs: 400 })
+  it('lets what it holds go at its deadline when the join is never completed, and a straggler through at once', async () => {
+    const ask = (i: number) => ({ i, key: 'partial', of: 3, timeoutMs: 1000 })
     const { workflowId: wf } = await c.startWorkflow({ agent: 'r1', type: 'research', payload: ask(0) })
     await researched(wf, 1)
     await c.sendAction(wf, 'r2', 'research', ask(1))
@@ -104,6 +104,16 @@ describe('join', () => {
     // Both were held to one deadline, so one claim took them.
     expect(new Set((await sinkCompleted(wf)).map(commitOf)).size).toBe(1)
     expect((await c.getStatus(wf))?.status).toBe('waiting')
+
+    // The third, late: due as it is sent, not held for a new timeout of its own.
+    await c.sendAction(wf, 'r3', 'research', ask(2))
+    await researched(wf, 3)
+    const late = (await c.readEvents(wf, '0', 1000)).filter((e) => e.event.type === 'action.enqueued' && e.event.metadata?.agent === 'sink').at(-1)
+    expect((late?.event.content as { availableAt?: number }).availableAt).toBe(late?.event.metadata?.at)
+    await eventually(async () => (await sinkCompleted(wf)).length === 3, 10_000, 'the straggler delivered')
+    expect(await seen(wf)).toEqual([0, 1, 2])
+    // The third of three closes the key.
+    expect(await c.redis.hget(c.keys.status(wf), 'join:sink:partial')).toBeNull()
   })
 
   it('fails the action whose join is malformed, and sends nothing for it', async () => {
@@ -114,6 +124,9 @@ describe('join', () => {
       [{ i: 3, key: 'k', of: '3' }, /join\.of/],
       [{ i: 4, key: 'k', of: 2, timeoutMs: -5 }, /join\.timeoutMs/],
       [{ i: 5, key: 'k', of: 2, delayMs: 1000 }, /cannot be combined with delayMs/],
+      [{ i: 6, key: 'k'.repeat(201), of: 2 }, /join\.key/],
+      [{ i: 7, key: 'k', of: 1001 }, /join\.of/],
+      [{ i: 8, key: 'k', of: 2, timeoutMs: MAX_DELAY_MS + 1 }, /join\.timeoutMs/],
     ]
     const ids = [(await c.readEvents(wf, '0', 10))[1]?.event.metadata?.actionId]
     for (const [payload] of cases) ids.push((await c.sendAction(wf, 'r1', 'research', payload)).actionId)

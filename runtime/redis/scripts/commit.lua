@@ -22,8 +22,9 @@
 -- Returns: { code, nextDue|'', firstStreamId, lastStreamId, hintCount, agent1, score1, ..., record1, attempt1, id1, ... }
 --          code 'next' (a new batch is claimed and follows the hints), 'idle' (lock released),
 --          'ended' (workflow over, lock released); hints are targets whose actor nobody holds
---          A replay of the same commit (same event id base) answers like the first run,
---          without its hints, and changes nothing; when the first run claimed a batch
+--          A replay of the same commit (same event id base) answers like the first run
+--          and changes nothing; its hints are the outbox targets nobody holds whose
+--          mailbox has work due now (a join the first run completed); when the first run claimed a batch
 --          and our lock has run out since, it answers 'idle' with nextDue = now.
 -- Errors: TROUPE_FENCE the fence moved on: a newer activation owns this actor
 --         TROUPE_STALE a result names an action that is not in flight for this actor
@@ -53,6 +54,33 @@ if marker then
   if base == ev_base then
     local st_now = redis.call('HGET', status_key, 'status')
     local out = { 'idle', '', m_first, m_last, 0 }
+    if st_now and not TERMINAL[st_now] then
+      -- The first run's hints went with its lost reply. A plain send has its
+      -- pre-hint, due at once; a join the first run completed has none due
+      -- before its deadline. So: every target of this outbox that nobody holds
+      -- and whose mailbox has work due now.
+      local now_r = now_ms()
+      local cursor, k_at, seen = 17, 9, {}
+      for _ = 1, n_results do
+        local ok_result = ARGV[cursor + 1] == 'ok'
+        local n_out = tonumber(ARGV[cursor + 8])
+        local out_at = cursor + 9 + tonumber(ARGV[cursor + 7])
+        for j = 0, n_out - 1 do
+          local to = ARGV[out_at + j * 8]
+          if ok_result and to ~= agent and not seen[to] then
+            seen[to] = true
+            local due = next_at(KEYS[k_at])
+            if due and tonumber(due) <= now_r and redis.call('EXISTS', KEYS[k_at + 1]) == 0 then
+              out[#out + 1] = to
+              out[#out + 1] = int(now_r)
+              out[5] = out[5] + 1
+            end
+          end
+          k_at = k_at + 2
+        end
+        cursor = out_at + n_out * 8
+      end
+    end
     if not st_now or TERMINAL[st_now] then
       out[1] = 'ended'
     elseif next(in_flight) ~= nil and redis.call('GET', lock_key) == lock_value then

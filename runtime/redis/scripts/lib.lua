@@ -99,29 +99,49 @@ end
 -- one key wait in its mailbox, scored at the join's deadline (its first action's
 -- time plus the timeout), until `of` of them have come; the one that completes
 -- the join makes every one of them due now, so one claim takes them together.
--- Its state is a field of the status hash, 'join:<agent>:<key>' = the deadline
--- and the waiting members, so it lives and expires with the workflow. Returns
--- the deadline's digits to hold this action until, or false when this action
--- completed the join (it is due now, like the rest).
+-- Its state is a field of the status hash, 'join:<agent>:<key>', so it lives and
+-- expires with the workflow: 'o <deadline> <member>...' while open; once the
+-- deadline let its members go, 'r <deadline> <count>', and stragglers (up to
+-- `of` in all, within another timeout) are due at once instead of opening a new
+-- join that would hold them for a whole timeout more. Returns the deadline's
+-- digits to hold this action until, or false when it is due now.
 local function join_send(status_key, actions_key, mailbox, to, key, of, timeout, member, now, now_s)
   local field = 'join:' .. to .. ':' .. key
-  local raw = redis.call('HGET', status_key, field)
-  local deadline, members = nil, {}
-  if raw then
-    for word in string.gmatch(raw, '%S+') do
-      if deadline then members[#members + 1] = word else deadline = word end
-    end
-    -- Timed out: its actions were let go at the deadline; this one starts the key afresh.
-    if not tonumber(deadline) or tonumber(deadline) <= now then deadline, members = nil, {} end
+  local words = {}
+  for word in string.gmatch(redis.call('HGET', status_key, field) or '', '%S+') do words[#words + 1] = word end
+  local kind, deadline = words[1], tonumber(words[2] or '')
+  if not deadline then kind = nil end
+  local count = 0
+  if kind == 'o' then
+    count = #words - 2
+    -- Timed out: its members came due at the deadline.
+    if deadline <= now then kind = 'r' end
+  elseif kind == 'r' then
+    count = tonumber(words[3] or '') or 0
   end
-  if #members + 1 < of then
-    deadline = deadline or int(now + timeout)
-    members[#members + 1] = member
-    redis.call('HSET', status_key, field, deadline .. ' ' .. table.concat(members, ' '))
-    return deadline
+  if kind == 'r' then
+    if now <= deadline + timeout then
+      if count + 1 < of then
+        redis.call('HSET', status_key, field, 'r ' .. int(deadline) .. ' ' .. int(count + 1))
+      else
+        redis.call('HDEL', status_key, field)
+      end
+      return false
+    end
+    kind = nil
+  end
+  if kind ~= 'o' then
+    -- A new join (none under this key, or the last one long over).
+    count, deadline, words = 0, now + timeout, { 'o', int(now + timeout) }
+  end
+  if count + 1 < of then
+    words[#words + 1] = member
+    redis.call('HSET', status_key, field, table.concat(words, ' '))
+    return int(deadline)
   end
   redis.call('HDEL', status_key, field)
-  for _, m in ipairs(members) do
+  for i = 3, #words do
+    local m = words[i]
     -- XX: only an action still waiting in the mailbox (one that was not there
     -- any more would otherwise be put back).
     if redis.call('ZADD', mailbox, 'XX', 'CH', now_s, m) == 1 then
