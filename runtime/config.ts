@@ -39,7 +39,8 @@ function persistenceFromEnv(raw: string | undefined): boolean {
 
 /** `url` with its password, if any, replaced by *** (for messages and logs). */
 export function redactUrl(url: string): string {
-  return url.replace(/^([a-z+]+:\/\/)([^@/]*)@/i, (_, scheme: string, auth: string) => {
+  // Up to the last @ before the path, as WHATWG URL (and so ioredis) reads a password with an @ in it.
+  return url.replace(/^([a-z+]+:\/\/)([^/?#]*)@/i, (_, scheme: string, auth: string) => {
     const colon = auth.indexOf(':')
     return `${scheme}${colon < 0 ? '***' : `${auth.slice(0, colon)}:***`}@`
   })

@@ -17,7 +17,7 @@ import { RuntimeMetrics } from './metrics.ts'
 import { closeRedis, createRedis, waitReachable, type RedisClient } from './redis/connection.ts'
 import { Keys } from './redis/keys.ts'
 import { loadScripts } from './redis/scripts.ts'
-import { execAll } from './redis/batch.ts'
+import { execAll, execOps } from './redis/batch.ts'
 import { Subscriber } from './subscriber.ts'
 import { TERMINAL_STATUSES, type WorkflowStatusValue } from './types.ts'
 import { AgentWorker } from './worker.ts'
@@ -245,9 +245,12 @@ export class Runtime {
   private async abortEnded(): Promise<void> {
     const wfs = [...new Set([...this.workers.values()].flatMap((w) => [...w.active.keys()]))]
     if (wfs.length === 0) return
-    const res = await execAll(this.redis, wfs.map((wf) => ({ cmd: 'hget', args: [this.keys.status(wf), 'status'] })))
+    // Each read on its own: one that fails (a Cluster node failing over) leaves
+    // that workflow to its commit, not every other one unchecked.
+    const res = await execOps(this.redis, wfs.map((wf) => ({ cmd: 'hget', args: [this.keys.status(wf), 'status'] })))
     wfs.forEach((wf, i) => {
-      const status = res[i]
+      const [err, status] = res[i] ?? [new Error('no reply'), undefined]
+      if (err) return
       if (status === null || TERMINAL_STATUSES.has(status as WorkflowStatusValue)) {
         for (const w of this.workers.values()) w.abortWorkflow(wf, `workflow ${typeof status === 'string' ? status : 'gone'}`)
       }
@@ -296,10 +299,15 @@ export class Runtime {
 
   /** Writes this process's `system:health` record and `system:services` entry. */
   async heartbeat(status: 'alive' | 'stopped'): Promise<void> {
+    if (status === 'alive' && this.final) return
     const every = this.heartbeatMs
     // The first heartbeat learns the offset before it writes (startRuntime awaits
     // it); later ones refresh it now and then (clocks drift slowly), not when stopping.
     if (status === 'alive' && (this.beats++ % CLOCK_SYNC_EVERY === 0 || this.syncDue)) await this.syncClock().catch(() => undefined)
+    // A beat that waited on Redis's clock past the end of the drain must not
+    // write 'alive' over the final 'stopped' (the supervisor would then mark a
+    // clean stop dead once the record's TTL ran out).
+    if (status === 'alive' && this.final) return
     const now = Date.now() + this.clockOffset
     const extra: Record<string, string> = {}
     for (const s of this.opts.services ?? []) Object.assign(extra, s.health?.() ?? {})
@@ -349,6 +357,8 @@ export class Runtime {
   }
 
   private stopping: Promise<void> | null = null
+  /** The drain is over: only the 'stopped' heartbeat may be written now. */
+  private final = false
 
   private async shutDown(): Promise<void> {
     if (this.registryTimer) clearInterval(this.registryTimer)
@@ -363,6 +373,7 @@ export class Runtime {
     await drained
     // Heartbeats go on through the drain: a process that went quiet for three
     // of them was marked dead by the supervisor in the middle of a clean stop.
+    this.final = true
     if (this.heartbeatTimer) clearInterval(this.heartbeatTimer)
     await withTimeout(Promise.all(this.pending), timeout)
     if (this.workers.size + (this.opts.services?.length ?? 0) > 0) {
@@ -396,7 +407,8 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
   // Past MAX_TIMER_MS Node fires a timer after 1 ms: a heartbeat every
   // millisecond, or a drain that gives up at once.
   if (opts.heartbeatMs === undefined) heartbeatFromEnv(process.env.TROUPE_HEARTBEAT_MS)
-  else if (!(opts.heartbeatMs >= 50 && opts.heartbeatMs <= MAX_TIMER_MS)) throw new TroupeError('config', `heartbeatMs must be from 50 to ${MAX_TIMER_MS} ms`)
+  // Whole: it becomes a TTL (PEXPIRE), which Redis refuses with a fraction.
+  else if (!(Number.isInteger(opts.heartbeatMs) && opts.heartbeatMs >= 50 && opts.heartbeatMs <= MAX_TIMER_MS)) throw new TroupeError('config', `heartbeatMs must be a whole number from 50 to ${MAX_TIMER_MS} ms`)
   if (opts.drainTimeoutMs !== undefined && !(opts.drainTimeoutMs >= 0 && opts.drainTimeoutMs <= MAX_TIMER_MS)) {
     throw new TroupeError('config', `drainTimeoutMs (--drain-timeout) must be from 0 to ${MAX_TIMER_MS} ms`)
   }
@@ -432,7 +444,7 @@ export function advertisedHost(bind: string, env: NodeJS.ProcessEnv = process.en
 /** TROUPE_HEARTBEAT_MS, or 2 s when unset; a bad value is an error like any other setting's (it used to fall back silently). */
 export function heartbeatFromEnv(raw: string | undefined): number {
   if (raw === undefined || raw === '') return 2000
-  const v = Number(raw)
-  if (!Number.isFinite(v) || v < 50 || v > MAX_TIMER_MS) throw new TroupeError('config', `TROUPE_HEARTBEAT_MS=${raw} must be a number of milliseconds, from 50 to ${MAX_TIMER_MS} (as --heartbeat)`)
+  const v = /^\d+$/.test(raw) ? Number(raw) : Number.NaN
+  if (!(v >= 50 && v <= MAX_TIMER_MS)) throw new TroupeError('config', `TROUPE_HEARTBEAT_MS=${raw} must be a whole number of milliseconds, from 50 to ${MAX_TIMER_MS} (as --heartbeat)`)
   return v
 }

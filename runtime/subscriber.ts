@@ -41,8 +41,20 @@ export class Subscriber {
     this.conn.on('ready', () => {
       // ioredis resubscribes by itself; messages published while we were away are
       // lost, so tell followers to replay from their last stream id.
-      if (this.everReady) for (const r of this.resyncs) r()
-      this.everReady = true
+      if (!this.everReady) {
+        this.everReady = true
+        return
+      }
+      const resync = (): void => {
+        for (const r of this.resyncs) r()
+      }
+      if (isCluster(this.conn)) return resync()
+      // It emits 'ready' before it sends those SUBSCRIBEs: a replay started now
+      // could read before the channel is live and miss what comes in between.
+      // A PING sent after them is answered once they are done.
+      setImmediate(() => {
+        void (this.conn as { ping(): Promise<string> }).ping().then(resync, resync)
+      })
     })
   }
 

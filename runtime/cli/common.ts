@@ -99,32 +99,46 @@ export function metricsPortFlag(values: Record<string, string | boolean | undefi
   return portFlag(text, '--metrics-port') ?? 0
 }
 
-/** Serves until SIGTERM or SIGINT, then stops the runtime (draining it) and returns the exit code. */
+/**
+ * A repeat of the stopping signal this soon after the first is the same stop:
+ * one Ctrl-C reaches the process twice under npm/npx (from the terminal to the
+ * process group, and forwarded by npm), as does a kill of the whole group.
+ */
+export const SIGNAL_REPEAT_MS = 1000
+
+/**
+ * Serves until SIGTERM or SIGINT, then stops the runtime (draining it) and
+ * returns the exit code. A later signal, past SIGNAL_REPEAT_MS, exits at once
+ * with 130.
+ */
 export async function serveUntilSignal(rt: Runtime, doing = 'stopping'): Promise<number> {
-  const sig = await new Promise<string>((resolve) => {
-    const onTerm = (): void => done('SIGTERM')
-    const onInt = (): void => done('SIGINT')
-    function done(name: string): void {
-      process.off('SIGTERM', onTerm)
-      process.off('SIGINT', onInt)
-      resolve(name)
+  let firstAt = 0
+  let stopFor: (name: string) => void = () => undefined
+  const signalled = new Promise<string>((resolve) => (stopFor = resolve))
+  // One handler for the whole run, so no copy of the signal ever meets the
+  // default action (which kills the process mid-drain, or, for a container's
+  // PID 1, ignores it).
+  const onSignal = (name: string): void => {
+    if (firstAt === 0) {
+      firstAt = Date.now()
+      return stopFor(name)
     }
-    process.on('SIGTERM', onTerm)
-    process.on('SIGINT', onInt)
-  })
-  rt.log.info(`${sig}: ${doing} (a second signal exits at once)`)
-  // A second signal is the operator (or the orchestrator) giving up on the
-  // drain. Without a handler its default action would apply, which for a
-  // container's PID 1 is to ignore SIGTERM and SIGINT.
-  const force = (name: string): void => {
+    if (Date.now() - firstAt < SIGNAL_REPEAT_MS) return rt.log.info(`${name} again at once: the same stop`)
     rt.log.warn(`${name} again: exiting without finishing the drain; running actions are redelivered after their lock runs out`)
     process.exit(EXIT.interrupted)
   }
-  process.once('SIGTERM', force)
-  process.once('SIGINT', force)
-  await rt.stop()
-  process.off('SIGTERM', force)
-  process.off('SIGINT', force)
+  const onTerm = (): void => onSignal('SIGTERM')
+  const onInt = (): void => onSignal('SIGINT')
+  process.on('SIGTERM', onTerm)
+  process.on('SIGINT', onInt)
+  const sig = await signalled
+  rt.log.info(`${sig}: ${doing} (another signal after a second exits at once)`)
+  try {
+    await rt.stop()
+  } finally {
+    process.off('SIGTERM', onTerm)
+    process.off('SIGINT', onInt)
+  }
   rt.log.info('stopped')
   return EXIT.ok
 }

@@ -4,6 +4,9 @@
 import { TroupeError } from '../errors.ts'
 import { logLevelFromEnv } from '../log.ts'
 
+/** The levels Fastify's logger (pino) takes. */
+const PINO_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const
+
 /** Token lifetimes and cookie behaviour. */
 export interface AuthSettings {
   /** `TROUPE_ACCESS_TTL_MS`: lifetime of a bearer access token (default 15 min). */
@@ -129,7 +132,7 @@ export function gatewaySettings(input: GatewaySettingsInput = {}): GatewaySettin
   return {
     port,
     host: input.host ?? process.env.TROUPE_GATEWAY_HOST ?? '127.0.0.1',
-    logLevel: input.logLevel ?? logLevelFromEnv(),
+    logLevel: input.logLevel ?? logLevelFromEnv(process.env.TROUPE_LOG_LEVEL, PINO_LEVELS),
     auth,
     limits,
     sse,

@@ -25,7 +25,10 @@ export function createRedis(url: string, opts: { cluster?: boolean; name?: strin
   if (clusterUrl || opts.cluster) {
     const seeds = clusterSeeds(url)
     const redisOptions: RedisOptions = { ...base, connectionName: opts.name, ...seeds.auth, ...(seeds.tls ? { tls: {} } : {}) }
-    return quiet(new Cluster(seeds.hosts, { redisOptions, scaleReads: 'master' }))
+    // With TLS, ioredis would check each node's certificate against the address
+    // its seed resolved to; managed clusters' certificates name the host.
+    const dns = seeds.tls ? { dnsLookup: (address: string, done: (err: Error | null, address: string) => void) => done(null, address) } : {}
+    return quiet(new Cluster(seeds.hosts, { redisOptions, scaleReads: 'master', ...dns }))
   }
   return quiet(new Redis(url, { ...base, connectionName: opts.name }))
 }
@@ -36,7 +39,8 @@ export function createRedis(url: string, opts: { cluster?: boolean; name?: strin
  * is never taken for a host or a port; a seed that is not host:port is refused.
  */
 export function clusterSeeds(url: string): { hosts: { host: string; port: number }[]; auth: { username?: string; password?: string }; tls: boolean } {
-  const m = /^(redis|rediss)(\+cluster)?:\/\/(?:([^@/]*)@)?([^/?#]*)\/?$/.exec(url)
+  // The credentials run to the last @ of the authority, as WHATWG URL reads them.
+  const m = /^(redis|rediss)(\+cluster)?:\/\/(?:([^/?#]*)@)?([^@/?#]*)\/?$/.exec(url)
   const bad = (why: string): TroupeError => new TroupeError('config', `the Redis Cluster URL ${JSON.stringify(redactUrl(url))} ${why}: use redis+cluster://[user:password@]host:port[,host:port]`)
   if (!m) throw bad('is malformed')
   const auth: { username?: string; password?: string } = {}
@@ -48,7 +52,8 @@ export function clusterSeeds(url: string): { hosts: { host: string; port: number
     if (user) auth.username = user
   }
   const hosts = (m[4] ?? '').split(',').map((hp) => {
-    const seed = /^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(?::(\d{1,5}))?$/.exec(hp)
+    // Host names as resolvers take them (compose's redis_node_1 has an underscore).
+    const seed = /^(\[[0-9a-fA-F:.]+\]|[^\s:[\]]+)(?::(\d{1,5}))?$/.exec(hp)
     const port = Number(seed?.[2] ?? 6379)
     if (!seed?.[1] || port < 1 || port > 65535) throw bad(`has a seed ${JSON.stringify(hp)} that is not host:port`)
     return { host: seed[1].replace(/^\[|\]$/g, ''), port }

@@ -166,12 +166,16 @@ describe('settings from the environment', () => {
     expect(logLevelFromEnv('DEBUG')).toBe('debug')
     expect(logLevelFromEnv(undefined)).toBe('info')
     expect(logLevelFromEnv('Warn')).toBe('warn')
+    // The gateway's request log (pino) takes its own levels too.
+    expect(logLevelFromEnv('SILENT', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'])).toBe('silent')
   })
 
   it('keeps a Redis password out of messages', () => {
     expect(redactUrl('redis://default:s3cret@h:6379/0')).toBe('redis://default:***@h:6379/0')
     expect(redactUrl('rediss://s3cret@h')).toBe('rediss://***@h')
     expect(redactUrl('redis://h:6379')).toBe('redis://h:6379')
+    // A raw @ in the password: WHATWG URL (and ioredis) take the last @ as the end of it.
+    expect(redactUrl('redis://u:p@ss@h:6379')).toBe('redis://u:***@h:6379')
     expect(() => loadConfig({ redisUrl: 'http://u:s3cret@h' })).toThrow(/u:\*\*\*@h/)
     expect(() => loadConfig({ redisUrl: 'http://u:s3cret@h' })).not.toThrow(/s3cret/)
   })
@@ -186,6 +190,8 @@ describe('Redis Cluster URLs', () => {
       tls: false,
     })
     expect(clusterSeeds('rediss+cluster://:pw@h')).toEqual({ hosts: [{ host: 'h', port: 6379 }], auth: { password: 'pw' }, tls: true })
+    expect(clusterSeeds('redis+cluster://u:p@ss@redis_node_1:7000,redis_node_2:7001/').hosts).toEqual([{ host: 'redis_node_1', port: 7000 }, { host: 'redis_node_2', port: 7001 }])
+    expect(clusterSeeds('redis+cluster://u:p@ss@h:1').auth).toEqual({ username: 'u', password: 'p@ss' })
     expect(loadConfig({ redisUrl: 'rediss+cluster://h:1' }).redisUrl).toBe('rediss+cluster://h:1')
   })
 
@@ -221,7 +227,7 @@ describe('heartbeatFromEnv', () => {
     expect(heartbeatFromEnv(undefined)).toBe(2000)
     expect(heartbeatFromEnv('500')).toBe(500)
     // 3e9 ms is past what Node can time: setInterval would fire every millisecond.
-    for (const bad of ['2s', '-1', '49', 'NaN', '3000000000']) expect(() => heartbeatFromEnv(bad)).toThrow(/TROUPE_HEARTBEAT_MS/)
+    for (const bad of ['2s', '-1', '49', 'NaN', '3000000000', '2000.5']) expect(() => heartbeatFromEnv(bad)).toThrow(/TROUPE_HEARTBEAT_MS/)
   })
 })
 
