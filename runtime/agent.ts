@@ -5,6 +5,7 @@ import { emit, type ActionFunction, type AnyStateMachine } from 'xstate'
 import { MAX_TIMER_MS } from './config.ts'
 import { assertAgentName, assertActionType } from './redis/keys.ts'
 import { TroupeError } from './errors.ts'
+import { MAX_DELAY_MS } from './types.ts'
 
 /** Retry backoff: `min(maxMs, initialMs * factor^(attempt-1))`, then full jitter of `jitter` (0..1) of it. */
 export interface BackoffPolicy {
@@ -48,7 +49,7 @@ export interface AgentDefinition<TMachine extends AnyStateMachine = AnyStateMach
   readonly actionTimeoutMs: number
   readonly version: number
   readonly migrate?: (snapshot: unknown, fromVersion: number) => unknown
-  /** Every event type the machine handles somewhere: the action types it accepts. */
+  /** Every event type the machine handles somewhere, wildcards (`*`, `research.*`) included: see {@link handlesType}. */
   readonly actionTypes: readonly string[]
 }
 
@@ -77,8 +78,7 @@ export function defineAgent<TMachine extends AnyStateMachine>(opts: AgentOptions
   if (!opts.machine || typeof (opts.machine as { transition?: unknown }).transition !== 'function') {
     throw new TroupeError('config', `agent ${opts.name}: machine must be an XState v5 machine (setup(...).createMachine(...))`)
   }
-  const backoff: BackoffPolicy = { initialMs: 500, maxMs: 60_000, factor: 2, jitter: 0.5, ...opts.backoff }
-  if (backoff.jitter < 0 || backoff.jitter > 1) throw new TroupeError('config', `agent ${opts.name}: backoff.jitter must be within 0..1`)
+  const backoff = backoffPolicy(opts.name, opts.backoff)
   const machine = opts.machine as AnyStateMachine
   const def: AgentDefinition<TMachine> = {
     kind: 'troupe.agent',
@@ -89,10 +89,20 @@ export function defineAgent<TMachine extends AnyStateMachine>(opts: AgentOptions
     backoff,
     actionTimeoutMs: positiveInt(opts.actionTimeoutMs, 5 * 60_000, `agent ${opts.name}: actionTimeoutMs`, MAX_TIMER_MS),
     version: positiveInt(opts.version, 1, `agent ${opts.name}: version`),
-    actionTypes: [...new Set(machine.events.filter((t: string) => !t.startsWith('xstate.') && t !== '*'))],
+    // Wildcard descriptors ('*', 'research.*') stay: handlesType matches them as XState does.
+    actionTypes: [...new Set(machine.events.filter((t: string) => !t.startsWith('xstate.')))],
     ...(opts.migrate ? { migrate: opts.migrate } : {}),
   }
   return def
+}
+
+/**
+ * Whether an agent whose machine handles `actionTypes` takes an action of
+ * `type`: listed, or matched by a wildcard descriptor as XState matches one
+ * (`*` any type, `a.*` any type under `a.`).
+ */
+export function handlesType(actionTypes: readonly string[], type: string): boolean {
+  return actionTypes.some((t) => t === type || t === '*' || (t.endsWith('.*') && type.startsWith(t.slice(0, -1))))
 }
 
 /** True for values made by {@link defineAgent} (used when loading an agents module). */
@@ -100,11 +110,30 @@ export function isAgentDefinition(v: unknown): v is AgentDefinition {
   return typeof v === 'object' && v !== null && (v as { kind?: unknown }).kind === 'troupe.agent'
 }
 
+/**
+ * The retry policy with its defaults, every field checked: a NaN or an
+ * `undefined` (an unset environment variable read into it) became a NaN delay,
+ * which the commit script could not encode, and the failing action was left
+ * neither in flight nor queued.
+ */
+function backoffPolicy(name: string, given: Partial<BackoffPolicy> | undefined): BackoffPolicy {
+  const p: BackoffPolicy = { initialMs: 500, maxMs: 60_000, factor: 2, jitter: 0.5 }
+  for (const [k, v] of Object.entries(given ?? {})) if (v !== undefined && k in p) p[k as keyof BackoffPolicy] = v
+  const bad = (field: string, want: string): TroupeError => new TroupeError('config', `agent ${name}: backoff.${field} must be ${want}`)
+  if (!(typeof p.initialMs === 'number' && p.initialMs >= 0 && p.initialMs <= MAX_DELAY_MS)) throw bad('initialMs', `a number of ms from 0 to ${MAX_DELAY_MS}`)
+  if (!(typeof p.maxMs === 'number' && p.maxMs >= p.initialMs && p.maxMs <= MAX_DELAY_MS)) throw bad('maxMs', `a number of ms from initialMs to ${MAX_DELAY_MS}`)
+  if (!(typeof p.factor === 'number' && p.factor >= 1 && Number.isFinite(p.factor))) throw bad('factor', 'a finite number, at least 1')
+  if (!(typeof p.jitter === 'number' && p.jitter >= 0 && p.jitter <= 1)) throw bad('jitter', 'within 0..1')
+  return p
+}
+
 /** Delay before retry number `attempt` (1-based) under `policy`; `random` is injectable for tests. */
 export function backoffDelay(policy: BackoffPolicy, attempt: number, random: () => number = Math.random): number {
+  // factor ** attempt overflows to Infinity after enough attempts: min() keeps it at maxMs.
   const base = Math.min(policy.maxMs, policy.initialMs * policy.factor ** Math.max(0, attempt - 1))
   const jitter = base * policy.jitter
-  return Math.round(base - jitter + random() * jitter)
+  const d = Math.round(base - jitter + random() * jitter)
+  return Number.isFinite(d) ? Math.min(Math.max(0, d), MAX_DELAY_MS) : policy.maxMs
 }
 
 // ---- agent-side helpers (XState actions built on `emit`) -------------------------
@@ -123,6 +152,15 @@ function emitAny(fn: (args: ExprArgs) => { type: string; [k: string]: unknown })
 
 function resolve<T>(v: Resolvable<T> | undefined, args: ExprArgs): T | undefined {
   return typeof v === 'function' ? (v as (a: ExprArgs) => T)(args) : v
+}
+
+/** Prefixes of the event types the runtime raises itself (workflow.completed ends every follower). */
+const RESERVED_EVENT_PREFIXES = ['workflow.', 'action.', 'agent.', 'troupe.', 'system.'] as const
+
+/** Why agent code may not emit an event of `type`, or null when it may. */
+export function reservedEventType(type: string): string | null {
+  const p = RESERVED_EVENT_PREFIXES.find((x) => type.startsWith(x))
+  return p ? `event type ${JSON.stringify(type)} is reserved: the runtime raises the ${p}* events itself (followers take workflow.completed as the end)` : null
 }
 
 /** Emitted-event types the runtime reserves. */
@@ -198,9 +236,13 @@ export function sendToSelf(type: string, payload?: Resolvable<unknown>, opts: { 
 }
 
 /**
- * XState action: publishes a custom WorkflowEvent right away (live, before the
- * action commits). Inside `fromPromise`/`fromCallback` logic, call that logic's own
- * `emit({ type, content })` instead: the runtime listens to child actors too.
+ * XState action: publishes a custom WorkflowEvent: live while the action is still
+ * running (an action whose machine waits on invoked logic), otherwise with the
+ * action's commit. Inside `fromPromise`/`fromCallback` logic, call that logic's
+ * own `emit({ type, content })` instead: the runtime listens to child actors
+ * too. Types starting `workflow.`, `action.`, `agent.`, `troupe.` or `system.`
+ * are the runtime's own and refused (at definition here; an emitted one fails
+ * its action).
  *
  * @example
  * ```ts
@@ -209,6 +251,8 @@ export function sendToSelf(type: string, payload?: Resolvable<unknown>, opts: { 
  */
 export function emitEvent(type: string, content?: Resolvable<unknown>): TroupeAction {
   assertActionType(type)
+  const reserved = reservedEventType(type)
+  if (reserved) throw new TroupeError('bad_type', reserved)
   return emitAny((args: ExprArgs) => ({ type: CONTROL.event, eventType: type, content: resolve(content, args) ?? null }))
 }
 

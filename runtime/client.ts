@@ -2,10 +2,11 @@
 // and follow events (replay + live, no gap, no duplicate). Used by the CLI, the
 // gateway and tests; agents use the XState helpers in agent.ts instead.
 import { nanoid } from 'nanoid'
+import { handlesType } from './agent.ts'
 import { loadConfig, effectiveMaxLen, effectiveRetention, type TroupeConfig } from './config.ts'
 import { enqueueMany, writeFollowUps, type EnqueueArgs, type ProtocolContext } from './claims.ts'
 import { TroupeError } from './errors.ts'
-import { compareStreamIds, FINAL_EVENT_TYPES, parseEntry, parseLive } from './events.ts'
+import { compareStreamIds, FINAL_EVENT_TYPES, isLastStreamId, isStreamId, parseEntry, parseLive } from './events.ts'
 import { closeRedis, createRedis, type RedisClient } from './redis/connection.ts'
 import { assertActionType, assertAgentName, assertWorkflowId, isWorkflowId, Keys } from './redis/keys.ts'
 import { runScript } from './redis/scripts.ts'
@@ -105,8 +106,19 @@ export class TroupeClient {
     return this.sub
   }
 
+  /** Open follows, woken by close() so that each ends instead of waiting forever. */
+  private readonly followers = new Set<() => void>()
+  private closed = false
+
+  /**
+   * Closes the client's connections (its Redis connection only when it made
+   * it). Every open {@link TroupeClient.follow} ends, as if its signal aborted.
+   */
   async close(): Promise<void> {
+    this.closed = true
+    for (const wake of this.followers) wake()
     this.sub?.close()
+    this.sub = null
     if (this.ownsRedis) await closeRedis(this.redis)
   }
 
@@ -138,12 +150,14 @@ export class TroupeClient {
       const known = [...reg.keys()].sort().join(', ') || 'none'
       throw new TroupeError('unknown_agent', `unknown agent '${agent}' (registered: ${known}); start a runtime hosting it: troupe start --agents <module>`)
     }
-    if (!a.actionTypes.includes(type)) {
+    if (!handlesType(a.actionTypes, type)) {
       throw new TroupeError('unknown_action', `agent '${agent}' does not handle action '${type}' (it handles: ${a.actionTypes.join(', ') || 'nothing'})`)
     }
     // The registry as just read, so the cache never outgrows it.
     this.validated.clear()
     for (const [name, r] of reg) for (const t of r.actionTypes) this.validated.set(`${name}\u0000${t}`, now + VALIDATION_TTL_MS)
+    // A type a wildcard matched is cached as itself.
+    this.validated.set(key, now + VALIDATION_TTL_MS)
   }
 
   // The payload goes in as encodePayload checked it, not parsed and encoded again:
@@ -290,9 +304,11 @@ export class TroupeClient {
   /** Events after `after` (exclusive), oldest first, at most `count`. */
   async readEvents(wf: string, after = '0', count = 1000): Promise<StreamedEvent[]> {
     assertWorkflowId(wf)
+    assertCursor(after)
+    if (!Number.isSafeInteger(count) || count < 1) throw new TroupeError('config', `count must be a whole number, at least 1, not ${String(count)}`)
     const start = after === '0' || after === '0-0' ? '-' : `(${after}`
-    const entries = (await this.redis.xrange(this.keys.events(wf), start, '+', 'COUNT', count)) as [string, string[]][]
-    return entries.map((e) => parseEntry(wf, e))
+    const entries = (await this.redis.xrange(this.keys.events(wf), start, '+', 'COUNT', count)) as [string, string[]][] | null
+    return (entries ?? []).map((e) => parseEntry(wf, e))
   }
 
   /**
@@ -303,6 +319,8 @@ export class TroupeClient {
    */
   async *follow(wf: string, opts: { after?: string; signal?: AbortSignal; untilEnd?: boolean } = {}): AsyncGenerator<StreamedEvent> {
     assertWorkflowId(wf)
+    if (opts.after !== undefined) assertCursor(opts.after)
+    if (this.closed) throw new TroupeError('config', 'this client is closed')
     let last = opts.after ?? '0'
     const buffer: StreamedEvent[] = []
     let notify: (() => void) | null = null
@@ -324,9 +342,11 @@ export class TroupeClient {
     })
     const onAbort = (): void => poke()
     opts.signal?.addEventListener('abort', onAbort)
+    this.followers.add(onAbort)
+    const over = (): boolean => this.closed || opts.signal?.aborted === true
     try {
       for (;;) {
-        if (opts.signal?.aborted) return
+        if (over()) return
         if (resync) {
           resync = false
           for (;;) {
@@ -335,6 +355,8 @@ export class TroupeClient {
               last = ev.streamId
               yield ev
               if (opts.untilEnd && FINAL_EVENT_TYPES.has(ev.event.type)) return
+              // A long replay ends at an abort too, not after its last page.
+              if (over()) return
             }
             if (page.length < 500) break
           }
@@ -361,13 +383,26 @@ export class TroupeClient {
         }
         await new Promise<void>((r) => {
           notify = r
-          if (buffer.length > 0 || resync || opts.signal?.aborted) poke()
+          if (buffer.length > 0 || resync || over()) poke()
         })
       }
     } finally {
       opts.signal?.removeEventListener('abort', onAbort)
+      this.followers.delete(onAbort)
       stopResync()
-      await unsubscribe()
+      // After close() the subscriber is gone with its subscriptions.
+      if (!this.closed) await unsubscribe()
     }
+  }
+}
+
+/**
+ * A position to read events after: '0' or a stream id below the largest Redis
+ * takes after one (the gateway and the CLI check the same; Redis answered the
+ * rest with a raw error).
+ */
+function assertCursor(after: string): void {
+  if (typeof after !== 'string' || !(after === '0' || (isStreamId(after) && !isLastStreamId(after)))) {
+    throw new TroupeError('bad_id', `invalid event position ${JSON.stringify(after)}: use '0' or a stream id such as 1700000000000-0`)
   }
 }

@@ -50,7 +50,11 @@ export function redactUrl(url: string): string {
 export const MAX_TIMER_MS = 2 ** 31 - 1
 
 /** Reads the configuration from the environment, with `overrides` on top. */
-export function loadConfig(overrides: Partial<TroupeConfig> = {}): TroupeConfig {
+export function loadConfig(given: Partial<TroupeConfig> = {}): TroupeConfig {
+  // An override written as `undefined` (`{ namespace: opts.ns }` with no ns) is
+  // no override: spread as it is, it replaced the environment's value, and a
+  // client silently used the keyspace without a namespace, or persistence off.
+  const overrides = Object.fromEntries(Object.entries(given).filter(([, v]) => v !== undefined)) as Partial<TroupeConfig>
   const cfg: TroupeConfig = {
     redisUrl: process.env.REDIS_URL ?? 'redis://127.0.0.1:6379',
     namespace: process.env.TROUPE_NAMESPACE ?? '',
@@ -61,6 +65,9 @@ export function loadConfig(overrides: Partial<TroupeConfig> = {}): TroupeConfig 
     lockTtlMs: num('TROUPE_LOCK_TTL_MS', 30_000),
     idlePollMs: num('TROUPE_IDLE_POLL_MS', 1000),
     ...overrides,
+  }
+  if (typeof cfg.redisUrl !== 'string' || typeof cfg.namespace !== 'string' || typeof cfg.persistence !== 'boolean') {
+    throw new TroupeError('config', 'redisUrl and namespace must be strings, persistence a boolean')
   }
   if (!/^(redis|rediss|redis\+cluster|rediss\+cluster):\/\//.test(cfg.redisUrl)) {
     throw new TroupeError('config', `the Redis URL ${JSON.stringify(redactUrl(cfg.redisUrl))} (REDIS_URL or --redis) must start with redis://, rediss://, redis+cluster:// or rediss+cluster://`)

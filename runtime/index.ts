@@ -7,7 +7,7 @@ export { defineAgent } from './agent.ts'
 export { sendToAgent } from './agent.ts'
 /** XState action: a durable delayed action to this same agent (survives restarts, unlike `after`). */
 export { sendToSelf } from './agent.ts'
-/** XState action: publish a custom workflow event right away. */
+/** XState action: publish a custom workflow event (live while its action runs on, else with its commit). */
 export { emitEvent } from './agent.ts'
 /** XState action: complete the workflow when the current action commits. */
 export { completeWorkflow } from './agent.ts'

@@ -4,7 +4,7 @@
 // action is still running, and reports a settled outcome for the commit.
 import { createActor, type AnyActorRef, type AnyMachineSnapshot, type InspectionEvent } from 'xstate'
 import { nanoid } from 'nanoid'
-import { CONTROL, type AgentDefinition } from './agent.ts'
+import { CONTROL, reservedEventType, type AgentDefinition } from './agent.ts'
 import { encodeEvent } from './events.ts'
 import type { OutboxEntry, OutboxJoin } from './claims.ts'
 import { MAX_DELAY_MS, type ActionEvent, type ActionRecord } from './types.ts'
@@ -208,7 +208,12 @@ export class LiveActor {
         case CONTROL.send: {
           const to = typeof e.to === 'string' && e.to !== '' ? e.to : this.def.name
           const type = String(e.actionType)
-          const payloadJson = JSON.stringify(e.payload ?? null)
+          const payloadJson = JSON.stringify(e.payload ?? null) as string | undefined
+          if (payloadJson === undefined) {
+            // A function or a symbol: JSON has no value for it.
+            cur.effectError ??= `sendToAgent to '${to}' with a payload JSON cannot encode (${typeof e.payload})`
+            return
+          }
           const problem = this.hooks.checkSend(to, type, payloadJson)
           if (problem) {
             if (cur.effectError === null) {
@@ -247,6 +252,12 @@ export class LiveActor {
           return
         default: {
           const { type, ...rest } = e
+          const reserved = reservedEventType(type)
+          if (reserved) {
+            // Not published: a fake workflow.completed would end every follower.
+            cur.effectError ??= reserved
+            return
+          }
           this.push(encodeEvent({ ...base, type, content: 'content' in rest ? rest.content : rest }))
         }
       }

@@ -1,12 +1,13 @@
 // Pure logic: no Redis needed.
 import { describe, expect, it } from 'vitest'
 import { setup } from 'xstate'
-import { backoffDelay, defineAgent, compareStreamIds, encodePayload, isStreamId, parseEntry, parseLive, Keys, assertWorkflowId, TroupeError } from '../../runtime/index.ts'
+import { backoffDelay, defineAgent, emitEvent, compareStreamIds, encodePayload, isStreamId, parseEntry, parseLive, Keys, assertWorkflowId, TroupeError } from '../../runtime/index.ts'
 import { parseDuration, parsePayload } from '../../runtime/cli/common.ts'
 import { fakeText } from '../../examples/research-team/fake-model.ts'
 import { advertisedHost, heartbeatFromEnv } from '../../runtime/runtime.ts'
 import { gcTuningFromEnv } from '../../runtime/gc-tuning.ts'
 import { loadConfig, redactUrl } from '../../runtime/config.ts'
+import { handlesType } from '../../runtime/agent.ts'
 import { clusterSeeds } from '../../runtime/redis/connection.ts'
 import { logLevelFromEnv } from '../../runtime/log.ts'
 import { isDataError, isPoolError } from '../../runtime/persister/neo4j.ts'
@@ -118,6 +119,47 @@ describe('loadConfig', () => {
   it('refuses a Redis URL ioredis would not read as one, naming where it came from', () => {
     expect(() => loadConfig({ redisUrl: 'localhost:6379' })).toThrow(/REDIS_URL or --redis\) must start with redis:\/\//)
     for (const ok of ['redis://h:1', 'rediss://h:1', 'redis+cluster://h:1,h:2']) expect(loadConfig({ redisUrl: ok }).redisUrl).toBe(ok)
+  })
+})
+
+describe('agent options and helpers (client/agent review)', () => {
+  const machine = setup({}).createMachine({ on: { go: {} } })
+  it('checks every backoff field, and an undefined one keeps its default', () => {
+    // NaN reached the commit script as a delay cjson could not encode, stranding the action.
+    expect(() => defineAgent({ name: 'x', machine, backoff: { initialMs: Number('') + Number.NaN } })).toThrow(/backoff.initialMs/)
+    expect(() => defineAgent({ name: 'x', machine, backoff: { factor: 0.5 } })).toThrow(/backoff.factor/)
+    expect(() => defineAgent({ name: 'x', machine, backoff: { initialMs: 10, maxMs: 5 } })).toThrow(/backoff.maxMs/)
+    expect(defineAgent({ name: 'x', machine, backoff: { maxMs: undefined, jitter: undefined } }).backoff).toEqual({ initialMs: 500, maxMs: 60_000, factor: 2, jitter: 0.5 })
+    const p = { initialMs: 1, maxMs: 1000, factor: 10, jitter: 0 }
+    expect(backoffDelay(p, 10_000)).toBe(1000)
+  })
+
+  it('refuses the runtime\'s own event types in emitEvent', () => {
+    for (const t of ['workflow.completed', 'action.done', 'agent.transition', 'troupe.send', 'system.x']) expect(() => emitEvent(t)).toThrow(/reserved/)
+    expect(() => emitEvent('progress')).not.toThrow()
+  })
+
+  it('matches wildcard transitions as XState does', () => {
+    expect(handlesType(['*'], 'anything')).toBe(true)
+    expect(handlesType(['research.*'], 'research.start')).toBe(true)
+    expect(handlesType(['research.*'], 'researchx')).toBe(false)
+    expect(handlesType(['go'], 'go')).toBe(true)
+    expect(handlesType(['go'], 'gone')).toBe(false)
+  })
+
+  it('ignores config overrides given as undefined', () => {
+    // { namespace: undefined } silently meant no namespace, { persistence: undefined } persistence off.
+    const saved = process.env.TROUPE_NAMESPACE
+    process.env.TROUPE_NAMESPACE = 'env:'
+    try {
+      const cfg = loadConfig({ namespace: undefined, persistence: undefined, redisUrl: undefined })
+      expect(cfg.namespace).toBe('env:')
+      expect(cfg.persistence).toBe(true)
+      expect(cfg.redisUrl).toBe(process.env.REDIS_URL ?? 'redis://127.0.0.1:6379')
+    } finally {
+      if (saved === undefined) delete process.env.TROUPE_NAMESPACE
+      else process.env.TROUPE_NAMESPACE = saved
+    }
   })
 })
 

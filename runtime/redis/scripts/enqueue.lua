@@ -23,9 +23,16 @@ local now, now_s = now_pair()
 local first_sid
 
 -- A replay: the client resent this after a dropped connection and the first send
--- had landed. Action ids are generated per call, so the same id means the same call.
+-- had landed. Action ids are generated per call (or chosen by the caller for
+-- idempotency), so the same id for the same agent and type means the same call.
 local prior = redis.call('HGET', actions_key, action_id .. ':st')
 if prior then
+  -- The same id for another agent or type is not a resend but a clash: say so
+  -- rather than answer "queued" for an action that was not.
+  local rok, rec = pcall(cjson.decode, redis.call('HGET', actions_key, action_id) or '')
+  if rok and type(rec) == 'table' and (rec.agent ~= agent or rec.type ~= typ) then
+    return redis.error_reply('TROUPE_DUP action ' .. action_id .. ' already exists in workflow ' .. wf .. ' for ' .. tostring(rec.agent) .. ' ' .. tostring(rec.type))
+  end
   local ok, st = pcall(cjson.decode, prior)
   local at = (ok and type(st) == 'table' and tonumber(st.availableAt)) or now
   return { at, '', '' }
