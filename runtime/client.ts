@@ -94,7 +94,12 @@ export class TroupeClient {
     this.ownsRedis = opts.ownsRedis ?? false
   }
 
-  /** Connects with configuration from the environment plus `overrides`. */
+  /**
+   * Connects with configuration from the environment plus `overrides`. The
+   * connection retries forever and commands wait while Redis is unreachable (a
+   * restart looks like a pause): to fail fast instead, await
+   * `waitReachable(client.redis, client.cfg.redisUrl)` first, as the CLI does.
+   */
   static connect(overrides: Partial<TroupeConfig> = {}): TroupeClient {
     const cfg = loadConfig(overrides)
     return new TroupeClient(createRedis(cfg.redisUrl, { name: 'troupe-client' }), cfg, { ownsRedis: true })
