@@ -210,8 +210,9 @@ export class TroupeClient {
   /**
    * Sends an action to `agent` inside an existing workflow. `actionId` makes the
    * send idempotent: sending the same id again (after an error whose outcome is
-   * unknown) answers as the first send did and queues nothing more. Without it
-   * every call sends a new action.
+   * unknown) answers as the first send did and queues nothing more; the same id
+   * for another agent or type is refused (`duplicate_action`). Without it every
+   * call sends a new action.
    */
   async sendAction(wf: string, agent: string, type: string, payload?: unknown, opts: { delayMs?: number; validate?: boolean; actionId?: string } = {}): Promise<{ actionId: string }> {
     assertWorkflowId(wf)
