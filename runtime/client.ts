@@ -281,6 +281,8 @@ export class TroupeClient {
       agents,
       counts: { actions: num(h.actions), queued: num(h.queued), done: num(h.done), dead: num(h.dead), malformed: num(h.malformed) },
     }
+    const joins = openJoins(h, Date.now())
+    if (joins.length > 0) status.joins = joins
     if (h.endedAt) status.endedAt = num(h.endedAt)
     if (h.deadline) status.deadline = num(h.deadline)
     if (h.error) {
@@ -411,4 +413,22 @@ function assertCursor(after: string): void {
   if (typeof after !== 'string' || !(after === '0' || (isStreamId(after) && !isLastStreamId(after)))) {
     throw new TroupeError('bad_id', `invalid event position ${JSON.stringify(after)}: use '0' or a stream id such as 1700000000000-0`)
   }
+}
+
+/**
+ * The joins of a status hash still holding actions: `join:<agent>:<key>` fields
+ * of the form `o <deadline> <member>...` whose deadline is ahead (one past it let
+ * its actions go; see join_send in lib.lua).
+ */
+export function openJoins(h: Record<string, string>, now: number): NonNullable<WorkflowStatus['joins']> {
+  const out: NonNullable<WorkflowStatus['joins']> = []
+  for (const [field, v] of Object.entries(h)) {
+    if (!field.startsWith('join:')) continue
+    const colon = field.indexOf(':', 5)
+    const words = v.split(' ')
+    const until = Number(words[1])
+    if (colon < 0 || words[0] !== 'o' || !(until > now)) continue
+    out.push({ agent: field.slice(5, colon), key: field.slice(colon + 1), waiting: words.length - 2, until })
+  }
+  return out.sort((a, b) => a.until - b.until)
 }

@@ -90,4 +90,10 @@ export interface WorkflowStatus {
   /** Each agent's current state value (as XState reports it). */
   agents: Record<string, unknown>
   counts: { actions: number; queued: number; done: number; dead: number; malformed: number }
+  /**
+   * Joins still holding actions (sendToAgent's `join`): the receiving agent, the
+   * key, how many actions wait, and when they go all the same (ms). Held actions
+   * count as queued.
+   */
+  joins?: { agent: string; key: string; waiting: number; until: number }[]
 }

@@ -50,6 +50,9 @@ export const command: Command = {
         '  agents:',
         ...Object.entries(st.agents).map(([a, s]) => `    ${a.padEnd(16)} ${s === null ? '(not started)' : JSON.stringify(s)}`),
       ]
+      if (st.joins?.length) {
+        lines.push('  joins holding actions:', ...st.joins.map((j) => `    ${j.agent}/${j.key}: ${j.waiting} waiting, delivered anyway at ${new Date(j.until).toISOString()}`))
+      }
       if (st.result !== undefined) lines.push(`  result: ${JSON.stringify(st.result).slice(0, 500)}`)
       if (dead.length) lines.push('  dead letters:', ...dead.map((d) => `    ${d.actionId} ${d.agent}/${d.type} after ${d.attempt} attempts: ${d.error}`))
       process.stdout.write(`${lines.join('\n')}\n`)

@@ -73,6 +73,10 @@ describe('join', () => {
     expect(await sinkCompleted(wf)).toEqual([])
     const enqueued = (await c.readEvents(wf, '0', 1000)).filter((e) => e.event.type === 'action.enqueued' && e.event.metadata?.agent === 'sink')
     expect(enqueued.map((e) => (e.event.content as { join?: unknown }).join)).toEqual([{ key: 'findings', of: 3 }, { key: 'findings', of: 3 }])
+    // The status says what holds them (they count as queued).
+    const held = await c.getStatus(wf)
+    expect(held?.joins).toEqual([{ agent: 'sink', key: 'findings', waiting: 2, until: Number(waiting[1]) }])
+    expect(held?.counts.queued).toBe(2)
 
     await c.sendAction(wf, 'r3', 'research', ask(2))
     await eventually(async () => (await sinkCompleted(wf)).length === 3, 10_000, 'three findings delivered')
@@ -80,6 +84,7 @@ describe('join', () => {
     expect(new Set(done.map(commitOf)).size).toBe(1)
     expect(await seen(wf)).toEqual([0, 1, 2])
     expect(await c.redis.hget(c.keys.status(wf), 'join:sink:findings')).toBeNull()
+    expect((await c.getStatus(wf))?.joins).toBeUndefined()
     const st = JSON.parse((await c.redis.hget(c.keys.actions(wf), `${(done[0]?.event.metadata?.actionId) ?? ''}:st`)) ?? '{}') as { status: string }
     expect(st.status).toBe('done')
 
