@@ -49,8 +49,10 @@ export interface AgentDefinition<TMachine extends AnyStateMachine = AnyStateMach
   readonly actionTimeoutMs: number
   readonly version: number
   readonly migrate?: (snapshot: unknown, fromVersion: number) => unknown
-  /** Every event type the machine handles somewhere, wildcards (`*`, `research.*`) included: see {@link handlesType}. */
+  /** Every event type the machine handles somewhere: the action types it accepts (wildcards apart). */
   readonly actionTypes: readonly string[]
+  /** The machine's wildcard descriptors (`*`, `research.*`): see {@link handlesType}. */
+  readonly actionPatterns: readonly string[]
 }
 
 function positiveInt(v: number | undefined, fallback: number, what: string, max = Number.MAX_SAFE_INTEGER): number {
@@ -89,8 +91,10 @@ export function defineAgent<TMachine extends AnyStateMachine>(opts: AgentOptions
     backoff,
     actionTimeoutMs: positiveInt(opts.actionTimeoutMs, 5 * 60_000, `agent ${opts.name}: actionTimeoutMs`, MAX_TIMER_MS),
     version: positiveInt(opts.version, 1, `agent ${opts.name}: version`),
-    // Wildcard descriptors ('*', 'research.*') stay: handlesType matches them as XState does.
-    actionTypes: [...new Set(machine.events.filter((t: string) => !t.startsWith('xstate.')))],
+    actionTypes: [...new Set(machine.events.filter((t: string) => !t.startsWith('xstate.') && !t.includes('*')))],
+    // Kept apart (no one can send '*' as a type; the UI offers actionTypes), and
+    // matched by handlesType as XState matches them.
+    actionPatterns: [...new Set(machine.events.filter((t: string) => !t.startsWith('xstate.') && t.includes('*')))],
     ...(opts.migrate ? { migrate: opts.migrate } : {}),
   }
   return def
@@ -99,10 +103,10 @@ export function defineAgent<TMachine extends AnyStateMachine>(opts: AgentOptions
 /**
  * Whether an agent whose machine handles `actionTypes` takes an action of
  * `type`: listed, or matched by a wildcard descriptor as XState matches one
- * (`*` any type, `a.*` any type under `a.`).
+ * (`*` any type, `a.*` `a` itself and any type under `a.`).
  */
 export function handlesType(actionTypes: readonly string[], type: string): boolean {
-  return actionTypes.some((t) => t === type || t === '*' || (t.endsWith('.*') && type.startsWith(t.slice(0, -1))))
+  return actionTypes.some((t) => t === type || t === '*' || (t.endsWith('.*') && (type.startsWith(t.slice(0, -1)) || type === t.slice(0, -2))))
 }
 
 /** True for values made by {@link defineAgent} (used when loading an agents module). */
@@ -119,6 +123,11 @@ export function isAgentDefinition(v: unknown): v is AgentDefinition {
 function backoffPolicy(name: string, given: Partial<BackoffPolicy> | undefined): BackoffPolicy {
   const p: BackoffPolicy = { initialMs: 500, maxMs: 60_000, factor: 2, jitter: 0.5 }
   for (const [k, v] of Object.entries(given ?? {})) if (v !== undefined && k in p) p[k as keyof BackoffPolicy] = v
+  // One bound given alone moves the other's default out of its way, as the
+  // delay's min(maxMs, ...) always allowed: { maxMs: 200 } is fast retries.
+  const has = (k: keyof BackoffPolicy): boolean => given?.[k] !== undefined
+  if (has('maxMs') && !has('initialMs') && typeof p.maxMs === 'number') p.initialMs = Math.min(p.initialMs, p.maxMs)
+  if (has('initialMs') && !has('maxMs') && typeof p.initialMs === 'number') p.maxMs = Math.max(p.maxMs, p.initialMs)
   const bad = (field: string, want: string): TroupeError => new TroupeError('config', `agent ${name}: backoff.${field} must be ${want}`)
   if (!(typeof p.initialMs === 'number' && p.initialMs >= 0 && p.initialMs <= MAX_DELAY_MS)) throw bad('initialMs', `a number of ms from 0 to ${MAX_DELAY_MS}`)
   if (!(typeof p.maxMs === 'number' && p.maxMs >= p.initialMs && p.maxMs <= MAX_DELAY_MS)) throw bad('maxMs', `a number of ms from initialMs to ${MAX_DELAY_MS}`)

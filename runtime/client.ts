@@ -12,13 +12,15 @@ import { assertActionType, assertAgentName, assertWorkflowId, isWorkflowId, Keys
 import { runScript } from './redis/scripts.ts'
 import type { Op } from './redis/batch.ts'
 import { Subscriber } from './subscriber.ts'
-import { MAX_DELAY_MS, type ActionRecord, type ActionState, type StreamedEvent, type WorkflowStatus, type WorkflowStatusValue } from './types.ts'
+import { MAX_DELAY_MS, TERMINAL_STATUSES, type ActionRecord, type ActionState, type StreamedEvent, type WorkflowStatus, type WorkflowStatusValue } from './types.ts'
 
 /** An agent as registered in `system:agents` by the runtimes hosting it. */
 export interface AgentRegistration {
   name: string
   version: number
   actionTypes: string[]
+  /** Wildcard descriptors of the agent's machine (`*`, `research.*`); absent from runtimes before they were registered. */
+  actionPatterns?: string[]
   updatedAt: number
 }
 
@@ -155,8 +157,9 @@ export class TroupeClient {
       const known = [...reg.keys()].sort().join(', ') || 'none'
       throw new TroupeError('unknown_agent', `unknown agent '${agent}' (registered: ${known}); start a runtime hosting it: troupe start --agents <module>`)
     }
-    if (!handlesType(a.actionTypes, type)) {
-      throw new TroupeError('unknown_action', `agent '${agent}' does not handle action '${type}' (it handles: ${a.actionTypes.join(', ') || 'nothing'})`)
+    const handled = [...a.actionTypes, ...(a.actionPatterns ?? [])]
+    if (!handlesType(handled, type)) {
+      throw new TroupeError('unknown_action', `agent '${agent}' does not handle action '${type}' (it handles: ${handled.join(', ') || 'nothing'})`)
     }
     // The registry as just read, so the cache never outgrows it.
     this.validated.clear()
@@ -281,7 +284,8 @@ export class TroupeClient {
       agents,
       counts: { actions: num(h.actions), queued: num(h.queued), done: num(h.done), dead: num(h.dead), malformed: num(h.malformed) },
     }
-    const joins = openJoins(h, Date.now())
+    // An ended workflow dropped what its joins held (their fields stay until the keys expire).
+    const joins = TERMINAL_STATUSES.has(status.status) ? [] : openJoins(h, Date.now())
     if (joins.length > 0) status.joins = joins
     if (h.endedAt) status.endedAt = num(h.endedAt)
     if (h.deadline) status.deadline = num(h.deadline)
@@ -339,11 +343,18 @@ export class TroupeClient {
       n?.()
     }
     const sub = this.subscriber()
-    const unsubscribe = await sub.subscribe(this.keys.channel(wf), (msg) => {
-      const ev = parseLive(msg)
-      if (ev) buffer.push(ev)
-      poke()
-    })
+    let unsubscribe: () => Promise<void>
+    try {
+      unsubscribe = await sub.subscribe(this.keys.channel(wf), (msg) => {
+        const ev = parseLive(msg)
+        if (ev) buffer.push(ev)
+        poke()
+      })
+    } catch (err) {
+      // close() cut the subscription on its way: the follow ends, as documented.
+      if (this.closed) return
+      throw err
+    }
     const stopResync = sub.onResync(() => {
       resync = true
       poke()

@@ -174,7 +174,7 @@ export class Runtime {
 
   private async refreshRegistry(): Promise<void> {
     await execAll(this.redis, [
-      ...this.opts.agents.map((a) => ({ cmd: 'hset', args: [this.keys.agents(), a.name, JSON.stringify({ version: a.version, actionTypes: a.actionTypes, updatedAt: Date.now() })] })),
+      ...this.opts.agents.map((a) => ({ cmd: 'hset', args: [this.keys.agents(), a.name, JSON.stringify({ version: a.version, actionTypes: a.actionTypes, actionPatterns: a.actionPatterns, updatedAt: Date.now() })] })),
       { cmd: 'pexpire', args: [this.keys.agents(), 24 * 3600 * 1000] },
     ])
     this.registryReadAt = Date.now()

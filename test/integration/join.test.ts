@@ -121,6 +121,14 @@ describe('join', () => {
     expect(await c.redis.hget(c.keys.status(wf), 'join:sink:partial')).toBeNull()
   })
 
+  it('lists no join for a workflow that ended, since it dropped what they held', async () => {
+    const { workflowId: wf } = await c.startWorkflow({ agent: 'r1', type: 'research', payload: { i: 0, key: 'k', of: 2, timeoutMs: 600_000 } })
+    await researched(wf, 1)
+    expect((await c.getStatus(wf))?.joins?.length).toBe(1)
+    await c.cancelWorkflow(wf, 'test')
+    expect((await c.getStatus(wf))?.joins).toBeUndefined()
+  })
+
   it('fails the action whose join is malformed, and sends nothing for it', async () => {
     const { workflowId: wf } = await c.startWorkflow({ agent: 'r1', type: 'research', payload: { i: 0, key: 'k', of: 0 } })
     const cases: [Ask['payload'], RegExp][] = [

@@ -132,6 +132,9 @@ describe('agent options and helpers (client/agent review)', () => {
     expect(defineAgent({ name: 'x', machine, backoff: { maxMs: undefined, jitter: undefined } }).backoff).toEqual({ initialMs: 500, maxMs: 60_000, factor: 2, jitter: 0.5 })
     const p = { initialMs: 1, maxMs: 1000, factor: 10, jitter: 0 }
     expect(backoffDelay(p, 10_000)).toBe(1000)
+    // One bound alone moves the other's default: these loaded before the checks.
+    expect(defineAgent({ name: 'x', machine, backoff: { maxMs: 200 } }).backoff).toMatchObject({ initialMs: 200, maxMs: 200 })
+    expect(defineAgent({ name: 'x', machine, backoff: { initialMs: 120_000 } }).backoff).toMatchObject({ initialMs: 120_000, maxMs: 120_000 })
   })
 
   it('refuses the runtime\'s own event types in emitEvent', () => {
@@ -143,6 +146,12 @@ describe('agent options and helpers (client/agent review)', () => {
     expect(handlesType(['*'], 'anything')).toBe(true)
     expect(handlesType(['research.*'], 'research.start')).toBe(true)
     expect(handlesType(['research.*'], 'researchx')).toBe(false)
+    expect(handlesType(['research.*'], 'research')).toBe(true)
+    const noop = { actions: () => undefined }
+    const wild = defineAgent({ name: 'w', machine: setup({}).createMachine({ on: { '*': noop, 'a.*': noop, go: noop } }) })
+    // Apart from actionTypes, which the UI and /v1/agents offer as sendable types.
+    expect(wild.actionTypes).toEqual(['go'])
+    expect([...wild.actionPatterns].sort()).toEqual(['*', 'a.*'])
     expect(handlesType(['go'], 'go')).toBe(true)
     expect(handlesType(['go'], 'gone')).toBe(false)
   })
