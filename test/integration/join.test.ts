@@ -2,11 +2,14 @@
 // its mailbox until the last of them is sent, then become due together, in the
 // order they were sent, so the receiver takes them in one activation; a join
 // that is never completed lets its actions go at its deadline; a bad join fails
-// the action that asked for it.
+// the action that asked for it; a commit that completed a join but whose reply
+// was lost (unknown outcome) still lets the join's actions go at once.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { assign, setup } from 'xstate'
 import { defineAgent, MAX_DELAY_MS, sendToAgent, startRuntime, TroupeClient, type ActionEvent, type Runtime, type StreamedEvent } from '../../runtime/index.ts'
+import { scriptFor } from '../../runtime/redis/scripts.ts'
 import { eventually, testConfig } from '../helpers/redis.ts'
+import { startReplyCutter } from '../helpers/reply-cutter.ts'
 
 type Ask = ActionEvent<'research', { i: number; key: string; of: unknown; timeoutMs?: number; delayMs?: number }>
 type Finding = ActionEvent<'finding', { i: number }>
@@ -151,5 +154,39 @@ describe('join', () => {
     expect(errorOf(ids[0])).toMatch(/join\.of/)
     cases.forEach(([, re], n) => expect(errorOf(ids[n + 1])).toMatch(re))
     expect(await c.redis.zcard(c.keys.mailbox(wf, 'sink'))).toBe(0)
+  })
+})
+
+describe('join, completed by a commit whose reply is lost', () => {
+  it('lets what it holds go at once, not at its deadline', async () => {
+    // The runtime talks to Redis through a proxy that can drop one reply.
+    const proxy = await startReplyCutter(cfg.redisUrl)
+    const own = testConfig({ redisUrl: proxy.url })
+    const viaProxy = await startRuntime({ agents: [researcher('r1'), researcher('r2'), sink], config: own, metricsPort: false, heartbeatMs: 60_000 })
+    const direct = TroupeClient.connect(testConfig({ namespace: own.namespace }))
+    try {
+      const commitSha = scriptFor('commit').sha
+      // A first join completed normally, so the commit script is loaded on the connection (its load would be answered first).
+      const { workflowId: warm } = await direct.startWorkflow({ agent: 'r1', type: 'research', payload: { i: 0, key: 'warm', of: 1 } })
+      await eventually(async () => (await direct.getStatus(warm))?.counts.done === 2, 10_000, 'the warm-up join delivered')
+
+      const ask = (i: number) => ({ i, key: 'findings', of: 2, timeoutMs: 600_000 })
+      const { workflowId: wf } = await direct.startWorkflow({ agent: 'r1', type: 'research', payload: ask(1) })
+      await eventually(async () => (await direct.getStatus(wf))?.counts.done === 1, 10_000, 'the first research done')
+      // r2's commit completes the join and runs; the connection drops before its
+      // reply (the pre-hint written before it, at the join's deadline, got its
+      // reply), so ioredis fails the commit and the runtime cannot tell whether it ran.
+      const cut = proxy.cutReplyOf((args) => args[0]?.toLowerCase() === 'evalsha' && args[1] === commitSha && args.includes(wf) && args.includes('r2'))
+      await direct.sendAction(wf, 'r2', 'research', ask(2))
+      await cut
+      // Held at the deadline, ten minutes away, unless the failed commit's joined targets were made due.
+      await eventually(async () => (await direct.getStatus(wf))?.counts.done === 4, 15_000, 'the sink ran both findings')
+      const snap = JSON.parse((await direct.redis.hget(direct.keys.actor(wf, 'sink'), 'snapshot')) ?? '{}') as { context: { seen: number[] } }
+      expect(snap.context.seen).toEqual([1, 2])
+    } finally {
+      await direct.close()
+      await viaProxy.stop()
+      await proxy.close()
+    }
   })
 })

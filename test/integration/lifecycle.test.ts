@@ -1,13 +1,16 @@
 // A runtime's stop and its pub/sub reconnects: workers stop picking as soon as
 // the stop begins (not after the hosted services have stopped), heartbeats go on
 // through the drain, every caller of stop() waits for the one drain, a second
-// signal to `troupe start` exits at once, and an abort published while the
+// signal to `troupe start` exits at once, a heartbeat that was waiting on Redis
+// when the drain ended writes nothing over the final 'stopped', and an abort published while the
 // subscription was down still stops the action it was for.
 import { afterEach, describe, expect, it } from 'vitest'
 import { startRuntime, TroupeClient, type HostedService, type Runtime } from '../../runtime/index.ts'
 import { startRedis } from '../../scripts/services/redis.ts'
 import { counter, slow } from '../fixtures/agents.ts'
 import { spawnRuntime } from '../helpers/processes.ts'
+import { Redis } from 'ioredis'
+import { Keys } from '../../runtime/redis/keys.ts'
 import { eventually, testConfig } from '../helpers/redis.ts'
 
 const cfg = testConfig()
@@ -76,6 +79,29 @@ describe('runtime stop', () => {
     p.signal('SIGTERM')
     expect(await p.exited()).toBe(130)
     expect(p.output()).toMatch(/SIGTERM again: exiting without finishing the drain/)
+  })
+  it('writes no alive beat over the final stopped one when a beat waited on Redis through the stop', async () => {
+    // A private server, blocked on purpose below.
+    const redis = await startRedis()
+    opened.push(redis)
+    const own = testConfig({ redisUrl: redis.url })
+    const admin = new Redis(redis.url)
+    opened.push({ stop: () => admin.quit() })
+    // A service and no agents: nothing in the stop waits on Redis before the final
+    // write, which is then on the wire right behind the beat's clock reading.
+    const rt = await startRuntime({ agents: [], services: [slowToStop(0)], config: own, metricsPort: false, heartbeatMs: 60_000 })
+    // The start's beat read Redis's clock; every 15th beat reads it again.
+    for (let i = 1; i < 15; i++) await rt.heartbeat('alive')
+    const blocked = admin.eval("local t = redis.call('TIME') local s = t[1] * 1000000 + t[2] repeat local n = redis.call('TIME') until n[1] * 1000000 + n[2] - s > 500000 return 1", 0)
+    await new Promise((r) => setTimeout(r, 100))
+    // Its TIME waits behind the script; the stop's 'stopped' write goes out behind that.
+    const beat = rt.heartbeat('alive')
+    await rt.stop()
+    await beat
+    await blocked
+    const health = new Keys(own.namespace).health(rt.serviceId)
+    expect(await admin.hget(health, 'status')).toBe('stopped')
+    expect(await admin.pttl(health)).toBeGreaterThan(60_000)
   })
 })
 
