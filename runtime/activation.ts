@@ -389,7 +389,13 @@ export class ActorActivation implements LiveActorHooks {
         // As a cancel does: other agents' actions still running in this workflow
         // (anywhere) stop now instead of running on to their end or timeout.
         const final = op === 'complete' ? 'completed' : 'failed'
-        this.env.background(ctx.redis.publish(ctx.keys.control(), JSON.stringify({ op: 'abort', wf: this.wf, reason: final, by: 'commit' })))
+        // Its deadline entry goes too: left until it came due, every finished
+        // workflow's entry cost the supervisor a pass, and the index grew with
+        // every workflow started under a long deadline.
+        this.env.background(execOps(ctx.redis, [
+          { cmd: 'publish', args: [ctx.keys.control(), JSON.stringify({ op: 'abort', wf: this.wf, reason: final, by: 'commit' })] },
+          { cmd: 'zrem', args: [ctx.keys.deadlines(), this.wf] },
+        ]))
       }
       // settle.lua wrote the persistence pointer, and released the hint if the lock went.
       const settled = res.settled && (res.settled.state === 'held') === (res.code === 'next') ? res.settled : null

@@ -248,6 +248,8 @@ export class TroupeClient {
     const r = (await runScript(this.redis, 'cancel', keys, [wf, final, reason, nanoid(), this.keys.channel(wf), effectiveMaxLen(this.cfg), effectiveRetention(this.cfg)])) as unknown[]
     await writeFollowUps(this.ctx, [], [{ wf, first: String(r[1]), last: String(r[1]) }])
     await this.redis.publish(this.keys.control(), JSON.stringify({ op: 'abort', wf, reason }))
+    // Enforced now: the supervisor need not look at its deadline entry again (see activation.ts).
+    await this.redis.zrem(this.keys.deadlines(), wf)
     return { dropped: Number(r[0]) }
   }
 

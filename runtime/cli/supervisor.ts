@@ -31,11 +31,11 @@ export function supervisorFlags(v: Record<string, string | boolean | undefined>,
   }
   const o: SupervisorOptions = {}
   const lease = str('lease')
-  if (lease) o.leaseMs = parseDuration(lease)
+  if (lease !== undefined) o.leaseMs = parseDuration(lease)
   const tick = str('tick')
-  if (tick) o.tickMs = parseDuration(tick)
+  if (tick !== undefined) o.tickMs = parseDuration(tick)
   const stuck = str('stuck-after')
-  if (stuck) o.stuckAfterMs = parseDuration(stuck)
+  if (stuck !== undefined) o.stuckAfterMs = parseDuration(stuck)
   const dead = str('dead-after')
   if (dead) {
     const n = Number(dead)

@@ -7,6 +7,7 @@
 import type { TroupeClient } from '../client.ts'
 import { TroupeError } from '../errors.ts'
 import type { Logger } from '../log.ts'
+import { TERMINAL_STATUSES, type WorkflowStatusValue } from '../types.ts'
 import type { LeaderFence } from './fence.ts'
 
 /** Options of {@link deadlineDuty}. */
@@ -15,6 +16,8 @@ export interface DeadlineOptions {
   batch: number
   /** How long a claimed entry stays hidden before it is retried (a leader died mid-way). */
   leaseMs: number
+  /** While a pass claims a full batch, more passes follow until this long has gone (default 1 s). */
+  maxMs?: number
 }
 
 /** One deadline handled in a pass. */
@@ -32,8 +35,24 @@ export interface DeadlineOutcome {
   dropped: number
 }
 
-/** Fails every workflow whose deadline passed; returns what happened to each. */
+/**
+ * Fails every workflow whose deadline passed; returns what happened to each.
+ * Passes of `batch` entries follow one another while they come back full, up
+ * to `maxMs`: one pass per tick handled at most 50 entries a second at the
+ * default tick, fewer than a busy fleet's workflows with deadlines end, and
+ * a deadline that really passed waited behind the backlog.
+ */
 export async function deadlineDuty(fence: LeaderFence, client: TroupeClient, opts: DeadlineOptions, log: Logger, signal?: AbortSignal): Promise<DeadlineOutcome[]> {
+  const until = Date.now() + (opts.maxMs ?? 1000)
+  const out: DeadlineOutcome[] = []
+  for (;;) {
+    const { claimed, outcomes } = await deadlinePass(fence, client, opts, log, signal)
+    out.push(...outcomes)
+    if (claimed < opts.batch || signal?.aborted || Date.now() >= until) return out
+  }
+}
+
+async function deadlinePass(fence: LeaderFence, client: TroupeClient, opts: DeadlineOptions, log: Logger, signal?: AbortSignal): Promise<{ claimed: number; outcomes: DeadlineOutcome[] }> {
   const claimed = await fence.claimDeadlines(opts.batch, opts.leaseMs)
   const out: DeadlineOutcome[] = []
   const done: string[] = []
@@ -51,6 +70,9 @@ export async function deadlineDuty(fence: LeaderFence, client: TroupeClient, opt
       const [status, deadline] = await client.redis.hmget(client.keys.status(wf), 'status', 'deadline')
       const at = Number(deadline)
       if (status === null) result = 'missing'
+      // Ended by its own agents or a cancel before the deadline: nothing to enforce
+      // (their entries are removed as they end, but one may have been missed).
+      else if (TERMINAL_STATUSES.has(status as WorkflowStatusValue)) result = 'ended'
       else if (deadline === null || !Number.isFinite(at)) result = 'stale'
       else if (at > now) {
         // Its ZADD may have landed before this pass leased the entry away: put it back at its own due time.
@@ -74,5 +96,5 @@ export async function deadlineDuty(fence: LeaderFence, client: TroupeClient, opt
   // Removed last: an entry still present means its workflow may not have been handled yet.
   if (done.length > 0) await fence.write([{ cmd: 'ZREM', key: fence.keys.deadlines(), args: done }])
   if (later.length > 0) await fence.write([{ cmd: 'ZADD', key: fence.keys.deadlines(), args: later.flatMap((l) => [l.at, l.wf]) }])
-  return out
+  return { claimed: claimed.length, outcomes: out }
 }

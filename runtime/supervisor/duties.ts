@@ -10,7 +10,7 @@ import { LeaderDeposedError, type LeaderFence, type SystemEvent } from './fence.
 import { healthDuty, readFleet, type FleetSnapshot, type HealthPass } from './health.ts'
 import type { SupervisorMetrics } from './metrics.ts'
 import { knownAgents, readQueues, serverNow, type AgentQueue } from './queues.ts'
-import { buildRollup, readPersistence, rollupWrites, type PersistenceBacklog, type Rollup } from './rollups.ts'
+import { buildRollup, readPersistence, readRollup, rollupWrites, sweepFromRollup, type PersistenceBacklog, type Rollup } from './rollups.ts'
 import { StuckTracker, type StuckActor } from './stuck.ts'
 import { WorkflowSweep } from './sweep.ts'
 
@@ -54,6 +54,8 @@ export class LeaderDuties {
   private readonly stuck: StuckTracker
   private readonly sweep: WorkflowSweep
   private readonly reportedProblems = new Set<string>()
+  /** The previous term's sweep figures were looked for (see tick). */
+  private seeded = false
 
   constructor(
     private readonly deps: DutyDeps,
@@ -100,6 +102,14 @@ export class LeaderDuties {
     const o = this.opts
     const errors: string[] = []
     const report: TickReport = { health: null, deadlines: [], stuck: [], sweptAt: null, rollup: null, errors }
+
+    if (!this.seeded) {
+      // A new term reports the previous leader's last sweep until its own first one completes.
+      this.seeded = true
+      const prev = await this.guard('previous rollup', errors, () => readRollup(redis, keys))
+      const figures = prev ? sweepFromRollup(prev) : null
+      if (figures && !this.sweep.last) this.sweep.last = figures
+    }
 
     // Judged by Redis's clock, which heartbeats are stamped with: a supervisor
     // host whose clock runs ahead would mark every service dead each tick.

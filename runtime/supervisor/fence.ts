@@ -10,7 +10,7 @@ import type { Keys } from '../redis/keys.ts'
 import { LuaScripts } from '../redis/scripts.ts'
 
 /** Names of the scripts in runtime/supervisor/scripts (without `.lua`). */
-export type SupervisorScript = 'takeover' | 'fenced' | 'mark_dead' | 'claim_deadlines'
+export type SupervisorScript = 'takeover' | 'fenced' | 'mark_dead' | 'claim_deadlines' | 'dead_agents'
 
 const scripts = new LuaScripts<SupervisorScript>(new URL('./scripts/', import.meta.url))
 
@@ -57,6 +57,29 @@ export interface FencedWrite {
 
 /** Writes of one batch are capped so a script never holds Redis for long. */
 const MAX_WRITES_PER_BATCH = 500
+/**
+ * Values of one command in fenced.lua, which passes them with `unpack`: Lua
+ * refuses more than about 8,000 ("too many results to unpack"), which one
+ * ZREM of every forgotten service id reached on a fleet of short-lived
+ * workers, failing the health duty on every tick from then on.
+ */
+const MAX_ARGS_PER_WRITE = 1000
+/** Values of one batch, for the same reason as MAX_WRITES_PER_BATCH. */
+const MAX_ARGS_PER_BATCH = 20_000
+/** Commands whose arguments are a list of members or pairs, which split into several commands of the same effect. */
+const SPLITS: Partial<Record<FencedCommand, number>> = { ZREM: 1, HDEL: 1, HSET: 2, ZADD: 2 }
+
+/** `w` as commands of at most MAX_ARGS_PER_WRITE values each, with the same effect. */
+export function splitWrite(w: FencedWrite): FencedWrite[] {
+  const unit = SPLITS[w.cmd]
+  // A ZADD with flags (NX, LT, ...) in front is left whole: its pairs do not start at 0.
+  if (unit === undefined || w.args.length <= MAX_ARGS_PER_WRITE || w.args.length % unit !== 0) return [w]
+  if (w.cmd === 'ZADD' && !Number.isFinite(Number(w.args[0]))) return [w]
+  const out: FencedWrite[] = []
+  const step = MAX_ARGS_PER_WRITE - (MAX_ARGS_PER_WRITE % unit)
+  for (let i = 0; i < w.args.length; i += step) out.push({ ...w, args: w.args.slice(i, i + step) })
+  return out
+}
 
 /**
  * The write capability of one leadership term. Handed to every leader duty;
@@ -82,12 +105,26 @@ export class LeaderFence {
    * `MAX_WRITES_PER_BATCH` writes is one script: no other client's command runs
    * inside it, and a command the script refuses refuses the whole batch, but a
    * write Redis itself fails (e.g. WRONGTYPE on a hand-written key) leaves the
-   * batch's earlier writes applied, as any Redis script does.
+   * batch's earlier writes applied, as any Redis script does. A ZREM, HDEL,
+   * HSET or ZADD of more than MAX_ARGS_PER_WRITE values goes as several
+   * commands (see splitWrite), which may land in different batches; the
+   * replies are one per command sent.
    */
   async write(writes: readonly FencedWrite[]): Promise<unknown[]> {
     const out: unknown[] = []
-    for (let i = 0; i < writes.length; i += MAX_WRITES_PER_BATCH) {
-      const batch = writes.slice(i, i + MAX_WRITES_PER_BATCH)
+    const batches: FencedWrite[][] = []
+    let args = 0
+    for (const w of writes.flatMap(splitWrite)) {
+      const last = batches.at(-1)
+      if (!last || last.length >= MAX_WRITES_PER_BATCH || args + w.args.length > MAX_ARGS_PER_BATCH) {
+        batches.push([w])
+        args = w.args.length
+      } else {
+        last.push(w)
+        args += w.args.length
+      }
+    }
+    for (const batch of batches) {
       const keys = [this.keys.leaderTerm()]
       const index = new Map<string, number>()
       const encoded = batch.map((w) => {

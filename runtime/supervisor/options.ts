@@ -1,6 +1,7 @@
 // Supervisor settings: options override `TROUPE_SUPERVISOR_*` environment
 // variables, which override the defaults. Validated once, with errors that name
 // the setting.
+import { MAX_TIMER_MS } from '../config.ts'
 import { TroupeError } from '../errors.ts'
 import type { DutyOptions } from './duties.ts'
 
@@ -53,15 +54,17 @@ function envNum(name: string): number | undefined {
   return v
 }
 
-function positive(v: number, what: string, min = 1): number {
+function positive(v: number, what: string, min = 1, max = Number.MAX_SAFE_INTEGER): number {
   if (!Number.isFinite(v) || v < min) throw new TroupeError('config', `supervisor ${what} must be at least ${min}, got ${v}`)
+  // Past Node's timer limit a timer fires after 1 ms: a 30-day tick ran every duty in a tight loop.
+  if (v > max) throw new TroupeError('config', `supervisor ${what} must be at most ${max}, got ${v}`)
   return Math.round(v)
 }
 
 /** Fills in defaults and validates; throws TroupeError('config') on a bad value. */
 export function resolveSupervisorOptions(o: SupervisorOptions = {}): ResolvedSupervisorOptions {
-  const leaseMs = positive(o.leaseMs ?? envNum('TROUPE_SUPERVISOR_LEASE_MS') ?? 10_000, 'leaseMs', 500)
-  const tickMs = positive(o.tickMs ?? envNum('TROUPE_SUPERVISOR_TICK_MS') ?? 2000, 'tickMs', 50)
+  const leaseMs = positive(o.leaseMs ?? envNum('TROUPE_SUPERVISOR_LEASE_MS') ?? 10_000, 'leaseMs', 500, MAX_TIMER_MS)
+  const tickMs = positive(o.tickMs ?? envNum('TROUPE_SUPERVISOR_TICK_MS') ?? 2000, 'tickMs', 50, MAX_TIMER_MS)
   const deadAfterMissed = positive(o.deadAfterMissed ?? 3, 'deadAfterMissed')
   if (deadAfterMissed > 4) throw new TroupeError('config', 'supervisor deadAfterMissed must be at most 4: health records expire after 5 missed heartbeats')
   const keepDeadMs = positive(o.keepDeadMs ?? 3_600_000, 'keepDeadMs', 1000)
@@ -71,10 +74,10 @@ export function resolveSupervisorOptions(o: SupervisorOptions = {}): ResolvedSup
   return {
     leaseMs,
     tickMs,
-    retryMs: positive(o.retryMs ?? Math.max(50, Math.floor(leaseMs / 5)), 'retryMs', 10),
+    retryMs: positive(o.retryMs ?? Math.max(50, Math.floor(leaseMs / 5)), 'retryMs', 10, MAX_TIMER_MS),
     deadAfterMissed,
     keepDeadMs,
-    stuckAfterMs: positive(o.stuckAfterMs ?? envNum('TROUPE_SUPERVISOR_STUCK_MS') ?? 60_000, 'stuckAfterMs', 100),
+    stuckAfterMs: positive(o.stuckAfterMs ?? envNum('TROUPE_SUPERVISOR_STUCK_MS') ?? 60_000, 'stuckAfterMs', 100, MAX_TIMER_MS),
     failingActivations: positive(o.failingActivations ?? 3, 'failingActivations'),
     deadlineBatch: positive(o.deadlineBatch ?? 100, 'deadlineBatch'),
     // A claimed deadline comes back after this if its leader died mid-way.

@@ -103,6 +103,9 @@ export function buildRollup(input: {
     for (const [a, n] of Object.entries(s.active)) active[a] = (active[a] ?? 0) + n
   }
   const sweep = input.sweep
+  // Counts over the sweep's window, which is sweepWindowMs (60 s unless set): per minute whatever it is.
+  const perMin = sweep && sweep.startedAt > sweep.windowStart ? 60_000 / (sweep.startedAt - sweep.windowStart) : 1
+  const rate = (n: number | undefined): number => Math.round((n ?? 0) * perMin * 100) / 100
   const names = new Set([...input.queues.keys(), ...Object.keys(active), ...Object.keys(sweep?.deadLetters ?? {}), ...Object.keys(sweep?.completed ?? {}), ...Object.keys(sweep?.failed ?? {})])
   const agents: Record<string, AgentFigures> = {}
   for (const a of [...names].sort()) {
@@ -116,8 +119,8 @@ export function buildRollup(input: {
       active: active[a] ?? 0,
       stuck: st ? st.unpicked + st.failing : 0,
       deadLetters: sweep?.deadLetters[a] ?? 0,
-      completedPerMin: sweep?.completed[a] ?? 0,
-      failedPerMin: sweep?.failed[a] ?? 0,
+      completedPerMin: rate(sweep?.completed[a]),
+      failedPerMin: rate(sweep?.failed[a]),
     }
   }
   return {
@@ -149,6 +152,24 @@ export function rollupWrites(keys: Keys, r: Rollup, ttlMs: number): FencedWrite[
     at: r.at, term: r.term, leader: r.leader, deadLetters: r.deadLettersTotal, sweepAt: r.sweepAt, windowStart: r.windowStart,
   }, ttlMs))
   return writes
+}
+
+/**
+ * The sweep figures a rollup was built from, as far as it kept them: what a new
+ * leader reports until its own first sweep completes. Without them a takeover
+ * wrote zero dead letters and zero actions per minute (and dropped the
+ * workflow counts) for as long as a sweep of the whole keyspace takes.
+ */
+export function sweepFromRollup(r: Rollup): SweepFigures | null {
+  if (r.sweepAt <= 0) return null
+  const windowMs = r.sweepAt > r.windowStart ? r.sweepAt - r.windowStart : 60_000
+  const pick = (f: (a: AgentFigures) => number, scale = 1): Record<string, number> =>
+    Object.fromEntries(Object.entries(r.agents).filter(([, a]) => f(a) > 0).map(([name, a]) => [name, f(a) * scale]))
+  return {
+    startedAt: r.sweepAt, finishedAt: r.sweepAt, windowStart: r.windowStart, workflows: { ...r.workflows },
+    deadLetters: pick((a) => a.deadLetters), completed: pick((a) => a.completedPerMin, windowMs / 60_000), failed: pick((a) => a.failedPerMin, windowMs / 60_000),
+    agents: Object.keys(r.agents), repairs: 0, truncated: false,
+  }
 }
 
 /** Reads the last rollup back (for `troupe status`), or null when none is live. */

@@ -9,7 +9,7 @@
 // the actor lock and fence still decide who delivers, so this never double-delivers.
 import type { RedisClient } from '../redis/connection.ts'
 import type { Keys } from '../redis/keys.ts'
-import type { FencedWrite, LeaderFence } from './fence.ts'
+import { runSupervisorScript, type FencedWrite, type LeaderFence } from './fence.ts'
 import { serverNow } from './queues.ts'
 
 /** Figures of one complete sweep. */
@@ -258,21 +258,15 @@ export class WorkflowSweep {
   }
 
   private async countDead(dead: { wf: string; ids: string[] }[], fig: SweepFigures): Promise<void> {
-    const p = this.redis.pipeline()
-    for (const d of dead) p.hmget(this.keys.actions(d.wf), ...d.ids)
-    const r = ((await p.exec()) ?? []) as Reply[]
+    // Only the agent names come back (dead_agents.lua): an HMGET of the records
+    // carried every payload of the batch's dead letters in one reply.
+    const agents = await Promise.all(dead.map((d) => runSupervisorScript(this.redis, 'dead_agents', [this.keys.actions(d.wf)], d.ids).catch(() => null)))
     dead.forEach((d, i) => {
-      const [err, recs] = r[i] ?? [null, []]
+      const names = agents[i]
       d.ids.forEach((_, j) => {
-        let agent = '?'
-        const raw = err ? null : ((recs as (string | null)[])[j] ?? null)
-        try {
-          const rec = raw ? (JSON.parse(raw) as { agent?: unknown }) : null
-          if (typeof rec?.agent === 'string') agent = rec.agent
-        } catch {
-          // Counted under '?': the dead letter exists even if its record is unreadable.
-        }
-        inc(fig.deadLetters, agent)
+        const a: unknown = Array.isArray(names) ? names[j] : undefined
+        // Counted under '?' when unreadable: the dead letter exists all the same.
+        inc(fig.deadLetters, typeof a === 'string' && a !== '' ? a : '?')
       })
     })
   }

@@ -1,9 +1,14 @@
 // Deadlines with three supervisor processes racing (and the leader killed while
 // more deadlines pass): each passed deadline fails its workflow exactly once,
 // aborts its running action and drops what was queued; workflows that finish in
-// time are left alone.
+// time are left alone, and their entries go as they end, so a backlog of them
+// never holds up a deadline that really passed.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { TroupeClient, type StreamedEvent } from '../../runtime/index.ts'
+import { startRuntime, TroupeClient, type StreamedEvent } from '../../runtime/index.ts'
+import { createLogger } from '../../runtime/log.ts'
+import { deadlineDuty } from '../../runtime/supervisor/deadlines.ts'
+import { LeaderFence } from '../../runtime/supervisor/fence.ts'
+import { napper } from '../fixtures/supervisor-agents.ts'
 import { eventually, testConfig } from '../helpers/redis.ts'
 import { until, spawnSupervisor, spawnWorker, stopAll, SystemEvents, type Child } from './helpers.ts'
 
@@ -114,5 +119,48 @@ describe('deadlines', () => {
     const { workflowId: wf } = await client.startWorkflow({ agent: 'napper', type: 'nap', payload: { ms: 8000, end: true }, deadlineMs: 1500 })
     await client.redis.zrem(client.keys.deadlines(), wf)
     await expectFailedOnce(wf)
+  })
+
+  it('drops the entry of a workflow as it ends, and a backlog of ended entries does not hold up a passed deadline', async () => {
+    // A namespace of its own: no supervisor of the tests above may claim these entries.
+    const own = testConfig({ lockTtlMs: 2000 })
+    const c = TroupeClient.connect(own)
+    const rt = await startRuntime({ agents: [napper], config: own, metricsPort: false })
+    try {
+      const { workflowId: done } = await c.startWorkflow({ agent: 'napper', type: 'nap', payload: { ms: 10, end: true }, deadlineMs: 600_000 })
+      const { workflowId: cancelled } = await c.startWorkflow({ agent: 'napper', type: 'nap', payload: { ms: 60_000 }, deadlineMs: 600_000 })
+      await eventually(async () => (await c.getStatus(done))?.status === 'completed', 10_000, 'the quick workflow done')
+      await eventually(async () => (await c.redis.zscore(c.keys.deadlines(), done)) === null, 5000, 'its entry dropped as it ended')
+      expect(await c.redis.zscore(c.keys.deadlines(), cancelled)).not.toBeNull()
+      await c.cancelWorkflow(cancelled)
+      expect(await c.redis.zscore(c.keys.deadlines(), cancelled)).toBeNull()
+    } finally {
+      await rt.stop()
+    }
+    try {
+      // Entries of workflows that ended without removing them (as before this
+      // change, or a process that died right after the end), due before a
+      // workflow whose deadline really passed (its agent's runtime is stopped).
+      const { workflowId: overdue } = await c.startWorkflow({ agent: 'napper', type: 'nap', payload: { ms: 10 }, deadlineMs: 1 })
+      const due = Number(await c.redis.zscore(c.keys.deadlines(), overdue))
+      const ended = Array.from({ length: 250 }, (_, i) => `ended-${i}-${Date.now().toString(36)}`)
+      const p = c.redis.pipeline()
+      for (const [i, wf] of ended.entries()) {
+        p.hset(c.keys.status(wf), 'status', 'completed').pexpire(c.keys.status(wf), 60_000)
+        p.zadd(c.keys.deadlines(), due - 1000 + i, wf)
+      }
+      await p.exec()
+      await new Promise((r) => setTimeout(r, 20))
+      await c.redis.set(c.keys.leaderTerm(), '3')
+      const fence = new LeaderFence(c.redis, c.keys, 'test', 3)
+      // One tick's call, with the default batch.
+      const out = await deadlineDuty(fence, c, { batch: 100, leaseMs: 5000 }, createLogger('test', 'error'))
+      expect(out.filter((o) => o.result === 'ended').length).toBe(250)
+      expect(out.filter((o) => o.result === 'fired').map((o) => o.wf)).toEqual([overdue])
+      expect((await c.getStatus(overdue))?.status).toBe('failed')
+      expect(await c.redis.zcard(c.keys.deadlines())).toBe(0)
+    } finally {
+      await c.close()
+    }
   })
 })

@@ -24,6 +24,22 @@ afterAll(async () => {
 })
 
 describe('leader fence', () => {
+  it('writes a command with more members than a script can unpack, as several of the same effect', async () => {
+    await raw.set(keys.leaderTerm(), '9')
+    const fence = new LeaderFence(redis, keys, 'big', 9)
+    const key = keys.services()
+    // A fleet of short-lived workers leaves this many ids to forget at once.
+    const ids = Array.from({ length: 12_000 }, (_, i) => `svc-${i}`)
+    await fence.write([{ cmd: 'ZADD', key, args: ids.flatMap((id, i) => [i, id]) }])
+    expect(await raw.zcard(key)).toBe(12_000)
+    await fence.write([{ cmd: 'ZREM', key, args: ids.slice(0, 11_000) }])
+    expect(await raw.zrange(key, '0', '-1')).toEqual(ids.slice(11_000))
+    const h = keys.systemMetrics('wide')
+    await fence.write([{ cmd: 'HSET', key: h, args: ids.flatMap((id) => [id, '1']) }, { cmd: 'HDEL', key: h, args: ids.slice(1) }])
+    expect(await raw.hgetall(h)).toEqual({ 'svc-0': '1' })
+    await raw.del(key, h)
+  })
+
   it('refuses every write of a term that is over', async () => {
     await raw.set(keys.leaderTerm(), '7')
     const stale = new LeaderFence(redis, keys, 'old', 6)

@@ -5,7 +5,13 @@ import type { Redis } from 'ioredis'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { supervisorService, type SupervisorService } from '../../agents/supervisor.ts'
 import { startRuntime, TroupeClient, type Runtime } from '../../runtime/index.ts'
-import { readRollup, type AgentFigures } from '../../runtime/supervisor/rollups.ts'
+import { Registry } from 'prom-client'
+import { createLogger } from '../../runtime/log.ts'
+import { LeaderDuties } from '../../runtime/supervisor/duties.ts'
+import { LeaderFence } from '../../runtime/supervisor/fence.ts'
+import { SupervisorMetrics } from '../../runtime/supervisor/metrics.ts'
+import { resolveSupervisorOptions } from '../../runtime/supervisor/options.ts'
+import { buildRollup, readRollup, rollupWrites, type AgentFigures } from '../../runtime/supervisor/rollups.ts'
 import { mixer } from '../fixtures/supervisor-agents.ts'
 import { eventually, rawRedis, testConfig } from '../helpers/redis.ts'
 import { SystemEvents, until } from './helpers.ts'
@@ -219,5 +225,36 @@ describe('rollups', () => {
     expect(body[0]?.labels).toMatchObject({ service_id: rt.serviceId, roles: 'worker,supervisor', agents: 'mixer', __metrics_path__: '/metrics' })
     expect(await redis.hget(client.keys.health(rt.serviceId), 'sdUrl')).toBe(sup.sdUrl)
     expect(await redis.hget(client.keys.leaderInfo(), 'sdUrl')).toBe(sup.sdUrl)
+  })
+
+  it('a new leader reports the last sweep figures until its own first sweep completes, per minute whatever the window', async () => {
+    const own = testConfig()
+    const c = TroupeClient.connect(own)
+    try {
+      const keys = c.keys
+      const opts = resolveSupervisorOptions({ sweepWindowMs: 120_000 })
+      const now = Date.now()
+      const fleet = { now, services: [], problems: [], indexed: new Map<string, number>(), oldest: new Map<string, number>() }
+      // The previous leader's last sweep: a two-minute window with 120 completed actions is 60 a minute.
+      const sweep = { startedAt: now - 5000, finishedAt: now - 4000, windowStart: now - 125_000, workflows: { completed: 7, running: 2 }, deadLetters: { ag: 3 }, completed: { ag: 120 }, failed: { ag: 12 }, agents: ['ag'], repairs: 0, truncated: false }
+      await c.redis.set(keys.leaderTerm(), '4')
+      const before = buildRollup({ at: now, term: 4, leader: 'old', fleet, queues: new Map(), stuck: new Map(), sweep, persistence: { length: 0, pending: 0, lag: 0, group: false } })
+      expect(before.agents.ag?.completedPerMin).toBe(60)
+      expect(before.agents.ag?.failedPerMin).toBe(6)
+      await new LeaderFence(c.redis, keys, 'old', 4).write(rollupWrites(keys, before, opts.rollupTtlMs))
+
+      // Taken over; the new leader's sweep gets no SCAN call this tick, as on a keyspace too big for one.
+      await c.redis.set(keys.leaderTerm(), '5')
+      const deps = { redis: c.redis, keys, client: c, log: createLogger('test', 'error'), metrics: new SupervisorMetrics(new Registry()) }
+      const report = await new LeaderDuties(deps, new LeaderFence(c.redis, keys, 'new', 5), { ...opts, sweepBudget: 0 }).tick()
+      expect(report.errors).toEqual([])
+      const after = await readRollup(c.redis, keys)
+      expect(after?.term).toBe(5)
+      expect(after?.agents.ag).toMatchObject({ deadLetters: 3, completedPerMin: 60, failedPerMin: 6 })
+      expect(after?.workflows).toEqual({ completed: 7, running: 2 })
+      expect(after?.deadLettersTotal).toBe(3)
+    } finally {
+      await c.close()
+    }
   })
 })

@@ -12,6 +12,8 @@ import { clusterSeeds } from '../../runtime/redis/connection.ts'
 import { logLevelFromEnv } from '../../runtime/log.ts'
 import { isDataError, isPoolError } from '../../runtime/persister/neo4j.ts'
 import { isLastStreamId } from '../../runtime/events.ts'
+import { resolveSupervisorOptions } from '../../runtime/supervisor/options.ts'
+import { splitWrite } from '../../runtime/supervisor/fence.ts'
 
 describe('backoffDelay', () => {
   const p = { initialMs: 100, maxMs: 1000, factor: 2, jitter: 0.5 }
@@ -289,5 +291,27 @@ describe('gcTuningFromEnv', () => {
     expect(gcTuningFromEnv(' OFF ')).toBe(false)
     expect(gcTuningFromEnv('0')).toBe(false)
     for (const bad of ['maybe', 'of', '2']) expect(() => gcTuningFromEnv(bad)).toThrow(/TROUPE_GC_TUNING/)
+  })
+})
+
+describe('supervisor options and fenced writes', () => {
+  it('refuses intervals past Node\'s timer limit, which would fire after 1 ms', () => {
+    expect(() => resolveSupervisorOptions({ tickMs: 3_000_000_000 })).toThrow(/tickMs must be at most 2147483647/)
+    expect(() => resolveSupervisorOptions({ leaseMs: 2 ** 31 })).toThrow(/leaseMs must be at most/)
+    expect(() => resolveSupervisorOptions({ stuckAfterMs: 2 ** 31 })).toThrow(/stuckAfterMs must be at most/)
+    expect(resolveSupervisorOptions({ tickMs: 2 ** 31 - 1, leaseMs: 2 ** 31 - 1 }).tickMs).toBe(2 ** 31 - 1)
+  })
+
+  it('splits a long member list into commands of the same effect, pairs kept together, flagged ZADDs whole', () => {
+    const ids = Array.from({ length: 2500 }, (_, i) => `m${i}`)
+    const rem = splitWrite({ cmd: 'ZREM', key: 'k', args: ids })
+    expect(rem.map((w) => w.args.length)).toEqual([1000, 1000, 500])
+    expect(rem.flatMap((w) => w.args)).toEqual(ids)
+    const pairs = ids.flatMap((id, i) => [i, id])
+    const add = splitWrite({ cmd: 'ZADD', key: 'k', args: pairs })
+    expect(add.every((w) => w.args.length % 2 === 0 && w.args.length <= 1000)).toBe(true)
+    expect(add.flatMap((w) => w.args)).toEqual(pairs)
+    expect(splitWrite({ cmd: 'ZADD', key: 'k', args: ['NX', ...pairs] })).toHaveLength(1)
+    expect(splitWrite({ cmd: 'PUBLISH', args: ['ch', 'x'.repeat(5000)] })).toHaveLength(1)
   })
 })
