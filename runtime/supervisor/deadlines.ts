@@ -67,9 +67,13 @@ async function deadlinePass(fence: LeaderFence, client: TroupeClient, opts: Dead
     try {
       // The entry names a workflow id, and an id can be started again once the
       // first workflow's keys expired: the status says which deadline is live.
-      const [status, deadline] = await client.redis.hmget(client.keys.status(wf), 'status', 'deadline')
+      const [status, deadline, error] = await client.redis.hmget(client.keys.status(wf), 'status', 'deadline', 'error')
       const at = Number(deadline)
       if (status === null) result = 'missing'
+      else if (status === 'failed' && error === 'deadline') {
+        result = 'ended'
+        await abortAgain(client, wf)
+      }
       // Ended by its own agents or a cancel before the deadline: nothing to enforce
       // (their entries are removed as they end, but one may have been missed).
       else if (TERMINAL_STATUSES.has(status as WorkflowStatusValue)) result = 'ended'
@@ -80,7 +84,12 @@ async function deadlinePass(fence: LeaderFence, client: TroupeClient, opts: Dead
         later.push({ wf, at })
       } else dropped = (await client.cancelWorkflow(wf, 'deadline', 'failed')).dropped
     } catch (err) {
-      if (err instanceof TroupeError && err.code === 'workflow_ended') result = 'ended'
+      if (err instanceof TroupeError && err.code === 'workflow_ended') {
+        result = 'ended'
+        // Our own cancel may be what ended it: run, its reply lost, and answered
+        // "ended" when ioredis sent it again after the reconnect.
+        if ((await client.redis.hget(client.keys.status(wf), 'error').catch(() => null)) === 'deadline') await abortAgain(client, wf).catch(() => undefined)
+      }
       else if (err instanceof TroupeError && (err.code === 'workflow_not_found' || err.code === 'bad_id')) result = 'missing'
       else {
         result = 'error'
@@ -97,4 +106,15 @@ async function deadlinePass(fence: LeaderFence, client: TroupeClient, opts: Dead
   if (done.length > 0) await fence.write([{ cmd: 'ZREM', key: fence.keys.deadlines(), args: done }])
   if (later.length > 0) await fence.write([{ cmd: 'ZADD', key: fence.keys.deadlines(), args: later.flatMap((l) => [l.at, l.wf]) }])
   return { claimed: claimed.length, outcomes: out }
+}
+
+/**
+ * Publishes the abort of a workflow a deadline failed. The cancel that failed
+ * it publishes its abort only after the cancel script: one whose reply was lost,
+ * or whose follow-up writes failed, left the actions still running to run on
+ * past the deadline. Runtimes abort what they run of an ended workflow, so a
+ * repeat is harmless.
+ */
+async function abortAgain(client: TroupeClient, wf: string): Promise<void> {
+  await client.redis.publish(client.keys.control(), JSON.stringify({ op: 'abort', wf, reason: 'deadline' }))
 }

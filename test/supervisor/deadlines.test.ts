@@ -10,6 +10,7 @@ import { deadlineDuty } from '../../runtime/supervisor/deadlines.ts'
 import { LeaderFence } from '../../runtime/supervisor/fence.ts'
 import { napper } from '../fixtures/supervisor-agents.ts'
 import { eventually, testConfig } from '../helpers/redis.ts'
+import { startReplyCutter } from '../helpers/reply-cutter.ts'
 import { until, spawnSupervisor, spawnWorker, stopAll, SystemEvents, type Child } from './helpers.ts'
 
 const cfg = testConfig({ lockTtlMs: 2000 })
@@ -160,6 +161,36 @@ describe('deadlines', () => {
       expect((await c.getStatus(overdue))?.status).toBe('failed')
       expect(await c.redis.zcard(c.keys.deadlines())).toBe(0)
     } finally {
+      await c.close()
+    }
+  })
+
+  it('aborts the running action when its deadline cancel ran but the reply was lost', async () => {
+    const own = testConfig({ lockTtlMs: 2000 })
+    const c = TroupeClient.connect(own)
+    const rt = await startRuntime({ agents: [napper], config: own, metricsPort: false })
+    // The leader's client reaches Redis through a proxy that loses one reply.
+    const proxy = await startReplyCutter(own.redisUrl)
+    const viaProxy = TroupeClient.connect(testConfig({ namespace: own.namespace, redisUrl: proxy.url }))
+    try {
+      const { workflowId: wf } = await c.startWorkflow({ agent: 'napper', type: 'nap', payload: { ms: 60_000 }, deadlineMs: 500 })
+      await eventually(async () => (await c.redis.exists(c.keys.lock(wf, 'napper'))) === 1, 10_000, 'the nap running')
+      await eventually(async () => Number(await c.redis.zscore(c.keys.deadlines(), wf)) < Date.now(), 5000, 'the deadline passed')
+      await viaProxy.redis.set(viaProxy.keys.leaderTerm(), '2')
+      const fence = new LeaderFence(viaProxy.redis, viaProxy.keys, 'test', 2)
+      // The cancel script runs; its reply is lost; ioredis sends it again after
+      // reconnecting, and the second run answers that the workflow has ended.
+      const cut = proxy.cutReplyOf((args) => args[0]?.toLowerCase() === 'evalsha' && args.includes(wf) && args.includes('deadline'))
+      const out = await deadlineDuty(fence, viaProxy, { batch: 100, leaseMs: 5000 }, createLogger('test', 'error'))
+      await cut
+      expect(out.map((o) => [o.wf, o.result])).toEqual([[wf, 'ended']])
+      expect((await c.getStatus(wf))?.status).toBe('failed')
+      // Aborted, not left to nap out its minute.
+      await eventually(async () => (await c.redis.exists(c.keys.lock(wf, 'napper'))) === 0, 8000, 'the running nap aborted')
+    } finally {
+      await viaProxy.close()
+      await proxy.close()
+      await rt.stop()
       await c.close()
     }
   })
