@@ -245,7 +245,17 @@ export class TroupeClient {
     assertWorkflowId(wf)
     // The script finds the agents itself (see cancel.lua): the last two keys are templates.
     const keys = [this.keys.status(wf), this.keys.actions(wf), this.keys.events(wf), this.keys.seq(wf), this.keys.dead(wf), this.keys.mailbox(wf, ''), this.keys.actor(wf, '')]
-    const r = (await runScript(this.redis, 'cancel', keys, [wf, final, reason, nanoid(), this.keys.channel(wf), effectiveMaxLen(this.cfg), effectiveRetention(this.cfg)])) as unknown[]
+    let r: unknown[]
+    try {
+      r = (await runScript(this.redis, 'cancel', keys, [wf, final, reason, nanoid(), this.keys.channel(wf), effectiveMaxLen(this.cfg), effectiveRetention(this.cfg)])) as unknown[]
+    } catch (err) {
+      // "Already ended" may answer our own cancel: run, its reply lost, and sent
+      // again by ioredis after the reconnect. Its abort must still go out, or
+      // the actions it meant to stop run on; for a workflow that did end
+      // earlier an abort stops nothing that should run.
+      if (err instanceof TroupeError && err.code === 'workflow_ended') await this.redis.publish(this.keys.control(), JSON.stringify({ op: 'abort', wf, reason })).catch(() => undefined)
+      throw err
+    }
     await writeFollowUps(this.ctx, [], [{ wf, first: String(r[1]), last: String(r[1]) }])
     await this.redis.publish(this.keys.control(), JSON.stringify({ op: 'abort', wf, reason }))
     // Enforced now: the supervisor need not look at its deadline entry again (see activation.ts).

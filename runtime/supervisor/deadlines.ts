@@ -84,12 +84,8 @@ async function deadlinePass(fence: LeaderFence, client: TroupeClient, opts: Dead
         later.push({ wf, at })
       } else dropped = (await client.cancelWorkflow(wf, 'deadline', 'failed')).dropped
     } catch (err) {
-      if (err instanceof TroupeError && err.code === 'workflow_ended') {
-        result = 'ended'
-        // Our own cancel may be what ended it: run, its reply lost, and answered
-        // "ended" when ioredis sent it again after the reconnect.
-        if ((await client.redis.hget(client.keys.status(wf), 'error').catch(() => null)) === 'deadline') await abortAgain(client, wf).catch(() => undefined)
-      }
+      // cancelWorkflow publishes the abort on "ended" too: it may answer our own cancel, run with its reply lost.
+      if (err instanceof TroupeError && err.code === 'workflow_ended') result = 'ended'
       else if (err instanceof TroupeError && (err.code === 'workflow_not_found' || err.code === 'bad_id')) result = 'missing'
       else {
         result = 'error'
