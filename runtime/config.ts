@@ -37,13 +37,35 @@ function persistenceFromEnv(raw: string | undefined): boolean {
   throw new TroupeError('config', `TROUPE_PERSISTENCE=${JSON.stringify(raw)} must be on or off`)
 }
 
-/** `url` with its password, if any, replaced by *** (for messages and logs). */
+/**
+ * `url` with its secrets replaced by *** (for messages and logs): the password
+ * (everything from the user name to the last @) and `password=` query values.
+ */
 export function redactUrl(url: string): string {
-  // Up to the last @ before the path, as WHATWG URL (and so ioredis) reads a password with an @ in it.
-  return url.replace(/^([a-z+]+:\/\/)([^/?#]*)@/i, (_, scheme: string, auth: string) => {
-    const colon = auth.indexOf(':')
-    return `${scheme}${colon < 0 ? '***' : `${auth.slice(0, colon)}:***`}@`
-  })
+  const masked: boolean[] = Array.from({ length: url.length }, () => false)
+  const mask = (from: number, to: number): void => {
+    for (let i = from; i < to; i++) masked[i] = true
+  }
+  // The whole of it up to the last @, whatever it holds: a password with an
+  // unencoded / ? # in it ends the authority for a URL parser, yet it is still
+  // the password the user typed, and a URL given without a scheme has one too.
+  const at = url.lastIndexOf('@')
+  if (at >= 0) {
+    const start = /^[a-z][a-z0-9+.-]*:\/\//i.exec(url)?.[0].length ?? 0
+    const colon = url.indexOf(':', start)
+    // The user name stays, as a clue to which account, unless it cannot be one.
+    const keepUser = colon >= 0 && colon < at && !/[/?#]/.test(url.slice(start, colon))
+    mask(keepUser ? colon + 1 : start, at)
+  }
+  // Both on the original text: a query password may hold an @, and a userinfo
+  // password may hold "?password=".
+  for (const m of url.matchAll(/[?&;]password=([^&#]*)/gi)) mask((m.index ?? 0) + m[0].length - (m[1] ?? '').length, (m.index ?? 0) + m[0].length)
+  let out = ''
+  for (let i = 0; i < url.length; i++) {
+    if (!masked[i]) out += url[i] ?? ''
+    else if (!masked[i - 1]) out += '***'
+  }
+  return out
 }
 
 /** Longest delay Node's timers keep (2^31 - 1 ms, about 24.8 days): a longer one fires after 1 ms. */

@@ -3,7 +3,7 @@
 import { readFileSync } from 'node:fs'
 import { parseArgs, type ParseArgsConfig } from 'node:util'
 import { TroupeError } from '../errors.ts'
-import { MAX_TIMER_MS } from '../config.ts'
+import { MAX_TIMER_MS, redactUrl } from '../config.ts'
 import { startRuntime, type HostedService, type Runtime } from '../runtime.ts'
 
 /** Exit codes of every command. */
@@ -36,12 +36,43 @@ export function parse<O extends NonNullable<ParseArgsConfig['options']>>(argv: s
   }
 }
 
-/** Config overrides from `--redis` and `--namespace`. */
+/** Config overrides from `--redis` and `--namespace`; refuses a Redis URL that cannot be read as meant. */
 export function configFlags(values: { redis?: string | boolean; namespace?: string | boolean }): { redisUrl?: string; namespace?: string } {
   const out: { redisUrl?: string; namespace?: string } = {}
   if (typeof values.redis === 'string') out.redisUrl = values.redis
+  checkRedisUrl(out.redisUrl ?? process.env.REDIS_URL)
   if (typeof values.namespace === 'string') out.namespace = values.namespace
   return out
+}
+
+/**
+ * Refuses a Redis URL whose password holds an unencoded / ? or #: a URL parser
+ * ends the host there, so it failed with a bare "Invalid URL" (no hint which
+ * part, or what to do) or took part of the password for a host or a database.
+ * Likewise a % that is no escape, which failed with "URI malformed".
+ * Without a redis scheme the config's own check says what is wrong.
+ */
+export function checkRedisUrl(url: string | undefined): void {
+  if (url === undefined || !/^rediss?(\+cluster)?:\/\//i.test(url)) return
+  const at = url.lastIndexOf('@')
+  const userinfo = at < 0 ? '' : url.slice(url.indexOf('//') + 2, at)
+  let readable = !/[/?#]/.test(userinfo)
+  try {
+    // A % that starts no %XX: the client's decoding threw "URI malformed".
+    decodeURIComponent(userinfo)
+  } catch {
+    readable = false
+  }
+  if (readable && !/\+cluster:/i.test(url)) {
+    try {
+      new URL(url)
+    } catch {
+      readable = false
+    }
+  }
+  if (!readable) {
+    throw new TroupeError('config', `cannot parse the Redis URL ${JSON.stringify(redactUrl(url))} (REDIS_URL or --redis): percent-encode special characters in the password (/ as %2F, ? as %3F, # as %23, @ as %40, % as %25)`)
+  }
 }
 
 /** Parses `--payload` text: JSON, or `@file.json`. */
@@ -88,15 +119,16 @@ export function reportError(err: unknown, usage?: string): number {
 /** Parses a port flag; undefined when absent. */
 export function portFlag(text: string | undefined, name: string): number | undefined {
   if (text === undefined) return undefined
-  const p = Number(text)
-  if (!Number.isInteger(p) || p < 0 || p > 65535) throw new UsageError(`${name} must be a port number (0-65535)`)
+  // Digits only: Number('') and Number(' ') are 0, which would quietly mean "any free port".
+  const p = /^\d{1,5}$/.test(text) ? Number(text) : NaN
+  if (!(p >= 0 && p <= 65535)) throw new UsageError(`${name} must be a port number (0-65535), got ${JSON.stringify(text)}`)
   return p
 }
 
 /** The metrics server port: `--metrics-port`, else `TROUPE_METRICS_PORT`, else 0 (a free one). */
 export function metricsPortFlag(values: Record<string, string | boolean | undefined>): number {
-  const text = typeof values['metrics-port'] === 'string' ? values['metrics-port'] : process.env.TROUPE_METRICS_PORT
-  return portFlag(text, '--metrics-port') ?? 0
+  if (typeof values['metrics-port'] === 'string') return portFlag(values['metrics-port'], '--metrics-port') ?? 0
+  return portFlag(process.env.TROUPE_METRICS_PORT, 'TROUPE_METRICS_PORT') ?? 0
 }
 
 /**
@@ -105,6 +137,31 @@ export function metricsPortFlag(values: Record<string, string | boolean | undefi
  * process group, and forwarded by npm), as does a kill of the whole group.
  */
 export const SIGNAL_REPEAT_MS = 1000
+
+/**
+ * Calls `stop` at the first SIGINT (Ctrl-C) and returns the function that
+ * removes the handler. A repeat within SIGNAL_REPEAT_MS is the same Ctrl-C and
+ * is ignored (under npx a once-handler let the second copy kill the process
+ * with 130); a later one exits at once with 130, for a stop that hangs.
+ */
+export function onInterrupt(stop: () => void): () => void {
+  let firstAt = 0
+  const onInt = (): void => {
+    if (firstAt === 0) {
+      firstAt = Date.now()
+      return stop()
+    }
+    if (Date.now() - firstAt >= SIGNAL_REPEAT_MS) process.exit(EXIT.interrupted)
+  }
+  process.on('SIGINT', onInt)
+  return () => {
+    // The forwarded copy can arrive after the command is done: keep taking it
+    // for the rest of the window, without keeping the process alive for it.
+    const left = firstAt === 0 ? 0 : firstAt + SIGNAL_REPEAT_MS - Date.now()
+    if (left <= 0) process.off('SIGINT', onInt)
+    else setTimeout(() => process.off('SIGINT', onInt), left).unref()
+  }
+}
 
 /**
  * Serves until SIGTERM or SIGINT, then stops the runtime (draining it) and

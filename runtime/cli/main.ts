@@ -1,4 +1,5 @@
 // `troupe <command>`: dispatches to one module per command, loaded on demand.
+import { redactUrl } from '../config.ts'
 import { EXIT, reportError, type Command } from './common.ts'
 
 const COMMANDS: Record<string, () => Promise<{ command: Command }>> = {
@@ -27,22 +28,42 @@ const COMMON_HELP = `common options:
   -h, --help             this text`
 
 async function help(): Promise<string> {
-  const lines = ['usage: troupe <command> [options]', '', 'commands:']
+  const lines = ['usage: troupe <command> [options]   (options, --redis and --namespace too, go after the command)', '', 'commands:']
   for (const [name, load] of Object.entries(COMMANDS)) lines.push(`  ${name.padEnd(10)} ${(await load()).command.summary}`)
   lines.push('', "run 'troupe <command> --help' for a command's options.", 'environment: REDIS_URL, TROUPE_NAMESPACE (see docs/operations.md)')
   return lines.join('\n')
 }
 
+/** `arg` as it can be pasted back into a shell, a URL's password masked. */
+function shellWord(given: string): string {
+  const flag = /^--[\w-]+=/.exec(given)?.[0] ?? ''
+  const arg = given.includes('://') ? `${flag}${redactUrl(given.slice(flag.length))}` : given
+  return /^[\w./:=@,+%-]+$/.test(arg) ? arg : `'${arg.replaceAll("'", `'\\''`)}'`
+}
+
 /** Runs the CLI with `argv` (without node and script); resolves to the exit code. */
 export async function main(argv: string[]): Promise<number> {
   const [name, ...rest] = argv
-  if (!name || name === '--help' || name === '-h' || name === 'help') {
+  if (name === '--help' || name === '-h' || name === 'help') {
     process.stdout.write(`${await help()}\n`)
-    return name ? EXIT.ok : EXIT.usage
+    return EXIT.ok
+  }
+  // Without a command the help answers a mistake (exit 2): it goes where errors go.
+  if (!name) {
+    process.stderr.write(`${await help()}\n`)
+    return EXIT.usage
   }
   const load = COMMANDS[name]
   if (!load) {
-    process.stderr.write(`error: unknown command '${name}'\n\n${await help()}\n`)
+    let why = `unknown command '${name}'`
+    if (name.startsWith('-')) {
+      // Said with the user's own line put right, when the command is in it.
+      const at = rest.findIndex((a) => Object.hasOwn(COMMANDS, a))
+      why = at < 0
+        ? `${shellWord(name)} is an option: options go after the command (troupe <command> [options])`
+        : `${shellWord(name)} is an option: options go after the command, as in: troupe ${[...rest.slice(at), name, ...rest.slice(0, at)].map(shellWord).join(' ')}`
+    }
+    process.stderr.write(`error: ${why}\n\n${await help()}\n`)
     return EXIT.usage
   }
   const { command } = await load()

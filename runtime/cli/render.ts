@@ -5,8 +5,18 @@ import type { StreamedEvent } from '../types.ts'
 const useColor = process.stdout.isTTY && !process.env.NO_COLOR
 const paint = (code: number, s: string): string => (useColor ? `\x1b[${code}m${s}\x1b[0m` : s)
 
+/**
+ * `s` safe to print on a terminal: control characters other than tab and
+ * newline (C0, DEL, and C1, whose 0x9b starts a CSI sequence as ESC [ does)
+ * become visible escapes, so event text cannot move the cursor, clear the
+ * screen or retitle the window.
+ */
+export function printable(s: string): string {
+  return s.replace(/[\x00-\x08\x0b-\x1f\x7f-\x9f]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`)
+}
+
 function short(v: unknown, max = 100): string {
-  const s = typeof v === 'string' ? v : JSON.stringify(v) ?? ''
+  const s = printable(typeof v === 'string' ? v : JSON.stringify(v) ?? '')
   return s.length > max ? `${s.slice(0, max - 1)}…` : s
 }
 
@@ -18,16 +28,16 @@ export class EventRenderer {
 
   write(e: StreamedEvent): void {
     const ev = e.event
-    const agent = ev.metadata?.agent ?? ''
+    const agent = printable(String(ev.metadata?.agent ?? ''))
     if (ev.type === 'token') {
       if (!this.inTokens) this.out.write(`${paint(90, time(ev.metadata?.at))} ${paint(36, agent.padEnd(12))} `)
       this.inTokens = true
-      this.out.write(typeof ev.content === 'string' ? ev.content : short(ev.content))
+      this.out.write(typeof ev.content === 'string' ? printable(ev.content) : short(ev.content))
       return
     }
     if (this.inTokens) this.out.write('\n')
     this.inTokens = false
-    this.out.write(`${paint(90, time(ev.metadata?.at))} ${paint(36, agent.padEnd(12))} ${paint(colorOf(ev.type), ev.type.padEnd(20))} ${describe(ev.type, ev.content)}\n`)
+    this.out.write(`${paint(90, time(ev.metadata?.at))} ${paint(36, agent.padEnd(12))} ${paint(colorOf(ev.type), printable(String(ev.type)).padEnd(20))} ${describe(ev.type, ev.content)}\n`)
   }
 
   end(): void {

@@ -1,6 +1,7 @@
 // `troupe run <agent> <type>`: starts a workflow, optionally following its events.
 import { TroupeClient } from '../client.ts'
 import { waitReachable } from '../redis/connection.ts'
+import { MAX_DELAY_MS } from '../types.ts'
 import { configFlags, EXIT, parse, parseDuration, parsePayload, UsageError, type Command } from './common.ts'
 import { followToEnd } from './tail.ts'
 
@@ -29,6 +30,10 @@ export const command: Command = {
     const [agent, type, ...extra] = positionals
     if (!agent || !type || extra.length > 0) throw new UsageError('expected exactly <agent> <type>')
     const payload = parsePayload(values.payload)
+    // Checked before connecting, so a typo is a usage error at once rather than
+    // one that waits for (or is hidden behind) an unreachable Redis.
+    const deadlineMs = values.deadline === undefined ? undefined : parseDuration(values.deadline)
+    if (deadlineMs !== undefined && !(deadlineMs > 0 && deadlineMs <= MAX_DELAY_MS)) throw new UsageError('--deadline must be more than 0 and at most 3650d (ten years)')
     const client = TroupeClient.connect(configFlags(values))
     try {
       await waitReachable(client.redis, client.cfg.redisUrl)
@@ -36,7 +41,7 @@ export const command: Command = {
         agent, type, payload,
         ...(values.owner ? { owner: values.owner } : {}),
         ...(values.id ? { workflowId: values.id } : {}),
-        ...(values.deadline ? { deadlineMs: parseDuration(values.deadline) } : {}),
+        ...(deadlineMs !== undefined ? { deadlineMs } : {}),
       })
       if (values.json && !values.follow) process.stdout.write(`${JSON.stringify({ workflowId, actionId })}\n`)
       else if (!values.json) process.stdout.write(`${workflowId}\n`)

@@ -2,8 +2,9 @@
 import { TroupeClient } from '../client.ts'
 import { TroupeError } from '../errors.ts'
 import { waitReachable } from '../redis/connection.ts'
-import { configFlags, EXIT, parse, UsageError, type Command } from './common.ts'
+import { configFlags, EXIT, onInterrupt, parse, UsageError, type Command } from './common.ts'
 import { fleetStatus } from './fleet.ts'
+import { printable } from './render.ts'
 
 const usage = `usage: troupe status [<workflowId>] [--json] [--watch]
 
@@ -28,12 +29,11 @@ export const command: Command = {
       if (!wf) {
         // Ctrl-C ends a watch like the end of its output: exit 0, connections closed.
         const ctl = new AbortController()
-        const onInt = (): void => ctl.abort()
-        process.once('SIGINT', onInt)
+        const offInterrupt = onInterrupt(() => ctl.abort())
         try {
           return await fleetStatus(client, { json: values.json === true, watch: values.watch === true, signal: ctl.signal })
         } finally {
-          process.off('SIGINT', onInt)
+          offInterrupt()
         }
       }
       const st = await client.getStatus(wf)
@@ -55,7 +55,8 @@ export const command: Command = {
       }
       if (st.result !== undefined) lines.push(`  result: ${JSON.stringify(st.result).slice(0, 500)}`)
       if (dead.length) lines.push('  dead letters:', ...dead.map((d) => `    ${d.actionId} ${d.agent}/${d.type} after ${d.attempt} attempts: ${d.error}`))
-      process.stdout.write(`${lines.join('\n')}\n`)
+      // Errors, agent names and states come from agents' code and actions' senders.
+      process.stdout.write(`${lines.map(printable).join('\n')}\n`)
       return EXIT.ok
     } finally {
       await client.close()

@@ -4,7 +4,7 @@ import { TroupeError } from '../errors.ts'
 import { isStreamId } from '../events.ts'
 import { waitReachable } from '../redis/connection.ts'
 import { assertWorkflowId } from '../redis/keys.ts'
-import { configFlags, EXIT, parse, UsageError, type Command } from './common.ts'
+import { configFlags, EXIT, onInterrupt, parse, UsageError, type Command } from './common.ts'
 import { EventRenderer } from './render.ts'
 
 const usage = `usage: troupe tail <workflowId> [--after streamId] [--json]
@@ -16,8 +16,7 @@ until the workflow ends; exits 1 if it failed or was cancelled. Ctrl-C stops fol
 export async function followToEnd(client: TroupeClient, wf: string, after: string, json: boolean): Promise<number> {
   const renderer = new EventRenderer()
   const ctl = new AbortController()
-  const onInt = (): void => ctl.abort()
-  process.once('SIGINT', onInt)
+  const offInterrupt = onInterrupt(() => ctl.abort())
   let final = ''
   try {
     for await (const e of client.follow(wf, { after, untilEnd: true, signal: ctl.signal })) {
@@ -26,7 +25,7 @@ export async function followToEnd(client: TroupeClient, wf: string, after: strin
       if (e.event.type.startsWith('workflow.') && ['workflow.completed', 'workflow.failed', 'workflow.cancelled'].includes(e.event.type)) final = e.event.type
     }
   } finally {
-    process.off('SIGINT', onInt)
+    offInterrupt()
     renderer.end()
   }
   if (!final) {
