@@ -6,6 +6,7 @@ import type { TroupeClient } from '../client.ts'
 import { readFleet, type FleetProblem, type ServiceRecord } from '../supervisor/health.ts'
 import { knownAgents, readQueues, serverNow } from '../supervisor/queues.ts'
 import { readPersistence, readRollup, type PersistenceBacklog } from '../supervisor/rollups.ts'
+import { printable } from './render.ts'
 import { EXIT } from './common.ts'
 
 /** One service as listed by the fleet view. */
@@ -173,7 +174,7 @@ export async function fleetStatus(client: TroupeClient, opts: { json: boolean; w
     if (opts.json) process.stdout.write(`${JSON.stringify(view)}\n`)
     else {
       if (opts.watch && process.stdout.isTTY) process.stdout.write('\x1b[2J\x1b[H')
-      process.stdout.write(`${renderFleet(view)}\n${opts.watch ? `\n(refreshing every ${(opts.intervalMs ?? 2000) / 1000}s; Ctrl-C to stop)\n` : ''}`)
+      process.stdout.write(`${printable(renderFleet(view))}\n${opts.watch ? `\n(refreshing every ${(opts.intervalMs ?? 2000) / 1000}s; Ctrl-C to stop)\n` : ''}`)
     }
     if (!opts.watch || opts.signal?.aborted) return EXIT.ok
     await new Promise<void>((resolve) => {

@@ -243,4 +243,19 @@ describe('event text', () => {
     expect(io.out).toContain('a\\x1b[2Jb\\x9b31mc\\x07')
     expect(io.out).not.toMatch(/[\x00-\x08\x0b-\x1f\x7f-\x9f]/)
   }, 90_000)
+
+  it('reaches the terminal escaped in the fleet table too (health records are written by any process)', async () => {
+    const id = `rogue-${Date.now().toString(36)}`
+    const health = keys.health(id)
+    const seen = Number((await client.redis.time())[0]) * 1000
+    await client.redis.hset(health, { serviceId: id, roles: 'worker', agents: 'x\x1b[2Jy', pid: '1', host: 'h\x1b]0;pwned\x07', version: '0', startedAt: String(seen), lastSeen: String(seen), status: 'alive', active: '{}', heartbeatMs: '60000' })
+    await client.redis.pexpire(health, 60_000)
+    await client.redis.zadd(keys.services(), seen, id)
+    const { code, out } = await troupe(['status'])
+    await client.redis.del(health)
+    await client.redis.zrem(keys.services(), id)
+    expect(code).toBe(0)
+    expect(out).toContain('x\\x1b[2Jy')
+    expect(out).not.toMatch(/[\x00-\x08\x0b-\x1f\x7f-\x9f]/)
+  })
 })
