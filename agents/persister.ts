@@ -227,7 +227,7 @@ export class PersisterService implements HostedService {
   private probing = false
   private lastClaim = 0
   private lastPrune = 0
-  private pendingChecked = false
+  private ownChecked = false
   private reconciling: Promise<unknown> = Promise.resolve()
   private outageSince = 0
 
@@ -365,17 +365,21 @@ export class PersisterService implements HostedService {
       }),
       read: () => guard('reading persistence:queue', async () => {
         const asked = this.size.value
-        // Entries this consumer name already holds (a restart under a fixed serviceId).
-        if (!this.pendingChecked) {
-          this.pendingChecked = true
-          const own = await queue.readOwnPending(asked)
-          if (own.length > 0) return this.hold({ deliveries: own, parked: [], asked })
+        // Entries this consumer name already holds (a restart under a fixed
+        // serviceId), batch after batch until none is left.
+        if (!this.ownChecked) {
+          const own = await queue.claimBatch(0, asked, o.maxDeliveries, true)
+          if (own.deliveries.length + own.parked.length > 0) return this.hold({ ...own, asked })
+          this.ownChecked = true
         }
         const now = Date.now()
         if (now - this.lastClaim >= claimEvery) {
           this.lastClaim = now
           const claimed = await queue.claimBatch(o.claimIdleMs, asked, o.maxDeliveries)
           if (claimed.deliveries.length + claimed.parked.length > 0) {
+            // More may wait (the rest of a dead persister's entries, or those left
+            // unclaimed while a suspect is written alone): the next read claims again.
+            this.lastClaim = 0
             this.rt?.log.info(`persister: took over ${claimed.deliveries.length + claimed.parked.length} entries idle for ${o.claimIdleMs} ms or more`)
             return this.hold({ ...claimed, asked })
           }

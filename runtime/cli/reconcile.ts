@@ -47,8 +47,16 @@ export const command: Command = {
     for (const wf of positionals) assertWorkflowId(wf)
     const v = values as Record<string, string | boolean | undefined>
     const opts = resolvePersisterOptions({ ...persisterFlags(v), ...(typeof v.retention === 'string' ? { retentionMs: parseDuration(v.retention) } : {}) })
-    const client = TroupeClient.connect(configFlags(v))
+    // The driver first: it refuses a bad URI at once, and a Redis connection
+    // already open kept the process alive after the error was printed.
     const { driver, uri } = neo4jFromFlags(v)
+    let client: TroupeClient
+    try {
+      client = TroupeClient.connect(configFlags(v))
+    } catch (err) {
+      await driver.close()
+      throw err
+    }
     try {
       await waitReachable(client.redis, client.cfg.redisUrl)
       try {

@@ -1,5 +1,6 @@
 // One batch, end to end: parse the pointers (malformed ones are parked), read the
-// events they name, write them to Neo4j in as few transactions as the size limits
+// events they name (at most maxBytesPerRead at a time, each read written before
+// the next), write them to Neo4j in as few transactions as the size limits
 // allow, and only then ack and delete the entries. A batch whose data Neo4j
 // refuses is split in halves until the entry at fault is found and parked, so one
 // bad entry never blocks those behind it. Outages are not split: the error goes
@@ -8,15 +9,15 @@ import type { Driver } from 'neo4j-driver'
 import type { Logger } from '../log.ts'
 import type { RedisClient } from '../redis/connection.ts'
 import type { Keys } from '../redis/keys.ts'
-import { collectBatch } from './collect.ts'
+import { batchRanges, collectBatch } from './collect.ts'
 import { countEvents, planTransactions, writeRows } from './graph.ts'
 import type { PersisterMetrics } from './metrics.ts'
 import { describeError, isDataError, isPoolError } from './neo4j.ts'
 import type { ResolvedPersisterOptions } from './options.ts'
-import { coalesce, isParked, parsePointer, type Delivery, type Parked, type Pointer } from './pointers.ts'
+import { isParked, parsePointer, type Delivery, type Parked, type Pointer } from './pointers.ts'
 import type { PersistenceQueue } from './queue.ts'
-import { applyRetention } from './retention.ts'
-import type { GraphRows, WorkflowReading } from './rows.ts'
+import { applyRetention, type RetentionCandidate } from './retention.ts'
+import type { GraphRows } from './rows.ts'
 
 /** Dependencies of a {@link BatchWriter}. */
 export interface BatchDeps {
@@ -37,13 +38,19 @@ export interface BatchReport {
   parked: number
   expired: number
   seconds: number
+  /** Reads of Redis the batch took (one unless its events exceed maxBytesPerRead), and the largest one in bytes. */
+  reads: number
+  maxReadBytes: number
 }
 
 interface Written {
   events: number
   transactions: number
+  /** Reads of at most maxBytesPerRead each, and the largest of them in bytes. */
+  reads: number
+  maxReadBytes: number
   parked: Parked[]
-  readings: WorkflowReading[]
+  readings: RetentionCandidate[]
 }
 
 /**
@@ -56,7 +63,7 @@ export const POOL_RETRIES = 5
 
 /** Writes batches of queue entries to Neo4j and acks them. */
 export class BatchWriter {
-  /** Entries that met a full memory pool when written alone, with how many times in a row. */
+  /** Entries that met a full memory pool when written alone, with how many times since they were last acked. */
   private readonly poolFailures = new Map<string, number>()
 
   constructor(private readonly d: BatchDeps) {}
@@ -78,6 +85,11 @@ export class BatchWriter {
     const w = await this.writePointers(pointers)
     parked.push(...w.parked)
     await this.d.queue.ack([...deliveries.map((d) => d.id), ...preParked.map((p) => p.entryId)], parked, Date.now())
+    // Only once acked: until then the batch may be tried again, and an entry
+    // parked (or written) in a try that ended without an ack must keep its count.
+    // Forgotten at once, entries too big for the pool took turns: each one parked
+    // started again from 0 while the next failed, so n of them took 5^n tries.
+    if (this.poolFailures.size > 0) for (const d of deliveries) this.poolFailures.delete(d.id)
     for (const p of parked) this.d.metrics.parked.inc({ reason: p.reason })
     if (parked.length > 0) {
       // One line per batch: a flood of bad entries must not flood the log too.
@@ -86,7 +98,7 @@ export class BatchWriter {
     }
     let expired: string[] = []
     try {
-      expired = await applyRetention({ redis: this.d.redis, keys: this.d.keys, driver: this.d.driver, database: this.d.opts.database, ttlMs: this.d.opts.retentionMs }, w.readings.map((r) => ({ wf: r.wf, status: r.status })))
+      expired = await applyRetention({ redis: this.d.redis, keys: this.d.keys, driver: this.d.driver, database: this.d.opts.database, ttlMs: this.d.opts.retentionMs }, w.readings)
       this.d.metrics.expired.inc(expired.length)
     } catch (err) {
       // The events are written and acked; reconciliation applies retention later.
@@ -95,16 +107,14 @@ export class BatchWriter {
     }
     const seconds = Number(process.hrtime.bigint() - started) / 1e9
     this.d.metrics.writeSeconds.observe(seconds)
-    return { entries: deliveries.length + preParked.length, events: w.events, transactions: w.transactions, parked: parked.length, expired: expired.length, seconds }
+    return { entries: deliveries.length + preParked.length, events: w.events, transactions: w.transactions, parked: parked.length, expired: expired.length, seconds, reads: w.reads, maxReadBytes: w.maxReadBytes }
   }
 
   /** Reads and writes what `pointers` name; splits on data errors down to the single bad pointer. */
   private async writePointers(pointers: readonly Pointer[]): Promise<Written> {
-    if (pointers.length === 0) return { events: 0, transactions: 0, parked: [], readings: [] }
+    if (pointers.length === 0) return { events: 0, transactions: 0, reads: 0, maxReadBytes: 0, parked: [], readings: [] }
     try {
-      const w = await this.writeOnce(pointers)
-      if (this.poolFailures.size > 0) for (const p of pointers) this.poolFailures.delete(p.entryId)
-      return w
+      return await this.writeOnce(pointers)
     } catch (err) {
       if (!isDataError(err)) throw err
       this.d.metrics.errors.inc({ kind: 'data' })
@@ -116,21 +126,53 @@ export class BatchWriter {
           if (this.poolFailures.size >= 10_000) this.poolFailures.clear()
           this.poolFailures.set(p.entryId, n)
           if (n < POOL_RETRIES) throw err
-          this.poolFailures.delete(p.entryId)
         }
-        return { events: 0, transactions: 0, readings: [], parked: [{ entryId: p.entryId, fields: ['wf', p.wf, 'from', p.from, 'to', p.to], reason: 'unwritable', detail: describeError(err) }] }
+        return { events: 0, transactions: 0, reads: 0, maxReadBytes: 0, readings: [], parked: [{ entryId: p.entryId, fields: ['wf', p.wf, 'from', p.from, 'to', p.to], reason: 'unwritable', detail: describeError(err) }] }
       }
       const half = Math.ceil(pointers.length / 2)
       const a = await this.writePointers(pointers.slice(0, half))
       const b = await this.writePointers(pointers.slice(half))
-      return { events: a.events + b.events, transactions: a.transactions + b.transactions, parked: [...a.parked, ...b.parked], readings: [...a.readings, ...b.readings] }
+      return { events: a.events + b.events, transactions: a.transactions + b.transactions, reads: a.reads + b.reads, maxReadBytes: Math.max(a.maxReadBytes, b.maxReadBytes), parked: [...a.parked, ...b.parked], readings: [...a.readings, ...b.readings] }
     }
   }
 
+  /**
+   * Reads and writes what `pointers` name, at most `maxBytesPerRead` of events at
+   * a time: what was read is written before the rest is read. Nothing is acked
+   * here, so a failure in a later read leaves the whole batch to be tried again,
+   * and what was already written is written again as the same MERGEs, harmlessly.
+   */
   private async writeOnce(pointers: readonly Pointer[]): Promise<Written> {
-    const batch = await collectBatch(this.d.redis, this.d.keys, coalesce(pointers))
     const o = this.d.opts
-    const txs = planTransactions(batch.parts, o.maxEventsPerTx, o.maxBytesPerTx, o.writeConcurrency)
+    const seen = new Set<string>()
+    // Only the status of each workflow is kept for retention: the events of a read are let go once written.
+    const latest = new Map<string, RetentionCandidate>()
+    let ranges = batchRanges(pointers)
+    let events = 0
+    let transactions = 0
+    let reads = 0
+    let maxReadBytes = 0
+    while (ranges.length > 0) {
+      const batch = await collectBatch(this.d.redis, this.d.keys, ranges, o.maxBytesPerRead)
+      reads++
+      maxReadBytes = Math.max(maxReadBytes, batch.bytes)
+      const txs = planTransactions(batch.parts, o.maxEventsPerTx, o.maxBytesPerTx, o.writeConcurrency)
+      await this.writeTransactions(txs)
+      for (const id of batch.seen) seen.add(id)
+      for (const r of batch.readings) latest.set(r.wf, { wf: r.wf, status: r.status })
+      events += batch.events
+      transactions += txs.length
+      ranges = batch.rest
+    }
+    const parked: Parked[] = []
+    for (const p of pointers) {
+      if (!seen.has(p.entryId)) parked.push({ entryId: p.entryId, fields: ['wf', p.wf, 'from', p.from, 'to', p.to], reason: 'empty_range', detail: `no event of ${p.wf} between ${p.from} and ${p.to}` })
+    }
+    return { events, transactions, reads, maxReadBytes, parked, readings: [...latest.values()] }
+  }
+
+  private async writeTransactions(txs: readonly GraphRows[]): Promise<void> {
+    const o = this.d.opts
     // A few transactions at once keep Neo4j's cores busy; the ack still waits for all of them.
     let next = 0
     let failed = false
@@ -149,7 +191,6 @@ export class BatchWriter {
       }
     }
     await Promise.all(Array.from({ length: Math.min(o.writeConcurrency, txs.length) }, worker))
-    return { events: batch.events, transactions: txs.length, parked: batch.empty, readings: batch.readings }
   }
 }
 

@@ -8,7 +8,7 @@ import { execOps, type CmdOp } from '../redis/batch.ts'
 import type { Keys } from '../redis/keys.ts'
 import type { StreamedEvent } from '../types.ts'
 import type { WorkflowPart } from './graph.ts'
-import { inRange, type Parked, type WorkflowRange } from './pointers.ts'
+import { coalesce, inRange, type Pointer } from './pointers.ts'
 import { workflowRows, type WorkflowReading } from './rows.ts'
 
 /** A range of one workflow's stream; `start` may be exclusive (`(id`) or `-`. */
@@ -16,6 +16,16 @@ export interface ReadRange {
   wf: string
   start: string
   end: string
+}
+
+/** What one {@link readEvents} call read, and what it left for the next. */
+export interface EventsRead<R extends ReadRange> {
+  /** The events read, per workflow, in stream order (an entry, possibly empty, for every range asked for). */
+  events: Map<string, StreamedEvent[]>
+  /** Their size as read: ids, field names and values. */
+  bytes: number
+  /** The ranges not read to their end when the byte budget ran out, each starting after its last entry read. */
+  rest: R[]
 }
 
 type Reply = [Error | null, unknown]
@@ -26,27 +36,66 @@ function check(r: Reply | undefined): unknown {
   return r[1]
 }
 
+function entryBytes(e: [string, string[]]): number {
+  let n = e[0].length
+  for (const f of e[1]) n += f.length
+  return n
+}
+
+// Before any entry is seen its size is unknown (one may be megabytes): the first
+// round asks for a few entries, and each round after at most GROWTH times the
+// one before, so a round cannot overshoot the budget by much more than what was
+// already read. A range's own page grows the same way, from FIRST_PAGE.
+const FIRST_ROUND = 8
+const FIRST_PAGE = 4
+const GROWTH = 4
+
 /**
- * Reads each range completely, `pageSize` entries per XRANGE, all ranges at once
- * per page round (one pipeline on a single Redis, per node on a Cluster).
+ * Reads `ranges` in rounds (one pipeline each on a single Redis, per node on a
+ * Cluster) until they are read to their end or `maxBytes` of entries are in
+ * memory. A round asks for as many entries as the rest of the budget holds at
+ * the average size seen so far, so the budget is overshot only when sizes vary
+ * within a batch, by at most one round. What is left is returned in `rest`, to
+ * be read by another call once what was read is written.
  */
-export async function readEvents(redis: RedisClient, keys: Keys, ranges: readonly ReadRange[], pageSize: number): Promise<Map<string, StreamedEvent[]>> {
+export async function readEvents<R extends ReadRange>(redis: RedisClient, keys: Keys, ranges: readonly R[], opts: { pageSize: number; maxBytes: number }): Promise<EventsRead<R>> {
   const out = new Map<string, StreamedEvent[]>()
-  let todo = ranges.map((r) => ({ ...r }))
-  while (todo.length > 0) {
-    const res: Reply[] = await execOps(redis, todo.map((r) => ({ cmd: 'xrange', args: [keys.events(r.wf), r.start, r.end, 'COUNT', pageSize] })))
-    const next: typeof todo = []
-    todo.forEach((r, i) => {
-      const entries = (check(res[i]) ?? []) as [string, string[]][]
-      const list = out.get(r.wf) ?? []
-      out.set(r.wf, list)
-      for (const e of entries) list.push(parseEntry(r.wf, e))
-      const last = entries[entries.length - 1]
-      if (entries.length >= pageSize && last) next.push({ ...r, start: `(${last[0]}` })
+  for (const r of ranges) out.set(r.wf, out.get(r.wf) ?? [])
+  let bytes = 0
+  let entries = 0
+  let room = FIRST_ROUND
+  let todo = ranges.map((r) => ({ range: { ...r }, page: Math.min(FIRST_PAGE, opts.pageSize) }))
+  while (todo.length > 0 && bytes < opts.maxBytes) {
+    if (entries > 0) room = Math.max(1, Math.min(room * GROWTH, Math.floor((opts.maxBytes - bytes) / (bytes / entries))))
+    const round: { t: (typeof todo)[number]; count: number }[] = []
+    let asked = 0
+    for (const t of todo) {
+      if (asked >= room) break
+      const count = Math.min(t.page, room - asked)
+      round.push({ t, count })
+      asked += count
+    }
+    const res: Reply[] = await execOps(redis, round.map(({ t, count }) => ({ cmd: 'xrange', args: [keys.events(t.range.wf), t.range.start, t.range.end, 'COUNT', count] })))
+    const done = new Set<(typeof todo)[number]>()
+    round.forEach(({ t, count }, i) => {
+      const got = (check(res[i]) ?? []) as [string, string[]][]
+      const list = out.get(t.range.wf) as StreamedEvent[]
+      for (const e of got) {
+        list.push(parseEntry(t.range.wf, e))
+        bytes += entryBytes(e)
+        entries++
+      }
+      const last = got[got.length - 1]
+      if (got.length < count || !last) {
+        done.add(t)
+        return
+      }
+      t.range.start = `(${last[0]}`
+      if (count === t.page) t.page = Math.min(opts.pageSize, t.page * GROWTH)
     })
-    todo = next
+    todo = todo.filter((t) => !done.has(t))
   }
-  return out
+  return { events: out, bytes, rest: todo.map((t) => t.range) }
 }
 
 /**
@@ -97,33 +146,46 @@ function hasEventIn(list: readonly StreamedEvent[], from: string, to: string): b
   return e !== undefined && inRange(e.streamId, from, to)
 }
 
-/** What a batch of pointers turned into. */
+/** The part of a workflow's stream a batch still has to read, and the pointers it covers. */
+export interface BatchRange extends ReadRange {
+  pointers: Pointer[]
+}
+
+/** The ranges to read for `pointers`: one per workflow (see coalesce). */
+export function batchRanges(pointers: readonly Pointer[]): BatchRange[] {
+  return coalesce(pointers).map((r) => ({ wf: r.wf, start: r.from, end: r.to, pointers: r.pointers }))
+}
+
+/** What one read of a batch turned into. */
 export interface CollectedBatch {
   parts: WorkflowPart[]
   readings: WorkflowReading[]
-  /** Pointers whose range holds no event (the stream is gone, or they point nowhere). */
-  empty: Parked[]
+  /** Entry ids of the pointers whose range holds an event among those read. */
+  seen: string[]
   events: number
+  bytes: number
+  /** What is left to read (the byte budget ran out); empty when the batch is read to its end. */
+  rest: BatchRange[]
 }
 
-/** Reads everything `ranges` point at and builds the rows to write. */
-export async function collectBatch(redis: RedisClient, keys: Keys, ranges: readonly WorkflowRange[], pageSize = 1000): Promise<CollectedBatch> {
-  const events = await readEvents(redis, keys, ranges.map((r) => ({ wf: r.wf, start: r.from, end: r.to })), pageSize)
-  const empty: Parked[] = []
+/**
+ * Reads what `ranges` point at, up to about `maxBytes` of events, and builds the
+ * rows to write. A pointer whose range holds no event in any of a batch's reads
+ * is the caller's to park (see `seen`).
+ */
+export async function collectBatch(redis: RedisClient, keys: Keys, ranges: readonly BatchRange[], maxBytes: number, pageSize = 1000): Promise<CollectedBatch> {
+  const read = await readEvents(redis, keys, ranges, { pageSize, maxBytes })
+  const seen: string[] = []
   for (const r of ranges) {
-    const list = events.get(r.wf) ?? []
-    for (const p of r.pointers) {
-      if (!hasEventIn(list, p.from, p.to)) {
-        empty.push({ entryId: p.entryId, fields: ['wf', p.wf, 'from', p.from, 'to', p.to], reason: 'empty_range', detail: `no event of ${p.wf} between ${p.from} and ${p.to}` })
-      }
-    }
-    if (list.length === 0) events.delete(r.wf)
+    const list = read.events.get(r.wf) ?? []
+    for (const p of r.pointers) if (hasEventIn(list, p.from, p.to)) seen.push(p.entryId)
+    if (list.length === 0) read.events.delete(r.wf)
   }
-  const readings = await readState(redis, keys, events)
+  const readings = await readState(redis, keys, read.events)
   let n = 0
   const parts = readings.map((r) => {
     n += r.entries.length
     return workflowRows(r)
   })
-  return { parts, readings, empty, events: n }
+  return { parts, readings, seen, events: n, bytes: read.bytes, rest: read.rest }
 }

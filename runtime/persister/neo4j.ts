@@ -3,6 +3,8 @@
 // deadlocked), or split the batch to find and park the entry that cannot be
 // written (its data is refused).
 import neo4j, { type Driver } from 'neo4j-driver'
+import { redactUrl } from '../config.ts'
+import { TroupeError } from '../errors.ts'
 import type { ResolvedPersisterOptions } from './options.ts'
 
 /**
@@ -17,14 +19,19 @@ import type { ResolvedPersisterOptions } from './options.ts'
  */
 export function createNeo4jDriver(o: Pick<ResolvedPersisterOptions, 'neo4jUri' | 'neo4jUser' | 'neo4jPassword'>): Driver {
   const auth = o.neo4jPassword ? neo4j.auth.basic(o.neo4jUser, o.neo4jPassword) : undefined
-  return neo4j.driver(o.neo4jUri, auth, {
-    connectionTimeout: 5000,
-    connectionAcquisitionTimeout: 10_000,
-    maxTransactionRetryTime: 3000,
-    maxConnectionPoolSize: 20,
-    disableLosslessIntegers: false,
-    logging: { level: 'error', logger: () => undefined },
-  })
+  try {
+    return neo4j.driver(o.neo4jUri, auth, {
+      connectionTimeout: 5000,
+      connectionAcquisitionTimeout: 10_000,
+      maxTransactionRetryTime: 3000,
+      maxConnectionPoolSize: 20,
+      disableLosslessIntegers: false,
+      logging: { level: 'error', logger: () => undefined },
+    })
+  } catch (err) {
+    // The driver's own words ("Illegal host") name neither the setting nor the value.
+    throw new TroupeError('config', `the Neo4j URI ${JSON.stringify(redactUrl(o.neo4jUri))} (NEO4J_URI or --neo4j-uri) is not usable: ${err instanceof Error ? err.message.trim() : String(err)}`)
+  }
 }
 
 /** Neo4j error codes that say "this data cannot be written", whatever the retry. */

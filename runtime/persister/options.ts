@@ -1,6 +1,7 @@
 // Settings of the persister: flags override environment variables, which override
 // defaults. Neo4j's address and credentials come from the same NEO4J_* variables
 // the local services bootstrap (scripts/with-services.ts) exports.
+import { MAX_TIMER_MS } from '../config.ts'
 import { TroupeError } from '../errors.ts'
 
 /** What a persister can be told; every field is optional. */
@@ -20,6 +21,12 @@ export interface PersisterOptions {
   maxEventsPerTx?: number
   /** Most bytes of event content and metadata in one transaction. */
   maxBytesPerTx?: number
+  /**
+   * About the most bytes of events a batch (or a reconciliation backfill) holds
+   * in memory at once (default 4 × maxBytesPerTx): past it, what was read is
+   * written before the rest is read.
+   */
+  maxBytesPerRead?: number
   /** Transactions of one batch written at once (workflows split between them; default 2). */
   writeConcurrency?: number
   /** Write time above which the read size shrinks (and below which it may grow). */
@@ -48,11 +55,27 @@ export interface PersisterOptions {
 /** Options with every default applied. */
 export type ResolvedPersisterOptions = Required<Omit<PersisterOptions, 'database'>> & { database: string | undefined }
 
-function envNumber(name: string): number | undefined {
+/** Where a setting can come from, for messages: its flag (under `troupe persister`, and `troupe start`) and variable. */
+const SOURCES: Partial<Record<keyof ResolvedPersisterOptions, { flag?: string; env?: string }>> = {
+  claimIdleMs: { flag: 'claim-idle', env: 'TROUPE_PERSISTER_CLAIM_IDLE_MS' },
+  reconcileMs: { flag: 'reconcile-every', env: 'TROUPE_RECONCILE_MS' },
+  retentionMs: { flag: 'retention', env: 'TROUPE_RETENTION_MS' },
+  maxBatch: { flag: 'batch' },
+}
+
+function named(k: keyof ResolvedPersisterOptions): string {
+  const s = SOURCES[k]
+  const names = [s?.flag ? `--${s.flag} / --persister-${s.flag}` : '', s?.env ?? ''].filter(Boolean)
+  return names.length > 0 ? `${k} (${names.join(', ')})` : k
+}
+
+function envInt(name: string, max = MAX_TIMER_MS): number | undefined {
   const raw = process.env[name]
   if (raw === undefined || raw === '') return undefined
-  const v = Number(raw)
-  if (!Number.isFinite(v) || v < 0) throw new TroupeError('config', `${name}=${raw} is not a non-negative number`)
+  // Whole milliseconds only: Redis refuses a fraction as a min-idle time or a
+  // TTL, and a value Node cannot time (past MAX_TIMER_MS) fires after 1 ms.
+  const v = /^\d+$/.test(raw.trim()) ? Number(raw) : Number.NaN
+  if (!(v <= max)) throw new TroupeError('config', `${name}=${raw} must be a whole number of milliseconds, from 0 to ${max}`)
   return v
 }
 
@@ -76,28 +99,43 @@ export function resolvePersisterOptions(opts: PersisterOptions = {}): ResolvedPe
     maxBatch: opts.maxBatch ?? 2000,
     maxEventsPerTx: opts.maxEventsPerTx ?? 5000,
     maxBytesPerTx: opts.maxBytesPerTx ?? 8 * 1024 * 1024,
+    maxBytesPerRead: opts.maxBytesPerRead ?? 4 * (opts.maxBytesPerTx ?? 8 * 1024 * 1024),
     writeConcurrency: opts.writeConcurrency ?? 2,
     targetWriteMs: opts.targetWriteMs ?? 500,
     blockMs: opts.blockMs ?? 1000,
-    claimIdleMs: opts.claimIdleMs ?? envNumber('TROUPE_PERSISTER_CLAIM_IDLE_MS') ?? 30_000,
+    claimIdleMs: opts.claimIdleMs ?? envInt('TROUPE_PERSISTER_CLAIM_IDLE_MS') ?? 30_000,
     maxDeliveries: opts.maxDeliveries ?? 10,
     backoffMinMs: opts.backoffMinMs ?? 200,
     backoffMaxMs: opts.backoffMaxMs ?? 10_000,
-    reconcileMs: opts.reconcileMs ?? envNumber('TROUPE_RECONCILE_MS') ?? 30_000,
+    reconcileMs: opts.reconcileMs ?? envInt('TROUPE_RECONCILE_MS') ?? 30_000,
     reconcileSettleMs: opts.reconcileSettleMs ?? 5000,
     reconcileScanBudget: opts.reconcileScanBudget ?? 4,
-    retentionMs: opts.retentionMs ?? envNumber('TROUPE_RETENTION_MS') ?? 7 * 24 * 3600 * 1000,
+    retentionMs: opts.retentionMs ?? envInt('TROUPE_RETENTION_MS', Number.MAX_SAFE_INTEGER) ?? 7 * 24 * 3600 * 1000,
     parkedMaxLen: opts.parkedMaxLen ?? 10_000,
   }
   if (!/^(bolt|neo4j)(\+s|\+ssc)?:\/\//.test(o.neo4jUri)) {
     throw new TroupeError('config', `NEO4J_URI=${o.neo4jUri} is not a Neo4j URI: use bolt://host:7687 or neo4j://host:7687`)
   }
-  const positive: (keyof ResolvedPersisterOptions)[] = ['minBatch', 'maxBatch', 'maxEventsPerTx', 'writeConcurrency', 'maxBytesPerTx', 'blockMs', 'claimIdleMs', 'maxDeliveries', 'backoffMinMs', 'backoffMaxMs', 'retentionMs', 'parkedMaxLen', 'reconcileScanBudget']
-  for (const k of positive) {
+  // Counts and sizes go to Redis (COUNT, MAXLEN) and into arithmetic: whole numbers.
+  const counts: (keyof ResolvedPersisterOptions)[] = ['minBatch', 'maxBatch', 'maxEventsPerTx', 'writeConcurrency', 'maxBytesPerTx', 'maxBytesPerRead', 'maxDeliveries', 'parkedMaxLen', 'reconcileScanBudget']
+  for (const k of counts) {
     const v = o[k]
-    if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0) throw new TroupeError('config', `persister option ${k} must be a positive number (got ${String(v)})`)
+    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v <= 0) throw new TroupeError('config', `persister option ${named(k)} must be a positive whole number (got ${String(v)})`)
   }
+  // Durations that become timers (setInterval, XState delays) or Redis's
+  // min-idle and BLOCK times: whole milliseconds Node can time. A fraction made
+  // every claim fail in Redis; past MAX_TIMER_MS a timer fires after 1 ms.
+  const timers: [keyof ResolvedPersisterOptions, number][] = [
+    ['claimIdleMs', 1], ['reconcileMs', 0], ['blockMs', 1], ['backoffMinMs', 1], ['backoffMaxMs', 1], ['targetWriteMs', 1], ['reconcileSettleMs', 0],
+  ]
+  for (const [k, min] of timers) {
+    const v = o[k]
+    if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > MAX_TIMER_MS) {
+      throw new TroupeError('config', `persister option ${named(k)} must be a whole number of milliseconds, from ${min}${k === 'reconcileMs' ? ' (off)' : ''} to ${MAX_TIMER_MS} (got ${String(v)})`)
+    }
+  }
+  // A TTL, not a timer: PEXPIRE takes any whole number of milliseconds.
+  if (!Number.isSafeInteger(o.retentionMs) || o.retentionMs <= 0) throw new TroupeError('config', `persister option ${named('retentionMs')} must be a positive whole number of milliseconds (got ${String(o.retentionMs)})`)
   if (o.minBatch > o.maxBatch) throw new TroupeError('config', `persister minBatch (${o.minBatch}) is larger than maxBatch (${o.maxBatch})`)
-  if (o.reconcileMs < 0) throw new TroupeError('config', 'persister reconcileMs must be 0 (off) or positive')
   return o
 }

@@ -2,7 +2,7 @@
 // consumer per process (its serviceId). Blocking reads use a connection of their
 // own so they never stall the runtime's command connection. Entries are acked and
 // deleted only after their events are committed to Neo4j; entries of consumers
-// that died are taken over with XAUTOCLAIM once idle long enough.
+// that died are taken over (XPENDING, then XCLAIM) once idle long enough.
 import type { RedisClient } from '../redis/connection.ts'
 import { execPhases, throwFirst, type CmdOp } from '../redis/batch.ts'
 import type { Keys } from '../redis/keys.ts'
@@ -11,6 +11,12 @@ import type { Delivery, Parked } from './pointers.ts'
 
 /** The consumer group every persister joins. */
 export const GROUP = 'persister'
+
+/**
+ * An entry claimed for more deliveries than this is written alone (see
+ * claimBatch): it has been in a batch whose persisters died that often.
+ */
+export const ALONE_ABOVE_DELIVERIES = 3
 
 function isBusyGroup(err: unknown): boolean {
   return err instanceof Error && err.message.startsWith('BUSYGROUP')
@@ -74,44 +80,63 @@ export class PersistenceQueue {
     return out
   }
 
-  /** Entries delivered to this consumer name and never acked (from an earlier life under the same name). */
-  async readOwnPending(count: number): Promise<Delivery[]> {
-    const res = (await this.redis.xreadgroup('GROUP', GROUP, this.consumer, 'COUNT', count, 'STREAMS', this.key, '0')) as unknown
-    if (!Array.isArray(res)) return []
-    const out: Delivery[] = []
-    for (const stream of res) if (Array.isArray(stream)) out.push(...toDeliveries(stream[1]))
-    return out
-  }
-
   /** Wakes a blocked {@link read} at once (it returns no entries); used when stopping. */
   async unblock(): Promise<void> {
     if (this.blockingId !== null) await this.redis.client('UNBLOCK', this.blockingId).catch(() => undefined)
   }
 
   /**
-   * Takes over up to `count` entries idle for `minIdleMs` or more (their consumer
-   * died or hangs). Returns them with how often each was delivered so far.
+   * Pending entries in id order, with how often each was delivered so far: those
+   * idle for `minIdleMs` or more (their consumer died or hangs), or, with `own`,
+   * those of this consumer name (from an earlier life under the same name).
    */
-  async claim(minIdleMs: number, count: number): Promise<{ entry: Delivery; deliveries: number }[]> {
-    const res = (await this.redis.xautoclaim(this.key, GROUP, this.consumer, minIdleMs, '0-0', 'COUNT', count))
-    const claimed = toDeliveries(res[1])
-    if (claimed.length === 0) return []
-    const first = claimed[0] as Delivery
-    const last = claimed[claimed.length - 1] as Delivery
-    const pending = (await this.redis.xpending(this.key, GROUP, first.id, last.id, claimed.length * 2, this.consumer))
-    const times = new Map<string, number>()
-    for (const p of pending) if (Array.isArray(p)) times.set(String(p[0]), Number(p[3]))
-    return claimed.map((entry) => ({ entry, deliveries: times.get(entry.id) ?? 1 }))
+  private async pending(minIdleMs: number, count: number, own: boolean): Promise<{ id: string; deliveries: number }[]> {
+    const raw: unknown = own
+      ? await this.redis.xpending(this.key, GROUP, '-', '+', count, this.consumer)
+      : await this.redis.call('XPENDING', this.key, GROUP, 'IDLE', minIdleMs, '-', '+', count)
+    if (!Array.isArray(raw)) return []
+    const out: { id: string; deliveries: number }[] = []
+    for (const p of raw) if (Array.isArray(p) && typeof p[0] === 'string') out.push({ id: p[0], deliveries: Number(p[3]) })
+    return out
   }
 
   /**
-   * {@link claim}, with the entries delivered more than `maxDeliveries` times set
-   * aside to be parked: an entry that keeps killing or stalling its persisters must
-   * not be retried forever.
+   * Claims `pending` for this consumer (XCLAIM, which counts a delivery), unless
+   * another consumer took one meanwhile (it is no longer idle). A pending entry
+   * deleted meanwhile is dropped from the group by XCLAIM and not returned.
    */
-  async claimBatch(minIdleMs: number, count: number, maxDeliveries: number): Promise<{ deliveries: Delivery[]; parked: Parked[] }> {
+  private async take(pending: readonly { id: string; deliveries: number }[], minIdleMs: number): Promise<{ entry: Delivery; deliveries: number }[]> {
+    if (pending.length === 0) return []
+    const res: unknown = await this.redis.call('XCLAIM', this.key, GROUP, this.consumer, minIdleMs, ...pending.map((p) => p.id))
+    const counts = new Map(pending.map((p) => [p.id, p.deliveries + 1]))
+    return toDeliveries(res).map((entry) => ({ entry, deliveries: counts.get(entry.id) ?? 1 }))
+  }
+
+  /**
+   * Takes over up to `count` entries idle for `minIdleMs` or more. Returns them
+   * with how often each was delivered, this time included.
+   */
+  async claim(minIdleMs: number, count: number): Promise<{ entry: Delivery; deliveries: number }[]> {
+    return await this.take(await this.pending(minIdleMs, count, false), minIdleMs)
+  }
+
+  /**
+   * The next batch of entries to take over: idle ones (see {@link claim}), or with
+   * `own` this consumer name's own pending ones. Entries delivered more than
+   * `maxDeliveries` times are set aside to be parked: one that keeps killing or
+   * stalling its persisters must not be retried forever. And once an entry is
+   * claimed for more than {@link ALONE_ABOVE_DELIVERIES} deliveries it is taken
+   * alone, the other pending entries left unclaimed: claimed together, every
+   * crash on one entry counted a delivery for each entry of its batch, so the
+   * whole batch reached maxDeliveries and was parked with the culprit.
+   */
+  async claimBatch(minIdleMs: number, count: number, maxDeliveries: number, own = false): Promise<{ deliveries: Delivery[]; parked: Parked[] }> {
+    const pending = await this.pending(minIdleMs, count, own)
+    const spent = pending.filter((p) => p.deliveries + 1 > maxDeliveries)
+    const live = pending.filter((p) => p.deliveries + 1 <= maxDeliveries)
+    const suspect = live.find((p) => p.deliveries + 1 > ALONE_ABOVE_DELIVERIES)
     const out: { deliveries: Delivery[]; parked: Parked[] } = { deliveries: [], parked: [] }
-    for (const c of await this.claim(minIdleMs, count)) {
+    for (const c of await this.take([...spent, ...(suspect ? [suspect] : live)], own ? 0 : minIdleMs)) {
       if (c.deliveries > maxDeliveries) out.parked.push({ entryId: c.entry.id, fields: c.entry.fields, reason: 'too_many_deliveries', detail: `delivered ${c.deliveries} times without being written` })
       else out.deliveries.push(c.entry)
     }
@@ -130,7 +155,7 @@ export class PersistenceQueue {
   /**
    * Hands entries we hold back to the group at once (a stop in the middle of a
    * backoff, or writes that kept failing): their idle time is set past the claim
-   * threshold, so the next persister's XAUTOCLAIM takes them without waiting.
+   * threshold, so the next persister's claim takes them without waiting.
    * Their delivery count goes back to 0: they were given up in good order (an
    * outage, a stop), not lost with a persister that died on them, which is what
    * the count is for (maxDeliveries). Counted, a write-only outage with

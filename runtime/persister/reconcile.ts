@@ -9,12 +9,12 @@
 // event is younger than the settle time (plus the current lag) are left to the
 // queue, whose pointers are probably still on their way.
 import neo4j, { type Driver } from 'neo4j-driver'
-import { compareStreamIds, parseEntry } from '../events.ts'
+import { compareStreamIds } from '../events.ts'
 import type { Logger } from '../log.ts'
 import type { RedisClient } from '../redis/connection.ts'
 import { execOps, type CmdOp } from '../redis/batch.ts'
 import { isWorkflowId, type Keys } from '../redis/keys.ts'
-import { readState } from './collect.ts'
+import { readEvents, readState, type ReadRange } from './collect.ts'
 import { planTransactions, writeRows } from './graph.ts'
 import type { PersisterMetrics } from './metrics.ts'
 import type { ResolvedPersisterOptions } from './options.ts'
@@ -268,24 +268,25 @@ export class Reconciler {
   }
 
   /**
-   * Writes the stream of `wf` from `start` to its end, a page at a time, with the
-   * workflow's current status. A start past the end writes only the status.
+   * Writes the stream of `wf` from `start` to its end, with the workflow's current
+   * status, at most `maxBytesPerRead` of events at a time (a stream of big events
+   * once read 2,000 of them, whatever their size, before writing any). A start
+   * past the end writes only the status.
    */
   private async backfill(wf: string, start: string): Promise<number> {
-    let from = start
+    let ranges: ReadRange[] = [{ wf, start, end: '+' }]
     let written = 0
-    for (;;) {
-      const entries = (await this.d.redis.xrange(this.d.keys.events(wf), from, '+', 'COUNT', PAGE)) as [string, string[]][]
-      const events = entries.map((e) => parseEntry(wf, e))
+    do {
+      const read = await readEvents(this.d.redis, this.d.keys, ranges, { pageSize: PAGE, maxBytes: this.d.opts.maxBytesPerRead })
+      const events = read.events.get(wf) ?? []
       const [reading] = await readState(this.d.redis, this.d.keys, new Map([[wf, events]]))
       if (!reading) return written
       for (const rows of planTransactions([workflowRows(reading)], this.d.opts.maxEventsPerTx, this.d.opts.maxBytesPerTx)) {
         await writeRows(this.d.driver, this.d.opts.database, rows)
       }
       written += events.length
-      const last = entries[entries.length - 1]
-      if (entries.length < PAGE || !last) return written
-      from = `(${last[0]}`
-    }
+      ranges = read.rest
+    } while (ranges.length > 0)
+    return written
   }
 }

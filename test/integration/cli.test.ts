@@ -136,6 +136,16 @@ describe('cli', () => {
     expect(await exited, io.err).toBe(0)
   }, 90_000)
 
+  it('exits at once, with the setting named, when the driver refuses the Neo4j URI', async () => {
+    // `troupe reconcile` opened its Redis connection before making the driver, and
+    // that connection kept the process alive after the error was printed.
+    const started = Date.now()
+    const r = await troupe('reconcile', '--neo4j-uri', 'bolt://')
+    expect(r.code, r.err).toBe(3)
+    expect(r.err).toMatch(/the Neo4j URI "bolt:\/\/" \(NEO4J_URI or --neo4j-uri\) is not usable: Illegal host/)
+    expect(Date.now() - started).toBeLessThan(20_000)
+  })
+
   it('fails clearly when Redis is unreachable', async () => {
     // `auth` once hung here for good: its QUIT queued behind the unanswered PING.
     for (const args of [['run', 'counter', 'ping'], ['auth', 'issue', '--user', 'alice']]) {

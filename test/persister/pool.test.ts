@@ -1,16 +1,18 @@
 // Neo4j's memory pool for transactions, full: a moment's load (someone else's
 // transactions hold the memory) is waited out like an outage, with nothing
 // parked; an entry too big for the pool even alone is parked after a few tries,
-// and the entries behind it are written. Uses a Neo4j of its own with a small
+// and the entries behind it are written; two such entries in one batch are both
+// parked after about twice as many tries, not 5^2. Uses a Neo4j of its own with a small
 // pool (24 MB), so the other test files' writes cannot fill it or be refused.
 import neo4j, { type Driver } from 'neo4j-driver'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { persisterService, type PersisterService } from '../../agents/persister.ts'
 import { startRuntime, TroupeClient, type Runtime } from '../../runtime/index.ts'
-import { POOL_RETRIES } from '../../runtime/persister/batch.ts'
+import { BatchWriter, POOL_RETRIES } from '../../runtime/persister/batch.ts'
 import { PersisterMetrics } from '../../runtime/persister/metrics.ts'
-import { createNeo4jDriver } from '../../runtime/persister/neo4j.ts'
+import { createNeo4jDriver, neo4jCode } from '../../runtime/persister/neo4j.ts'
 import { resolvePersisterOptions } from '../../runtime/persister/options.ts'
+import { PersistenceQueue } from '../../runtime/persister/queue.ts'
 import { Reconciler } from '../../runtime/persister/reconcile.ts'
 import { createLogger } from '../../runtime/log.ts'
 import { Registry } from 'prom-client'
@@ -120,4 +122,44 @@ describe('a full transaction memory pool', () => {
       await driver2.close()
     }
   }, 90_000)
+
+  it('parks two entries too big for the pool in one batch without either count starting again', async () => {
+    // Each entry's count of full-pool failures used to be dropped as soon as it
+    // was parked (or written), before the batch was acked: while the other one
+    // failed, the batch was tried again and the parked one started from 0, so
+    // the two took turns and needed 5^2 tries instead of about 2 × 5.
+    const a = await workflowWith(13 * MB, false)
+    const b = await workflowWith(13 * MB, false)
+    // A writer of the test's own, so each write() is one try of the batch (the
+    // service waits a backoff in between), on a driver that does not retry a
+    // refused transaction for 3 s first.
+    const fast = neo4j.driver(own?.uri ?? '', undefined, { maxTransactionRetryTime: 0, logging: { level: 'error', logger: () => undefined } })
+    const writer = new BatchWriter({
+      redis: client.redis, keys: client.keys, driver: fast, queue: new PersistenceQueue(client.redis, client.redis, client.keys, 'pool-test', 100),
+      metrics: new PersisterMetrics(new Registry()), log: createLogger('pool-test'), opts: resolvePersisterOptions({ neo4jUri: own?.uri ?? '' }),
+    })
+    // Entries of no queue (their ack touches nothing): each points at its workflow's whole stream.
+    const to = `${Date.now() + 3_600_000}-0`
+    const deliveries = [a, b].map((wf, i) => ({ id: `0-${i + 1}`, fields: ['wf', wf, 'from', '0-1', 'to', to] }))
+    let tries = 0
+    try {
+      for (;;) {
+        tries++
+        try {
+          await writer.write(deliveries)
+          break
+        } catch (err) {
+          expect(neo4jCode(err)).toBe('Neo.TransientError.General.MemoryPoolOutOfMemoryError')
+          if (tries >= 3 * POOL_RETRIES) throw new Error(`still not parked after ${tries} tries`)
+        }
+      }
+    } finally {
+      await fast.close()
+    }
+    // POOL_RETRIES for the first, POOL_RETRIES - 1 more for the second (its first failure came with the first one's last).
+    expect(tries).toBe(2 * POOL_RETRIES - 1)
+    expect(await parkedFor(a)).toEqual(['unwritable'])
+    expect(await parkedFor(b)).toEqual(['unwritable'])
+    expect(await persistedEvents(driver, [a, b])).toBe(0)
+  }, 150_000)
 })

@@ -1,12 +1,13 @@
 // A persister that stays alive but cannot write hands its batch back instead of
 // holding it for good, and an entry handed back in good order is not counted as a
 // delivery that failed: the machine with fake ports (pure logic), and the queue's
-// release against real Redis.
+// release against real Redis. And an entry that keeps killing its persisters is
+// taken alone once suspect, so that it alone is parked.
 import { afterAll, describe, expect, it } from 'vitest'
 import { createActor, waitFor } from 'xstate'
 import { createPersisterMachine, RELEASE_AFTER_FAILURES, type HeldBatch, type PersisterPorts } from '../../agents/persister.ts'
 import { TroupeClient } from '../../runtime/index.ts'
-import { GROUP, PersistenceQueue } from '../../runtime/persister/queue.ts'
+import { ALONE_ABOVE_DELIVERIES, GROUP, PersistenceQueue } from '../../runtime/persister/queue.ts'
 import { testConfig } from '../helpers/redis.ts'
 
 describe('the persister machine', () => {
@@ -86,6 +87,55 @@ describe('the persistence queue', () => {
       const c = await b.claimBatch(1000, 10, 10)
       expect(c.parked).toEqual([])
       expect(c.deliveries.map((d) => d.id)).toEqual([id])
+    }
+  })
+
+  it('takes an entry that keeps killing its persisters alone, so that only it is parked', async () => {
+    // A namespace of its own: the test above leaves an entry pending.
+    const own = TroupeClient.connect(testConfig())
+    try {
+      const redis = own.redis
+      const queue = (name: string): PersistenceQueue => new PersistenceQueue(redis, redis, own.keys, name, 100)
+      const first = queue('life-0')
+      await first.ensureGroup()
+      const ids: string[] = []
+      for (let i = 0; i < 20; i++) ids.push(String(await redis.xadd(first.key, '*', 'wf', 'w', 'from', `${i + 1}-0`, 'to', `${i + 1}-0`)))
+      const culprit = ids[7] as string
+      expect(await first.read(100, 10)).toHaveLength(20)
+      // Each life claims what the dead ones left (idle for 0 ms or more: they are
+      // all dead), writes and acks its batch, or dies holding it when the culprit is in it.
+      const parked: string[] = []
+      const written: string[] = []
+      let sizes: number[] = []
+      for (let life = 1; life < 200 && parked.length + written.length < ids.length; life++) {
+        const q = queue(`life-${life}`)
+        const batch = await q.claimBatch(0, 100, 10)
+        sizes.push(batch.deliveries.length)
+        if (batch.deliveries.some((d) => d.id === culprit)) continue
+        await q.ack([...batch.deliveries.map((d) => d.id), ...batch.parked.map((p) => p.entryId)], batch.parked, Date.now())
+        written.push(...batch.deliveries.map((d) => d.id))
+        parked.push(...batch.parked.map((p) => p.entryId))
+      }
+      expect(parked).toEqual([culprit])
+      expect(written.sort()).toEqual(ids.filter((id) => id !== culprit).sort())
+      // The whole batch while it had been delivered at most ALONE_ABOVE_DELIVERIES times, then one at a time.
+      expect(sizes.slice(0, ALONE_ABOVE_DELIVERIES - 1)).toEqual(Array.from({ length: ALONE_ABOVE_DELIVERIES - 1 }, () => 20))
+      expect(Math.max(...sizes.slice(ALONE_ABOVE_DELIVERIES - 1))).toBe(1)
+      const record = (await redis.xrange(first.parkedKey, '-', '+')) as [string, string[]][]
+      expect(record.map(([, f]) => f[f.indexOf('reason') + 1])).toEqual(['too_many_deliveries'])
+      expect(Number(await redis.xlen(first.key))).toBe(0)
+
+      // The same under one name restarted again and again (a fixed serviceId): its own pending entries.
+      sizes = []
+      const fixed = queue('fixed')
+      for (let i = 0; i < 3; i++) await redis.xadd(first.key, '*', 'wf', 'w', 'from', '1-0', 'to', '1-0')
+      expect(await fixed.read(100, 10)).toHaveLength(3)
+      for (let life = 0; life < 3; life++) sizes.push((await fixed.claimBatch(0, 100, 10, true)).deliveries.length)
+      expect(sizes).toEqual([3, 3, 1])
+    } finally {
+      const keys = await own.redis.keys(`${own.cfg.namespace}*`)
+      if (keys.length > 0) await own.redis.del(...keys)
+      await own.close()
     }
   })
 })

@@ -1,11 +1,14 @@
 // The persister's pure pieces: pointer parsing and merging, sortable stream keys,
-// cutting batches into transactions, the adaptive read size, backoff, and the
-// causal tree (including a hostile parent cycle).
+// cutting batches into transactions, the adaptive read size, backoff, the
+// causal tree (including a hostile parent cycle), and the checks of its options.
 import { describe, expect, it } from 'vitest'
 import { backoffMs } from '../../agents/persister.ts'
+import { MAX_TIMER_MS } from '../../runtime/config.ts'
+import { TroupeError } from '../../runtime/errors.ts'
 import { AdaptiveSize } from '../../runtime/persister/batch.ts'
 import { planTransactions, type WorkflowPart } from '../../runtime/persister/graph.ts'
 import { causalTree, treeDepth, type HistoryEvent } from '../../runtime/persister/history.ts'
+import { resolvePersisterOptions, type PersisterOptions } from '../../runtime/persister/options.ts'
 import { coalesce, isParked, parsePointer, streamKey, type Pointer } from '../../runtime/persister/pointers.ts'
 import { eventRow, workflowRows } from '../../runtime/persister/rows.ts'
 
@@ -101,5 +104,56 @@ describe('causal tree', () => {
     walk(roots)
     expect(seen.sort()).toEqual(['x', 'y', 'z'])
     expect(treeDepth(roots)).toBe(2)
+  })
+})
+
+describe('options', () => {
+  const VARS = ['TROUPE_PERSISTER_CLAIM_IDLE_MS', 'TROUPE_RECONCILE_MS', 'TROUPE_RETENTION_MS'] as const
+  /** The config error `resolvePersisterOptions` throws with `env` set (and the others of VARS unset), or null. */
+  const refusal = (env: Partial<Record<(typeof VARS)[number], string>>, opts: PersisterOptions = {}): string | null => {
+    const saved = VARS.map((k) => [k, process.env[k]] as const)
+    for (const k of VARS) delete process.env[k]
+    Object.assign(process.env, env)
+    try {
+      resolvePersisterOptions(opts)
+      return null
+    } catch (err) {
+      expect(err).toBeInstanceOf(TroupeError)
+      expect((err as TroupeError).code).toBe('config')
+      return (err as Error).message
+    } finally {
+      for (const [k, v] of saved) {
+        if (v === undefined) delete process.env[k]
+        else process.env[k] = v
+      }
+    }
+  }
+
+  it('takes durations only as whole milliseconds that Node can time, naming the variable or flag', () => {
+    // Accepted as before.
+    expect(refusal({ TROUPE_PERSISTER_CLAIM_IDLE_MS: '1500', TROUPE_RECONCILE_MS: '0' })).toBeNull()
+    expect(refusal({}, { claimIdleMs: MAX_TIMER_MS, reconcileMs: MAX_TIMER_MS, backoffMaxMs: MAX_TIMER_MS })).toBeNull()
+    // A fraction made every claim fail in Redis; past MAX_TIMER_MS Node fires a timer after 1 ms.
+    expect(refusal({ TROUPE_PERSISTER_CLAIM_IDLE_MS: '1500.5' })).toMatch(/^TROUPE_PERSISTER_CLAIM_IDLE_MS=1500\.5 must be a whole number of milliseconds/)
+    expect(refusal({ TROUPE_RECONCILE_MS: '2.5' })).toMatch(/^TROUPE_RECONCILE_MS=2\.5 must be a whole number/)
+    expect(refusal({ TROUPE_RECONCILE_MS: String(MAX_TIMER_MS + 1) })).toMatch(/^TROUPE_RECONCILE_MS=2147483648 must be .* to 2147483647/)
+    expect(refusal({ TROUPE_PERSISTER_CLAIM_IDLE_MS: '-5' })).toMatch(/^TROUPE_PERSISTER_CLAIM_IDLE_MS=-5 /)
+    expect(refusal({ TROUPE_PERSISTER_CLAIM_IDLE_MS: '0' })).toMatch(/claimIdleMs \(--claim-idle \/ --persister-claim-idle, TROUPE_PERSISTER_CLAIM_IDLE_MS\) must be a whole number of milliseconds, from 1/)
+    expect(refusal({ TROUPE_RETENTION_MS: '1.5' })).toMatch(/^TROUPE_RETENTION_MS=1\.5 /)
+    // From code or a flag (`--claim-idle 30d` is past the limit).
+    expect(refusal({}, { claimIdleMs: 1500.5 })).toMatch(/claimIdleMs \(--claim-idle \/ --persister-claim-idle, TROUPE_PERSISTER_CLAIM_IDLE_MS\) .* \(got 1500\.5\)/)
+    expect(refusal({}, { claimIdleMs: 30 * 86_400_000 })).toMatch(/claimIdleMs .* to 2147483647 \(got 2592000000\)/)
+    expect(refusal({}, { reconcileMs: MAX_TIMER_MS + 1 })).toMatch(/reconcileMs \(--reconcile-every \/ --persister-reconcile-every, TROUPE_RECONCILE_MS\) must be a whole number of milliseconds, from 0 \(off\)/)
+    for (const opts of [{ blockMs: 0.5 }, { backoffMinMs: 10.5 }, { backoffMaxMs: 2 ** 31 }, { reconcileSettleMs: -1 }, { targetWriteMs: Number.NaN }]) {
+      expect(refusal({}, opts), JSON.stringify(opts)).toMatch(new RegExp(`^persister option ${Object.keys(opts)[0] ?? ''} must be a whole number of milliseconds`))
+    }
+    // Counts go to Redis as COUNT and MAXLEN, which refuse fractions.
+    expect(refusal({}, { maxBatch: 2.5 })).toMatch(/maxBatch \(--batch \/ --persister-batch\) must be a positive whole number/)
+    expect(refusal({}, { maxBytesPerRead: 0 })).toMatch(/maxBytesPerRead must be a positive whole number/)
+  })
+
+  it('holds about four transactions of events in memory per read unless told otherwise', () => {
+    expect(resolvePersisterOptions({ maxBytesPerTx: 1000 }).maxBytesPerRead).toBe(4000)
+    expect(resolvePersisterOptions({ maxBytesPerTx: 1000, maxBytesPerRead: 10 }).maxBytesPerRead).toBe(10)
   })
 })
