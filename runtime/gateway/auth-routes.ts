@@ -44,9 +44,24 @@ export function registerAuthRoutes(app: FastifyInstance, deps: GatewayDeps): voi
     return reply.headers(NO_STORE).send(await store.issueTokens(user))
   })
 
+  // A refresh is an API request of the token's user and draws from their request
+  // bucket, like any other. Metered only once the token proved current: on a
+  // user name alone, anyone could drain that user's bucket (and the credential
+  // brake would do the same to refreshes that the docs promise keep working).
+  async function admitRefresh(user: string, reply: FastifyReply): Promise<void> {
+    const d = await limiter.check(user, 'req')
+    if (!d.known) throw new AuthError('unknown', 'unauthorized', 'user has no credential any more (revoked)')
+    void reply.headers(d.headers)
+    if (!d.allowed) {
+      metrics.rateLimited.inc({ kind: 'rate' })
+      throw new GatewayError('rate_limited', `too many requests; retry in ${d.headers['retry-after'] ?? '1'} s`, d.headers)
+    }
+  }
+
   app.post<{ Body: { refresh_token: string } }>('/v1/auth/refresh', { schema: { body: refreshBody, querystring: noQuery }, config: { public: true }, bodyLimit: SMALL }, async (request, reply) => {
     try {
-      return reply.headers(NO_STORE).send(await store.refresh(request.body.refresh_token))
+      const pair = await store.refresh(request.body.refresh_token, (user) => admitRefresh(user, reply))
+      return reply.headers(NO_STORE).send(pair)
     } catch (err) {
       if (err instanceof AuthError) metrics.authFailures.inc({ reason: err.reason })
       throw err

@@ -302,9 +302,11 @@ export class AuthStore {
   /**
    * Rotates a refresh token: returns a new access token and the family's next
    * refresh token. Presenting a superseded refresh token (or racing a rotation)
-   * revokes the whole family (RFC 9700 §4.14.2).
+   * revokes the whole family (RFC 9700 §4.14.2). `admit` runs once the token
+   * is known to be its family's current one, before anything changes: it may
+   * refuse (throw), e.g. on a rate limit, and the token stays good.
    */
-  async refresh(refreshToken: string): Promise<TokenPair> {
+  async refresh(refreshToken: string, admit?: (user: string) => Promise<void>): Promise<TokenPair> {
     const parsed = parseToken(refreshToken, 'refresh')
     if (!parsed) throw fail('malformed', 'unauthorized', 'not a refresh token')
     const { user, id: famId } = parsed
@@ -318,11 +320,12 @@ export class AuthStore {
       }
       throw fail('unknown', 'unauthorized', 'refresh token not recognised')
     }
-    const now = this.now()
-    if (fam.exp <= now) {
+    if (fam.exp <= this.now()) {
       await this.revokeFamily(user, famId)
       throw fail('expired', 'token_expired', 'refresh token expired: sign in again')
     }
+    if (admit) await admit(user)
+    const now = this.now()
     const next = mintToken('refresh', user, famId)
     const access = mintToken('access', user)
     const nextFam: FamilyRecord = { h: next.hash, gen: fam.gen + 1, used: [fam.h, ...fam.used].slice(0, USED_KEPT), at: access.id, exp: now + this.settings.refreshTtlMs, iat: fam.iat }

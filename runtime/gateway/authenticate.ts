@@ -8,6 +8,7 @@ import { readCookie, SESSION_COOKIE } from './cookies.ts'
 import type { GatewayMetrics } from './metrics.ts'
 import { GatewayError } from './problem.ts'
 import type { RateLimiter } from './rate-limit.ts'
+import { isApiPath } from './routes.ts'
 
 declare module 'fastify' {
   interface FastifyRequest {
@@ -51,16 +52,35 @@ export function checkOrigin(request: FastifyRequest): void {
   if (!origin) return
   // An opaque origin (sandboxed frame, data: URL) is never our own page.
   if (origin === 'null') throw new GatewayError('forbidden_origin', 'requests from an opaque origin may not use this site\'s session cookie')
-  let host: string
+  let from: URL
   try {
-    host = new URL(origin).host
+    from = new URL(origin)
   } catch {
     throw new GatewayError('forbidden_origin', 'unparseable Origin header')
   }
   // request.host is the Host header, or X-Forwarded-Host behind a trusted proxy
   // (TROUPE_GATEWAY_TRUST_PROXY): a proxy that rewrites Host to its upstream
   // made every cookie-session write look cross-site.
-  if (host !== request.host) throw new GatewayError('forbidden_origin', `requests from ${origin} may not use this site's session cookie`)
+  if (from.host === '' || from.host !== originHost(from.protocol, request.host)) throw new GatewayError('forbidden_origin', `requests from ${origin} may not use this site's session cookie`)
+}
+
+// Bytes that would make the URL parser read part of a Host as userinfo, path,
+// query or fragment: `evil@good` must not pass as `good`.
+const NOT_HOST = /[\s/?#@\\]/
+
+/**
+ * The Host (or X-Forwarded-Host) as the URL parser writes an origin's host:
+ * lowercased, without the scheme's default port. Compared raw, `Host:
+ * LOCALHOST:8080` or `X-Forwarded-Host: gw.example:443` looked cross-site. ''
+ * when it is not a host at all.
+ */
+export function originHost(protocol: string, host: string): string {
+  if (host === '' || NOT_HOST.test(host)) return ''
+  try {
+    return new URL(`${protocol}//${host}`).host
+  } catch {
+    return ''
+  }
 }
 
 /** Builds the onRequest hook that authenticates and rate-limits every non-public /v1 route. */
@@ -71,10 +91,11 @@ export function createAuthHook(deps: { store: AuthStore; limiter: RateLimiter; m
     const cfg = request.routeOptions.config
     // Every route is private unless marked public. The matched route decides, not
     // the raw URL: the router decodes %-escapes first, so /%76%31/agents is
-    // /v1/agents. A path no route matches answers 401 under /v1 (a 404 would
-    // tell a caller without a token which paths exist), 404 elsewhere.
+    // /v1/agents. A path no route matches answers 401 under /v1, however it is
+    // spelt (a 404 or 405 would tell a caller without a token which paths
+    // exist), 404 elsewhere.
     const route = request.routeOptions.url
-    if (cfg.public || (route === undefined && !request.url.startsWith('/v1/'))) return
+    if (cfg.public || (route === undefined && !isApiPath(request.url))) return
     let ctx: AuthContext
     try {
       const presented = presentedToken(request)

@@ -35,58 +35,78 @@ export function registerEventsRoute(app: FastifyInstance, deps: GatewayDeps): vo
       // Streams are long-lived sockets that cost one rate-limit token each: a cap
       // per user and gateway process keeps one user from holding them by the thousand.
       if (streamsOf(user) >= settings.sse.maxStreamsPerUser) {
+        metrics.rateLimited.inc({ kind: 'streams' })
         throw new GatewayError('too_many_streams', `${settings.sse.maxStreamsPerUser} event streams are open for ${user} on this gateway (TROUPE_SSE_MAX_STREAMS_PER_USER); close one first`, { 'retry-after': String(Math.ceil(settings.sse.retryMs / 1000)) })
       }
-      if (status && TERMINAL_STATUSES.has(status as WorkflowStatusValue)) {
-        // Nothing more will ever come: 204 tells EventSource to stop reconnecting.
-        const start = after === '0' || after === '0-0' ? '-' : `(${after}`
-        const rest = await redis.xrange(keys.events(wf), start, '+', 'COUNT', 1)
-        if (rest.length === 0) return reply.code(204).send()
-      }
-
-      reply.hijack()
-      const res = reply.raw
-      res.writeHead(200, {
-        ...(reply.getHeaders() as Record<string, string>),
-        'content-type': 'text/event-stream; charset=utf-8',
-        'cache-control': 'no-cache, no-transform',
-        connection: 'keep-alive',
-        // Reverse proxies (nginx) must not buffer the stream.
-        'x-accel-buffering': 'no',
-        'x-request-id': String(request.id),
-      })
-      res.socket?.setNoDelay(true)
-      metrics.httpRequests.inc({ route: '/v1/workflows/:id/events', status: '200' })
-      metrics.httpDuration.observe({ route: '/v1/workflows/:id/events' }, reply.elapsedTime / 1000)
-      metrics.sseConnections.inc()
+      // The slot is taken at once, before the next await: concurrent opens that
+      // all passed the check above would otherwise all take one. Every way out
+      // below that opens no stream gives it back.
       open.set(user, streamsOf(user) + 1)
-      const stream: SseStream = new SseStream(wf, res, after, {
-        redis,
-        keys,
-        settings: settings.sse,
-        status: () => client.getStatus(wf),
-        // Checked at every heartbeat: a stream ends once its token or session
-        // expires or is revoked (sign-out, troupe auth revoke), and the client's
-        // reconnect shows whether it may go on.
-        authorized: () => store.stillValid(auth),
-        onDrop: (reason) => {
-          metrics.sseDropped.inc({ reason })
-          request.log.info({ wf, reason, last: stream.last }, 'SSE client dropped')
-        },
-        onClose: () => {
-          metrics.sseConnections.dec()
-          const n = streamsOf(user) - 1
-          if (n > 0) open.set(user, n)
-          else open.delete(user)
-          hub.detach(wf, stream)
-        },
-      })
+      let slotHeld = true
+      const giveBack = (): void => {
+        if (!slotHeld) return
+        slotHeld = false
+        const n = streamsOf(user) - 1
+        if (n > 0) open.set(user, n)
+        else open.delete(user)
+      }
+      const res = reply.raw
+      let stream: SseStream
+      let opened = false
+      try {
+        if (status && TERMINAL_STATUSES.has(status as WorkflowStatusValue)) {
+          // Nothing more will ever come: 204 tells EventSource to stop reconnecting.
+          const start = after === '0' || after === '0-0' ? '-' : `(${after}`
+          const rest = await redis.xrange(keys.events(wf), start, '+', 'COUNT', 1)
+          if (rest.length === 0) return reply.code(204).send()
+        }
+        // Already answered (503 while Redis was away, see redis-gate.ts).
+        if (reply.sent) return
+
+        reply.hijack()
+        res.writeHead(200, {
+          ...(reply.getHeaders() as Record<string, string>),
+          'content-type': 'text/event-stream; charset=utf-8',
+          'cache-control': 'no-cache, no-transform',
+          connection: 'keep-alive',
+          // Reverse proxies (nginx) must not buffer the stream.
+          'x-accel-buffering': 'no',
+          'x-request-id': String(request.id),
+        })
+        res.socket?.setNoDelay(true)
+        metrics.httpRequests.inc({ route: '/v1/workflows/:id/events', status: '200' })
+        metrics.httpDuration.observe({ route: '/v1/workflows/:id/events' }, reply.elapsedTime / 1000)
+        metrics.sseConnections.inc()
+        stream = new SseStream(wf, res, after, {
+          redis,
+          keys,
+          settings: settings.sse,
+          status: () => client.getStatus(wf),
+          // Checked at every heartbeat: a stream ends once its token or session
+          // expires or is revoked (sign-out, troupe auth revoke), and the client's
+          // reconnect shows whether it may go on.
+          authorized: () => store.stillValid(auth),
+          onDrop: (reason) => {
+            metrics.sseDropped.inc({ reason })
+            request.log.info({ wf, reason, last: stream.last }, 'SSE client dropped')
+          },
+          onClose: () => {
+            metrics.sseConnections.dec()
+            giveBack()
+            hub.detach(wf, stream)
+          },
+        })
+        opened = true
+      } finally {
+        if (!opened) giveBack()
+      }
       // The client may have left before the stream listened for it (its 'close'
       // came during the reads above): it would hold a slot until the workflow ended.
       if (request.raw.destroyed || request.raw.socket.destroyed || res.destroyed) stream.close(true)
       try {
         await hub.attach(wf, stream)
-        // The client may have left while we subscribed; its close ran before attach.
+        // The client may have left while we subscribed, or the gateway began
+        // stopping: the stream is closed, and its close ran before attach.
         if (stream.state === 'closed') hub.detach(wf, stream)
         else await stream.start()
       } catch (err) {

@@ -38,7 +38,7 @@ export class GatewayMetrics {
     this.sseConnections = new Gauge({ name: 'troupe_sse_connections', help: 'Open SSE streams served by this gateway', registers })
     this.sseDropped = new Counter({ name: 'troupe_sse_dropped_total', help: 'SSE streams ended by the gateway: too slow or too far behind (they resume on reconnect), or their credential expired or was revoked', labelNames: ['reason'], registers })
     this.authFailures = new Counter({ name: 'troupe_auth_failures_total', help: 'Rejected authentications, by reason', labelNames: ['reason'], registers })
-    this.rateLimited = new Counter({ name: 'troupe_rate_limited_total', help: 'Requests answered 429, by limit kind (rate, quota, auth)', labelNames: ['kind'], registers })
+    this.rateLimited = new Counter({ name: 'troupe_rate_limited_total', help: 'Requests answered 429, by limit kind (rate, quota, auth, streams)', labelNames: ['kind'], registers })
     this.httpRequests = new Counter({ name: 'troupe_http_requests_total', help: 'HTTP requests answered, by route pattern and status', labelNames: ['route', 'status'], registers })
     this.httpDuration = new Histogram({ name: 'troupe_http_request_duration_seconds', help: 'Time to answer an HTTP request (SSE: time to open the stream)', labelNames: ['route'], buckets: HTTP_BUCKETS, registers })
   }

@@ -171,7 +171,9 @@ export function toProblem(err: unknown, request: FastifyRequest): { problem: Pro
 /** Sends `err` as `application/problem+json`; unexpected errors are logged with the request id. */
 export function sendProblem(err: unknown, request: FastifyRequest, reply: FastifyReply): FastifyReply {
   const { problem, headers } = toProblem(err, request)
-  if (problem.status >= 500) request.log.error({ err }, problem.detail)
+  // A Redis outage answers every request 503: one error line each would bury the cause.
+  if (problem.code === 'unavailable') request.log.warn({ code: problem.code }, problem.detail)
+  else if (problem.status >= 500) request.log.error({ err }, problem.detail)
   else request.log.info({ code: problem.code }, problem.detail)
   if (problem.status === 401) headers['www-authenticate'] ??= 'Bearer realm="troupe"'
   return reply.code(problem.status).headers(headers).type('application/problem+json').send(problem)

@@ -17,6 +17,7 @@ import { registerEventsRoute } from './events-route.ts'
 import { GatewayMetrics } from './metrics.ts'
 import { connectionProblem, GatewayError, sendProblem } from './problem.ts'
 import { RateLimiter } from './rate-limit.ts'
+import { RedisGate } from './redis-gate.ts'
 import { gatewaySettings, type GatewaySettingsInput } from './settings.ts'
 import { SseHub } from './sse-hub.ts'
 import { RouteTable } from './routes.ts'
@@ -76,6 +77,7 @@ export class Gateway {
   constructor(
     readonly app: FastifyInstance,
     readonly deps: GatewayDeps,
+    private readonly gate: RedisGate,
   ) {}
 
   /** Listens on the configured host and port (0 picks a free one); returns the base URL. */
@@ -91,7 +93,11 @@ export class Gateway {
   /** Ends every SSE stream (clients reconnect elsewhere), then closes the server. */
   async close(): Promise<void> {
     this.deps.hub.close()
-    await this.app.close()
+    try {
+      await this.app.close()
+    } finally {
+      this.gate.close()
+    }
     await this.deps.client.close()
   }
 }
@@ -152,6 +158,9 @@ export async function createGateway(opts: GatewayOptions): Promise<Gateway> {
   app.decorateRequest('auth', null)
   app.decorateRequest('quotaTaken', '')
 
+  // First: while Redis is away, the auth hook's own reads would wait for it.
+  const gate = new RedisGate(opts.redis, settings.http.redisWaitMs)
+  app.addHook('onRequest', gate.hook)
   app.addHook('onRequest', createAuthHook(deps))
   app.addHook('onSend', async (request, reply, payload) => {
     void reply.header('x-request-id', String(request.id))
@@ -185,6 +194,11 @@ export async function createGateway(opts: GatewayOptions): Promise<Gateway> {
   registerWorkflowRoutes(app, deps)
   registerEventsRoute(app, deps)
   registerUi(app)
-  await app.ready()
-  return new Gateway(app, deps)
+  try {
+    await app.ready()
+  } catch (err) {
+    gate.close()
+    throw err
+  }
+  return new Gateway(app, deps, gate)
 }

@@ -51,6 +51,12 @@ export interface HttpSettings {
   headersTimeoutMs: number
   /** `TROUPE_REQUEST_TIMEOUT_MS`: ... and its whole request, body included (default 60 s; must be >= headersTimeoutMs). */
   requestTimeoutMs: number
+  /**
+   * `TROUPE_GATEWAY_REDIS_WAIT_MS`: a request already waiting on Redis when the
+   * connection dropped answers 503 once the outage lasts this long (default 5 s;
+   * new requests get 503 at once).
+   */
+  redisWaitMs: number
 }
 
 /** Everything the gateway reads from its environment. */
@@ -81,8 +87,9 @@ export interface GatewaySettingsInput {
 function envNum(name: string, fallback: number, min = 0): number {
   const raw = process.env[name]
   if (raw === undefined || raw === '') return fallback
-  const v = Number(raw)
-  if (!Number.isFinite(v) || v < min) throw new TroupeError('config', `${name}=${raw} must be a number >= ${min}`)
+  // Plain decimals only: Number() reads ' ' as 0 (any free port, for TROUPE_GATEWAY_PORT) and '0x50' as 80.
+  const v = /^\d+(\.\d+)?$/.test(raw) ? Number(raw) : NaN
+  if (!Number.isFinite(v) || v < min) throw new TroupeError('config', `${name}=${JSON.stringify(raw)} must be a plain decimal number >= ${min}`)
   return v
 }
 
@@ -120,6 +127,7 @@ export function gatewaySettings(input: GatewaySettingsInput = {}): GatewaySettin
   const http: HttpSettings = {
     headersTimeoutMs: envNum('TROUPE_HEADERS_TIMEOUT_MS', 20_000, 1),
     requestTimeoutMs: envNum('TROUPE_REQUEST_TIMEOUT_MS', 60_000, 1),
+    redisWaitMs: envNum('TROUPE_GATEWAY_REDIS_WAIT_MS', 5000, 1),
     ...input.http,
   }
   for (const [k, v] of Object.entries({ ...auth, ...sse, ...http })) if (typeof v === 'number') positive(k, v)

@@ -88,6 +88,7 @@ interface Feed {
 /** Routes each workflow channel's messages to the clients following it. */
 export class SseHub {
   private readonly feeds = new Map<string, Feed>()
+  private closed = false
   private readonly timer: NodeJS.Timeout
   private readonly stopResync: () => void
 
@@ -115,6 +116,12 @@ export class SseHub {
    * from then on no published event can be missed (subscribe before replay).
    */
   async attach(wf: string, client: FeedClient): Promise<void> {
+    // A request that was opening its stream when close() ran: nobody would shut
+    // this one down, and the gateway's stop would wait on it.
+    if (this.closed) {
+      client.shutdown()
+      return
+    }
     let feed = this.feeds.get(wf)
     if (!feed) {
       const created: Feed = {
@@ -178,6 +185,8 @@ export class SseHub {
 
   /** Ends every stream and stops the heartbeat (gateway shutdown). */
   close(): void {
+    if (this.closed) return
+    this.closed = true
     clearInterval(this.timer)
     this.stopResync()
     this.each((c) => c.shutdown())

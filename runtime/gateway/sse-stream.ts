@@ -38,6 +38,8 @@ export interface SseStreamDeps {
 }
 
 const REPLAY_PAGE = 200
+/** How long a stopping gateway lets a stream's last bytes drain before it cuts the socket. */
+const SHUTDOWN_GRACE_MS = 2000
 const REPLAY_WRITE_BYTES = 64 * 1024
 
 /** Fields of XINFO STREAM that tell whether entries after `after` were deleted. */
@@ -105,6 +107,9 @@ export class SseStream implements FeedClient {
 
   /** Sends `retry:`, a reset if needed, the replay, then goes live. Call after the hub attached it. */
   async start(): Promise<void> {
+    // Closed before it began (the client left, or the hub was stopping): the
+    // replay would set the state back to replaying.
+    if (this.isClosed()) return
     this.write(`retry: ${this.deps.settings.retryMs}\n\n`)
     // Written through the response, `retry:` took the headers out: from here on
     // the socket carries only body chunks. A response writes straight to its
@@ -253,10 +258,23 @@ export class SseStream implements FeedClient {
     )
   }
 
+  /**
+   * Ends the stream because the gateway is stopping. What was written may still
+   * reach a reading client, for a little while; a client that stopped reading
+   * would hold the socket, and with it the gateway's stop, for good.
+   */
   shutdown(): void {
     if (this.state === 'closed') return
+    const stuck = this.congested
     this.state = 'closed'
-    this.res.end()
+    if (stuck) this.res.destroy()
+    else this.res.end()
+    this.release()
+    if (!stuck && !this.res.destroyed) {
+      const cut = setTimeout(() => this.res.destroy(), Math.min(this.deps.settings.slowClientMs, SHUTDOWN_GRACE_MS))
+      cut.unref()
+      this.res.once('close', () => clearTimeout(cut))
+    }
   }
 
   private flush(): void {

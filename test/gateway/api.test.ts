@@ -191,6 +191,24 @@ describe('gateway API', () => {
     expectProblem(await call(s, 'POST', '/v1/workflows', { token: alice, body: { agent: 'counter', type: 'ping', workflowId: 'dup-1' } }), 409, 'workflow_exists')
   })
 
+  it('answers 404, not 405, for paths a route only resembles, and 401 without a token however /v1 is spelt', async () => {
+    // The router does not collapse empty segments, so these are no route's paths.
+    for (const [method, path] of [['GET', '/v1/agents/'], ['DELETE', '//v1/agents'], ['POST', '/v1//workflows']]) {
+      const r = await call(s, method as string, path as string, { token: alice })
+      expect(r.status, `${method} ${path}`).toBe(404)
+      expect(r.headers.get('allow'), `${method} ${path}`).toBeNull()
+    }
+    // A path under /v1 in any spelling is guarded: no 405 (nor its Allow) tells a caller without a token what exists.
+    for (const path of ['//v1/workflows/x/events', '//v1/agents', '/%76%31//agents']) {
+      const r = await call(s, 'GET', path)
+      expectProblem(r, 401, 'unauthorized')
+      expect(r.headers.get('allow')).toBeNull()
+    }
+    // The real routes are unchanged.
+    expect((await call(s, 'GET', '/v1/agents', { token: alice })).status).toBe(200)
+    expect((await call(s, 'DELETE', '/v1/agents', { token: alice })).headers.get('allow')).toBe('GET, HEAD')
+  })
+
   it('honours a tame X-Request-Id and mints one otherwise', async () => {
     const r = await call(s, 'GET', '/v1/me', { token: alice, headers: { 'x-request-id': 'trace-123' } })
     expect(r.headers.get('x-request-id')).toBe('trace-123')

@@ -1,6 +1,7 @@
 // Tokens and sessions: expiry, refresh rotation, reuse revoking the family
 // (RFC 9700), logout, cookie sessions (including for SSE), cross-origin refusal,
 // credential rotation, hashes-only storage, and the admin CLI.
+import { request as httpRequest } from 'node:http'
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest'
 import { main } from '../../runtime/cli/main.ts'
 import { MAX_FAMILIES, type TokenPair } from '../../runtime/gateway/auth-store.ts'
@@ -179,6 +180,8 @@ describe('gateway auth', () => {
 
   it('keeps a bounded number of refresh families per user, revoking those refreshed least recently', async () => {
     const { store } = s.gw.deps
+    // A refresh counts against its user's limits, which only a user with a credential has.
+    await s.issue('vera')
     const first = await store.issueTokens('vera')
     const second = await store.issueTokens('vera')
     const rest: TokenPair[] = []
@@ -278,9 +281,40 @@ describe('gateway auth', () => {
       expect(r.status, r.text).toBe(201)
       // Another site is still another site.
       expect((await call(p, 'POST', '/v1/workflows', { cookie, body, headers: { ...forwarded, origin: 'https://evil.example' } })).status).toBe(403)
+      // Proxies may name the scheme's default port, or write the host in capitals.
+      for (const host of ['troupe.example:443', 'Troupe.Example']) {
+        const r2 = await call(p, 'POST', '/v1/workflows', { cookie, body, headers: { ...forwarded, 'x-forwarded-host': host } })
+        expect(r2.status, `${host}: ${r2.text}`).toBe(201)
+      }
+      expect((await call(p, 'POST', '/v1/workflows', { cookie, body, headers: { ...forwarded, 'x-forwarded-host': 'troupe.example:8443' } })).status).toBe(403)
     } finally {
       await p.stop()
     }
+  })
+
+  it('compares the Origin with the Host as the URL parser writes it: any case, default port or none', async () => {
+    const cookie = await s.session('cas')
+    const port = new URL(s.url).port
+    const body = { agent: 'counter', type: 'ping' }
+    // fetch may not set Host; node:http may.
+    const post = (headers: Record<string, string>): Promise<number> =>
+      new Promise((resolve, reject) => {
+        const req = httpRequest(`${s.url}/v1/workflows`, { method: 'POST', headers: { cookie, 'content-type': 'application/json', ...headers } }, (res) => {
+          res.resume()
+          resolve(res.statusCode ?? 0)
+        })
+        req.on('error', reject)
+        req.end(JSON.stringify(body))
+      })
+    expect(await post({ host: `LOCALHOST:${port}`, origin: `http://localhost:${port}` })).toBe(201)
+    expect(await post({ host: `LocalHost:${port}`, origin: `http://LOCALHOST:${port}` })).toBe(201)
+    // The default port of the origin's scheme, written or not, is the same origin.
+    expect(await post({ host: 'Gw.Example:80', origin: 'http://gw.example' })).toBe(201)
+    // Still refused: another port, another host, a Host that is not one.
+    expect(await post({ host: `localhost:${port}`, origin: 'http://localhost' })).toBe(403)
+    expect(await post({ host: `LOCALHOST:${port}`, origin: `http://evil.example:${port}` })).toBe(403)
+    expect(await post({ host: `evil.example@localhost:${port}`, origin: `http://localhost:${port}` })).toBe(403)
+    expect(await post({ host: 'gw.example', origin: 'file://' })).toBe(403)
   })
 
   it('troupe auth issue prints a working credential; revoke removes the user', async () => {

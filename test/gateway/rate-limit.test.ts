@@ -2,6 +2,7 @@
 // RateLimit-Policy and RateLimit; recovery after the window; per-user overrides;
 // sign-in attempts braked; and a bounded request loop on loopback.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import type { TokenPair } from '../../runtime/gateway/auth-store.ts'
 import { call, startStack, type Reply, type Stack } from './helpers.ts'
 
 let s: Stack
@@ -131,6 +132,33 @@ describe('gateway rate limits', () => {
     // Unknown users leave no limiter state behind.
     await call(s, 'POST', '/v1/auth/token', { body: { credential: 'tcr.nobody-here.AAAAAAAAAAAAAAAA.' + 'A'.repeat(43) } })
     expect(await s.redis.exists(s.gw.deps.keys.authRate('nobody-here'))).toBe(0)
+  })
+
+  it("meters refreshes on the user's request bucket; a refused one rotates nothing", async () => {
+    let t = await s.login('rex')
+    for (let i = 0; i < BURST; i++) {
+      const r = await call(s, 'POST', '/v1/auth/refresh', { body: { refresh_token: t.refresh_token } })
+      expect(r.status, r.text).toBe(200)
+      t = r.json as TokenPair
+    }
+    const limited = await call(s, 'POST', '/v1/auth/refresh', { body: { refresh_token: t.refresh_token } })
+    expect(limited.status).toBe(429)
+    expect((limited.json as { code: string }).code).toBe('rate_limited')
+    expect(Number(limited.headers.get('retry-after'))).toBeGreaterThanOrEqual(1)
+    expect(rateState(limited, 'burst')?.r).toBe(0)
+    s.advance(1000 / RATE + 5)
+    // The refused refresh changed nothing: the access token it would have replaced still works...
+    expect((await call(s, 'GET', '/v1/me', { token: t.access_token })).status).toBe(200)
+    s.advance(1000 / RATE + 5)
+    // ...and the refresh token is still its family's current one (not superseded, so no reuse alarm).
+    const again = await call(s, 'POST', '/v1/auth/refresh', { body: { refresh_token: t.refresh_token } })
+    expect(again.status, again.text).toBe(200)
+
+    // Refresh tokens that do not verify take nothing from the bucket: a user name is no key to it.
+    const { access_token: other } = await s.login('rhea')
+    const forged = `trt.rhea.${'A'.repeat(16)}.${'A'.repeat(43)}`
+    for (let i = 0; i < BURST + 2; i++) expect((await call(s, 'POST', '/v1/auth/refresh', { body: { refresh_token: forged } })).status).toBe(401)
+    expect(rateState(await call(s, 'GET', '/v1/me', { token: other }), 'burst')?.r).toBe(BURST - 1)
   })
 
   it('survives a bounded loop of concurrent requests on loopback', async () => {

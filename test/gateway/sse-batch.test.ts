@@ -84,6 +84,8 @@ interface Rig {
   server: Server
   /** Streams the hub has attached (and started) so far. */
   attached: number
+  /** Responses whose socket is gone (ended and flushed, or cut). */
+  released: number
 }
 
 /** Polls `cond` every few ms: waits on the rig's state, not on a guessed delay (the suite runs loaded). */
@@ -107,6 +109,7 @@ async function startRig(settings: Partial<SseSettings> = {}): Promise<Rig> {
   const server = createServer((req, res) => {
     const header = req.headers['last-event-id']
     res.writeHead(200, { 'content-type': 'text/event-stream' })
+    res.on('close', () => r.released++)
     const stream: SseStream = new SseStream(WF, res, typeof header === 'string' ? header : '0', {
       redis: store as unknown as RedisClient,
       keys,
@@ -122,7 +125,7 @@ async function startRig(settings: Partial<SseSettings> = {}): Promise<Rig> {
     })
   })
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r))
-  const r: Rig = { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, sub, store, hub, streams, drops, server, attached: 0 }
+  const r: Rig = { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, sub, store, hub, streams, drops, server, attached: 0, released: 0 }
   rig = r
   return r
 }
@@ -241,6 +244,40 @@ describe('SSE live frames coalesced per tick', () => {
     await c.closed
     expect(ids(c.messages)).toEqual(range(1, 453).map(id))
     expect(c.messages.at(-1)?.event).toBe('end')
+  })
+
+  it('lets go of the socket of a client that stopped reading when the gateway stops', async () => {
+    // Never dropped for being slow: only the shutdown can free this socket.
+    const r = await startRig({ slowClientMs: 60_000, maxQueueBytes: 64 * 1024 * 1024 })
+    const fast = openSse(r, '/events')
+    const slow = openSse(r, '/events')
+    await until(() => r.attached === 2, 'both attached')
+    slow.pause()
+    const big = 'x'.repeat(32 * 1024)
+    const bigLive = (n: number): string => `{"streamId":"${id(n)}","event":${encodeEvent({ workflowId: WF, type: 'blob', content: { big }, id: `e${n}` })}}`
+    for (let t = 0; t < 40; t++) {
+      r.sub.publish(range(t * 10 + 1, t * 10 + 10).map(bigLive))
+      await sleep(5)
+    }
+    await fast.until((m) => ids(m).length >= 400, 20_000)
+    const t0 = performance.now()
+    r.hub.close()
+    // The reading client gets a clean end; the other's socket is cut after a grace period at most.
+    await fast.closed
+    await until(() => r.released === 2, 'both sockets released', 5000)
+    expect(performance.now() - t0).toBeLessThan(5000)
+    expect(r.streams.map((x) => x.state)).toEqual(['closed', 'closed'])
+    expect(r.drops).toEqual([])
+    slow.close()
+  })
+
+  it('ends at once a stream that attaches after the hub closed', async () => {
+    const r = await startRig()
+    r.hub.close()
+    const late = openSse(r, '/events')
+    expect(await late.status).toBe(200)
+    await until(() => r.released === 1, 'its socket released', 5000)
+    expect(r.streams[0]?.state).toBe('closed')
   })
 
   it('drops a client that stops reading while batches go straight to its socket, and keeps the others live', async () => {

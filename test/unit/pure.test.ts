@@ -14,6 +14,7 @@ import { isDataError, isPoolError } from '../../runtime/persister/neo4j.ts'
 import { isLastStreamId } from '../../runtime/events.ts'
 import { resolveSupervisorOptions } from '../../runtime/supervisor/options.ts'
 import { splitWrite } from '../../runtime/supervisor/fence.ts'
+import { gatewaySettings } from '../../runtime/gateway/settings.ts'
 
 describe('backoffDelay', () => {
   const p = { initialMs: 100, maxMs: 1000, factor: 2, jitter: 0.5 }
@@ -313,5 +314,22 @@ describe('supervisor options and fenced writes', () => {
     expect(add.flatMap((w) => w.args)).toEqual(pairs)
     expect(splitWrite({ cmd: 'ZADD', key: 'k', args: ['NX', ...pairs] })).toHaveLength(1)
     expect(splitWrite({ cmd: 'PUBLISH', args: ['ch', 'x'.repeat(5000)] })).toHaveLength(1)
+  })
+})
+
+describe('gateway settings from the environment', () => {
+  it('takes plain decimal numbers only (a blank port meant any free port, 0x50 meant 80)', () => {
+    const before = process.env.TROUPE_GATEWAY_PORT
+    try {
+      for (const bad of [' ', '0x50', '8080 ', '1e3', '-1']) {
+        process.env.TROUPE_GATEWAY_PORT = bad
+        expect(() => gatewaySettings()).toThrow(/TROUPE_GATEWAY_PORT=.* must be a plain decimal number/)
+      }
+      process.env.TROUPE_GATEWAY_PORT = '8181'
+      expect(gatewaySettings().port).toBe(8181)
+    } finally {
+      if (before === undefined) delete process.env.TROUPE_GATEWAY_PORT
+      else process.env.TROUPE_GATEWAY_PORT = before
+    }
   })
 })

@@ -1,0 +1,86 @@
+// A gateway whose Redis goes away: /v1 answers 503 `unavailable` at once (the
+// runtime's connection queues commands until Redis returns, so without the gate
+// requests hang), a request already waiting gets the same 503 once the outage
+// lasts TROUPE_GATEWAY_REDIS_WAIT_MS, and everything works again after Redis
+// restarts. Runs on a private redis-server that the test kills.
+import { rmSync } from 'node:fs'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { startRedis, type RedisProcess } from '../../scripts/services/redis.ts'
+import { eventually } from '../helpers/redis.ts'
+import { call, sleep, startStack, type Reply, type Stack } from './helpers.ts'
+
+const WAIT_MS = 500
+// Every write reaches the disk before its reply: the tokens survive a kill.
+const REDIS_ARGS = ['--appendfsync', 'always']
+
+/** The redis-server running now (a restart replaces it, on the same port and data). */
+let redis: RedisProcess
+const servers: RedisProcess[] = []
+let s: Stack
+let token: string
+
+beforeAll(async () => {
+  redis = await startRedis({ args: REDIS_ARGS, keepData: true })
+  servers.push(redis)
+  s = await startStack({ config: { redisUrl: redis.url }, gateway: { http: { redisWaitMs: WAIT_MS } } })
+  token = (await s.login('otto')).access_token
+})
+afterAll(async () => {
+  await s?.stop()
+  for (const r of servers) await r.stop()
+  if (redis) rmSync(redis.dir, { recursive: true, force: true })
+})
+
+/** A call that gives up after `ms`: a hanging request fails the test instead of stalling it. */
+async function timed(method: string, path: string, opts: { token?: string; body?: unknown }, ms = 5000): Promise<{ r: Reply | null; took: number }> {
+  const t0 = performance.now()
+  let timer: NodeJS.Timeout | undefined
+  const r = await Promise.race([call(s, method, path, opts), new Promise<null>((res) => (timer = setTimeout(() => res(null), ms)))])
+  clearTimeout(timer)
+  return { r, took: performance.now() - t0 }
+}
+
+function expectUnavailable(x: { r: Reply | null; took: number }, withinMs: number): void {
+  expect(x.r, 'the request hung').not.toBeNull()
+  const r = x.r as Reply
+  expect(r.status, r.text).toBe(503)
+  expect((r.json as { code: string }).code).toBe('unavailable')
+  expect(r.headers.get('content-type')).toMatch(/problem\+json/)
+  expect(Number(r.headers.get('retry-after'))).toBeGreaterThanOrEqual(1)
+  expect(x.took).toBeLessThan(withinMs)
+}
+
+async function restart(): Promise<void> {
+  redis = await startRedis({ port: redis.port, dir: redis.dir, args: REDIS_ARGS, keepData: true })
+  servers.push(redis)
+  await eventually(async () => (await call(s, 'GET', '/v1/me', { token })).status === 200, 15_000, 'the gateway answers again')
+}
+
+describe('gateway during a Redis outage', () => {
+  it('answers 503 unavailable at once while Redis is down, and recovers when it returns', async () => {
+    expect((await call(s, 'GET', '/v1/me', { token })).status).toBe(200)
+    redis.kill()
+    await eventually(() => Promise.resolve(s.gw.deps.redis.status !== 'ready'), 5000, 'the connection to notice')
+    expectUnavailable(await timed('GET', '/v1/me', { token }), 1000)
+    expectUnavailable(await timed('POST', '/v1/workflows', { token, body: { agent: 'counter', type: 'ping' } }), 1000)
+    // Public routes read Redis too; the UI's files do not.
+    expectUnavailable(await timed('POST', '/v1/auth/token', { body: { credential: 'tcr.otto.AAAAAAAAAAAAAAAA.' + 'A'.repeat(43) } }), 1000)
+    expect((await call(s, 'GET', '/')).status).toBe(200)
+    expect(await s.rt.metrics.registry.metrics()).toMatch(/troupe_http_requests_total\{route="\/v1\/me",status="503"\} [1-9]/)
+    await restart()
+    const started = await call(s, 'POST', '/v1/workflows', { token, body: { agent: 'counter', type: 'ping' } })
+    expect(started.status, started.text).toBe(201)
+  })
+
+  it('answers a request that was already waiting on Redis once the outage lasts the wait bound', async () => {
+    // A stalled Redis keeps the connection up: the request is sent and waits for its reply.
+    redis.pause()
+    const waiting = timed('GET', '/v1/me', { token }, 8000)
+    await sleep(200)
+    redis.kill()
+    const x = await waiting
+    expectUnavailable(x, WAIT_MS + 3000)
+    expect(x.took).toBeGreaterThanOrEqual(WAIT_MS)
+    await restart()
+  })
+})
