@@ -9,7 +9,7 @@ import type { Driver } from 'neo4j-driver'
 import type { Logger } from '../log.ts'
 import type { RedisClient } from '../redis/connection.ts'
 import type { Keys } from '../redis/keys.ts'
-import { batchRanges, collectBatch } from './collect.ts'
+import { batchRanges, collectBatch, rangeIds } from './collect.ts'
 import { countEvents, planTransactions, writeRows } from './graph.ts'
 import type { PersisterMetrics } from './metrics.ts'
 import { describeError, isDataError, isPoolError } from './neo4j.ts'
@@ -127,12 +127,18 @@ export class BatchWriter {
           this.poolFailures.set(p.entryId, n)
           if (n < POOL_RETRIES) throw err
         }
+        // A pointer covers a whole commit's events (its transitions, the action's
+        // completion, the enqueue of each action it sent): one refused event must
+        // not keep the others out of the graph. Split by event until it is alone.
+        const ids = await rangeIds(this.d.redis, this.d.keys, p.wf, p.from, p.to)
+        if (ids.length > 1) {
+          const half = Math.ceil(ids.length / 2)
+          return combine(await this.writePointers([{ ...p, to: ids[half - 1] as string }]), await this.writePointers([{ ...p, from: ids[half] as string }]))
+        }
         return { events: 0, transactions: 0, reads: 0, maxReadBytes: 0, readings: [], parked: [{ entryId: p.entryId, fields: ['wf', p.wf, 'from', p.from, 'to', p.to], reason: 'unwritable', detail: describeError(err) }] }
       }
       const half = Math.ceil(pointers.length / 2)
-      const a = await this.writePointers(pointers.slice(0, half))
-      const b = await this.writePointers(pointers.slice(half))
-      return { events: a.events + b.events, transactions: a.transactions + b.transactions, reads: a.reads + b.reads, maxReadBytes: Math.max(a.maxReadBytes, b.maxReadBytes), parked: [...a.parked, ...b.parked], readings: [...a.readings, ...b.readings] }
+      return combine(await this.writePointers(pointers.slice(0, half)), await this.writePointers(pointers.slice(half)))
     }
   }
 
@@ -192,6 +198,11 @@ export class BatchWriter {
     }
     await Promise.all(Array.from({ length: Math.min(o.writeConcurrency, txs.length) }, worker))
   }
+}
+
+/** What two parts of a split batch wrote and parked, as one. */
+function combine(a: Written, b: Written): Written {
+  return { events: a.events + b.events, transactions: a.transactions + b.transactions, reads: a.reads + b.reads, maxReadBytes: Math.max(a.maxReadBytes, b.maxReadBytes), parked: [...a.parked, ...b.parked], readings: [...a.readings, ...b.readings] }
 }
 
 /**

@@ -6,6 +6,7 @@ import { compareStreamIds, parseEntry } from '../events.ts'
 import type { RedisClient } from '../redis/connection.ts'
 import { execOps, type CmdOp } from '../redis/batch.ts'
 import type { Keys } from '../redis/keys.ts'
+import { LuaScripts } from '../redis/scripts.ts'
 import type { StreamedEvent } from '../types.ts'
 import type { WorkflowPart } from './graph.ts'
 import { coalesce, inRange, type Pointer } from './pointers.ts'
@@ -188,4 +189,12 @@ export async function collectBatch(redis: RedisClient, keys: Keys, ranges: reado
     return workflowRows(r)
   })
   return { parts, readings, seen, events: n, bytes: read.bytes, rest: read.rest }
+}
+
+const scripts = new LuaScripts<'range_ids'>(new URL('./scripts/', import.meta.url))
+
+/** Ids of the events of `wf` from `from` to `to` (both included), without their fields (range_ids.lua). */
+export async function rangeIds(redis: RedisClient, keys: Keys, wf: string, from: string, to: string): Promise<string[]> {
+  const r = await scripts.run(redis, 'range_ids', [keys.events(wf)], [from, to])
+  return Array.isArray(r) ? r.map(String) : []
 }

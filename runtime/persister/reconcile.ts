@@ -15,7 +15,7 @@ import type { RedisClient } from '../redis/connection.ts'
 import { execOps, type CmdOp } from '../redis/batch.ts'
 import { isWorkflowId, type Keys } from '../redis/keys.ts'
 import { readEvents, readState, type ReadRange } from './collect.ts'
-import { planTransactions, writeRows } from './graph.ts'
+import { planTransactions, writeRows, type WorkflowPart } from './graph.ts'
 import type { PersisterMetrics } from './metrics.ts'
 import type { ResolvedPersisterOptions } from './options.ts'
 import { describeError, isDataError, isPoolError } from './neo4j.ts'
@@ -276,17 +276,47 @@ export class Reconciler {
   private async backfill(wf: string, start: string): Promise<number> {
     let ranges: ReadRange[] = [{ wf, start, end: '+' }]
     let written = 0
+    // The first event Neo4j refused: the rest of the stream is written all the
+    // same (it used to stop there, sweep after sweep), then this is thrown so
+    // that the workflow is reported failed.
+    let refused: Error | null = null
     do {
       const read = await readEvents(this.d.redis, this.d.keys, ranges, { pageSize: PAGE, maxBytes: this.d.opts.maxBytesPerRead })
       const events = read.events.get(wf) ?? []
       const [reading] = await readState(this.d.redis, this.d.keys, new Map([[wf, events]]))
-      if (!reading) return written
-      for (const rows of planTransactions([workflowRows(reading)], this.d.opts.maxEventsPerTx, this.d.opts.maxBytesPerTx)) {
-        await writeRows(this.d.driver, this.d.opts.database, rows)
+      if (!reading) break
+      const part = workflowRows(reading)
+      try {
+        for (const rows of planTransactions([part], this.d.opts.maxEventsPerTx, this.d.opts.maxBytesPerTx)) {
+          await writeRows(this.d.driver, this.d.opts.database, rows)
+        }
+      } catch (err) {
+        if (!isDataError(err)) throw err
+        refused ??= err instanceof Error ? err : new Error(String(err))
+        await this.eventByEvent(part)
       }
       written += events.length
       ranges = read.rest
     } while (ranges.length > 0)
+    if (refused !== null) throw refused
     return written
+  }
+
+  /**
+   * Writes a read one event per transaction, leaving out those Neo4j refuses
+   * (what the read's transactions wrote before the refusal is written again,
+   * as the same MERGEs). A full pool on two events in a row is load, not one
+   * event's size: that ends it, as it ends a run.
+   */
+  private async eventByEvent(part: WorkflowPart): Promise<void> {
+    let poolErrors = 0
+    for (const rows of planTransactions([part], 1, this.d.opts.maxBytesPerTx)) {
+      try {
+        await writeRows(this.d.driver, this.d.opts.database, rows)
+        poolErrors = 0
+      } catch (err) {
+        if (!isDataError(err) || (isPoolError(err) && ++poolErrors >= 2)) throw err
+      }
+    }
   }
 }

@@ -1,7 +1,8 @@
 // Neo4j's memory pool for transactions, full: a moment's load (someone else's
 // transactions hold the memory) is waited out like an outage, with nothing
-// parked; an entry too big for the pool even alone is parked after a few tries,
-// and the entries behind it are written; two such entries in one batch are both
+// parked; an event too big for the pool even alone is parked after a few tries,
+// by itself (the other events of its pointer are written), and the entries
+// behind it are written; two such entries in one batch are both
 // parked after about twice as many tries, not 5^2. Uses a Neo4j of its own with a small
 // pool (24 MB), so the other test files' writes cannot fill it or be refused.
 import neo4j, { type Driver } from 'neo4j-driver'
@@ -37,6 +38,29 @@ async function workflowWith(bytes: number, point = true): Promise<string> {
   const id = (await client.redis.xadd(client.keys.events(wf), '*', 'e', JSON.stringify({ id: `${wf}-e`, workflowId: wf, type: 'note', content: 'x'.repeat(bytes) }))) as string
   if (point) await client.redis.xadd(client.keys.persistence(), '*', 'wf', wf, 'from', id, 'to', id)
   return wf
+}
+
+/** Like workflowWith, with a small event before and after the big one, all three behind one pointer (one commit's events). */
+async function workflowWithNeighbours(bytes: number, point = true): Promise<{ wf: string; big: string }> {
+  const wf = `${prefix}-${++seq}`
+  await client.redis.hset(client.keys.status(wf), { status: 'completed', owner: 'tester', createdAt: String(Date.now()), updatedAt: String(Date.now()) })
+  const add = async (n: number, content: string): Promise<string> =>
+    (await client.redis.xadd(client.keys.events(wf), '*', 'e', JSON.stringify({ id: `${wf}-e${n}`, workflowId: wf, type: 'note', content }))) as string
+  const first = await add(1, 'before')
+  const big = await add(2, 'x'.repeat(bytes))
+  const last = await add(3, 'after')
+  if (point) await client.redis.xadd(client.keys.persistence(), '*', 'wf', wf, 'from', first, 'to', last)
+  return { wf, big }
+}
+
+/** The parked records of `wf`'s entries: reason and the range they name. */
+async function parkedRanges(wf: string): Promise<{ reason: string; from: string; to: string }[]> {
+  const entries = (await client.redis.xrange(client.keys.persistenceParked(), '-', '+')) as [string, string[]][]
+  const field = (f: string[], name: string): string => f[f.indexOf(name) + 1] ?? ''
+  return entries
+    .map(([, f]) => ({ reason: field(f, 'reason'), fields: JSON.parse(field(f, 'fields') || '[]') as string[] }))
+    .filter((p) => p.fields[1] === wf)
+    .map((p) => ({ reason: p.reason, from: p.fields[3] ?? '', to: p.fields[5] ?? '' }))
 }
 
 async function parkedFor(wf: string): Promise<string[]> {
@@ -84,23 +108,25 @@ describe('a full transaction memory pool', () => {
     }
   }, 120_000)
 
-  it('parks an entry that overflows the pool by itself after a few tries, and writes those behind it', async () => {
+  it('parks the event that overflows the pool by itself after a few tries, and writes its neighbours and the entries behind it', async () => {
     const before = await dataErrors()
-    // About 26 MB of memory to write: more than the whole pool.
-    const huge = await workflowWith(13 * MB)
+    // About 26 MB of memory to write: more than the whole pool. Its pointer also
+    // covers a small event before and after it, as a commit's pointer does.
+    const huge = await workflowWithNeighbours(13 * MB)
     const small = await workflowWith(10)
-    await eventually(async () => (await parkedFor(huge)).length > 0, 90_000, 'the entry parked')
-    expect(await parkedFor(huge)).toEqual(['unwritable'])
+    await eventually(async () => (await parkedFor(huge.wf)).length > 0, 90_000, 'the entry parked')
+    // Only the big event is parked, by its own id: the pointer was split by event.
+    expect(await parkedRanges(huge.wf)).toEqual([{ reason: 'unwritable', from: huge.big, to: huge.big }])
     expect(await dataErrors()).toBeGreaterThanOrEqual(before + POOL_RETRIES)
     await eventually(async () => (await persistedEvents(driver, [small])) === 1, 30_000, 'the entry behind it written')
-    expect(await persistedEvents(driver, [huge])).toBe(0)
+    expect(await persistedEvents(driver, [huge.wf])).toBe(2)
   }, 150_000)
 
-  it('keeps reconciliation going past a workflow Neo4j refuses', async () => {
+  it('keeps reconciliation going past an event and a workflow Neo4j refuses', async () => {
     // Events that reached Redis without a pointer: reconciliation backfills them.
     // A workflow it cannot write used to end the run there, leaving the rest of
     // its page unwritten and without a TTL, sweep after sweep.
-    const huge = await workflowWith(13 * MB, false)
+    const { wf: huge } = await workflowWithNeighbours(13 * MB, false)
     const small = await workflowWith(10, false)
     // A driver as the persister makes it: Neo4j's transient errors are retried for 3 s, not 30.
     const driver2 = createNeo4jDriver({ neo4jUri: own?.uri ?? '', neo4jUser: '', neo4jPassword: '' })
@@ -110,6 +136,8 @@ describe('a full transaction memory pool', () => {
       expect(report.failed).toBe(1)
       expect(report.workflows.map((c) => [c.wf, c.outcome])).toEqual([[huge, 'failed'], [small, 'backfilled']])
       expect(report.workflows[0]?.error).toContain('MemoryPoolOutOfMemoryError')
+      // Its other events are backfilled all the same (the backfill used to stop at the refused one).
+      expect(await persistedEvents(driver, [huge])).toBe(2)
       expect(await persistedEvents(driver, [small])).toBe(1)
       expect(await client.redis.pttl(client.keys.status(small))).toBeGreaterThan(0)
       expect(await client.redis.pttl(client.keys.status(huge))).toBe(-1)
