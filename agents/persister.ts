@@ -403,6 +403,9 @@ export class PersisterService implements HostedService {
         // period, so that another persister (one that can write) takes the batch
         // first; alone, this one takes it back a few seconds later.
         this.lastClaim = Date.now() + claimEvery
+        // Handed back, they are no longer this consumer's own pending entries to
+        // take back at once (the own claim ignores the claim period).
+        this.ownChecked = true
         const ids = [...batch.deliveries.map((d) => d.id), ...batch.parked.map((p) => p.entryId)]
         this.rt?.log.warn(`persister: handing back ${ids.length} entries after ${RELEASE_AFTER_FAILURES} failed writes in a row; another persister takes them at its next claim (or this one, a claim period later, once Neo4j answers)`)
         await queue.release(ids, Math.max(o.claimIdleMs, 3_600_000))

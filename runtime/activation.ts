@@ -395,7 +395,7 @@ export class ActorActivation implements LiveActorHooks {
         this.env.background(execOps(ctx.redis, [
           { cmd: 'publish', args: [ctx.keys.control(), JSON.stringify({ op: 'abort', wf: this.wf, reason: final, by: 'commit' })] },
           { cmd: 'zrem', args: [ctx.keys.deadlines(), this.wf] },
-        ]))
+        ]).then(throwFirst))
       }
       // settle.lua wrote the persistence pointer, and released the hint if the lock went.
       const settled = res.settled && (res.settled.state === 'held') === (res.code === 'next') ? res.settled : null

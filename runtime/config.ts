@@ -38,18 +38,42 @@ function persistenceFromEnv(raw: string | undefined): boolean {
 }
 
 /**
+ * Where the user info of `url` ends (its @), or -1: at the last @, whatever
+ * the password before it holds (an unencoded / ? or # ends the authority for a
+ * URL parser, yet it is still the password the user typed, and a URL without a
+ * scheme has one too), unless that @ is in a query parameter of a URL that
+ * parses as one (`redis://h:6379/0?name=a@b`): then at the authority's own @.
+ */
+export function userinfoEnd(url: string): number {
+  const last = url.lastIndexOf('@')
+  if (last < 0) return -1
+  const start = /^[a-z][a-z0-9+.-]*:\/\//i.exec(url)?.[0].length ?? 0
+  const query = url.indexOf('?', start)
+  if (query < 0 || query > last || !url.slice(query, last).includes('=')) return last
+  try {
+    // Read as a query parameter only when the URL parses that way (a valid host
+    // and port before the ?): `redis://alice:x?password=y@h` does not.
+    new URL(url)
+  } catch {
+    return last
+  }
+  const end = url.slice(start).search(/[/?#]/)
+  const authority = end < 0 ? url.slice(start) : url.slice(start, start + end)
+  const at = authority.lastIndexOf('@')
+  return at < 0 ? -1 : start + at
+}
+
+/**
  * `url` with its secrets replaced by *** (for messages and logs): the password
- * (everything from the user name to the last @) and `password=` query values.
+ * (everything from the user name to the @ that ends the user info, see
+ * userinfoEnd) and `password=` query values.
  */
 export function redactUrl(url: string): string {
   const masked: boolean[] = Array.from({ length: url.length }, () => false)
   const mask = (from: number, to: number): void => {
     for (let i = from; i < to; i++) masked[i] = true
   }
-  // The whole of it up to the last @, whatever it holds: a password with an
-  // unencoded / ? # in it ends the authority for a URL parser, yet it is still
-  // the password the user typed, and a URL given without a scheme has one too.
-  const at = url.lastIndexOf('@')
+  const at = userinfoEnd(url)
   if (at >= 0) {
     const start = /^[a-z][a-z0-9+.-]*:\/\//i.exec(url)?.[0].length ?? 0
     const colon = url.indexOf(':', start)

@@ -3,7 +3,7 @@
 import { readFileSync } from 'node:fs'
 import { parseArgs, type ParseArgsConfig } from 'node:util'
 import { TroupeError } from '../errors.ts'
-import { MAX_TIMER_MS, redactUrl } from '../config.ts'
+import { MAX_TIMER_MS, redactUrl, userinfoEnd } from '../config.ts'
 import { startRuntime, type HostedService, type Runtime } from '../runtime.ts'
 
 /** Exit codes of every command. */
@@ -54,7 +54,7 @@ export function configFlags(values: { redis?: string | boolean; namespace?: stri
  */
 export function checkRedisUrl(url: string | undefined): void {
   if (url === undefined || !/^rediss?(\+cluster)?:\/\//i.test(url)) return
-  const at = url.lastIndexOf('@')
+  const at = userinfoEnd(url)
   const userinfo = at < 0 ? '' : url.slice(url.indexOf('//') + 2, at)
   let readable = !/[/?#]/.test(userinfo)
   try {

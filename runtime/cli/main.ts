@@ -34,11 +34,16 @@ async function help(): Promise<string> {
   return lines.join('\n')
 }
 
-/** `arg` as it can be pasted back into a shell, a URL's password masked. */
-function shellWord(given: string): string {
+/** Options whose value is a secret: shown as *** when a line is echoed back. */
+const SECRET_OPTION = /^--[\w-]*(password|secret|token|credential)[\w-]*$/i
+
+/** `arg` as it can be pasted back into a shell, secrets masked: a URL's password, and the value of a secret option (`after` is the word before it). */
+function shellWord(given: string, before = ''): string {
+  if (SECRET_OPTION.test(before)) return '***'
   const flag = /^--[\w-]+=/.exec(given)?.[0] ?? ''
-  const arg = given.includes('://') ? `${flag}${redactUrl(given.slice(flag.length))}` : given
-  return /^[\w./:=@,+%-]+$/.test(arg) ? arg : `'${arg.replaceAll("'", `'\\''`)}'`
+  const value = given.slice(flag.length)
+  const arg = SECRET_OPTION.test(flag.slice(0, -1)) ? `${flag}***` : value.includes('://') || value.includes('@') ? `${flag}${redactUrl(value)}` : given
+  return /^[\w./:=@,+%*-]+$/.test(arg) ? arg : `'${arg.replaceAll("'", `'\\''`)}'`
 }
 
 /** Runs the CLI with `argv` (without node and script); resolves to the exit code. */
@@ -61,7 +66,7 @@ export async function main(argv: string[]): Promise<number> {
       const at = rest.findIndex((a) => Object.hasOwn(COMMANDS, a))
       why = at < 0
         ? `${shellWord(name)} is an option: options go after the command (troupe <command> [options])`
-        : `${shellWord(name)} is an option: options go after the command, as in: troupe ${[...rest.slice(at), name, ...rest.slice(0, at)].map(shellWord).join(' ')}`
+        : `${shellWord(name)} is an option: options go after the command, as in: troupe ${[...rest.slice(at), name, ...rest.slice(0, at)].map((w, i, all) => shellWord(w, all[i - 1])).join(' ')}`
     }
     process.stderr.write(`error: ${why}\n\n${await help()}\n`)
     return EXIT.usage

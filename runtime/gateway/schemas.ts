@@ -48,6 +48,9 @@ export const sendBody = {
     type: actionType,
     payload: {},
     delayMs: { type: 'integer', minimum: 0, maximum: YEAR_MS },
+    // Chosen by the caller, the send is idempotent: a retry after an answer that
+    // never came (a 503 while Redis was away, a dropped connection) queues nothing twice.
+    actionId: workflowId,
   },
 } as const
 

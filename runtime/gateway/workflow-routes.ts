@@ -24,6 +24,7 @@ interface SendBody {
   type: string
   payload?: unknown
   delayMs?: number
+  actionId?: string
 }
 type IdParams = { id: string }
 
@@ -118,7 +119,7 @@ export function registerWorkflowRoutes(app: FastifyInstance, deps: GatewayDeps):
     const wf = request.params.id
     await assertOwner(wf, user)
     const b = request.body
-    const r = await client.sendAction(wf, b.agent, b.type, b.payload ?? null, b.delayMs ? { delayMs: b.delayMs } : {})
+    const r = await client.sendAction(wf, b.agent, b.type, b.payload ?? null, { ...(b.delayMs ? { delayMs: b.delayMs } : {}), ...(b.actionId ? { actionId: b.actionId } : {}) })
     return reply.code(202).send({ workflowId: wf, actionId: r.actionId })
   })
 

@@ -130,12 +130,18 @@ export class BatchWriter {
         // A pointer covers a whole commit's events (its transitions, the action's
         // completion, the enqueue of each action it sent): one refused event must
         // not keep the others out of the graph. Split by event until it is alone.
+        const whole: Written = { events: 0, transactions: 0, reads: 0, maxReadBytes: 0, readings: [], parked: [{ entryId: p.entryId, fields: ['wf', p.wf, 'from', p.from, 'to', p.to], reason: 'unwritable', detail: describeError(err) }] }
         const ids = await rangeIds(this.d.redis, this.d.keys, p.wf, p.from, p.to)
-        if (ids.length > 1) {
+        // A refused write to a full pool costs the driver's retries (about 3 s):
+        // past a commit's usual size the split would take minutes.
+        if (ids.length > 1 && (!isPoolError(err) || ids.length <= MAX_POOL_SPLIT)) {
           const half = Math.ceil(ids.length / 2)
-          return combine(await this.writePointers([{ ...p, to: ids[half - 1] as string }]), await this.writePointers([{ ...p, from: ids[half] as string }]))
+          const split = combine(await this.writePointers([{ ...p, to: ids[half - 1] as string }]), await this.writePointers([{ ...p, from: ids[half] as string }]))
+          // Nothing of it went in: what Neo4j refuses is not one event (the
+          // workflow's own row, an action record): one parked record, not one per event.
+          return split.events === 0 && split.parked.length > 1 ? whole : split
         }
-        return { events: 0, transactions: 0, reads: 0, maxReadBytes: 0, readings: [], parked: [{ entryId: p.entryId, fields: ['wf', p.wf, 'from', p.from, 'to', p.to], reason: 'unwritable', detail: describeError(err) }] }
+        return whole
       }
       const half = Math.ceil(pointers.length / 2)
       return combine(await this.writePointers(pointers.slice(0, half)), await this.writePointers(pointers.slice(half)))
@@ -199,6 +205,9 @@ export class BatchWriter {
     await Promise.all(Array.from({ length: Math.min(o.writeConcurrency, txs.length) }, worker))
   }
 }
+
+/** Events of one entry past which a pool refusal parks the entry whole instead of splitting it (see writePointers). */
+const MAX_POOL_SPLIT = 16
 
 /** What two parts of a split batch wrote and parked, as one. */
 function combine(a: Written, b: Written): Written {

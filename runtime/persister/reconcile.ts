@@ -310,7 +310,11 @@ export class Reconciler {
    */
   private async eventByEvent(part: WorkflowPart): Promise<void> {
     let poolErrors = 0
-    for (const rows of planTransactions([part], 1, this.d.opts.maxBytesPerTx)) {
+    // The read's action rows in a transaction of their own, first: planned with
+    // the events they ride with the first event, and a refusal of that one
+    // would leave every action of the read without its record.
+    const txs = [...planTransactions([{ ...part, events: [] }], 1, this.d.opts.maxBytesPerTx), ...planTransactions([{ ...part, actions: [] }], 1, this.d.opts.maxBytesPerTx)]
+    for (const rows of txs) {
       try {
         await writeRows(this.d.driver, this.d.opts.database, rows)
         poolErrors = 0

@@ -103,10 +103,12 @@ export class LeaderDuties {
     const errors: string[] = []
     const report: TickReport = { health: null, deadlines: [], stuck: [], sweptAt: null, rollup: null, errors }
 
-    if (!this.seeded) {
-      // A new term reports the previous leader's last sweep until its own first one completes.
-      this.seeded = true
+    if (!this.seeded && !this.sweep.last) {
+      // A new term reports the previous leader's last sweep until its own first
+      // one completes (looked for again next tick if the read failed).
+      const failed = errors.length
       const prev = await this.guard('previous rollup', errors, () => readRollup(redis, keys))
+      if (errors.length === failed) this.seeded = true
       const figures = prev ? sweepFromRollup(prev) : null
       if (figures && !this.sweep.last) this.sweep.last = figures
     }

@@ -49,13 +49,20 @@ describe('gateway API', () => {
     const { workflowId } = start.json as { workflowId: string; actionId: string }
     expect(start.headers.get('location')).toBe(`/v1/workflows/${workflowId}`)
 
-    const sent = await call(s, 'POST', `/v1/workflows/${workflowId}/actions`, { token: alice, body: { agent: 'counter', type: 'ping', payload: { i: 2 } } })
-    expect(sent.status).toBe(202)
+    // With a chosen actionId a send is idempotent: the retry of one whose answer was lost queues nothing twice.
+    const sent = await call(s, 'POST', `/v1/workflows/${workflowId}/actions`, { token: alice, body: { agent: 'counter', type: 'ping', payload: { i: 2 }, actionId: 'ping-2' } })
+    expect(sent.status, sent.text).toBe(202)
+    const resent = await call(s, 'POST', `/v1/workflows/${workflowId}/actions`, { token: alice, body: { agent: 'counter', type: 'ping', payload: { i: 2 }, actionId: 'ping-2' } })
+    expect(resent.status, resent.text).toBe(202)
+    expect(resent.json).toEqual({ workflowId, actionId: 'ping-2' })
+    expectProblem(await call(s, 'POST', `/v1/workflows/${workflowId}/actions`, { token: alice, body: { agent: 'counter', type: 'relay', actionId: 'ping-2' } }), 409, 'duplicate_action')
+    expectProblem(await call(s, 'POST', `/v1/workflows/${workflowId}/actions`, { token: alice, body: { agent: 'counter', type: 'ping', actionId: 'bad id!' } }), 400, 'validation')
     await eventually(async () => {
       const st = await call(s, 'GET', `/v1/workflows/${workflowId}`, { token: alice })
       const b = st.json as { counts: { done: number }; agents: Record<string, unknown>; owner: string }
       return b.counts.done === 2 && b.agents.counter === 'counting' && b.owner === 'alice'
     }, 10_000, 'two pings done')
+    expect(((await call(s, 'GET', `/v1/workflows/${workflowId}`, { token: alice })).json as { counts: { actions: number } }).counts.actions).toBe(2)
 
     const list = await call(s, 'GET', '/v1/workflows', { token: alice })
     expect(list.status).toBe(200)

@@ -202,6 +202,11 @@ describe('mistakes are usage errors before any connection', () => {
     const r = await troupe(['--redis', cfg.redisUrl, 'run', 'counter', 'ping'])
     expect(r.code).toBe(2)
     expect(r.err).toContain(`options go after the command, as in: troupe run counter ping --redis ${cfg.redisUrl}`)
+    // The line echoed back keeps secrets out of the terminal and CI logs.
+    const secret = await troupe(['--neo4j-password', 'hunter2', 'persister', '--neo4j-user=neo', '--neo4j-password=hunter3', '--redis', 'u:pw9@h:6379'])
+    expect(secret.code).toBe(2)
+    expect(secret.err).toContain('options go after the command, as in: troupe persister')
+    expect(secret.err).not.toMatch(/hunter2|hunter3|pw9/)
     const bare = await troupe([])
     expect(bare.code).toBe(2)
     expect(bare.out).toBe('')

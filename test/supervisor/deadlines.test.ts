@@ -154,8 +154,8 @@ describe('deadlines', () => {
       await new Promise((r) => setTimeout(r, 20))
       await c.redis.set(c.keys.leaderTerm(), '3')
       const fence = new LeaderFence(c.redis, c.keys, 'test', 3)
-      // One tick's call, with the default batch.
-      const out = await deadlineDuty(fence, c, { batch: 100, leaseMs: 5000 }, createLogger('test', 'error'))
+      // One tick's call, with the default batch (and time enough for every pass on a loaded machine).
+      const out = await deadlineDuty(fence, c, { batch: 100, leaseMs: 5000, maxMs: 60_000 }, createLogger('test', 'error'))
       expect(out.filter((o) => o.result === 'ended').length).toBe(250)
       expect(out.filter((o) => o.result === 'fired').map((o) => o.wf)).toEqual([overdue])
       expect((await c.getStatus(overdue))?.status).toBe('failed')

@@ -32,6 +32,12 @@ describe('redactUrl', () => {
     expect(redactUrl('redis+cluster://h1:7000,h2:7001')).toBe('redis+cluster://h1:7000,h2:7001')
   })
 
+  it('leaves an @ in a query parameter alone, and host, port and db readable', () => {
+    expect(redactUrl('redis://h:6379/0?name=a@b')).toBe('redis://h:6379/0?name=a@b')
+    expect(redactUrl('redis://alice:s3cr3t@h:6379/0?name=a@b')).toBe('redis://alice:***@h:6379/0?name=a@b')
+    expect(checkRedisUrl('redis://h:6379/0?name=a@b')).toBeUndefined()
+  })
+
   it('masks a URL given without a scheme', () => {
     expect(redactUrl('alice:s3cr3t@h:6379')).toBe('alice:***@h:6379')
     expect(redactUrl('s3cr3t@h:6379')).toBe('***@h:6379')
