@@ -138,6 +138,25 @@ afterEach(async () => {
   rig = null
 })
 
+/**
+ * Two clients on `r`, one of which stops reading, and 400 events of 32 KB
+ * published in batches: the reading one has all of them when this returns.
+ */
+async function floodPastSlowClient(r: Awaited<ReturnType<typeof startRig>>): Promise<{ fast: ReturnType<typeof openSse>; slow: ReturnType<typeof openSse> }> {
+  const fast = openSse(r, '/events')
+  const slow = openSse(r, '/events')
+  await until(() => r.attached === 2, 'both attached')
+  slow.pause()
+  const big = 'x'.repeat(32 * 1024)
+  const bigLive = (n: number): string => `{"streamId":"${id(n)}","event":${encodeEvent({ workflowId: WF, type: 'blob', content: { big }, id: `e${n}` })}}`
+  for (let t = 0; t < 40; t++) {
+    r.sub.publish(range(t * 10 + 1, t * 10 + 10).map(bigLive))
+    await sleep(5)
+  }
+  await fast.until((m) => ids(m).length >= 400, 20_000)
+  return { fast, slow }
+}
+
 describe('SSE live frames coalesced per tick', () => {
   it('hands every client one batch per tick, its bytes concatenated once', async () => {
     const sub = new FakeSubscriber()
@@ -249,17 +268,7 @@ describe('SSE live frames coalesced per tick', () => {
   it('lets go of the socket of a client that stopped reading when the gateway stops', async () => {
     // Never dropped for being slow: only the shutdown can free this socket.
     const r = await startRig({ slowClientMs: 60_000, maxQueueBytes: 64 * 1024 * 1024 })
-    const fast = openSse(r, '/events')
-    const slow = openSse(r, '/events')
-    await until(() => r.attached === 2, 'both attached')
-    slow.pause()
-    const big = 'x'.repeat(32 * 1024)
-    const bigLive = (n: number): string => `{"streamId":"${id(n)}","event":${encodeEvent({ workflowId: WF, type: 'blob', content: { big }, id: `e${n}` })}}`
-    for (let t = 0; t < 40; t++) {
-      r.sub.publish(range(t * 10 + 1, t * 10 + 10).map(bigLive))
-      await sleep(5)
-    }
-    await fast.until((m) => ids(m).length >= 400, 20_000)
+    const { fast, slow } = await floodPastSlowClient(r)
     const t0 = performance.now()
     r.hub.close()
     // The reading client gets a clean end; the other's socket is cut after a grace period at most.
@@ -282,17 +291,7 @@ describe('SSE live frames coalesced per tick', () => {
 
   it('drops a client that stops reading while batches go straight to its socket, and keeps the others live', async () => {
     const r = await startRig({ slowClientMs: 200 })
-    const fast = openSse(r, '/events')
-    const slow = openSse(r, '/events')
-    await until(() => r.attached === 2, 'both attached')
-    slow.pause()
-    const big = 'x'.repeat(32 * 1024)
-    const bigLive = (n: number): string => `{"streamId":"${id(n)}","event":${encodeEvent({ workflowId: WF, type: 'blob', content: { big }, id: `e${n}` })}}`
-    for (let t = 0; t < 40; t++) {
-      r.sub.publish(range(t * 10 + 1, t * 10 + 10).map(bigLive))
-      await sleep(5)
-    }
-    await fast.until((m) => ids(m).length >= 400, 20_000)
+    const { fast, slow } = await floodPastSlowClient(r)
     expect(ids(fast.messages)).toEqual(range(1, 400).map(id))
     await until(() => r.drops.length >= 1, 'the slow client dropped')
     // Only the slow one: the fast one is still live and gets what comes next.
