@@ -7,6 +7,7 @@ import { causalTree, readHistory, treeDepth, type HistoryEvent, type TreeNode, t
 import { createNeo4jDriver, describeError } from '../persister/neo4j.ts'
 import { resolvePersisterOptions } from '../persister/options.ts'
 import { EXIT, parse, UsageError, type Command } from './common.ts'
+import { printable } from './render.ts'
 import { NEO4J_FLAGS, persisterFlags } from './persister.ts'
 
 const usage = `usage: troupe history <workflowId> [--json] [--limit <n>]
@@ -25,7 +26,8 @@ const dim = (s: string): string => (useColor ? `\x1b[90m${s}\x1b[0m` : s)
 
 function short(v: unknown, max = 80): string {
   const s = typeof v === 'string' ? v : (JSON.stringify(v) ?? '')
-  const line = s.replace(/\s+/g, ' ')
+  // Event text is whatever agents wrote: no terminal escapes from it.
+  const line = printable(s.replace(/\s+/g, ' '))
   return line.length > max ? `${line.slice(0, max - 1)}…` : line
 }
 
@@ -34,7 +36,7 @@ function time(ms: number): string {
 }
 
 function label(e: HistoryEvent): string {
-  return `${e.type}${e.agent ? ` [${e.agent}]` : ''} ${dim(short(e.content, 60))}`
+  return `${printable(e.type)}${e.agent ? ` [${printable(e.agent)}]` : ''} ${dim(short(e.content, 60))}`
 }
 
 /** Renders the forest with box-drawing guides; at most `limit` lines. */
@@ -58,14 +60,15 @@ export function renderHistory(h: WorkflowHistory, limit = Infinity): string {
   const roots = causalTree(h.events)
   const lines = [
     `workflow ${w.id}: ${w.status ?? '?'} (owner ${w.owner ?? '?'}, created ${w.createdAt ? new Date(w.createdAt).toISOString() : '?'})`,
-    `  ${h.events.length} events, ${h.actions.length} actions, causal depth ${treeDepth(roots)}, last stream id ${w.lastStreamId ?? '-'}`,
+    `  ${h.eventCount} events, ${h.actions.length} actions, causal depth ${treeDepth(roots)}${h.events.length < h.eventCount ? ` (of the first ${h.events.length})` : ''}, last stream id ${w.lastStreamId ?? '-'}`,
     '',
     'timeline:',
-    ...h.events.slice(0, limit).map((e) => `  ${dim(time(e.createdAt))}  ${(e.agent ?? '').padEnd(12)} ${e.type.padEnd(20)} ${short(e.content)}`),
+    ...h.events.slice(0, limit).map((e) => `  ${dim(time(e.createdAt))}  ${printable(e.agent ?? '').padEnd(12)} ${printable(e.type).padEnd(20)} ${short(e.content)}`),
   ]
-  if (h.events.length > limit) lines.push(dim(`  … ${h.events.length - limit} more`))
+  const shown = Math.min(limit, h.events.length)
+  if (h.eventCount > shown) lines.push(dim(`  … ${h.eventCount - shown} more`))
   lines.push('', 'actions:')
-  for (const a of h.actions) lines.push(`  ${a.id}  ${`${a.agent ?? '?'}/${a.type ?? '?'}`.padEnd(28)} ${(a.status ?? '?').padEnd(9)} ${a.attempts} attempt${a.attempts === 1 ? '' : 's'}`)
+  for (const a of h.actions) lines.push(`  ${printable(a.id)}  ${printable(`${a.agent ?? '?'}/${a.type ?? '?'}`).padEnd(28)} ${printable(a.status ?? '?').padEnd(9)} ${a.attempts} attempt${a.attempts === 1 ? '' : 's'}`)
   lines.push('', 'causal tree:', ...renderTree(roots, limit).map((l) => `  ${l}`))
   return lines.join('\n')
 }
@@ -116,13 +119,13 @@ export const command: Command = {
     if (!wf || extra.length) throw new UsageError('expected exactly one <workflowId>')
     // Before any connection: a bad id is the caller's mistake, not an unreachable Neo4j.
     assertWorkflowId(wf)
-    const limit = values.limit === undefined ? Infinity : Number(values.limit)
-    if (!(limit > 0)) throw new UsageError('--limit must be a positive number')
+    const limit = values.limit === undefined ? Infinity : /^\d+$/.test(values.limit) ? Number(values.limit) : NaN
+    if (!(limit > 0)) throw new UsageError('--limit must be a positive whole number')
     const { driver, database, uri } = neo4jFromFlags(values)
     try {
       let h: WorkflowHistory | null
       try {
-        h = await readHistory(driver, database, wf)
+        h = await readHistory(driver, database, wf, { limit })
       } catch (err) {
         process.stderr.write(`error: cannot read Neo4j at ${uri}: ${describeError(err)}\n  ${NEO4J_FIX}\n`)
         return EXIT.unavailable

@@ -27,8 +27,10 @@ export interface HistoryAction {
 /** A workflow as Neo4j holds it. */
 export interface WorkflowHistory {
   workflow: { id: string; status: string | null; owner: string | null; createdAt: number | null; updatedAt: number | null; lastStreamId: string | null }
-  /** In stream order. */
+  /** In stream order; the first `limit` of them when readHistory was given one. */
   events: HistoryEvent[]
+  /** How many events Neo4j holds for the workflow (more than `events.length` past a limit). */
+  eventCount: number
   actions: HistoryAction[]
 }
 
@@ -62,7 +64,8 @@ function decode(text: unknown): unknown {
  * for (const e of h?.events ?? []) console.log(e.streamId, e.type)
  * ```
  */
-export async function readHistory(driver: Driver, database: string | undefined, wf: string): Promise<WorkflowHistory | null> {
+export async function readHistory(driver: Driver, database: string | undefined, wf: string, opts: { limit?: number } = {}): Promise<WorkflowHistory | null> {
+  const limit = opts.limit !== undefined && Number.isFinite(opts.limit) ? Math.max(0, Math.floor(opts.limit)) : null
   const cfg = { routing: 'READ' as const, ...(database ? { database } : {}) }
   const w = await driver.executeQuery('MATCH (w:Workflow {id: $wf}) RETURN w {.id, .status, .owner, .createdAt, .updatedAt, .lastStreamId} AS w', { wf }, cfg)
   const rec = w.records[0]?.get('w') as Record<string, unknown> | undefined
@@ -73,8 +76,9 @@ export async function readHistory(driver: Driver, database: string | undefined, 
      OPTIONAL MATCH (e)-[:EMITTED_BY]->(a:Agent)
      OPTIONAL MATCH (ac:Action)-[:CAUSED]->(e)
      RETURN e {.id, .type, .content, .metadata, .createdAt, .streamId, .streamKey} AS e, p.id AS parentId, a.name AS agent, ac.id AS actionId
-     ORDER BY e.streamKey`,
-    { wf },
+     ORDER BY e.streamKey${limit === null ? '' : ' LIMIT $limit'}`,
+    // In the query: `troupe history --limit 20` of a long workflow read every event (content and all) to print twenty.
+    limit === null ? { wf } : { wf, limit: neo4j.int(limit) },
     cfg,
   )
   const events: HistoryEvent[] = ev.records.map((r) => {
@@ -104,9 +108,15 @@ export async function readHistory(driver: Driver, database: string | undefined, 
     const a = r.get('a') as Record<string, unknown>
     return { id: String(a.id), type: (a.type as string | null) ?? null, agent: (a.agent as string | null) ?? null, status: (a.status as string | null) ?? null, attempts: num(a.attempts) ?? 0 }
   })
+  let eventCount = events.length
+  if (limit !== null && events.length >= limit) {
+    const c = await driver.executeQuery('MATCH (:Workflow {id: $wf})-[:HAS_EVENT]->(e:Event) RETURN count(e) AS n', { wf }, cfg)
+    eventCount = num(c.records[0]?.get('n')) ?? events.length
+  }
   return {
     workflow: { id: String(rec.id), status: (rec.status as string | null) ?? null, owner: (rec.owner as string | null) ?? null, createdAt: num(rec.createdAt), updatedAt: num(rec.updatedAt), lastStreamId: (rec.lastStreamId as string | null) ?? null },
     events,
+    eventCount,
     actions,
   }
 }

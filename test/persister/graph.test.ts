@@ -328,6 +328,15 @@ describe('history', () => {
     const text = await cli(['history', wf])
     expect(text.out).toMatch(/causal tree:/)
     expect(text.out).toMatch(/token/)
+    // --limit is applied by the query: only that many events are read, the total is counted.
+    const limited = await readHistory(driver, undefined, wf, { limit: 3 })
+    expect(limited?.events.map((e) => e.streamId)).toEqual(h.events.slice(0, 3).map((e) => (e as unknown as { streamId: string }).streamId))
+    expect(limited?.eventCount).toBe(total)
+    const short = await cli(['history', wf, '--limit', '3'])
+    expect(short.code, short.err).toBe(0)
+    expect(short.out).toContain(`${total} events`)
+    expect(short.out).toContain(`… ${total - 3} more`)
+    expect((await cli(['history', wf, '--limit', '2.5'])).code).toBe(2)
 
     const out: string[] = []
     const write = process.stdout.write.bind(process.stdout)
