@@ -18,7 +18,26 @@ if (cmd.length === 0) {
 const started: LocalService[] = []
 async function stopAll(): Promise<void> {
   for (const s of started.reverse()) await s.stop().catch((e: unknown) => console.error('[services] stop failed:', e))
+  started.length = 0
 }
+
+// From the start: a Ctrl-C (or a CI timeout's SIGTERM) while Redis or Neo4j is
+// still coming up (minutes, the first time) stops what was started instead of
+// leaving it running. Once the command runs, signals go to it (below).
+let child: ReturnType<typeof spawn> | null = null
+let signalled = false
+const onSignal = (sig: NodeJS.Signals): void => {
+  if (child) {
+    child.kill(sig)
+    return
+  }
+  if (signalled) return
+  signalled = true
+  console.error(`[services] ${sig} while starting services: stopping them`)
+  void stopAll().finally(() => process.exit(130))
+}
+process.on('SIGINT', onSignal)
+process.on('SIGTERM', onSignal)
 
 try {
   const redis = await ensureRedis()
@@ -33,14 +52,11 @@ try {
     // Tells the command that this Neo4j came from the local bootstrap (auth on), not from the user.
     if (neo.started) env.TROUPE_NEO4J_BOOTSTRAPPED = '1'
   }
+  if (signalled) await new Promise(() => undefined)
   const [bin, ...args] = cmd as [string, ...string[]]
-  const child = spawn(bin, args, { stdio: 'inherit', env })
-  const forward = (sig: NodeJS.Signals): void => {
-    child.kill(sig)
-  }
-  process.on('SIGINT', forward)
-  process.on('SIGTERM', forward)
-  const code = await new Promise<number>((r) => child.on('exit', (c, s) => r(c ?? (s ? 1 : 0))))
+  const running = spawn(bin, args, { stdio: 'inherit', env })
+  child = running
+  const code = await new Promise<number>((r) => running.on('exit', (c, s) => r(c ?? (s ? 1 : 0))))
   await stopAll()
   process.exit(code)
 } catch (err) {

@@ -3,6 +3,7 @@
 import { spawn } from 'node:child_process'
 import { rmSync } from 'node:fs'
 import { Redis } from 'ioredis'
+import { redactUrl } from '../../runtime/config.ts'
 import { dataDir, freePort, hasCommand, MissingPrerequisiteError, waitFor, type LocalService } from './util.ts'
 
 /** True when a Redis at `url` answers PING within a second. */
@@ -84,14 +85,52 @@ export async function startRedis(opts: StartRedisOptions = {}): Promise<RedisPro
   }
 }
 
-/** Reuses `REDIS_URL` when set (and fails loudly if it does not answer), else starts one. */
+/** Oldest Redis Troupe runs on: its Lua scripts start with 7.0's `#!lua` flags line. */
+export const MIN_REDIS_MAJOR = 7
+
+/** Why the Redis whose `INFO server` text is `info` cannot serve Troupe, or null when it can. */
+export function redisVersionProblem(info: string): string | null {
+  const v = /^redis_version:(\S+)/m.exec(info)?.[1]
+  if (v === undefined) return null
+  const major = Number(v.split('.')[0])
+  return Number.isInteger(major) && major < MIN_REDIS_MAJOR ? `Redis ${v} is too old: Troupe needs Redis ${MIN_REDIS_MAJOR}.0 or later (its Lua scripts use 7.0's #! flags; on ${v} every script fails to compile)` : null
+}
+
+async function redisInfo(url: string): Promise<string> {
+  const client = new Redis(url, { lazyConnect: true, connectTimeout: 2000, maxRetriesPerRequest: 0, retryStrategy: () => null })
+  client.on('error', () => undefined)
+  try {
+    await client.connect()
+    return await client.info('server')
+  } catch {
+    return ''
+  } finally {
+    client.disconnect()
+  }
+}
+
+const OLD_REDIS_FIX = 'install Redis 7 (Debian 12 / Ubuntu 24.04: apt-get install -y redis-server; elsewhere packages.redis.io, or docker run -d -p 6379:6379 redis:7) and put it first on PATH, or export REDIS_URL=redis://<a Redis 7>:6379'
+
+/**
+ * Reuses `REDIS_URL` when set (and fails loudly if it does not answer), else
+ * starts one; either way refuses a Redis older than 7.0 with the fix, which
+ * would otherwise pass and then fail every script with a Lua syntax error.
+ */
 export async function ensureRedis(): Promise<LocalService> {
   const fromEnv = process.env.REDIS_URL
   if (fromEnv) {
     if (!(await redisReachable(fromEnv))) {
-      throw new MissingPrerequisiteError(`REDIS_URL=${fromEnv} does not answer PING.`, 'start that Redis, or unset REDIS_URL to let Troupe start a private redis-server')
+      throw new MissingPrerequisiteError(`REDIS_URL=${redactUrl(fromEnv)} does not answer PING.`, 'start that Redis, or unset REDIS_URL to let Troupe start a private redis-server')
     }
+    const old = redisVersionProblem(await redisInfo(fromEnv))
+    if (old) throw new MissingPrerequisiteError(`REDIS_URL=${redactUrl(fromEnv)}: ${old}.`, OLD_REDIS_FIX)
     return { url: fromEnv, started: false, stop: () => Promise.resolve() }
   }
-  return await startRedis()
+  const started = await startRedis()
+  const old = redisVersionProblem(await redisInfo(started.url))
+  if (old) {
+    await started.stop()
+    throw new MissingPrerequisiteError(`redis-server on PATH: ${old}.`, OLD_REDIS_FIX)
+  }
+  return started
 }

@@ -15,6 +15,7 @@ import { isLastStreamId } from '../../runtime/events.ts'
 import { resolveSupervisorOptions } from '../../runtime/supervisor/options.ts'
 import { splitWrite } from '../../runtime/supervisor/fence.ts'
 import { gatewaySettings } from '../../runtime/gateway/settings.ts'
+import { redisVersionProblem } from '../../scripts/services/redis.ts'
 
 describe('backoffDelay', () => {
   const p = { initialMs: 100, maxMs: 1000, factor: 2, jitter: 0.5 }
@@ -331,5 +332,16 @@ describe('gateway settings from the environment', () => {
       if (before === undefined) delete process.env.TROUPE_GATEWAY_PORT
       else process.env.TROUPE_GATEWAY_PORT = before
     }
+  })
+})
+
+describe('the Redis the bootstrap accepts', () => {
+  it('refuses a Redis older than 7.0, whose Lua cannot compile our scripts, with why', () => {
+    expect(redisVersionProblem('# Server\r\nredis_version:6.0.16\r\nredis_mode:standalone\r\n')).toMatch(/Redis 6\.0\.16 is too old: Troupe needs Redis 7\.0 or later/)
+    expect(redisVersionProblem('# Server\r\nredis_version:7.0.15\r\n')).toBeNull()
+    expect(redisVersionProblem('# Server\r\nredis_version:7.4.1\r\n')).toBeNull()
+    expect(redisVersionProblem('# Server\r\nredis_version:8.0.0\r\n')).toBeNull()
+    // Nothing to judge by (a proxy that hides INFO): left to the scripts' own errors.
+    expect(redisVersionProblem('')).toBeNull()
   })
 })
