@@ -1,7 +1,8 @@
 # One image for every Troupe process: runtimes, supervisor, persister, gateway.
 # Agent modules are TypeScript loaded through tsx at start, so there is no build
 # step; dev dependencies (tests, lint, benchmarks) stay out of the image.
-FROM node:20-bookworm-slim
+# Node 22: Node 20 is past its end of life, and a locked dependency (cookie@2.0.2, via fastify) declares node >= 22.
+FROM node:22-bookworm-slim
 
 WORKDIR /app
 ENV NODE_ENV=production

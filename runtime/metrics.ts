@@ -9,7 +9,7 @@ const DURATION_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 
 export class RuntimeMetrics {
   readonly registry = new Registry()
   readonly actions = new Counter({ name: 'troupe_actions_total', help: 'Actions finished, by agent and outcome (completed, retried, dead, cancelled)', labelNames: ['agent', 'outcome'], registers: [this.registry] })
-  readonly actionDuration = new Histogram({ name: 'troupe_action_duration_seconds', help: 'Time from delivery to commit of one action', labelNames: ['agent'], buckets: DURATION_BUCKETS, registers: [this.registry] })
+  readonly actionDuration = new Histogram({ name: 'troupe_action_duration_seconds', help: 'Time to run one action: from its delivery until its machine settles (the commit is not included)', labelNames: ['agent'], buckets: DURATION_BUCKETS, registers: [this.registry] })
   readonly queueWait = new Histogram({ name: 'troupe_queue_wait_seconds', help: 'Time from an action being due to its delivery', labelNames: ['agent'], buckets: DURATION_BUCKETS, registers: [this.registry] })
   readonly activations = new Counter({ name: 'troupe_activations_total', help: 'Actor activations (lock taken, snapshot restored)', labelNames: ['agent'], registers: [this.registry] })
   readonly lockContention = new Counter({ name: 'troupe_lock_contention_total', help: 'Picks that found the actor lock held by another process', labelNames: ['agent'], registers: [this.registry] })

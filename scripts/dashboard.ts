@@ -1,7 +1,7 @@
 // Builds grafana/dashboards/troupe.json, the dashboard that docker compose
 // provisions. Written as code so that every panel gets the same datasource, the
 // same template filters and a tidy grid; the JSON is committed (Grafana reads it)
-// and test/observability/dashboard.test.ts fails when the two differ.
+// and test/observability/stack-files.test.ts fails when the two differ.
 //
 //   npx tsx scripts/dashboard.ts          # rewrite the JSON
 //   npx tsx scripts/dashboard.ts --check  # exit 1 when it is stale
@@ -42,6 +42,16 @@ interface PanelSpec {
   h?: number
   /** Stat panels: show the series name (e.g. the leader's id) instead of its value. */
   showName?: boolean
+  /**
+   * Stat panels: an instant query (the value now) instead of a range query over
+   * the dashboard's time range. Needed where the series' labels get replaced over
+   * time (the leader's `service`, a process's `version`): a range query still
+   * returns the replaced series for the whole range, its last value looks
+   * current, and the stat shows old and new side by side. Stat panels whose
+   * queries keep the same series (unlabelled sums, `status`, which the leader
+   * always publishes for every status) stay range queries, for their sparkline.
+   */
+  instant?: boolean
   /** Stat panels: value from which the panel turns red (a number of bad things). */
   redFrom?: number
   stack?: boolean
@@ -65,7 +75,7 @@ export const ROWS: RowSpec[] = [
     panels: [
       { title: 'Processes up', kind: 'stat', w: 3, unit: 'none', description: 'Processes discovered through the supervisor\'s http_sd and scraped successfully, and those that failed their last scrape.', queries: [{ expr: `sum(up{${NODE}})`, legend: 'up' }, { expr: `sum(1 - up{${NODE}})`, legend: 'down' }] },
       { title: 'Services by status', kind: 'stat', w: 5, unit: 'none', description: 'Heartbeat records as the supervisor leader classifies them: alive, stopped (clean exit), dead (missed heartbeats), unusable (corrupt records).', queries: [{ expr: 'sum by (status) (troupe_cluster_services)', legend: '{{status}}' }] },
-      { title: 'Supervisor leader', kind: 'stat', w: 4, showName: true, description: 'The process currently leading the supervisor election (as each supervisor last saw it).', queries: [{ expr: 'max by (service) (troupe_supervisor_leader)', legend: '{{service}}' }] },
+      { title: 'Supervisor leader', kind: 'stat', w: 4, showName: true, instant: true, description: 'The process leading the supervisor election now, as each supervisor last saw it (an instant query: a leader replaced by a takeover is not listed).', queries: [{ expr: 'max by (service) (troupe_supervisor_leader)', legend: '{{service}}' }] },
       { title: 'Actions / s', kind: 'stat', w: 3, unit: 'ops', description: 'Actions finished per second, every outcome.', queries: [{ expr: `sum(rate(troupe_actions_total{${AI}}[${W}]))` }] },
       { title: 'Retried or dead', kind: 'stat', w: 3, unit: 'percentunit', redFrom: 0.05, description: 'Share of finished actions that were retried or dead-lettered.', queries: [{ expr: `sum(rate(troupe_actions_total{outcome=~"retried|dead", ${AI}}[${W}])) / sum(rate(troupe_actions_total{${AI}}[${W}]))` }] },
       { title: 'Oldest due action', kind: 'stat', w: 3, unit: 's', redFrom: 60, description: 'Age of the oldest action that is due and not yet delivered, over all agents (from the supervisor leader).', queries: [{ expr: `max(troupe_cluster_oldest_due_action_seconds{${A}})` }] },
@@ -77,8 +87,8 @@ export const ROWS: RowSpec[] = [
     panels: [
       { title: 'Actions by agent and outcome', kind: 'timeseries', w: 12, unit: 'ops', description: 'Finished actions per second. completed = acked; retried = failed and rescheduled with backoff; dead = dead-lettered; cancelled = its workflow ended meanwhile.', queries: [{ expr: `sum by (agent, outcome) (rate(troupe_actions_total{${AI}}[${W}]))`, legend: '{{agent}} {{outcome}}' }] },
       { title: 'Transitions and events', kind: 'timeseries', w: 12, unit: 'ops', description: 'State transitions of agent machines and workflow events published by agent code, per second.', queries: [{ expr: `sum by (agent) (rate(troupe_transitions_total{${AI}}[${W}]))`, legend: '{{agent}} transitions' }, { expr: `sum by (agent) (rate(troupe_events_published_total{${AI}}[${W}]))`, legend: '{{agent}} events' }] },
-      { title: 'Action duration', kind: 'timeseries', w: 6, unit: 's', description: 'Delivery to commit of one action over the selected agents: p50, p95, p99 (histogram_quantile over troupe_action_duration_seconds).', queries: quantiles('troupe_action_duration_seconds', '', AI) },
-      { title: 'Action duration p95 by agent', kind: 'timeseries', w: 6, unit: 's', description: '95th percentile of delivery to commit, per agent: which agent is slow.', queries: quantiles('troupe_action_duration_seconds', 'agent', AI, [0.95]) },
+      { title: 'Action duration', kind: 'timeseries', w: 6, unit: 's', description: 'Time to run one action, from its delivery until its machine settles (the commit is not included), over the selected agents: p50, p95, p99 (histogram_quantile over troupe_action_duration_seconds).', queries: quantiles('troupe_action_duration_seconds', '', AI) },
+      { title: 'Action duration p95 by agent', kind: 'timeseries', w: 6, unit: 's', description: '95th percentile of the time to run one action (delivery until its machine settles; the commit is not included), per agent: which agent is slow.', queries: quantiles('troupe_action_duration_seconds', 'agent', AI, [0.95]) },
       { title: 'Queue wait', kind: 'timeseries', w: 6, unit: 's', description: 'From an action being due to its first delivery over the selected agents: p50, p95, p99. Grows when workers are saturated or an actor is held.', queries: quantiles('troupe_queue_wait_seconds', '', AI) },
       { title: 'Queue wait p95 by agent', kind: 'timeseries', w: 6, unit: 's', description: '95th percentile of the wait for delivery, per agent: which agent lacks capacity.', queries: quantiles('troupe_queue_wait_seconds', 'agent', AI, [0.95]) },
     ],
@@ -132,7 +142,7 @@ export const ROWS: RowSpec[] = [
       { title: 'SSE clients dropped', kind: 'timeseries', w: 8, unit: 'none', description: 'Clients dropped for not reading (slow: the socket stayed full; overflow: too far behind; they resume with Last-Event-ID) or because their token or session expired or was revoked (unauthorized).', queries: [{ expr: `sum by (reason) (increase(troupe_sse_dropped_total{${I}}[${W}]))`, legend: '{{reason}}' }] },
       { title: 'HTTP requests', kind: 'timeseries', w: 8, unit: 'reqps', description: 'Requests answered per second, by status code.', queries: [{ expr: `sum by (status) (rate(troupe_http_requests_total{${I}}[${W}]))`, legend: '{{status}}' }] },
       { title: 'Auth failures', kind: 'timeseries', w: 8, unit: 'ops', description: 'Rejected authentications per second, by reason (missing, malformed, unknown, expired, bad_credential, refresh_reused).', queries: [{ expr: `sum by (reason) (rate(troupe_auth_failures_total{${I}}[${W}]))`, legend: '{{reason}}' }] },
-      { title: 'Rate-limit rejections', kind: 'timeseries', w: 8, unit: 'ops', description: 'Requests answered 429 per second, by limit (rate, quota, auth).', queries: [{ expr: `sum by (kind) (rate(troupe_rate_limited_total{${I}}[${W}]))`, legend: '{{kind}}' }] },
+      { title: 'Rate-limit rejections', kind: 'timeseries', w: 8, unit: 'ops', description: 'Requests answered 429 per second, by limit: rate (the user\'s request rate), quota (workflows the user started today), auth (the user\'s sign-in attempts), streams (SSE streams the user has open on one gateway).', queries: [{ expr: `sum by (kind) (rate(troupe_rate_limited_total{${I}}[${W}]))`, legend: '{{kind}}' }] },
       { title: 'HTTP latency p95', kind: 'timeseries', w: 8, unit: 's', description: '95th percentile time to answer, by route pattern (SSE: time to open the stream).', queries: quantiles('troupe_http_request_duration_seconds', 'route', I, [0.95]) },
     ],
   },
@@ -142,7 +152,7 @@ export const ROWS: RowSpec[] = [
       { title: 'Event-loop lag p99', kind: 'timeseries', w: 8, unit: 's', description: 'How late timers and I/O callbacks run in each process. Above ~100 ms, lock extensions and heartbeats are at risk.', queries: [{ expr: `max by (instance, roles) (nodejs_eventloop_lag_p99_seconds{${NODE}})`, legend: '{{instance}} ({{roles}})' }] },
       { title: 'Memory', kind: 'timeseries', w: 8, unit: 'bytes', description: 'Resident set size and V8 heap in use, per process.', queries: [{ expr: `max by (instance, roles) (process_resident_memory_bytes{${NODE}})`, legend: 'rss {{instance}} ({{roles}})' }, { expr: `sum by (instance, roles) (nodejs_heap_size_used_bytes{${NODE}})`, legend: 'heap {{instance}} ({{roles}})' }] },
       { title: 'CPU', kind: 'timeseries', w: 8, unit: 'percentunit', description: 'CPU time per second of wall time, per process (1 = one core).', queries: [{ expr: `sum by (instance, roles) (rate(process_cpu_seconds_total{${NODE}}[${W}]))`, legend: '{{instance}} ({{roles}})' }] },
-      { title: 'Versions', kind: 'stat', w: 24, h: 4, showName: true, description: 'Troupe and Node.js version of each process (troupe_build_info).', queries: [{ expr: `count by (version, node) (troupe_build_info{${I}})`, legend: 'troupe {{version}} on node {{node}}' }] },
+      { title: 'Versions', kind: 'stat', w: 24, h: 4, showName: true, instant: true, description: 'Troupe and Node.js versions the processes run now (troupe_build_info; an instant query, so versions replaced by an upgrade are not listed).', queries: [{ expr: `count by (version, node) (troupe_build_info{${I}})`, legend: 'troupe {{version}} on node {{node}}' }] },
     ],
   },
 ]
@@ -155,8 +165,8 @@ function panelJson(p: PanelSpec, id: number, gridPos: Json): Json {
     refId: String.fromCharCode(65 + i),
     expr: q.expr,
     legendFormat: q.legend ?? (p.kind === 'stat' ? p.title : '__auto'),
-    range: true,
-    instant: false,
+    range: p.instant !== true,
+    instant: p.instant === true,
   }))
   const thresholds = {
     mode: 'absolute',

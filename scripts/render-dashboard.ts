@@ -96,7 +96,10 @@ async function panels(prom: PrometheusProcess, start: number, end: number): Prom
     showName: p.options?.textMode === 'name',
     queries: await Promise.all(queries.filter((q) => q.panelId === p.id).map(async (q) => ({
       legend: q.legend,
-      series: await prom.queryRange(substitute(q.expr, WINDOW), start, end, step),
+      // As Grafana runs it: an instant query (the leader stat) is the value at the end only.
+      series: q.instant
+        ? (await prom.query(substitute(q.expr, WINDOW), end)).map((r) => ({ metric: r.metric, values: [r.value] }))
+        : await prom.queryRange(substitute(q.expr, WINDOW), start, end, step),
     }))),
   })
   const firstRow = dash.panels.filter((p) => p.type === 'stat' && p.gridPos.y <= 1)

@@ -11,13 +11,15 @@ export interface PanelQuery {
   refId: string
   expr: string
   legend: string
+  /** Grafana runs it as an instant query (the value now), not over the time range. */
+  instant: boolean
 }
 
 interface PanelJson {
   id: number
   type: string
   title: string
-  targets?: { refId: string; expr: string; legendFormat?: string }[]
+  targets?: { refId: string; expr: string; legendFormat?: string; instant?: boolean }[]
   panels?: PanelJson[]
 }
 
@@ -31,7 +33,7 @@ export function dashboardQueries(dash: Record<string, unknown>): PanelQuery[] {
   const out: PanelQuery[] = []
   const visit = (panels: PanelJson[]): void => {
     for (const p of panels) {
-      for (const t of p.targets ?? []) out.push({ panelId: p.id, panel: p.title, refId: t.refId, expr: t.expr, legend: t.legendFormat ?? '' })
+      for (const t of p.targets ?? []) out.push({ panelId: p.id, panel: p.title, refId: t.refId, expr: t.expr, legend: t.legendFormat ?? '', instant: t.instant === true })
       if (p.panels) visit(p.panels)
     }
   }

@@ -50,7 +50,8 @@ describe('docker compose stack', () => {
     expect(compose.match(/healthcheck:/g)?.length ?? 0).toBe(5)
     expect(compose).toContain('/healthz')
     const dockerfile = read('Dockerfile')
-    expect(dockerfile).toMatch(/^FROM node:20/m)
+    // Node 22: 20 is past its end of life, and a locked dependency (cookie) declares node >= 22.
+    expect(dockerfile).toMatch(/^FROM node:22-bookworm-slim$/m)
     expect(dockerfile).toContain('npm ci')
     expect(dockerfile).toContain('"node", "bin/troupe.mjs"')
     expect(read('.dockerignore')).toMatch(/^node_modules$/m)
@@ -63,6 +64,11 @@ describe('docker compose stack', () => {
     const config = read('prometheus/prometheus.yml')
     expect(config).toMatch(/job_name: troupe\n\s+http_sd_configs:\n(\s+#.*\n)*\s+- url: http:\/\/worker-1:9465\/sd/)
     expect(config).not.toMatch(/job_name: troupe[\s\S]*static_configs[\s\S]*job_name: prometheus/)
+    // One discovery URL, never one per supervisor: Prometheus keeps a failing
+    // http_sd source's last list for good, so a stopped supervisor's entry would
+    // leave its targets behind as up == 0 (docs/monitoring.md, several supervisors).
+    const troupeJob = /job_name: troupe\n([\s\S]*?)(?=\n\s+- job_name:|$)/.exec(config)?.[1] ?? ''
+    expect(troupeJob.match(/^\s+- url:/gm)?.length, troupeJob).toBe(1)
     // The SD port is the one worker-1 (the supervisor's host) is told to serve on.
     expect(read('docker-compose.yml')).toMatch(/TROUPE_SD_PORT: "9465"/)
   })
@@ -107,6 +113,35 @@ describe('grafana/dashboards/troupe.json', () => {
       // Agent series must honour $agent; instance filters are left out only for leader-only cluster gauges.
       if (/troupe_(actions|action_duration|queue_wait|activations|lock_contention|fence|redeliveries|transitions|events_published|active_actors)/.test(q.expr)) expect(q.expr, q.panel).toContain('agent=~"$agent"')
       if (/^(nodejs|process)_|\b(nodejs|process)_/.test(q.expr)) expect(q.expr, q.panel).toContain('job="troupe"')
+    }
+  })
+
+  it('runs stat panels that name series as instant queries, and range stats only over series that keep their labels', () => {
+    const panels = (loadDashboard().panels ?? []) as { type: string; title: string; options?: { textMode?: string }; targets?: { expr: string; range?: boolean; instant?: boolean }[] }[]
+    const stats = panels.filter((p) => p.type === 'stat')
+    expect(stats.length).toBeGreaterThan(5)
+    for (const p of panels) {
+      for (const t of p.targets ?? []) {
+        // Exactly one of the two, or Grafana runs both and the panel shows every series twice.
+        expect(t.range !== t.instant, `${p.title}: range ${String(t.range)}, instant ${String(t.instant)}`).toBe(true)
+        if (p.type !== 'stat') expect(t.range, `${p.title} is a time series: range queries`).toBe(true)
+      }
+    }
+    // A range query keeps a replaced series (the old leader, an old version) for the
+    // whole time range, with a last value that looks current.
+    for (const title of ['Supervisor leader', 'Versions']) {
+      const p = stats.find((x) => x.title === title)
+      expect(p, title).toBeDefined()
+      for (const t of p?.targets ?? []) expect(t.instant, `${title}: ${t.expr}`).toBe(true)
+    }
+    for (const p of stats) {
+      if (p.options?.textMode === 'name') for (const t of p.targets ?? []) expect(t.instant, `${p.title} shows series names`).toBe(true)
+      for (const t of p.targets ?? []) {
+        if (t.instant) continue
+        // Range stats group by nothing, or by status (the leader publishes every status, 0 included).
+        const by = [...t.expr.matchAll(/\bby\s*\(([^)]*)\)/g)].flatMap((m) => (m[1] ?? '').split(',').map((l) => l.trim()))
+        expect(by.filter((l) => l !== 'status'), `${p.title}: ${t.expr} is a range query; make it instant`).toEqual([])
+      }
     }
   })
 
