@@ -67,5 +67,15 @@ export { supervisorService } from '../agents/supervisor.ts'
 export type { SupervisorOptions } from '../agents/supervisor.ts'
 /** The built-in persister (workflow history into Neo4j), to host with `startRuntime({ services })`. */
 export { persisterService } from '../agents/persister.ts'
+/** Options of the persister service. */
+export type { PersisterOptions } from '../agents/persister.ts'
 /** The HTTP API, SSE and web UI, to host with `startRuntime({ services })`. */
 export { gatewayService } from './gateway/service.ts'
+/** Options of the gateway service: its port, host and settings (each falls back to its `TROUPE_*` variable). */
+export type { GatewayServiceOptions } from './gateway/service.ts'
+/** Builds the gateway on a Redis connection without listening (for `app.inject` in tests, or your own server). */
+export { createGateway } from './gateway/server.ts'
+/** Options of `createGateway`, and the gateway it returns (its Fastify `app`, `listen()`, `close()`). */
+export type { GatewayOptions, Gateway } from './gateway/server.ts'
+/** Settings of the gateway as given in code (each group may be partial; the rest comes from the environment). */
+export type { GatewaySettingsInput } from './gateway/settings.ts'

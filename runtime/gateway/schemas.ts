@@ -1,12 +1,13 @@
 // JSON schemas of every body, parameter and query string of the /v1 API. The
 // patterns mirror runtime/redis/keys.ts (which still re-checks everything), so
 // bad input is a 400 problem with a JSON pointer before any Redis round trip.
+import { MAX_DELAY_MS } from '../types.ts'
+
 const workflowId = { type: 'string', pattern: '^[A-Za-z0-9_-]{1,64}$' } as const
 const agent = { type: 'string', pattern: '^[A-Za-z0-9_.-]{1,64}$' } as const
 const actionType = { type: 'string', pattern: '^[A-Za-z0-9_./-]{1,128}$' } as const
 const streamId = { type: 'string', pattern: '^[0-9]{1,20}(-[0-9]{1,20})?$' } as const
 const token = { type: 'string', minLength: 1, maxLength: 512 } as const
-const YEAR_MS = 365 * 24 * 3600_000
 
 /** `:id` of a workflow. */
 export const workflowParams = {
@@ -34,7 +35,7 @@ export const startBody = {
     type: actionType,
     payload: {},
     workflowId,
-    deadlineMs: { type: 'integer', minimum: 1, maximum: YEAR_MS },
+    deadlineMs: { type: 'integer', minimum: 1, maximum: MAX_DELAY_MS },
   },
 } as const
 
@@ -47,7 +48,7 @@ export const sendBody = {
     agent,
     type: actionType,
     payload: {},
-    delayMs: { type: 'integer', minimum: 0, maximum: YEAR_MS },
+    delayMs: { type: 'integer', minimum: 0, maximum: MAX_DELAY_MS },
     // Chosen by the caller, the send is idempotent: a retry after an answer that
     // never came (a 503 while Redis was away, a dropped connection) queues nothing twice.
     actionId: workflowId,

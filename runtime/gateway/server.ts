@@ -151,7 +151,7 @@ export async function createGateway(opts: GatewayOptions): Promise<Gateway> {
     clientErrorHandler(this: FastifyInstance, err: ConnectionError, socket: Socket) {
       answerClientError.call(this, metrics, err, socket)
     },
-    trustProxy: ['1', 'true', 'yes'].includes((process.env.TROUPE_GATEWAY_TRUST_PROXY ?? '').toLowerCase()),
+    trustProxy: settings.trustProxy,
   })
   // Only JSON bodies: a text/plain body is a client mistake, answered with 415.
   app.removeContentTypeParser('text/plain')

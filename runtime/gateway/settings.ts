@@ -67,6 +67,8 @@ export interface GatewaySettings {
   host: string
   /** Pino level for request logs (`TROUPE_LOG_LEVEL`, default info). */
   logLevel: string
+  /** `TROUPE_GATEWAY_TRUST_PROXY` (on/off, default off): trust `X-Forwarded-*` from the proxy in front. */
+  trustProxy: boolean
   auth: AuthSettings
   limits: LimitSettings
   sse: SseSettings
@@ -78,6 +80,7 @@ export interface GatewaySettingsInput {
   port?: number
   host?: string
   logLevel?: string
+  trustProxy?: boolean
   auth?: Partial<AuthSettings>
   limits?: Partial<LimitSettings>
   sse?: Partial<SseSettings>
@@ -91,6 +94,20 @@ function envNum(name: string, fallback: number, min = 0): number {
   const v = /^\d+(\.\d+)?$/.test(raw) ? Number(raw) : NaN
   if (!Number.isFinite(v) || v < min) throw new TroupeError('config', `${name}=${JSON.stringify(raw)} must be a plain decimal number >= ${min}`)
   return v
+}
+
+/**
+ * An on/off setting. Anything else is refused: `on` read as "off" once left
+ * cookies without `Secure` behind a TLS proxy, and every cookie write looked
+ * cross-site (403), with nothing said.
+ */
+function envSwitch(name: string, fallback: boolean): boolean {
+  const raw = process.env[name]
+  const v = (raw ?? '').trim().toLowerCase()
+  if (v === '') return fallback
+  if (['on', '1', 'true', 'yes'].includes(v)) return true
+  if (['off', '0', 'false', 'no'].includes(v)) return false
+  throw new TroupeError('config', `${name}=${JSON.stringify(raw)} must be on or off`)
 }
 
 function positive(name: string, v: number): number {
@@ -141,6 +158,7 @@ export function gatewaySettings(input: GatewaySettingsInput = {}): GatewaySettin
     port,
     host: input.host ?? process.env.TROUPE_GATEWAY_HOST ?? '127.0.0.1',
     logLevel: input.logLevel ?? logLevelFromEnv(process.env.TROUPE_LOG_LEVEL, PINO_LEVELS),
+    trustProxy: input.trustProxy ?? envSwitch('TROUPE_GATEWAY_TRUST_PROXY', false),
     auth,
     limits,
     sse,

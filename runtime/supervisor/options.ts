@@ -49,9 +49,10 @@ export interface ResolvedSupervisorOptions extends DutyOptions {
 function envNum(name: string): number | undefined {
   const raw = process.env[name]
   if (raw === undefined || raw === '') return undefined
-  const v = Number(raw)
-  if (!Number.isFinite(v) || v < 0) throw new TroupeError('config', `${name}=${raw} is not a non-negative number`)
-  return v
+  // Digits only, as every other numeric setting (runtime/config.ts): Number() read
+  // ' ' as 0 and '0x50' as 80, and took fractions the options then rounded.
+  if (!/^\d+$/.test(raw)) throw new TroupeError('config', `${name}=${JSON.stringify(raw)} must be a whole number`)
+  return Number(raw)
 }
 
 function positive(v: number, what: string, min = 1, max = Number.MAX_SAFE_INTEGER): number {

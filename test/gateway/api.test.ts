@@ -2,6 +2,7 @@
 // 401 on every route without credentials, 404 (never 403) for other users' workflows.
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest'
 import { problemCatalog } from '../../runtime/gateway/problem.ts'
+import { MAX_DELAY_MS } from '../../runtime/types.ts'
 import { eventually } from '../helpers/redis.ts'
 import { call, listAll, startNamed, startStack, type Reply, type Stack } from './helpers.ts'
 
@@ -172,6 +173,14 @@ describe('gateway API', () => {
     expectProblem(await call(s, 'POST', '/v1/workflows', { token: alice, body: { agent: 'counter' } }), 400, 'validation')
     expectProblem(await call(s, 'POST', '/v1/workflows', { token: alice, body: { agent: 'counter', type: 'ping', extra: 1 } }), 400, 'validation')
     expectProblem(await call(s, 'POST', '/v1/workflows', { token: alice, body: { agent: 'no{pe', type: 'ping' } }), 400, 'validation')
+    // Deadlines and delays go as far as the client and the CLI take them (ten years), and no further.
+    const twoYears = 2 * 365 * 24 * 3600_000
+    const long = await call(s, 'POST', '/v1/workflows', { token: alice, body: { agent: 'counter', type: 'ping', deadlineMs: twoYears } })
+    expect(long.status, long.text).toBe(201)
+    const longWf = (JSON.parse(long.text) as { workflowId: string }).workflowId
+    const later = await call(s, 'POST', `/v1/workflows/${longWf}/actions`, { token: alice, body: { agent: 'counter', type: 'ping', delayMs: twoYears } })
+    expect(later.status, later.text).toBe(202)
+    expectProblem(await call(s, 'POST', '/v1/workflows', { token: alice, body: { agent: 'counter', type: 'ping', deadlineMs: MAX_DELAY_MS + 1 } }), 400, 'validation')
     expectProblem(await call(s, 'POST', '/v1/workflows', { token: alice, rawBody: '{"agent":', headers: { 'content-type': 'application/json' } }), 400, 'bad_request')
     expectProblem(await call(s, 'POST', '/v1/workflows', { token: alice, rawBody: 'agent=counter', headers: { 'content-type': 'text/plain' } }), 415, 'unsupported_media_type')
     expectProblem(await call(s, 'POST', '/v1/workflows', { token: alice, body: { agent: 'ghost', type: 'ping' } }), 422, 'unknown_agent')

@@ -268,7 +268,8 @@ describe('gateway auth', () => {
     const body = { agent: 'counter', type: 'ping' }
     // Not trusted: the forwarded header is anyone's to send, so the write is cross-site.
     expect((await call(s, 'POST', '/v1/workflows', { cookie: await s.session('pat'), body, headers: forwarded })).status).toBe(403)
-    process.env.TROUPE_GATEWAY_TRUST_PROXY = '1'
+    // 'on', as the other on/off settings take it (it used to mean off here, silently).
+    process.env.TROUPE_GATEWAY_TRUST_PROXY = 'on'
     let p: Stack
     try {
       p = await startStack()

@@ -304,6 +304,29 @@ describe('supervisor options and fenced writes', () => {
     expect(resolveSupervisorOptions({ tickMs: 2 ** 31 - 1, leaseMs: 2 ** 31 - 1 }).tickMs).toBe(2 ** 31 - 1)
   })
 
+  it('takes whole numbers only from the environment, as every other numeric setting', () => {
+    const names = ['TROUPE_SUPERVISOR_TICK_MS', 'TROUPE_SD_PORT'] as const
+    const before = names.map((n) => process.env[n])
+    try {
+      for (const name of names) {
+        for (const bad of ['1500.5', ' ', '0x50', '-1', '1e4']) {
+          process.env[name] = bad
+          expect(() => resolveSupervisorOptions(), `${name}=${bad}`).toThrow(new RegExp(`${name}=.* must be a whole number`))
+        }
+        delete process.env[name]
+      }
+      process.env.TROUPE_SUPERVISOR_TICK_MS = '1500'
+      process.env.TROUPE_SD_PORT = '9465'
+      const o = resolveSupervisorOptions()
+      expect([o.tickMs, o.sdPort]).toEqual([1500, 9465])
+    } finally {
+      names.forEach((n, i) => {
+        if (before[i] === undefined) delete process.env[n]
+        else process.env[n] = before[i]
+      })
+    }
+  })
+
   it('splits a long member list into commands of the same effect, pairs kept together, flagged ZADDs whole', () => {
     const ids = Array.from({ length: 2500 }, (_, i) => `m${i}`)
     const rem = splitWrite({ cmd: 'ZREM', key: 'k', args: ids })
@@ -331,6 +354,23 @@ describe('gateway settings from the environment', () => {
     } finally {
       if (before === undefined) delete process.env.TROUPE_GATEWAY_PORT
       else process.env.TROUPE_GATEWAY_PORT = before
+    }
+  })
+
+  it('takes on or off for trusting a proxy, and refuses anything else (on was read as off)', () => {
+    const before = process.env.TROUPE_GATEWAY_TRUST_PROXY
+    try {
+      for (const [raw, want] of [['on', true], ['ON', true], ['1', true], ['yes', true], ['off', false], ['0', false], ['', false]] as const) {
+        process.env.TROUPE_GATEWAY_TRUST_PROXY = raw
+        expect(gatewaySettings().trustProxy, raw).toBe(want)
+      }
+      for (const bad of ['enabled', 'y', '2']) {
+        process.env.TROUPE_GATEWAY_TRUST_PROXY = bad
+        expect(() => gatewaySettings()).toThrow(/TROUPE_GATEWAY_TRUST_PROXY=.* must be on or off/)
+      }
+    } finally {
+      if (before === undefined) delete process.env.TROUPE_GATEWAY_TRUST_PROXY
+      else process.env.TROUPE_GATEWAY_TRUST_PROXY = before
     }
   })
 })
