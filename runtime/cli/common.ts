@@ -154,13 +154,24 @@ export function onInterrupt(stop: () => void): () => void {
     if (Date.now() - firstAt >= SIGNAL_REPEAT_MS) process.exit(EXIT.interrupted)
   }
   process.on('SIGINT', onInt)
-  return () => {
-    // The forwarded copy can arrive after the command is done: keep taking it
-    // for the rest of the window, without keeping the process alive for it.
-    const left = firstAt === 0 ? 0 : firstAt + SIGNAL_REPEAT_MS - Date.now()
-    if (left <= 0) process.off('SIGINT', onInt)
-    else setTimeout(() => process.off('SIGINT', onInt), left).unref()
+  return () => offAfterRepeatWindow(firstAt, [['SIGINT', onInt]])
+}
+
+/**
+ * Removes signal handlers once the repeat window of a signal taken at `firstAt`
+ * (0: none taken) is over. The forwarded copy can arrive after the command is
+ * done, so the handlers stay for the rest of the window and keep the process up
+ * until then: a process let go at once was killed by that copy while it exited
+ * (Node drops its signal handlers on the way out), and a quick command stopped
+ * by one Ctrl-C under npx died of SIGINT instead of exiting 0.
+ */
+function offAfterRepeatWindow(firstAt: number, handlers: [NodeJS.Signals, () => void][]): void {
+  const off = (): void => {
+    for (const [sig, h] of handlers) process.off(sig, h)
   }
+  const left = firstAt === 0 ? 0 : firstAt + SIGNAL_REPEAT_MS - Date.now()
+  if (left <= 0) off()
+  else setTimeout(off, left)
 }
 
 /**
@@ -193,8 +204,7 @@ export async function serveUntilSignal(rt: Runtime, doing = 'stopping'): Promise
   try {
     await rt.stop()
   } finally {
-    process.off('SIGTERM', onTerm)
-    process.off('SIGINT', onInt)
+    offAfterRepeatWindow(firstAt, [['SIGTERM', onTerm], ['SIGINT', onInt]])
   }
   rt.log.info('stopped')
   return EXIT.ok
