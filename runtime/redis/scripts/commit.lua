@@ -37,7 +37,7 @@ local batch, n_results = tonumber(ARGV[15]), tonumber(ARGV[16])
 -- How long actions may be handed back for a newer agent version (see the 'handback' outcome): an hour.
 local HANDBACK_LIMIT_MS = 3600000
 
-local held = redis.call('HMGET', actor_key, 'fence', 'inflight')
+local held = redis.call('HMGET', actor_key, 'fence', 'inflight', 'committed')
 if held[1] ~= fence then
   return redis.error_reply('TROUPE_FENCE fence ' .. fence .. ' of ' .. agent .. ' in ' .. wf .. ' is stale')
 end
@@ -48,7 +48,7 @@ for _, id in ipairs(inflight_ids(held[2])) do in_flight[id] = true end
 -- connection lost): it took effect once, so answer as it did instead of
 -- rejecting it as stale, which would stall the actor for a lock TTL and count a
 -- spurious attempt. The claimed next batch is whatever is in flight now.
-local marker = redis.call('HGET', actor_key, 'committed')
+local marker = held[3]
 if marker then
   local base, m_first, m_last = string.match(marker, '^(%S+) (%S*) (%S*) ?%a*$')
   if base == ev_base then
@@ -143,10 +143,15 @@ local function set_st(id, fields)
   redis.call('HSET', actions_key, id .. ':st', cjson.encode(st))
   return st
 end
+-- The actor's snapshot goes in with the marker below: one HSET (every command a
+-- script calls costs Redis about as much again as the command itself).
+local actor_fields = {}
 local function finish(code, nxt, hints, claimed)
   -- What a replay of this same commit needs to answer the same way (see above).
   -- settle.lua reads the code too: whether this commit kept the actor (next batch).
-  redis.call('HSET', actor_key, 'committed', ev_base .. ' ' .. (first_sid or '') .. ' ' .. (last_sid or '') .. ' ' .. code)
+  actor_fields[#actor_fields + 1] = 'committed'
+  actor_fields[#actor_fields + 1] = ev_base .. ' ' .. (first_sid or '') .. ' ' .. (last_sid or '') .. ' ' .. code
+  redis.call('HSET', actor_key, unpack(actor_fields))
   local out = { code, nxt or '', first_sid or '', last_sid or '', #hints / 2 }
   for _, h in ipairs(hints) do out[#out + 1] = h end
   for _, c in ipairs(claimed or {}) do out[#out + 1] = c end
@@ -154,7 +159,10 @@ local function finish(code, nxt, hints, claimed)
 end
 
 redis.call('HDEL', actor_key, 'inflight')
-local status = redis.call('HGET', status_key, 'status')
+-- The counters are read here and written once at the end, with the rest of the
+-- status hash's fields (no other step of this script writes them).
+local counts = redis.call('HMGET', status_key, 'status', 'queued', 'done', 'dead', 'actions')
+local status = counts[1]
 if not status or TERMINAL[status] then
   -- Ended while we worked (cancel, deadline, another agent completed it): nothing
   -- of these actions takes effect.
@@ -265,16 +273,21 @@ for _, r in ipairs(results) do
   end
 end
 
-if snapshot ~= '' then redis.call('HSET', actor_key, 'snapshot', snapshot, 'version', version) end
-if state_value ~= '' then
-  redis.call('HSET', status_key, 'agent:' .. agent, state_value, 'updatedAt', now_s)
-else
-  redis.call('HSET', status_key, 'updatedAt', now_s)
+if snapshot ~= '' then
+  actor_fields[1], actor_fields[2], actor_fields[3], actor_fields[4] = 'snapshot', snapshot, 'version', version
 end
-local queued = redis.call('HINCRBY', status_key, 'queued', int(queued_delta))
-if done > 0 then redis.call('HINCRBY', status_key, 'done', int(done)) end
-if dead > 0 then redis.call('HINCRBY', status_key, 'dead', int(dead)) end
-if sent > 0 then redis.call('HINCRBY', status_key, 'actions', int(sent)) end
+-- One write of the status hash: what HSET and HINCRBYs did field by field.
+-- A counter a hand edit left unreadable counts from 0 (HINCRBY would fail the commit).
+local fields = { 'updatedAt', now_s }
+local function put(name, value)
+  fields[#fields + 1] = name
+  fields[#fields + 1] = value
+end
+if state_value ~= '' then put('agent:' .. agent, state_value) end
+local queued = (tonumber(counts[2]) or 0) + queued_delta
+if done > 0 then put('done', int((tonumber(counts[3]) or 0) + done)) end
+if dead > 0 then put('dead', int((tonumber(counts[4]) or 0) + dead)) end
+if sent > 0 then put('actions', int((tonumber(counts[5]) or 0) + sent)) end
 
 if op == 'complete' or op == 'fail' then
   local final = 'completed'
@@ -282,7 +295,11 @@ if op == 'complete' or op == 'fail' then
   if op == 'fail' then final, field = 'failed', 'error' end
   -- Every agent's queue goes, as on cancel: an action left queued in an ended
   -- workflow stayed "queued" (and counted) until an activation came for it.
-  redis.call('HSET', status_key, 'status', final, field, op_payload, 'updatedAt', now_s, 'endedAt', now_s, 'queued', 0)
+  put('queued', '0')
+  put('status', final)
+  put(field, op_payload)
+  put('endedAt', now_s)
+  redis.call('HSET', status_key, unpack(fields))
   -- The payload goes in as the client encoded it: a decode/encode round trip
   -- through cjson would turn empty arrays into objects.
   local last = results[#results] or {}
@@ -297,7 +314,17 @@ if op == 'complete' or op == 'fail' then
   return finish('ended', nil, {})
 end
 
-local changed = settle_status(status_key, now_s, status, queued)
+-- Running while actions are queued or in flight, waiting when none are (as
+-- lib.lua's status helper decides for the other scripts).
+put('queued', int(queued))
+local changed = false
+local want = 'running'
+if queued <= 0 then want = 'waiting' end
+if status ~= want then
+  put('status', want)
+  changed = want
+end
+redis.call('HSET', status_key, unpack(fields))
 if changed then add(event_json(ev_id(), wf, 'workflow.status', '{"status":"' .. changed .. '"}', '', '', 0, '', now_s)) end
 
 if release ~= '1' then

@@ -41,36 +41,53 @@ end
 local status = redis.call('HGET', status_key, 'status')
 if mode == 'start' then
   if status then return redis.error_reply('TROUPE_EXISTS workflow ' .. wf .. ' already exists') end
-  redis.call('HSET', status_key, 'status', 'pending', 'owner', owner, 'entry', agent,
-    'createdAt', now_s, 'updatedAt', now_s, 'queued', '0', 'done', '0', 'dead', '0', 'actions', '0')
+  if redis.call('HSETNX', actions_key, action_id, record) == 0 then
+    return redis.error_reply('TROUPE_DUP action ' .. action_id .. ' already exists in workflow ' .. wf)
+  end
+  -- The hash as it stands once this first action is queued, in one write (each
+  -- command a script calls costs about as much again as the command itself):
+  -- running, one action, the entry agent listed. The workflow.status event
+  -- below still tells of the move from pending, as every start always has.
+  local fields = { 'status', 'running', 'owner', owner, 'entry', agent,
+    'createdAt', now_s, 'updatedAt', now_s, 'queued', '1', 'done', '0', 'dead', '0', 'actions', '1' }
   local deadline_in = tonumber(ARGV[14])
-  if deadline_in > 0 then redis.call('HSET', status_key, 'deadline', int(now + deadline_in)) end
+  if deadline_in > 0 then
+    fields[#fields + 1] = 'deadline'
+    fields[#fields + 1] = int(now + deadline_in)
+  end
+  fields[#fields + 1] = 'agent:' .. agent
+  fields[#fields + 1] = ''
+  redis.call('HSET', status_key, unpack(fields))
   first_sid = append_event(events_key, channel, maxlen, event_json(ARGV[13], wf, 'workflow.started',
     '{"entry":' .. cjson.encode(agent) .. ',"type":' .. cjson.encode(typ) .. ',"owner":' .. cjson.encode(owner) .. '}', '', '', 0, '', now_s))
 else
   if not status then return redis.error_reply('TROUPE_NOWF no workflow ' .. wf) end
   if TERMINAL[status] then return redis.error_reply('TROUPE_ENDED workflow ' .. wf .. ' is ' .. status) end
+  if redis.call('HSETNX', actions_key, action_id, record) == 0 then
+    return redis.error_reply('TROUPE_DUP action ' .. action_id .. ' already exists in workflow ' .. wf)
+  end
 end
 
-if redis.call('HSETNX', actions_key, action_id, record) == 0 then
-  return redis.error_reply('TROUPE_DUP action ' .. action_id .. ' already exists in workflow ' .. wf)
-end
 local seq = redis.call('INCR', seq_key)
 local available_at = now + delay
 local at_s = now_s
 if delay ~= 0 then at_s = int(available_at) end
 redis.call('HSET', actions_key, action_id .. ':st', '{"status":"queued","attempt":0,"seq":' .. int(seq) .. ',"availableAt":' .. at_s .. '}')
 redis.call('ZADD', mailbox, at_s, member_of(seq, action_id))
-redis.call('HSETNX', status_key, 'agent:' .. agent, '')
-redis.call('HINCRBY', status_key, 'queued', '1')
-redis.call('HINCRBY', status_key, 'actions', '1')
-redis.call('HSET', status_key, 'updatedAt', now_s)
+local changed = 'running'
+if mode ~= 'start' then
+  redis.call('HSETNX', status_key, 'agent:' .. agent, '')
+  local queued = redis.call('HINCRBY', status_key, 'queued', '1')
+  redis.call('HINCRBY', status_key, 'actions', '1')
+  changed = settle_status(status_key, now_s, status, queued)
+  -- settle_status wrote updatedAt with a change of status.
+  if not changed then redis.call('HSET', status_key, 'updatedAt', now_s) end
+end
 
 local sid = append_event(events_key, channel, maxlen, event_json(event_id, wf, 'action.enqueued',
   '{"actionId":' .. cjson.encode(action_id) .. ',"agent":' .. cjson.encode(agent) .. ',"type":' .. cjson.encode(typ) .. ',"availableAt":' .. at_s .. '}',
   agent, action_id, 0, parent_event, now_s))
 first_sid = first_sid or sid
-local changed = settle_status(status_key, now_s)
 if changed then
   sid = append_event(events_key, channel, maxlen,
     event_json(event_id .. '.s', wf, 'workflow.status', '{"status":"' .. changed .. '"}', '', '', 0, '', now_s))
