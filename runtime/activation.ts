@@ -258,6 +258,13 @@ export class ActorActivation implements LiveActorHooks {
           // A migrate() that changes its argument and forgets to return it would
           // otherwise start the actor afresh, and the next commit would overwrite its state.
           if (typeof migrated !== 'object' || migrated === null) throw new Error(`migrate() returned ${migrated === null ? 'null' : typeof migrated}, not a snapshot object`)
+          // A promise passed as an object and was restored as {} (its JSON): the
+          // actor came up in 'error', and every action died blaming the agent.
+          if (typeof (migrated as { then?: unknown }).then === 'function') {
+            // Nobody awaits it: its rejection must not become an unhandled one.
+            void (migrated as PromiseLike<unknown>).then(undefined, () => undefined)
+            throw new Error('migrate() must return the snapshot synchronously; it returned a promise (is it async?)')
+          }
           snapshot = JSON.stringify(migrated)
         } catch (err) {
           restoreError = `migrating ${agent} snapshot from version ${act.version} failed: ${err instanceof Error ? err.message : String(err)}`

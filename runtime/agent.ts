@@ -34,7 +34,12 @@ export interface AgentOptions<TMachine extends AnyStateMachine = AnyStateMachine
    * during a rolling update, is handed back for a process of that version.
    */
   version?: number
-  /** Upgrades a persisted snapshot written by an older `version`. */
+  /**
+   * Upgrades a persisted snapshot written by an older `version`. It must return
+   * the snapshot synchronously: a promise (an `async` function) is refused as
+   * any failed migrate is (the actor's actions are dead-lettered with the
+   * reason, its stored snapshot kept).
+   */
   migrate?: (snapshot: unknown, fromVersion: number) => unknown
 }
 
@@ -153,6 +158,14 @@ type ExprArgs = { context: any; event: any }
 export type TroupeAction = ActionFunction<any, any, any, any, never, never, never, never, any>
 /** A value, or a function of `{ context, event }` computing it when the action runs. */
 export type Resolvable<T> = T | ((args: ExprArgs) => T)
+/**
+ * A JSON-able value (payload, event content, result), or a function of
+ * `{ context, event }` computing it when the action runs. Not
+ * `Resolvable<unknown>`: that union is just `unknown`, which gives an inline
+ * `({ event }) => ...` no parameter type, and under `strict` the README's first
+ * example failed to compile (implicit any).
+ */
+export type ResolvableValue = ((args: ExprArgs) => unknown) | string | number | boolean | null | object
 
 function emitAny(fn: (args: ExprArgs) => { type: string; [k: string]: unknown }): TroupeAction {
   return emit<any, any, any, any, any>(fn) as TroupeAction
@@ -161,6 +174,15 @@ function emitAny(fn: (args: ExprArgs) => { type: string; [k: string]: unknown })
 
 function resolve<T>(v: Resolvable<T> | undefined, args: ExprArgs): T | undefined {
   return typeof v === 'function' ? (v as (a: ExprArgs) => T)(args) : v
+}
+
+/**
+ * A send's delay as given: 0 when none was, else whatever it resolved to, even
+ * undefined (a function reading a missing field), which the runtime refuses
+ * rather than take as "now" (see LiveActor).
+ */
+function delayOf(v: Resolvable<number> | undefined, args: ExprArgs): unknown {
+  return v === undefined ? 0 : resolve(v, args)
 }
 
 /** Prefixes of the event types the runtime raises itself (workflow.completed ends every follower). */
@@ -193,11 +215,11 @@ export const CONTROL = {
  * sendToAgent('writer', 'finding', ({ event }) => event.output, { join: { key: 'findings', of: 3 } })
  * ```
  */
-export function sendToAgent(to: string, type: string, payload?: Resolvable<unknown>, opts: SendOptions = {}): TroupeAction {
+export function sendToAgent(to: string, type: string, payload?: ResolvableValue, opts: SendOptions = {}): TroupeAction {
   assertAgentName(to)
   assertActionType(type)
   return emitAny((args: ExprArgs) => ({
-    type: CONTROL.send, to, actionType: type, payload: resolve(payload, args) ?? null, delayMs: resolve(opts.delayMs, args) ?? 0,
+    type: CONTROL.send, to, actionType: type, payload: resolve(payload, args) ?? null, delayMs: delayOf(opts.delayMs, args),
     join: opts.join === undefined ? null : resolve(opts.join, args) ?? null,
   }))
 }
@@ -224,7 +246,12 @@ export interface JoinOptions {
 
 /** Options of {@link sendToAgent}. */
 export interface SendOptions {
-  /** Due this many ms after the commit (a durable timer). Not with `join`. */
+  /**
+   * Due this many ms after the commit (a durable timer). Not with `join`. A
+   * negative number means now (a due time already past); a value (or a
+   * function's result) that is not a finite number, `undefined` included, or
+   * one past ten years fails the action.
+   */
   delayMs?: Resolvable<number>
   /** Held until the join is complete (see {@link JoinOptions}). */
   join?: Resolvable<JoinOptions>
@@ -239,9 +266,9 @@ export interface SendOptions {
  * entry: sendToSelf('tick', null, { delayMs: 60_000 })
  * ```
  */
-export function sendToSelf(type: string, payload?: Resolvable<unknown>, opts: { delayMs?: Resolvable<number> } = {}): TroupeAction {
+export function sendToSelf(type: string, payload?: ResolvableValue, opts: { delayMs?: Resolvable<number> } = {}): TroupeAction {
   assertActionType(type)
-  return emitAny((args: ExprArgs) => ({ type: CONTROL.send, to: '', actionType: type, payload: resolve(payload, args) ?? null, delayMs: resolve(opts.delayMs, args) ?? 0 }))
+  return emitAny((args: ExprArgs) => ({ type: CONTROL.send, to: '', actionType: type, payload: resolve(payload, args) ?? null, delayMs: delayOf(opts.delayMs, args) }))
 }
 
 /**
@@ -258,7 +285,7 @@ export function sendToSelf(type: string, payload?: Resolvable<unknown>, opts: { 
  * actions: emitEvent('progress', ({ context }) => ({ done: context.done }))
  * ```
  */
-export function emitEvent(type: string, content?: Resolvable<unknown>): TroupeAction {
+export function emitEvent(type: string, content?: ResolvableValue): TroupeAction {
   assertActionType(type)
   const reserved = reservedEventType(type)
   if (reserved) throw new TroupeError('bad_type', reserved)
@@ -273,7 +300,7 @@ export function emitEvent(type: string, content?: Resolvable<unknown>): TroupeAc
  * actions: completeWorkflow(({ context }) => ({ report: context.draft }))
  * ```
  */
-export function completeWorkflow(result?: Resolvable<unknown>): TroupeAction {
+export function completeWorkflow(result?: ResolvableValue): TroupeAction {
   return emitAny((args: ExprArgs) => ({ type: CONTROL.complete, result: resolve(result, args) ?? null }))
 }
 

@@ -3,7 +3,7 @@
 // gateway and tests; agents use the XState helpers in agent.ts instead.
 import { nanoid } from 'nanoid'
 import { handlesType } from './agent.ts'
-import { loadConfig, effectiveMaxLen, effectiveRetention, type TroupeConfig } from './config.ts'
+import { describeFleetSettings, effectiveMaxLen, effectiveRetention, fleetSettings, loadConfig, sameFleetSettings, type FleetSettings, type TroupeConfig } from './config.ts'
 import { enqueueMany, writeFollowUps, type EnqueueArgs, type ProtocolContext } from './claims.ts'
 import { TroupeError } from './errors.ts'
 import { compareStreamIds, FINAL_EVENT_TYPES, isLastStreamId, isStreamId, parseEntry, parseLive } from './events.ts'
@@ -14,14 +14,52 @@ import type { Op } from './redis/batch.ts'
 import { Subscriber } from './subscriber.ts'
 import { MAX_DELAY_MS, TERMINAL_STATUSES, type ActionRecord, type ActionState, type StreamedEvent, type WorkflowStatus, type WorkflowStatusValue } from './types.ts'
 
-/** An agent as registered in `system:agents` by the runtimes hosting it. */
-export interface AgentRegistration {
+/**
+ * An agent as registered in `system:agents` by the runtimes hosting it. The
+ * {@link FleetSettings} fields are those runtimes' (absent from runtimes that
+ * predate them, or when any of them does not read as one).
+ */
+export interface AgentRegistration extends Partial<FleetSettings> {
   name: string
   version: number
   actionTypes: string[]
   /** Wildcard descriptors of the agent's machine (`*`, `research.*`); absent from runtimes before they were registered. */
   actionPatterns?: string[]
   updatedAt: number
+}
+
+function isStringArray(v: unknown): v is string[] {
+  return Array.isArray(v) && v.every((t) => typeof t === 'string')
+}
+
+/**
+ * One `system:agents` field, or null when it cannot be used. A registration
+ * whose types are not a list of strings (a plain object passed as an agent, a
+ * hand edit) is dropped here: the registry is read whole, and one bad field
+ * broke validated sends to every agent of the namespace.
+ */
+function parseRegistration(name: string, json: string): AgentRegistration | null {
+  let v: unknown
+  try {
+    v = JSON.parse(json)
+  } catch {
+    return null
+  }
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) return null
+  const { persistence, streamMaxLen, retentionMs, ...rest } = v as Record<string, unknown>
+  if (!isStringArray(rest.actionTypes)) return null
+  if (rest.actionPatterns !== undefined && !isStringArray(rest.actionPatterns)) return null
+  const fleet = typeof persistence === 'boolean' && Number.isSafeInteger(streamMaxLen) && Number.isSafeInteger(retentionMs)
+    ? { persistence, streamMaxLen: streamMaxLen as number, retentionMs: retentionMs as number }
+    : {}
+  return { ...(rest as Omit<AgentRegistration, 'name'>), ...fleet, name }
+}
+
+/** The fleet settings a registration carries, or null for one written by a runtime that predates them. */
+function registeredFleet(r: AgentRegistration): FleetSettings | null {
+  return r.persistence === undefined || r.streamMaxLen === undefined || r.retentionMs === undefined
+    ? null
+    : { persistence: r.persistence, streamMaxLen: r.streamMaxLen, retentionMs: r.retentionMs }
 }
 
 /** Options of {@link TroupeClient.startWorkflow}. */
@@ -85,6 +123,10 @@ export class TroupeClient {
   private readonly ownsRedis: boolean
   /** (agent, action type) pairs seen registered, until when they are trusted (see validateTarget). */
   private readonly validated = new Map<string, number>()
+  /** The last registry read and until when cancelWorkflow trusts it (see checkFleet). */
+  private registry: { reg: Map<string, AgentRegistration>; until: number } | null = null
+  /** This client's own settings, as the scripts it runs will apply them. */
+  private readonly fleet: FleetSettings
 
   constructor(
     readonly redis: RedisClient,
@@ -94,6 +136,7 @@ export class TroupeClient {
     this.keys = new Keys(cfg.namespace)
     this.ctx = { redis, keys: this.keys, cfg }
     this.ownsRedis = opts.ownsRedis ?? false
+    this.fleet = fleetSettings(cfg)
   }
 
   /**
@@ -109,6 +152,7 @@ export class TroupeClient {
 
   /** The shared pub/sub connection, created on first use. */
   subscriber(): Subscriber {
+    this.assertOpen()
     this.sub ??= new Subscriber(this.redis)
     return this.sub
   }
@@ -129,18 +173,42 @@ export class TroupeClient {
     if (this.ownsRedis) await closeRedis(this.redis)
   }
 
-  /** Agents registered by running runtimes. */
+  /**
+   * Every call after close() fails alike: the calls that reach Redis failed
+   * with ioredis's own "Connection is closed", follow() with this.
+   */
+  private assertOpen(): void {
+    if (this.closed) throw new TroupeError('config', 'this client is closed')
+  }
+
+  /** Agents registered by running runtimes (a corrupted registration is left out; its runtime rewrites it every 10 s). */
   async agents(): Promise<Map<string, AgentRegistration>> {
+    this.assertOpen()
     const raw = await this.redis.hgetall(this.keys.agents())
     const out = new Map<string, AgentRegistration>()
     for (const [name, json] of Object.entries(raw)) {
-      try {
-        out.set(name, { name, ...(JSON.parse(json) as Omit<AgentRegistration, 'name'>) })
-      } catch {
-        // A corrupted registration is skipped; the runtime rewrites it on start.
-      }
+      const r = parseRegistration(name, json)
+      if (r) out.set(name, r)
     }
+    this.registry = { reg: out, until: Date.now() + VALIDATION_TTL_MS }
     return out
+  }
+
+  /**
+   * Refuses to act for a fleet whose settings differ from this client's: the
+   * scripts a client runs trim the stream and set TTLs by the client's settings,
+   * so a mismatch lost history the persister had not read yet, or left ended
+   * workflows without a TTL. A registration that carries none (an older
+   * runtime) is accepted, as before.
+   */
+  private checkFleet(r: AgentRegistration): void {
+    const theirs = registeredFleet(r)
+    if (!theirs || sameFleetSettings(theirs, this.fleet)) return
+    throw new TroupeError(
+      'config',
+      `the runtimes hosting agent '${r.name}' run with ${describeFleetSettings(theirs)}, this client with ${describeFleetSettings(this.fleet)}: ` +
+        'every process and client of a namespace must share TROUPE_PERSISTENCE, TROUPE_STREAM_MAXLEN and TROUPE_RETENTION_MS',
+    )
   }
 
   private async validateTarget(agent: string, type: string): Promise<void> {
@@ -161,9 +229,15 @@ export class TroupeClient {
     if (!handlesType(handled, type)) {
       throw new TroupeError('unknown_action', `agent '${agent}' does not handle action '${type}' (it handles: ${handled.join(', ') || 'nothing'})`)
     }
-    // The registry as just read, so the cache never outgrows it.
+    this.checkFleet(a)
+    // The registry as just read, so the cache never outgrows it; an agent whose
+    // runtimes' settings differ from ours stays out, to be refused at its send.
     this.validated.clear()
-    for (const [name, r] of reg) for (const t of r.actionTypes) this.validated.set(`${name}\u0000${t}`, now + VALIDATION_TTL_MS)
+    for (const [name, r] of reg) {
+      const theirs = registeredFleet(r)
+      if (theirs && !sameFleetSettings(theirs, this.fleet)) continue
+      for (const t of r.actionTypes) this.validated.set(`${name}\u0000${t}`, now + VALIDATION_TTL_MS)
+    }
     // A type a wildcard matched is cached as itself.
     this.validated.set(key, now + VALIDATION_TTL_MS)
   }
@@ -181,14 +255,17 @@ export class TroupeClient {
    * @returns the new workflow id and the id of the first action
    */
   async startWorkflow(opts: StartOptions): Promise<{ workflowId: string; actionId: string }> {
+    this.assertOpen()
     const wf = opts.workflowId ?? nanoid()
     assertWorkflowId(wf)
     assertAgentName(opts.agent)
     assertActionType(opts.type)
     const owner = opts.owner ?? 'local'
     if (!/^[A-Za-z0-9_.@-]{1,128}$/.test(owner)) throw new TroupeError('bad_id', `invalid owner ${JSON.stringify(owner)}`)
-    if (opts.deadlineMs !== undefined && (!Number.isFinite(opts.deadlineMs) || opts.deadlineMs <= 0 || opts.deadlineMs > MAX_DELAY_MS)) {
-      throw new TroupeError('config', `deadlineMs must be a positive number of milliseconds, at most ${MAX_DELAY_MS} (ten years)`)
+    // Whole: 0.3 rounded to no deadline in the status, yet its entry in
+    // system:deadlines was written all the same.
+    if (opts.deadlineMs !== undefined && !(Number.isInteger(opts.deadlineMs) && opts.deadlineMs >= 1 && opts.deadlineMs <= MAX_DELAY_MS)) {
+      throw new TroupeError('config', `deadlineMs must be a whole number of milliseconds from 1 to ${MAX_DELAY_MS} (ten years), not ${String(opts.deadlineMs)}`)
     }
     const payload = encodePayload(opts.payload, this.cfg.maxPayloadBytes)
     if (opts.validate !== false) await this.validateTarget(opts.agent, opts.type)
@@ -196,7 +273,7 @@ export class TroupeClient {
     const eventId = nanoid()
     const args: EnqueueArgs = {
       wf, actionId, agent: opts.agent, type: opts.type, record: this.record(wf, opts.agent, opts.type, payload, actionId, eventId), delayMs: 0, eventId,
-      parentEventId: '', mode: 'start', owner, deadlineMs: Math.round(opts.deadlineMs ?? 0),
+      parentEventId: '', mode: 'start', owner, deadlineMs: opts.deadlineMs ?? 0,
     }
     // The owner index forgets workflows created more than the retention ago (their
     // keys are gone or going), so it cannot grow without bound.
@@ -204,7 +281,7 @@ export class TroupeClient {
       { cmd: 'zadd', args: [this.keys.byOwner(owner), Date.now(), wf] },
       { cmd: 'zremrangebyscore', args: [this.keys.byOwner(owner), '-inf', Date.now() - this.cfg.retentionMs] },
     ]
-    if (opts.deadlineMs) index.push({ cmd: 'zadd', args: [this.keys.deadlines(), Date.now() + Math.round(opts.deadlineMs), wf] })
+    if (opts.deadlineMs) index.push({ cmd: 'zadd', args: [this.keys.deadlines(), Date.now() + opts.deadlineMs, wf] })
     const [r] = await enqueueMany(this.ctx, [args], index)
     if (r instanceof Error) throw r
     return { workflowId: wf, actionId }
@@ -218,6 +295,7 @@ export class TroupeClient {
    * call sends a new action.
    */
   async sendAction(wf: string, agent: string, type: string, payload?: unknown, opts: { delayMs?: number; validate?: boolean; actionId?: string } = {}): Promise<{ actionId: string }> {
+    this.assertOpen()
     assertWorkflowId(wf)
     assertAgentName(agent)
     assertActionType(type)
@@ -239,10 +317,16 @@ export class TroupeClient {
 
   /**
    * Ends a workflow as `cancelled` (or `failed`, e.g. for deadlines): queued actions
-   * are dropped, running ones aborted through the control channel.
+   * are dropped, running ones aborted through the control channel. Refused
+   * (`config`) when the runtimes' registered settings differ from this client's
+   * (see {@link FleetSettings}).
    */
   async cancelWorkflow(wf: string, reason = 'cancelled', final: 'cancelled' | 'failed' = 'cancelled'): Promise<{ dropped: number }> {
+    this.assertOpen()
     assertWorkflowId(wf)
+    // From JS anything went through: 'completed' ended a cancelled workflow as completed.
+    if (final !== 'cancelled' && final !== 'failed') throw new TroupeError('config', `the final status of a cancel must be 'cancelled' or 'failed', not ${JSON.stringify(final)}`)
+    await this.checkFleetForCancel()
     // The script finds the agents itself (see cancel.lua): the last two keys are templates.
     const keys = [this.keys.status(wf), this.keys.actions(wf), this.keys.events(wf), this.keys.seq(wf), this.keys.dead(wf), this.keys.mailbox(wf, ''), this.keys.actor(wf, '')]
     let r: unknown[]
@@ -263,8 +347,32 @@ export class TroupeClient {
     return { dropped: Number(r[0]) }
   }
 
+  /**
+   * {@link checkFleet} against the registration refreshed last (a cancel names
+   * no agent), with the registry read at most once per VALIDATION_TTL_MS. An
+   * unreadable registry does not stop a cancel (on a Cluster it lives on
+   * another node than the workflow), nor does an empty one.
+   */
+  private async checkFleetForCancel(): Promise<void> {
+    let reg = this.registry && this.registry.until > Date.now() ? this.registry.reg : null
+    if (!reg) {
+      try {
+        reg = await this.agents()
+      } catch (err) {
+        if (this.closed) throw err
+        return
+      }
+    }
+    let freshest: AgentRegistration | null = null
+    for (const r of reg.values()) {
+      if (registeredFleet(r) && (freshest === null || Number(r.updatedAt) > Number(freshest.updatedAt))) freshest = r
+    }
+    if (freshest) this.checkFleet(freshest)
+  }
+
   /** The workflow's status, or null when it does not exist. */
   async getStatus(wf: string): Promise<WorkflowStatus | null> {
+    this.assertOpen()
     assertWorkflowId(wf)
     const h = await this.redis.hgetall(this.keys.status(wf))
     if (!h.status) return null
@@ -311,6 +419,7 @@ export class TroupeClient {
 
   /** Dead-lettered actions of a workflow, oldest first. */
   async deadLetters(wf: string): Promise<DeadLetter[]> {
+    this.assertOpen()
     assertWorkflowId(wf)
     const ids = await this.redis.zrange(this.keys.dead(wf), '0', '-1', 'WITHSCORES')
     const out: DeadLetter[] = []
@@ -327,9 +436,15 @@ export class TroupeClient {
 
   /** Events after `after` (exclusive), oldest first, at most `count`. */
   async readEvents(wf: string, after = '0', count = 1000): Promise<StreamedEvent[]> {
+    this.assertOpen()
     assertWorkflowId(wf)
     assertCursor(after)
     if (!Number.isSafeInteger(count) || count < 1) throw new TroupeError('config', `count must be a whole number, at least 1, not ${String(count)}`)
+    return this.read(wf, after, count)
+  }
+
+  /** readEvents without its checks, for follow(): a close() in the middle of its read ends it as documented, not with an error. */
+  private async read(wf: string, after: string, count: number): Promise<StreamedEvent[]> {
     const start = after === '0' || after === '0-0' ? '-' : `(${after}`
     const entries = (await this.redis.xrange(this.keys.events(wf), start, '+', 'COUNT', count)) as [string, string[]][] | null
     return (entries ?? []).map((e) => parseEntry(wf, e))
@@ -342,9 +457,9 @@ export class TroupeClient {
    * final event when `untilEnd` is set, or when `signal` aborts.
    */
   async *follow(wf: string, opts: { after?: string; signal?: AbortSignal; untilEnd?: boolean } = {}): AsyncGenerator<StreamedEvent> {
+    this.assertOpen()
     assertWorkflowId(wf)
     if (opts.after !== undefined) assertCursor(opts.after)
-    if (this.closed) throw new TroupeError('config', 'this client is closed')
     let last = opts.after ?? '0'
     const buffer: StreamedEvent[] = []
     let notify: (() => void) | null = null
@@ -381,7 +496,7 @@ export class TroupeClient {
         if (resync) {
           resync = false
           for (;;) {
-            const page = await this.readEvents(wf, last, 500)
+            const page = await this.read(wf, last, 500)
             for (const ev of page) {
               last = ev.streamId
               yield ev
@@ -405,7 +520,7 @@ export class TroupeClient {
           // this guards against one that ended with its last event trimmed away.
           const st = await this.redis.hget(this.keys.status(wf), 'status')
           if (st === null || ['completed', 'failed', 'cancelled'].includes(st)) {
-            const rest = await this.readEvents(wf, last, 500)
+            const rest = await this.read(wf, last, 500)
             for (const e of rest) yield e
             if (rest.length === 0) return
             last = rest[rest.length - 1]?.streamId ?? last

@@ -149,3 +149,39 @@ export function effectiveMaxLen(cfg: TroupeConfig): number {
 export function effectiveRetention(cfg: TroupeConfig): number {
   return cfg.persistence ? 0 : cfg.retentionMs
 }
+
+/**
+ * The settings that decide what the shared scripts do to a workflow's keys
+ * (stream trimming, TTLs, persistence pointers), whichever process runs them:
+ * every runtime and client of a namespace must share them. Runtimes publish
+ * theirs with their agents' registrations (`system:agents`).
+ */
+export interface FleetSettings {
+  /** `TROUPE_PERSISTENCE` */
+  persistence: boolean
+  /** `TROUPE_STREAM_MAXLEN` */
+  streamMaxLen: number
+  /** `TROUPE_RETENTION_MS` */
+  retentionMs: number
+}
+
+/** The {@link FleetSettings} of `cfg`. */
+export function fleetSettings(cfg: TroupeConfig): FleetSettings {
+  return { persistence: cfg.persistence, streamMaxLen: cfg.streamMaxLen, retentionMs: cfg.retentionMs }
+}
+
+/**
+ * Whether two processes with these settings make the scripts behave the same.
+ * The cap and the retention count only with persistence off: with it on the
+ * scripts neither trim nor expire (effectiveMaxLen, effectiveRetention), and a
+ * runtime set up for its persister's retention must not lock every client out.
+ */
+export function sameFleetSettings(a: FleetSettings, b: FleetSettings): boolean {
+  if (a.persistence !== b.persistence) return false
+  return a.persistence || (a.streamMaxLen === b.streamMaxLen && a.retentionMs === b.retentionMs)
+}
+
+/** `s` as the environment variables that set it, for messages. */
+export function describeFleetSettings(s: FleetSettings): string {
+  return `TROUPE_PERSISTENCE=${s.persistence ? 'on' : 'off'} TROUPE_STREAM_MAXLEN=${s.streamMaxLen} TROUPE_RETENTION_MS=${s.retentionMs}`
+}

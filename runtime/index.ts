@@ -16,7 +16,7 @@ export { failWorkflow } from './agent.ts'
 /** Computes the retry delay for an attempt under a backoff policy (exported for tests and tools). */
 export { backoffDelay } from './agent.ts'
 /** Types of agent definitions and their options, and of `sendToAgent`'s options (a delay, a fan-in join). */
-export type { AgentDefinition, AgentOptions, BackoffPolicy, JoinOptions, Resolvable, SendOptions, TroupeAction } from './agent.ts'
+export type { AgentDefinition, AgentOptions, BackoffPolicy, JoinOptions, Resolvable, ResolvableValue, SendOptions, TroupeAction } from './agent.ts'
 
 /** Starts a runtime process hosting agents; `Runtime.stop()` drains it. */
 export { startRuntime, Runtime, checkEvictionPolicy } from './runtime.ts'
@@ -30,8 +30,8 @@ export type { StartOptions, DeadLetter, AgentRegistration } from './client.ts'
 
 /** Configuration from flags and environment. */
 export { loadConfig } from './config.ts'
-/** The configuration object. */
-export type { TroupeConfig } from './config.ts'
+/** The configuration object, and the persistence settings every process and client of a namespace must share. */
+export type { TroupeConfig, FleetSettings } from './config.ts'
 
 /** The one error class of Troupe, with a stable `code`. */
 export { TroupeError } from './errors.ts'

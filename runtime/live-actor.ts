@@ -98,6 +98,27 @@ function describe(err: unknown): string {
   }
 }
 
+/** A bad value for a message: strings quoted, NaN and undefined as themselves. */
+function shown(v: unknown): string {
+  if (typeof v === 'string') return JSON.stringify(v)
+  if (typeof v === 'number' || v === undefined || v === null || typeof v === 'boolean') return String(v)
+  return typeof v
+}
+
+/**
+ * A workflow's error as stored: a string (getStatus and the workflow.failed
+ * event hand it on as one). An object is JSON-encoded (it became "[object
+ * Object]"), an Error gives its message. An object JSON cannot encode (a
+ * cycle) throws, and the action fails as for any unencodable effect.
+ */
+function failReason(reason: unknown): string {
+  if (typeof reason === 'string') return reason
+  if (reason === undefined || reason === null) return 'failed'
+  if (reason instanceof Error) return reason.message
+  if (typeof reason === 'number' || typeof reason === 'bigint' || typeof reason === 'boolean') return String(reason)
+  return JSON.stringify(reason) ?? `failed (a ${typeof reason} as the reason)`
+}
+
 /** What a delivery produced, from its bookkeeping. */
 function outcomeOf(cur: Current, outcome: DeliveryOutcome['outcome'], error = ''): DeliveryOutcome {
   return {
@@ -222,12 +243,21 @@ export class LiveActor {
             }
             return
           }
-          const delay = Number(e.delayMs)
-          if (delay > MAX_DELAY_MS) {
-            if (cur.effectError === null) cur.effectError = `sendToAgent delayMs ${delay} is beyond ${MAX_DELAY_MS} ms (ten years)`
+          // Absent only from a send emitted by hand; the helpers always set it.
+          const delay: unknown = 'delayMs' in e ? e.delayMs : 0
+          const helper = e.to === '' ? 'sendToSelf' : 'sendToAgent'
+          if (typeof delay !== 'number' || !Number.isFinite(delay)) {
+            // It meant "now": a timer whose delay came from a missing field
+            // (undefined, NaN) re-sent itself in a busy loop. A negative number
+            // still means now: `dueAt - Date.now()` of a timer running late.
+            if (cur.effectError === null) cur.effectError = `${helper} delayMs must be a finite number of ms (at most ${MAX_DELAY_MS}), not ${shown(delay)}`
             return
           }
-          const delayMs = Number.isFinite(delay) && delay > 0 ? Math.round(delay) : 0
+          if (delay > MAX_DELAY_MS) {
+            if (cur.effectError === null) cur.effectError = `${helper} delayMs ${delay} is beyond ${MAX_DELAY_MS} ms (ten years)`
+            return
+          }
+          const delayMs = Math.max(0, Math.round(delay))
           const join = joinOf(e.join, delayMs)
           if (typeof join === 'string') {
             if (cur.effectError === null) cur.effectError = join
@@ -245,7 +275,7 @@ export class LiveActor {
           return
         case CONTROL.fail:
           cur.op = 'fail'
-          cur.opPayload = JSON.stringify({ error: String(e.reason) })
+          cur.opPayload = JSON.stringify({ error: failReason(e.reason) })
           return
         case CONTROL.event:
           this.push(encodeEvent({ ...base, type: String(e.eventType), content: e.content }))

@@ -5,9 +5,9 @@ import { createServer, type Server, type ServerResponse } from 'node:http'
 import { hostname } from 'node:os'
 import { Redlock } from '@sesamecare-oss/redlock'
 import { nanoid } from 'nanoid'
-import type { AgentDefinition } from './agent.ts'
+import { isAgentDefinition, type AgentDefinition } from './agent.ts'
 import type { ActivationEnv } from './activation.ts'
-import { loadConfig, MAX_TIMER_MS, type TroupeConfig } from './config.ts'
+import { fleetSettings, loadConfig, MAX_TIMER_MS, type FleetSettings, type TroupeConfig } from './config.ts'
 import type { ProtocolContext } from './claims.ts'
 import { TroupeError } from './errors.ts'
 import { gcTuningFromEnv, tuneGarbageCollector } from './gc-tuning.ts'
@@ -48,7 +48,7 @@ export interface RuntimeOptions {
   config?: Partial<TroupeConfig>
   /** Start even when Redis may evict keys without TTL (`maxmemory-policy`). */
   allowEviction?: boolean
-  /** Port of the `/metrics`, `/healthz`, `/readyz` server; 0 picks a free one; false disables it. */
+  /** Port of the `/metrics`, `/healthz`, `/readyz` server; 0 picks a free one; false disables it (default `TROUPE_METRICS_PORT`, else 0). */
   metricsPort?: number | false
   /** Bound on the graceful drain at stop (default 10 s). */
   drainTimeoutMs?: number
@@ -138,6 +138,15 @@ export class Runtime {
     this.keys = new Keys(cfg.namespace)
   }
 
+  /**
+   * The settings the scripts must see the same way in every process and client
+   * of the namespace, published with each agent's registration: clients compare
+   * them with their own before they send (see TroupeClient.validateTarget).
+   */
+  private get fleet(): FleetSettings {
+    return fleetSettings(this.cfg)
+  }
+
   /** Protocol context shared by workers. */
   get ctx(): ProtocolContext {
     return { redis: this.redis, keys: this.keys, cfg: this.cfg }
@@ -174,7 +183,7 @@ export class Runtime {
 
   private async refreshRegistry(): Promise<void> {
     await execAll(this.redis, [
-      ...this.opts.agents.map((a) => ({ cmd: 'hset', args: [this.keys.agents(), a.name, JSON.stringify({ version: a.version, actionTypes: a.actionTypes, actionPatterns: a.actionPatterns, updatedAt: Date.now() })] })),
+      ...this.opts.agents.map((a) => ({ cmd: 'hset', args: [this.keys.agents(), a.name, JSON.stringify({ version: a.version, actionTypes: a.actionTypes, actionPatterns: a.actionPatterns, ...this.fleet, updatedAt: Date.now() })] })),
       { cmd: 'pexpire', args: [this.keys.agents(), 24 * 3600 * 1000] },
     ])
     this.registryReadAt = Date.now()
@@ -385,6 +394,15 @@ export class Runtime {
   }
 }
 
+/** `TROUPE_METRICS_PORT`, read as the CLI reads it: digits from 0 to 65535 (set but blank is refused); unset is 0 (a free port). */
+function metricsPortFromEnv(raw: string | undefined): number {
+  if (raw === undefined) return 0
+  // Digits only: Number(' ') is 0, which would quietly mean "any free port".
+  const p = /^\d{1,5}$/.test(raw) ? Number(raw) : NaN
+  if (!(p >= 0 && p <= 65535)) throw new TroupeError('config', `TROUPE_METRICS_PORT=${JSON.stringify(raw)} must be a port number (0-65535)`)
+  return p
+}
+
 /**
  * Starts a runtime process hosting `agents`.
  *
@@ -398,10 +416,17 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
   const cfg = loadConfig(opts.config)
   if (opts.agents.length === 0 && (opts.services?.length ?? 0) === 0) throw new TroupeError('config', 'a runtime needs at least one agent or service')
   const names = new Set<string>()
-  for (const a of opts.agents) {
+  opts.agents.forEach((a: unknown, i) => {
+    // A plain { name, machine } (defineAgent forgotten, or cast past the types)
+    // registered no action types: its actions stayed queued without a word, and
+    // its registration broke every validated send of the namespace.
+    if (!isAgentDefinition(a)) {
+      const named = typeof a === 'object' && a !== null && typeof (a as { name?: unknown }).name === 'string' ? ` (${JSON.stringify((a as { name: string }).name)})` : ''
+      throw new TroupeError('config', `agents[${i}]${named} is not an agent definition: wrap it in defineAgent({ name, machine })`)
+    }
     if (names.has(a.name)) throw new TroupeError('config', `agent ${a.name} is defined twice`)
     names.add(a.name)
-  }
+  })
   const log = opts.logger ?? createLogger('runtime')
   // Checked before a connection exists: a bad setting must not leave one open.
   // Past MAX_TIMER_MS Node fires a timer after 1 ms: a heartbeat every
@@ -412,6 +437,15 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
   if (opts.drainTimeoutMs !== undefined && !(opts.drainTimeoutMs >= 0 && opts.drainTimeoutMs <= MAX_TIMER_MS)) {
     throw new TroupeError('config', `drainTimeoutMs (--drain-timeout) must be from 0 to ${MAX_TIMER_MS} ms`)
   }
+  // The server starts after the agents registered and subscribed: a bad port
+  // failed there with a raw RangeError, all that work done for nothing.
+  const port = opts.metricsPort
+  if (port !== undefined && port !== false && !(Number.isInteger(port) && port >= 0 && port <= 65535)) {
+    throw new TroupeError('config', `metricsPort must be a whole number from 0 to 65535 (0 picks a free port), or false for no metrics server; got ${String(port)}`)
+  }
+  // TROUPE_METRICS_PORT, as the CLI reads it: an embedding process whose
+  // Prometheus scrapes a fixed port got a random one (only the CLI read it).
+  if (port === undefined) opts = { ...opts, metricsPort: metricsPortFromEnv(process.env.TROUPE_METRICS_PORT) }
   if (opts.gcTuning ?? gcTuningFromEnv(process.env.TROUPE_GC_TUNING)) {
     if (tuneGarbageCollector()) log.debug('V8 allocation-site pretenuring turned off (TROUPE_GC_TUNING=off keeps it)')
   }
