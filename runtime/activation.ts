@@ -500,7 +500,9 @@ export class ActorActivation implements LiveActorHooks {
     }
     if (restoreError) return { ...reject(restoreError), record }
     if (next.attempt > this.def.maxAttempts) return { ...reject(`gave up after ${next.attempt - 1} deliveries that did not finish (crashed or timed out activations)`), record }
-    const queuedFor = Date.now() - record.enqueuedAt
+    // From when it became due (a delay's end, the join that let it go; the server's
+    // clock), not from its enqueue: a delayed send's delay is no wait for capacity.
+    const queuedFor = Date.now() - Math.max(record.enqueuedAt, next.dueAt)
     if (next.attempt === 1 && queuedFor >= 0) this.env.metrics.queueWait.observe({ agent: this.def.name }, queuedFor / 1000)
     return { record, delivery: await (this.live as LiveActor).deliver(record, next.attempt, () => this.signal(), this.def.actionTimeoutMs) }
   }

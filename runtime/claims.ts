@@ -250,11 +250,15 @@ export interface Claimed {
   record: string
   attempt: number
   actionId: string
+  /** When it became due (ms, server clock): its delay's end, or when its join let it go; 0 if unknown. */
+  dueAt: number
 }
 
 function parseClaimed(r: unknown[], from: number): Claimed[] {
   const out: Claimed[] = []
-  for (let i = from; i + 2 < r.length; i += 3) out.push({ record: str(r[i]), attempt: Number(r[i + 1]), actionId: str(r[i + 2]) })
+  for (let i = from; i + 3 < r.length; i += 4) {
+    out.push({ record: str(r[i]), attempt: Number(r[i + 1]), actionId: str(r[i + 2]), dueAt: Number(r[i + 3]) || 0 })
+  }
   return out
 }
 
@@ -459,7 +463,9 @@ export async function commit(ctx: ProtocolContext, a: CommitArgs): Promise<Commi
 
 /** Compare-and-delete (or move to `nextDue`) of our lease on an actor's ready hint, as an op. */
 export function releaseHintOp(ctx: ProtocolContext, agent: string, wf: string, lease: number, nextDue: number | null, rerunLease: number | null = null): ScriptOp {
-  return { script: 'release_hint', keys: [ctx.keys.ready(agent)], args: [wf, lease, nextDue === null ? '' : nextDue, rerunLease ?? ''] }
+  // On a single Redis the script also reads the mailbox (see release_hint.lua).
+  const keys = isCluster(ctx.redis) ? [ctx.keys.ready(agent)] : [ctx.keys.ready(agent), ctx.keys.mailbox(wf, agent)]
+  return { script: 'release_hint', keys, args: [wf, lease, nextDue === null ? '' : nextDue, rerunLease ?? ''] }
 }
 
 /**

@@ -284,6 +284,21 @@ export class TroupeClient {
     if (opts.deadlineMs) index.push({ cmd: 'zadd', args: [this.keys.deadlines(), Date.now() + opts.deadlineMs, wf] })
     const [r] = await enqueueMany(this.ctx, [args], index)
     if (r instanceof Error) throw r
+    if (opts.deadlineMs) {
+      // The deadline entry went in one round trip after the start: a workflow
+      // that ended in between had its ending commit's ZREM come first, and the
+      // entry stayed until due (up to ten years). Its status turned terminal
+      // before that ZREM was sent, so this read sees the end whenever it came first.
+      // Best effort: the start took effect, and a failure here must not say it
+      // did not (a retry would then start it twice). An entry left behind is
+      // dropped by the supervisor when it comes due.
+      try {
+        const st = await this.redis.hget(this.keys.status(wf), 'status')
+        if (st === null || TERMINAL_STATUSES.has(st as WorkflowStatusValue)) await this.redis.zrem(this.keys.deadlines(), wf)
+      } catch {
+        // nothing to undo
+      }
+    }
     return { workflowId: wf, actionId }
   }
 

@@ -173,6 +173,7 @@ export class WorkflowSweep {
     const deadIds: { wf: string; ids: string[] }[] = []
     const repairs: FencedWrite[] = []
     const repaired: { agent: string; wf: string }[] = []
+    const deadlinesPut: string[] = []
     let at = 0
     for (const r of reads) {
       if (r.kind === 'dead') {
@@ -183,7 +184,10 @@ export class WorkflowSweep {
         // round trip later. A starter that died in between left a deadline
         // nobody would enforce: put the entry back (NX: never move a lease).
         const [err, score] = r2[at++] ?? [null, null]
-        if (!err && (score === null || score === undefined)) repairs.push({ cmd: 'ZADD', key: k.deadlines(), args: ['NX', r.due as number, r.wf] })
+        if (!err && (score === null || score === undefined)) {
+          repairs.push({ cmd: 'ZADD', key: k.deadlines(), args: ['NX', r.due as number, r.wf] })
+          deadlinesPut.push(r.wf)
+        }
       } else {
         const replies = r2.slice(at, at + 4)
         at += 4
@@ -211,7 +215,26 @@ export class WorkflowSweep {
       await fence.write(repairs)
       fig.repairs += repaired.length
       this.onRepair(repaired)
+      if (deadlinesPut.length > 0) await this.dropEndedDeadlines(deadlinesPut)
     }
+  }
+
+  /**
+   * A workflow can end between the read that found its deadline entry missing
+   * and the write that put it back; its ending commit's ZREM may then have come
+   * first, and the entry stayed until due (up to ten years). Read again after
+   * the write: the status turns terminal before that ZREM is sent, so either
+   * this read sees the end or that ZREM comes after the entry.
+   */
+  private async dropEndedDeadlines(wfs: readonly string[]): Promise<void> {
+    const p = this.redis.pipeline()
+    for (const wf of wfs) p.hget(this.keys.status(wf), 'status')
+    const r = ((await p.exec()) ?? []) as Reply[]
+    const ended = wfs.filter((_, i) => {
+      const [err, st] = r[i] ?? [null, null]
+      return !err && (st === null || (typeof st === 'string' && TERMINAL.has(st)))
+    })
+    if (ended.length > 0) await this.redis.zrem(this.keys.deadlines(), ...ended)
   }
 
   /** Counts the window's action outcomes of `wfs` (see EVENTS_PAGE). */

@@ -113,6 +113,32 @@ describe('delivery', () => {
     expect(fromClient.done).toBeGreaterThanOrEqual(fromClient.due)
   })
 
+  it('measures a delayed action\'s queue wait from when it came due, not from its send', async () => {
+    // A runtime of its own, so that its histogram holds this one action.
+    const own = testConfig()
+    const alone = await startRuntime({ agents: [counter], config: own, metricsPort: false })
+    const c = TroupeClient.connect(own)
+    try {
+      const { workflowId } = await c.startWorkflow({ agent: 'counter', type: 'ping', payload: { i: 1 } })
+      await eventually(async () => ((await c.getStatus(workflowId))?.counts.done ?? 0) === 1, 10_000, 'first ping')
+      const wait = async (): Promise<{ sum: number; count: number }> => {
+        const m = ((await alone.metrics.registry.getSingleMetric('troupe_queue_wait_seconds')?.get())?.values ?? []) as { metricName?: string; value: number }[]
+        const of = (name: string): number => m.filter((v) => v.metricName === name).reduce((a, v) => a + v.value, 0)
+        return { sum: of('troupe_queue_wait_seconds_sum'), count: of('troupe_queue_wait_seconds_count') }
+      }
+      const before = await wait()
+      await c.sendAction(workflowId, 'counter', 'ping', { i: 2 }, { delayMs: 3000 })
+      await eventually(async () => ((await c.getStatus(workflowId))?.counts.done ?? 0) === 2, 15_000, 'delayed ping')
+      const after = await wait()
+      expect(after.count - before.count).toBe(1)
+      // Its three seconds of delay were no wait for a worker (it counted them all).
+      expect(after.sum - before.sum).toBeLessThan(2)
+    } finally {
+      await alone.stop()
+      await c.close()
+    }
+  })
+
   it('cancel drops queued actions, aborts the running one, and nothing commits after', async () => {
     const { workflowId, actionId: first } = await client.startWorkflow({ agent: 'slow', type: 'work', payload: { ms: 5_000, i: 1 } })
     const { actionId: second } = await client.sendAction(workflowId, 'slow', 'work', { ms: 10, i: 2 })

@@ -4,7 +4,7 @@
 // reported truncated, a listing past its limit leaves out the longest gone, a
 // cleanly stopped service is forgotten before its record expires, and liveness
 // is judged by Redis's clock, whatever a host's clock says.
-import type { Redis } from 'ioredis'
+import type { Command, Redis } from 'ioredis'
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest'
 import { startRuntime } from '../../runtime/index.ts'
 import { Keys } from '../../runtime/redis/keys.ts'
@@ -58,6 +58,37 @@ describe('the workflow sweep', () => {
     fig = await sweepAll()
     expect(fig.completed.flood).toBe(MAX_EVENTS_PER_WORKFLOW)
     expect(fig.truncated).toBe(true)
+  })
+})
+
+describe('the deadline repair', () => {
+  it('takes back the entry it restored for a workflow that ended while it looked', async () => {
+    // Running with a deadline and no entry (its starter died before writing it):
+    // the sweep puts the entry back. The workflow ends between the sweep's read
+    // and that write, its ending commit's ZREM coming first.
+    const wf = 'sweep-deadline-race'
+    await redis.hset(keys.status(wf), 'status', 'running', 'updatedAt', String(Date.now()), 'deadline', String(Date.now() + 7 * 24 * 3600_000))
+    await redis.set(keys.leaderTerm(), '9')
+    const conn = redis as unknown as { sendCommand: (c: Command) => unknown }
+    const send = conn.sendCommand.bind(conn)
+    let ended = false
+    conn.sendCommand = (c: Command) => {
+      if (!ended && c.name === 'evalsha' && c.args.some((a) => String(a) === keys.deadlines())) {
+        ended = true
+        return redis.hset(keys.status(wf), 'status', 'completed').then(() => redis.zrem(keys.deadlines(), wf)).then(() => send(c))
+      }
+      return send(c)
+    }
+    try {
+      const sweep = new WorkflowSweep(redis, keys, { windowMs: 60_000 })
+      const fence = new LeaderFence(redis, keys, 'sup-test', 9)
+      for (let i = 0; i < 1000 && !(await sweep.step(100, fence)); i++);
+      expect(ended).toBe(true)
+      expect(await redis.zscore(keys.deadlines(), wf)).toBeNull()
+    } finally {
+      conn.sendCommand = send
+      await redis.del(keys.status(wf))
+    }
   })
 })
 

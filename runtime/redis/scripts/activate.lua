@@ -10,7 +10,7 @@
 -- ARGV: 1 lock value (random, unique to this activation)  2 wf  3 agent  4 event id base  5 channel
 --       6 stream maxlen  7 retention ms (0 = none)  8 batch size (most actions to claim at once)
 --       9 lock ttl ms
--- Returns: { code, fence, snapshot|'', version|'', redelivered (0|1), nextDue|'', record1, attempt1, id1, ... }
+-- Returns: { code, fence, snapshot|'', version|'', redelivered (0|1), nextDue|'', record1, attempt1, id1, dueAt1, ... }
 --          code 'ok': lock taken and actions claimed; 'idle': nothing due, lock released;
 --          'ended': the workflow is over, leftovers dropped, lock released (or there is
 --          no workflow: fence 0, nothing of the actor touched);

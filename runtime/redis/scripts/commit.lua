@@ -19,7 +19,7 @@
 --         parent event id (its action.enqueued), duration ms, attempt, number of events (E), number of sends (S),
 --         followed by E event JSONs and S x 8 send fields: agent, actionId, record JSON, delay ms, event id,
 --         join key ('' = none), join count, join timeout ms
--- Returns: { code, nextDue|'', firstStreamId, lastStreamId, hintCount, agent1, score1, ..., record1, attempt1, id1, ... }
+-- Returns: { code, nextDue|'', firstStreamId, lastStreamId, hintCount, agent1, score1, ..., record1, attempt1, id1, dueAt1, ... }
 --          code 'next' (a new batch is claimed and follows the hints), 'idle' (lock released),
 --          'ended' (workflow over, lock released); hints are targets whose actor nobody holds
 --          A replay of the same commit (same event id base) answers like the first run
@@ -38,16 +38,17 @@ local batch, n_results = tonumber(ARGV[15]), tonumber(ARGV[16])
 local HANDBACK_LIMIT_MS = 3600000
 
 local held = redis.call('HMGET', actor_key, 'fence', 'inflight', 'committed')
-if held[1] ~= fence then
-  return redis.error_reply('TROUPE_FENCE fence ' .. fence .. ' of ' .. agent .. ' in ' .. wf .. ' is stale')
-end
 local in_flight = {}
 for _, id in ipairs(inflight_ids(held[2])) do in_flight[id] = true end
 
 -- The same commit again (ioredis resends a command whose reply a dropped
 -- connection lost): it took effect once, so answer as it did instead of
 -- rejecting it as stale, which would stall the actor for a lock TTL and count a
--- spurious attempt. The claimed next batch is whatever is in flight now.
+-- spurious attempt. The claimed next batch is whatever is in flight now. This
+-- comes before the fence check: another activation may have taken the actor
+-- (and moved the fence) between the first run and the resend, and a refusal
+-- then lost what only this answer carries (the hints of a join the first run
+-- completed, the end of the workflow to announce).
 local marker = held[3]
 if marker then
   local base, m_first, m_last = string.match(marker, '^(%S+) (%S*) (%S*) ?%a*$')
@@ -92,6 +93,7 @@ if marker then
           out[#out + 1] = got[1]
           out[#out + 1] = tonumber(st.attempt) or 1
           out[#out + 1] = id
+          out[#out + 1] = tonumber(st.availableAt) or 0
         end
       end
     elseif next(in_flight) ~= nil then
@@ -105,6 +107,10 @@ if marker then
     end
     return out
   end
+end
+
+if held[1] ~= fence then
+  return redis.error_reply('TROUPE_FENCE fence ' .. fence .. ' of ' .. agent .. ' in ' .. wf .. ' is stale')
 end
 
 -- Read the results first: a stale one rejects the whole commit before any write.

@@ -156,7 +156,9 @@ end
 -- (attempt + 1) and records their ids as the actor's in-flight batch. Members
 -- whose record vanished or was written by hand without a state are dropped and
 -- counted rather than blocking the mailbox. Returns a flat list
--- { record1, attempt1, id1, record2, ... }, empty when nothing is due.
+-- { record1, attempt1, id1, dueAt1, record2, ... }, empty when nothing is due;
+-- dueAt is when the action became due (its delay, or the join that let it go),
+-- so that the worker measures queue wait from then, not from its enqueue.
 local function claim_batch(actor_key, mailbox, actions_key, status_key, now, max)
   local out, ids = {}, {}
   for _ = 1, 10 do
@@ -175,6 +177,7 @@ local function claim_batch(actor_key, mailbox, actions_key, status_key, now, max
         out[#out + 1] = rec
         out[#out + 1] = st.attempt
         out[#out + 1] = id
+        out[#out + 1] = tonumber(st.availableAt) or 0
         ids[#ids + 1] = id
       else
         redis.call('HINCRBY', status_key, 'malformed', 1)
@@ -285,7 +288,8 @@ local function activate_actor(actor_key, lock_key, mailbox, actions_key, status_
   end
   -- A holder equal to our value is this same call replayed after a dropped connection.
   redis.call('SET', lock_key, lock_value, 'PX', ttl)
-  local status = redis.call('HGET', status_key, 'status')
+  local got = redis.call('HMGET', status_key, 'status', 'agent:' .. agent)
+  local status = got[1]
   if not status then
     -- No workflow: its keys expired (a stale hint), or it does not exist yet (on a
     -- Cluster an enqueue's pre-hint is written on the agent's node before the
@@ -318,6 +322,15 @@ local function activate_actor(actor_key, lock_key, mailbox, actions_key, status_
     return { 'ended', fence, '', '', 0, '' }
   end
 
+  if not got[2] then
+    -- No action was ever queued for this agent here (an enqueue or a commit lists
+    -- the agent before its first one): a hint left by a send that then failed (a
+    -- start under a taken id, an action id clash, a refused commit). An actor hash
+    -- made now would never expire: ending scripts and the persister find a
+    -- workflow's actors through those `agent:` fields.
+    release_lock(lock_key, lock_value)
+    return { 'idle', 0, '', '', 0, '' }
+  end
   local now = now_ms()
   local fence = redis.call('HINCRBY', actor_key, 'fence', 1)
   local snap = redis.call('HMGET', actor_key, 'snapshot', 'version', 'inflight')
@@ -337,6 +350,7 @@ local function activate_actor(actor_key, lock_key, mailbox, actions_key, status_
         out[#out + 1] = got[1]
         out[#out + 1] = st.attempt
         out[#out + 1] = id
+        out[#out + 1] = tonumber(st.availableAt) or 0
         ids[#ids + 1] = id
         append_event(events_key, channel, maxlen, make_event(ev_base .. '.r' .. n, wf, 'action.redelivered',
           { actionId = id, agent = agent, attempt = st.attempt }, agent, id, st.attempt, '', now))
