@@ -149,8 +149,9 @@ local function set_st(id, fields)
   redis.call('HSET', actions_key, id .. ':st', cjson.encode(st))
   return st
 end
--- The actor's snapshot goes in with the marker below: one HSET (every command a
--- script calls costs Redis about as much again as the command itself).
+-- The actor's snapshot goes in with the marker below: one HSET, one command
+-- fewer (each redis.call has a fixed cost, about 0.2 µs here, more than a
+-- cheap command's own).
 local actor_fields = {}
 local function finish(code, nxt, hints, claimed)
   -- What a replay of this same commit needs to answer the same way (see above).

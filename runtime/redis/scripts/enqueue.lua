@@ -44,9 +44,9 @@ if mode == 'start' then
   if redis.call('HSETNX', actions_key, action_id, record) == 0 then
     return redis.error_reply('TROUPE_DUP action ' .. action_id .. ' already exists in workflow ' .. wf)
   end
-  -- The hash as it stands once this first action is queued, in one write (each
-  -- command a script calls costs about as much again as the command itself):
-  -- running, one action, the entry agent listed. The workflow.status event
+  -- The hash as it stands once this first action is queued, in one write
+  -- (each redis.call has a fixed cost beyond the command's own): running, one
+  -- action, the entry agent listed. The workflow.status event
   -- below still tells of the move from pending, as every start always has.
   local fields = { 'status', 'running', 'owner', owner, 'entry', agent,
     'createdAt', now_s, 'updatedAt', now_s, 'queued', '1', 'done', '0', 'dead', '0', 'actions', '1' }
