@@ -4,9 +4,9 @@
 // migrate(), a bad metrics port, a closed client, a fail reason that is an
 // object, a fractional deadline and a cancel's final status from JS.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { assign, setup } from 'xstate'
+import { setup } from 'xstate'
 import { defineAgent, failWorkflow, sendToAgent, sendToSelf, startRuntime, TroupeClient, type ActionEvent, type Runtime, type TroupeConfig } from '../../runtime/index.ts'
-import { counter } from '../fixtures/agents.ts'
+import { counter, tally } from '../fixtures/agents.ts'
 import { eventually, rawRedis, testConfig } from '../helpers/redis.ts'
 
 type Ev = ActionEvent<string, Record<string, unknown>>
@@ -204,18 +204,6 @@ describe('client input', () => {
 })
 
 describe('async migrate', () => {
-  function tally(version: number, migrate?: (s: unknown, from: number) => unknown) {
-    return defineAgent({
-      name: 'tally',
-      version,
-      ...(migrate ? { migrate } : {}),
-      machine: setup({ types: { context: {} as { total: number }, events: {} as ActionEvent<'add', { n: number }> } }).createMachine({
-        context: { total: 0 },
-        on: { add: { actions: assign({ total: ({ context, event }) => context.total + event.payload.n }) } },
-      }),
-    })
-  }
-
   it('refuses a migrate() that returns a promise, keeping the stored snapshot', async () => {
     const own = testConfig()
     const client = TroupeClient.connect(own)

@@ -1,27 +1,16 @@
 // Snapshot versions: a mismatch without migrate fails the action clearly; migrate upgrades.
 // Also: agent code that sends to an unknown agent is dead-lettered with the reason.
 import { describe, expect, it } from 'vitest'
-import { assign, setup } from 'xstate'
-import { defineAgent, sendToAgent, startRuntime, TroupeClient, type ActionEvent } from '../../runtime/index.ts'
+import { setup } from 'xstate'
+import { defineAgent, sendToAgent, startRuntime, TroupeClient } from '../../runtime/index.ts'
+import { tally } from '../fixtures/agents.ts'
 import { eventually, testConfig } from '../helpers/redis.ts'
-
-function counterV(version: number, migrate?: (s: unknown, from: number) => unknown) {
-  return defineAgent({
-    name: 'tally',
-    version,
-    ...(migrate ? { migrate } : {}),
-    machine: setup({ types: { context: {} as { total: number }, events: {} as ActionEvent<'add', { n: number }> } }).createMachine({
-      context: { total: 0 },
-      on: { add: { actions: assign({ total: ({ context, event }) => context.total + event.payload.n }) } },
-    }),
-  })
-}
 
 /** A workflow whose `tally` actor took one `add` of 2 at `version`; its runtime stopped. */
 async function afterOneAdd(version: number): Promise<{ client: TroupeClient; cfg: ReturnType<typeof testConfig>; workflowId: string }> {
   const cfg = testConfig()
   const client = TroupeClient.connect(cfg)
-  const rt = await startRuntime({ agents: [counterV(version)], config: cfg, metricsPort: false })
+  const rt = await startRuntime({ agents: [tally(version)], config: cfg, metricsPort: false })
   const { workflowId } = await client.startWorkflow({ agent: 'tally', type: 'add', payload: { n: 2 } })
   await eventually(async () => (await client.getStatus(workflowId))?.counts.done === 1, 10_000, `v${version} add`)
   await rt.stop()
@@ -37,7 +26,7 @@ async function stored(client: TroupeClient, workflowId: string): Promise<{ total
 describe('versions', () => {
   it('fails on a version mismatch without migrate, and migrates when given', async () => {
     const { client, cfg, workflowId } = await afterOneAdd(1)
-    let rt = await startRuntime({ agents: [counterV(2)], config: cfg, metricsPort: false })
+    let rt = await startRuntime({ agents: [tally(2)], config: cfg, metricsPort: false })
     await client.sendAction(workflowId, 'tally', 'add', { n: 3 })
     await eventually(async () => (await client.deadLetters(workflowId)).length === 1, 10_000, 'mismatch dead letter')
     expect((await client.deadLetters(workflowId))[0]?.error).toMatch(/version 1, agent is version 2 and has no migrate/)
@@ -47,7 +36,7 @@ describe('versions', () => {
       const snap = s as { context: { total: number } }
       return { ...snap, context: { total: snap.context.total * 10 + from } }
     }
-    rt = await startRuntime({ agents: [counterV(2, migrate)], config: cfg, metricsPort: false })
+    rt = await startRuntime({ agents: [tally(2, migrate)], config: cfg, metricsPort: false })
     await client.sendAction(workflowId, 'tally', 'add', { n: 5 })
     await eventually(async () => (await client.getStatus(workflowId))?.counts.done === 2, 10_000, 'migrated add')
     expect(await stored(client, workflowId)).toEqual({ total: 2 * 10 + 1 + 5, version: '2' })
@@ -64,7 +53,7 @@ describe('versions', () => {
     const { client, cfg, workflowId } = await afterOneAdd(2)
 
     // A process still on version 1 (with a migrate it must not run backwards) takes the next action.
-    let rt = await startRuntime({ agents: [counterV(1, migrate)], config: cfg, metricsPort: false })
+    let rt = await startRuntime({ agents: [tally(1, migrate)], config: cfg, metricsPort: false })
     const { actionId } = await client.sendAction(workflowId, 'tally', 'add', { n: 3 })
     const st = await eventually(async () => {
       const raw = await client.redis.hget(client.keys.actions(workflowId), `${actionId}:st`)
@@ -77,7 +66,7 @@ describe('versions', () => {
     expect(ranOld.n).toBe(0)
     expect(await client.deadLetters(workflowId)).toEqual([])
 
-    rt = await startRuntime({ agents: [counterV(2)], config: cfg, metricsPort: false })
+    rt = await startRuntime({ agents: [tally(2)], config: cfg, metricsPort: false })
     await eventually(async () => (await client.getStatus(workflowId))?.counts.done === 2, 10_000, 'v2 add after the hand-back')
     expect(await stored(client, workflowId)).toEqual({ total: 5, version: '2' })
     expect(await client.deadLetters(workflowId)).toEqual([])
@@ -97,7 +86,7 @@ describe('versions', () => {
     const st = JSON.parse((await client.redis.hget(key, `${stuck}:st`)) ?? '{}') as Record<string, unknown>
     await client.redis.hset(key, `${stuck}:st`, JSON.stringify({ ...st, handedBackAt: Date.now() - 61 * 60_000 }))
 
-    const rt = await startRuntime({ agents: [counterV(1)], config: cfg, metricsPort: false })
+    const rt = await startRuntime({ agents: [tally(1)], config: cfg, metricsPort: false })
     await eventually(async () => (await client.deadLetters(workflowId)).length === 1, 10_000, 'dead letter')
     const [dead] = await client.deadLetters(workflowId)
     expect(dead).toMatchObject({ actionId: stuck, error: expect.stringMatching(/written by version 2; this process runs version 1, and no process of version 2 took the action within an hour of its first hand-back/) as unknown })
@@ -119,7 +108,7 @@ describe('versions', () => {
       ;(s as { context: { total: number } }).context.total = 99
       return undefined
     }
-    const rt = await startRuntime({ agents: [counterV(2, forgetful)], config: cfg, metricsPort: false })
+    const rt = await startRuntime({ agents: [tally(2, forgetful)], config: cfg, metricsPort: false })
     await client.sendAction(workflowId, 'tally', 'add', { n: 3 })
     await eventually(async () => (await client.deadLetters(workflowId)).length === 1, 10_000, 'dead letter')
     expect((await client.deadLetters(workflowId))[0]?.error).toMatch(/migrate\(\) returned undefined/)
