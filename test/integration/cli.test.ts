@@ -131,19 +131,21 @@ describe('cli', () => {
     const { workflowId } = JSON.parse(run.out) as { workflowId: string }
     const { child, io, exited } = launch(['tail', workflowId, '--json'])
     // Following: the replay has printed the first event (a process start takes seconds on a loaded machine).
-    await eventually(() => Promise.resolve(io.out.includes('"workflow.started"')), 45_000, 'the replay printed')
+    // It failed twice here under load with nothing to go on: say what tail did.
+    await eventually(() => Promise.resolve(io.out.includes('"workflow.started"')), 45_000, 'the replay printed').catch((e: unknown) => {
+      throw new Error(`${String(e)}; run: ${JSON.stringify(run)}; tail printed ${JSON.stringify(io.out.slice(0, 500))}, stderr ${JSON.stringify(io.err)}, exit ${child.exitCode ?? child.signalCode ?? 'none yet'}`)
+    })
     child.kill('SIGINT')
     expect(await exited, io.err).toBe(0)
   }, 90_000)
 
   it('exits at once, with the setting named, when the driver refuses the Neo4j URI', async () => {
     // `troupe reconcile` opened its Redis connection before making the driver, and
-    // that connection kept the process alive after the error was printed.
-    const started = Date.now()
+    // that connection kept the process alive after the error was printed (the
+    // runner's kill timer ends a process that hangs: no exit code 3 then).
     const r = await troupe('reconcile', '--neo4j-uri', 'bolt://')
     expect(r.code, r.err).toBe(3)
     expect(r.err).toMatch(/the Neo4j URI "bolt:\/\/" \(NEO4J_URI or --neo4j-uri\) is not usable: Illegal host/)
-    expect(Date.now() - started).toBeLessThan(20_000)
   })
 
   it('fails clearly when Redis is unreachable', async () => {

@@ -127,12 +127,13 @@ describe('delivery', () => {
         return { sum: of('troupe_queue_wait_seconds_sum'), count: of('troupe_queue_wait_seconds_count') }
       }
       const before = await wait()
-      await c.sendAction(workflowId, 'counter', 'ping', { i: 2 }, { delayMs: 3000 })
-      await eventually(async () => ((await c.getStatus(workflowId))?.counts.done ?? 0) === 2, 15_000, 'delayed ping')
+      await c.sendAction(workflowId, 'counter', 'ping', { i: 2 }, { delayMs: 6000 })
+      await eventually(async () => ((await c.getStatus(workflowId))?.counts.done ?? 0) === 2, 20_000, 'delayed ping')
       const after = await wait()
       expect(after.count - before.count).toBe(1)
-      // Its three seconds of delay were no wait for a worker (it counted them all).
-      expect(after.sum - before.sum).toBeLessThan(2)
+      // Its six seconds of delay were no wait for a worker (it counted them all);
+      // what is left is how long a due action took to start, ms on an idle machine.
+      expect(after.sum - before.sum).toBeLessThan(4)
     } finally {
       await alone.stop()
       await c.close()

@@ -70,11 +70,28 @@ describe('wake-ups', () => {
     expect(await total('troupe_wakeups_total')).toBe(4)
   })
 
-  it('an actor handed back for fairness (64 turns) with work still due is picked again at once', async () => {
-    const { workflowId } = await client.startWorkflow({ agent: 'counter', type: 'ping', payload: { i: 0 } })
-    await Promise.all(Array.from({ length: 199 }, (_, i) => client.sendAction(workflowId, 'counter', 'ping', { i: i + 1 })))
-    // Three fairness releases on the way; each would otherwise wait for the 60 s poll.
-    await eventually(async () => (await pings(workflowId)) === 200, 15_000, '200 pings')
+  it('an actor handed back for fairness (a second active, 256 turns) with work still due is picked again at once', async () => {
+    // A runtime of its own (slow's only host), so slow's activation count is this test's alone.
+    const rt = await startRuntime({ agents: [slow, counter], config: cfg, metricsPort: false })
+    try {
+      const activations = async (): Promise<number> =>
+        (await rt.metrics.registry.getSingleMetric('troupe_activations_total')?.get())?.values.find((v) => v.labels.agent === 'slow')?.value ?? 0
+      // The first action runs past MAX_ACTIVE_MS (1 s) while 300 quick ones queue
+      // behind it: its commit hands the actor back (time), and the next activation
+      // hands it back again after 256 of them (turns). Each hand-back leaves work
+      // due that only an immediate re-pick runs: the idle poll is 60 s.
+      const { workflowId } = await client.startWorkflow({ agent: 'slow', type: 'work', payload: { ms: 1500, i: 0 } })
+      await eventually(async () => (await client.getStatus(workflowId))?.agents.slow === 'working', 10_000, 'working')
+      for (let i = 1; i <= 300; i += 50) {
+        await Promise.all(Array.from({ length: 50 }, (_, j) => client.sendAction(workflowId, 'slow', 'work', { ms: 0, i: i + j })))
+      }
+      // Each work sends counter a ping: 301 of each.
+      await eventually(async () => (await client.getStatus(workflowId))?.counts.done === 602, 30_000, '301 works and their pings')
+      // Two hand-backs at least: three activations. Without them one activation ran it all.
+      expect(await activations()).toBeGreaterThanOrEqual(3)
+    } finally {
+      await rt.stop()
+    }
   })
 
   it('a draining process hands an actor it meant to run again to another process at once', async () => {
