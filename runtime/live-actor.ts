@@ -277,9 +277,19 @@ export class LiveActor {
           cur.op = 'fail'
           cur.opPayload = JSON.stringify({ error: failReason(e.reason) })
           return
-        case CONTROL.event:
-          this.push(encodeEvent({ ...base, type: String(e.eventType), content: e.content }))
+        case CONTROL.event: {
+          // emitEvent() refuses a reserved type when the agent is defined; a raw
+          // emit of the control event gets the same check here, else a fake
+          // workflow.completed ended every follower of a workflow going on.
+          const type = String(e.eventType)
+          const reserved = reservedEventType(type)
+          if (reserved) {
+            cur.effectError ??= reserved
+            return
+          }
+          this.push(encodeEvent({ ...base, type, content: e.content }))
           return
+        }
         default: {
           const { type, ...rest } = e
           const reserved = reservedEventType(type)

@@ -4,7 +4,7 @@
 // code cannot fake the runtime's own events or send what JSON cannot encode;
 // machines with wildcard transitions accept the types their wildcards match.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { fromPromise, setup } from 'xstate'
+import { emit, fromPromise, setup } from 'xstate'
 import { defineAgent, sendToAgent, startRuntime, TroupeClient, type ActionEvent, type Runtime } from '../../runtime/index.ts'
 import { counter } from '../fixtures/agents.ts'
 import { eventually, testConfig } from '../helpers/redis.ts'
@@ -29,6 +29,8 @@ const rogue = defineAgent({
       idle: {
         on: {
           fake: 'faking',
+          // The control event emitEvent() makes, emitted by hand past its check.
+          forge: { actions: emit({ type: 'troupe.event', eventType: 'workflow.completed', content: { result: 'forged' } } as { type: string }) },
           fn: { actions: sendToAgent('counter', 'ping', () => () => 'a function') },
           'research.*': { actions: sendToAgent('counter', 'ping', { i: 1 }) },
         },
@@ -94,6 +96,13 @@ describe('client and agent API', () => {
     const types = (await c.readEvents(workflowId, '0', 100)).map((e) => e.event.type)
     expect(types).not.toContain('workflow.completed')
     expect((await c.getStatus(workflowId))?.status).not.toBe('completed')
+  })
+
+  it('fails an action that emits the event-publishing control event by hand with a runtime type, and publishes nothing of it', async () => {
+    const { workflowId, actionId } = await c.startWorkflow({ agent: 'rogue', type: 'forge' })
+    expect(await deadError(workflowId, actionId)).toMatch(/workflow\.completed.* is reserved/)
+    const types = (await c.readEvents(workflowId, '0', 100)).map((e) => e.event.type)
+    expect(types).not.toContain('workflow.completed')
   })
 
   it('fails a send whose payload JSON cannot encode, with the reason', async () => {
