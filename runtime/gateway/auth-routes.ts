@@ -6,6 +6,7 @@ import { caller, checkOrigin, presentedToken } from './authenticate.ts'
 import { sessionCookie } from './cookies.ts'
 import type { GatewayDeps } from './deps.ts'
 import { GatewayError } from './problem.ts'
+import { unavailable } from './redis-gate.ts'
 import { credentialBody, logoutBody, noQuery, refreshBody } from './schemas.ts'
 
 const NO_STORE = { 'cache-control': 'no-store', pragma: 'no-cache' }
@@ -79,7 +80,12 @@ export function registerAuthRoutes(app: FastifyInstance, deps: GatewayDeps): voi
       .send({ user, expiresAt: s.expiresAt })
   })
 
-  app.post<{ Body: { refresh_token?: string; all?: boolean } | null }>('/v1/auth/logout', { schema: { body: logoutBody, querystring: noQuery }, config: { public: true }, bodyLimit: SMALL }, async (request, reply: FastifyReply) => {
+  app.post<{ Body: { refresh_token?: string; all?: boolean } | null }>('/v1/auth/logout', { schema: { body: logoutBody, querystring: noQuery }, config: { public: true, withoutRedis: true }, bodyLimit: SMALL }, async (request, reply: FastifyReply) => {
+    const body = request.body ?? {}
+    const cleared = sessionCookie('', 0, secureCookie(request, deps.settings.auth.cookieSecure))
+    // The Redis gate lets sign-out through while Redis is away: a browser must
+    // be able to drop its cookie then too (else a reload signs it back in).
+    if (deps.redis.status !== 'ready') return logoutWithoutRedis(request, reply, body, cleared)
     // Sign-out must work with an expired token too: it only ever removes.
     let ctx: AuthContext | null = null
     try {
@@ -90,10 +96,38 @@ export function registerAuthRoutes(app: FastifyInstance, deps: GatewayDeps): voi
     }
     // Another page of the same site must not sign the browser out.
     if (ctx?.via === 'cookie') checkOrigin(request)
-    const body = request.body ?? {}
     await store.logout(ctx, { refreshToken: body.refresh_token, all: body.all === true })
-    return reply.header('set-cookie', sessionCookie('', 0, secureCookie(request, deps.settings.auth.cookieSecure))).code(204).send()
+    return reply.header('set-cookie', cleared).code(204).send()
   })
+
+  // Without Redis nothing can be verified or revoked now. A cookie session's
+  // sign-out still clears the cookie at once (after the origin check, which
+  // then applies to any presented cookie) and revokes the session server-side
+  // when Redis is back, best-effort: its commands wait in the client's offline
+  // queue, lost if this gateway stops first (the session then lasts until it
+  // expires). What an API client asks (a bearer token's family, a refresh
+  // family, `all`) is not answered with a 204 that did not happen: 503 as before.
+  function logoutWithoutRedis(request: FastifyRequest, reply: FastifyReply, body: { refresh_token?: string; all?: boolean }, cleared: string): FastifyReply {
+    let presented: ReturnType<typeof presentedToken> = null
+    try {
+      presented = presentedToken(request)
+    } catch {
+      presented = null
+    }
+    if (presented?.via === 'bearer' || body.refresh_token !== undefined || body.all === true) throw unavailable()
+    if (presented) {
+      checkOrigin(request)
+      const { token } = presented
+      void store
+        .verify(token, 'cookie', { allowExpired: true })
+        .then((ctx) => store.logout(ctx))
+        .catch((err: unknown) => {
+          // Not a session (any more): nothing to revoke.
+          if (!(err instanceof AuthError)) request.log.warn({ err }, 'sign-out during a Redis outage: the session could not be revoked server-side')
+        })
+    }
+    return reply.header('set-cookie', cleared).code(204).send()
+  }
 
   app.get('/v1/me', { schema: { querystring: noQuery } }, async (request) => {
     const a = caller(request)

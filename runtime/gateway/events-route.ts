@@ -68,6 +68,8 @@ export function registerEventsRoute(app: FastifyInstance, deps: GatewayDeps): vo
           ...(reply.getHeaders() as Record<string, string>),
           'content-type': 'text/event-stream; charset=utf-8',
           'cache-control': 'no-cache, no-transform',
+          // Written here, past the onSend hook that gives every other /v1 answer it.
+          'x-content-type-options': 'nosniff',
           connection: 'keep-alive',
           // Reverse proxies (nginx) must not buffer the stream.
           'x-accel-buffering': 'no',

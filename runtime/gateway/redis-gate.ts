@@ -4,15 +4,25 @@
 // on), so without this gate every API request would wait out the whole outage:
 // new requests are refused at once, and a request that was already waiting
 // when the connection dropped is answered once the outage has lasted `waitMs`.
+// A route marked `withoutRedis` (sign-out) is let through during an outage: it
+// answers what it can without Redis by itself.
 import type { FastifyReply, FastifyRequest, HookHandlerDoneFunction } from 'fastify'
 import type { RedisClient } from '../redis/connection.ts'
 import { GatewayError, sendProblem } from './problem.ts'
 import { isApiPath } from './routes.ts'
 
+declare module 'fastify' {
+  interface FastifyContextConfig {
+    /** Runs while Redis is away, never waiting on it then (it checks `redis.status` itself). */
+    withoutRedis?: boolean
+  }
+}
+
 // ioredis retries the connection at least every 2 s (redis/connection.ts).
 const RETRY_AFTER = { 'retry-after': '2' }
 
-function unavailable(): GatewayError {
+/** The 503 of a request that needs Redis while it is away. */
+export function unavailable(): GatewayError {
   return new GatewayError('unavailable', 'the gateway cannot reach Redis right now; retry shortly', RETRY_AFTER)
 }
 
@@ -44,11 +54,11 @@ export class RedisGate {
     return this.redis.status === 'ready'
   }
 
-  /** onRequest hook: refuses /v1 requests while Redis is away, and tracks the others. */
+  /** onRequest hook: refuses /v1 requests while Redis is away (but `withoutRedis` routes), and tracks the others. */
   readonly hook = (request: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction): void => {
     // The UI's static files need no Redis.
     if (!isApiPath(request.url)) return done()
-    if (!this.ready) return done(unavailable())
+    if (!this.ready) return request.routeOptions.config.withoutRedis ? done() : done(unavailable())
     this.pending.add(reply)
     reply.raw.once('close', () => this.pending.delete(reply))
     done()

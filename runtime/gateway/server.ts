@@ -20,7 +20,7 @@ import { RateLimiter } from './rate-limit.ts'
 import { RedisGate } from './redis-gate.ts'
 import { gatewaySettings, type GatewaySettingsInput } from './settings.ts'
 import { SseHub } from './sse-hub.ts'
-import { RouteTable } from './routes.ts'
+import { isApiPath, RouteTable } from './routes.ts'
 import { registerUi } from './ui.ts'
 import { registerWorkflowRoutes } from './workflow-routes.ts'
 
@@ -164,6 +164,14 @@ export async function createGateway(opts: GatewayOptions): Promise<Gateway> {
   app.addHook('onRequest', createAuthHook(deps))
   app.addHook('onSend', async (request, reply, payload) => {
     void reply.header('x-request-id', String(request.id))
+    // API answers are one caller's data: no cache (browser, proxy) may keep or
+    // replay them, and no browser may read them as anything but their type. A
+    // route's own Cache-Control stays (token answers add Pragma). SSE streams
+    // are written past this hook and set their own.
+    if (isApiPath(request.url)) {
+      if (!reply.hasHeader('cache-control')) void reply.header('cache-control', 'no-store')
+      void reply.header('x-content-type-options', 'nosniff')
+    }
     return payload
   })
   app.addHook('onResponse', async (request, reply) => {

@@ -4,6 +4,7 @@
 import { createHash } from 'node:crypto'
 import { readdirSync, readFileSync } from 'node:fs'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
+import { GatewayError, sendProblem } from './problem.ts'
 
 const TYPES: Record<string, string> = {
   html: 'text/html; charset=utf-8',
@@ -37,10 +38,9 @@ export function registerUi(app: FastifyInstance): void {
   const assets = loadAssets()
   const serve = (name: string) => async (request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply> => {
     const a = assets.get(name)
-    if (!a) {
-      reply.callNotFound()
-      return reply
-    }
+    // Answered here: the not-found handler would see that /ui/:file is a route
+    // and answer 405 (wrong method) for a file that simply is not there.
+    if (!a) return sendProblem(new GatewayError('not_found', `no file ${request.url.split('?')[0] ?? ''}`), request, reply)
     void reply.headers({
       'content-type': a.type,
       etag: a.etag,

@@ -4,7 +4,7 @@ import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest'
 import { problemCatalog } from '../../runtime/gateway/problem.ts'
 import { MAX_DELAY_MS } from '../../runtime/types.ts'
 import { eventually } from '../helpers/redis.ts'
-import { call, listAll, startNamed, startStack, type Reply, type Stack } from './helpers.ts'
+import { call, listAll, openSse, startNamed, startStack, type Reply, type Stack } from './helpers.ts'
 
 let s: Stack
 let alice: string
@@ -275,6 +275,41 @@ describe('gateway API', () => {
     }
   })
 
+  it('marks every /v1 answer no-store and nosniff, keeping a route\'s own Cache-Control', async () => {
+    // A user of its own: the tests above used up much of alice's request bucket.
+    const nora = (await s.login('nora')).access_token
+    const wf = ((await call(s, 'POST', '/v1/workflows', { token: nora, body: { agent: 'counter', type: 'ping' } })).json as { workflowId: string }).workflowId
+    const answers: [string, Reply][] = [
+      ['me', await call(s, 'GET', '/v1/me', { token: nora })],
+      ['list', await call(s, 'GET', '/v1/workflows', { token: nora })],
+      ['status', await call(s, 'GET', `/v1/workflows/${wf}`, { token: nora })],
+      ['agents', await call(s, 'GET', '/v1/agents', { token: nora })],
+      ['dead letters', await call(s, 'GET', `/v1/workflows/${wf}/dead-letters`, { token: nora })],
+      ['start', await call(s, 'POST', '/v1/workflows', { token: nora, body: { agent: 'counter', type: 'ping' } })],
+      ['not found', await call(s, 'GET', '/v1/workflows/no-such-workflow', { token: nora })],
+      ['unauthorized', await call(s, 'GET', '/v1/me')],
+      ['bad input', await call(s, 'POST', '/v1/workflows', { token: nora, body: { agent: 'counter' } })],
+      ['no route', await call(s, 'GET', '/v1/nothing-here', { token: nora })],
+    ]
+    for (const [what, r] of answers) {
+      expect(r.status, what).toBeLessThan(500)
+      expect(r.headers.get('cache-control'), what).toBe('no-store')
+      expect(r.headers.get('x-content-type-options'), what).toBe('nosniff')
+    }
+    // Token answers keep their own (with Pragma); the event stream keeps its own.
+    const tokens = await call(s, 'POST', '/v1/auth/token', { body: { credential: await s.issue('carol') } })
+    expect(tokens.headers.get('cache-control')).toBe('no-store')
+    expect(tokens.headers.get('pragma')).toBe('no-cache')
+    expect(tokens.headers.get('x-content-type-options')).toBe('nosniff')
+    const sse = openSse(s, `/v1/workflows/${wf}/events`, { authorization: `Bearer ${nora}` })
+    expect(await sse.status).toBe(200)
+    expect((await sse.res).headers['cache-control']).toBe('no-cache, no-transform')
+    expect((await sse.res).headers['x-content-type-options']).toBe('nosniff')
+    sse.close()
+    // The UI's files are revalidated, not forbidden to caches.
+    expect((await call(s, 'GET', '/ui/app.js')).headers.get('cache-control')).toBe('no-cache')
+  })
+
   it('serves the web UI with a strict CSP and exports request metrics by route pattern', async () => {
     const page = await call(s, 'GET', '/')
     expect(page.status).toBe(200)
@@ -284,6 +319,13 @@ describe('gateway API', () => {
     expect((await call(s, 'GET', '/', { headers: { 'if-none-match': etag } })).status).toBe(304)
     expect((await call(s, 'GET', '/ui/app.js')).headers.get('content-type')).toMatch(/javascript/)
     expect((await call(s, 'GET', '/ui/../server.ts')).status).toBe(404)
+    // A file that is not there is a 404, not the 405 of a known path asked with the wrong method.
+    for (const missing of ['/ui/missing.js', '/ui/nope.css']) {
+      const r = await call(s, 'GET', missing)
+      expectProblem(r, 404, 'not_found')
+      expect(r.headers.get('allow')).toBeNull()
+    }
+    expectProblem(await call(s, 'POST', '/ui/app.js'), 405, 'method_not_allowed')
     const text = await s.rt.metrics.registry.metrics()
     expect(text).toMatch(/troupe_http_requests_total\{route="\/v1\/workflows\/:id",status="200"\} \d+/)
     expect(text).toMatch(/troupe_http_request_duration_seconds_count\{route="\/v1\/workflows"\} \d+/)

@@ -2,7 +2,10 @@
 // no browser download): sign in, start a workflow, watch tokens stream in live,
 // survive a gateway restart mid-stream with exactly the right text, send an
 // action from the page; start the research example and sign it off. Leaves a screenshot in $TMPDIR/troupe-ui.png (and in
-// docs/ui.png with UPDATE_SCREENSHOT=1).
+// docs/ui.png with UPDATE_SCREENSHOT=1). Then the review's fixes: a typed send
+// type survives events, a token flood grows one capped text node, a hidden tab
+// drains on a timer, a gone workflow stops the page, and sign-out only says so
+// when it happened, leaving nothing of the user's behind.
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs'
 import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
@@ -10,7 +13,7 @@ import { join } from 'node:path'
 import { chromium, type BrowserContext, type Page } from 'playwright-core'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { researchTeam } from '../../examples/research-team/agents.ts'
-import { sleep, startStack, type Stack } from './helpers.ts'
+import { call, sleep, startStack, type Stack } from './helpers.ts'
 import { TroupeClient } from '../../runtime/index.ts'
 import { eventually } from '../helpers/redis.ts'
 
@@ -300,5 +303,274 @@ describe('web UI in headless Chromium', () => {
       await page.unroute(events)
       await client.close()
     }
+  })
+})
+
+// ---------- review fixes: sign-out, the timeline under load, forms ----------
+
+/** A bearer token of the page's user (started in the first test), to act beside the page. */
+async function anaToken(): Promise<string> {
+  return (await s.login('ana')).access_token
+}
+
+/** Starts a workflow of ana's through the API; returns its id. */
+async function startAs(token: string, agent: string, type: string, payload: unknown = {}): Promise<string> {
+  const r = await call(s, 'POST', '/v1/workflows', { token, body: { agent, type, payload } })
+  if (r.status !== 201) throw new Error(`start: ${r.status} ${r.text}`)
+  return (r.json as { workflowId: string }).workflowId
+}
+
+/** Opens a workflow in the (signed-in) page through its URL's hash. */
+async function openInPage(p: Page, wf: string): Promise<void> {
+  await p.evaluate(`location.hash = ${JSON.stringify(wf)}`)
+  await p.waitForSelector(`#d-id:text-is("${wf}")`)
+  await p.waitForSelector('#detail-view:not([hidden])')
+}
+
+interface FakeEvent {
+  type: string
+  content?: unknown
+  actionId?: string
+  agent?: string
+}
+
+/** An event stream body as the gateway writes it: the events, then `end` when given. */
+function sseBody(events: FakeEvent[], end?: string): string {
+  const t = Date.now()
+  const parts = ['retry: 600000\n\n']
+  events.forEach((e, i) => {
+    const id = `${t}-${i}`
+    const event = { type: e.type, content: e.content ?? null, metadata: { agent: e.agent ?? 'spew', actionId: e.actionId ?? 'a1', at: t } }
+    parts.push(`id: ${id}\ndata: ${JSON.stringify({ streamId: id, event })}\n\n`)
+  })
+  if (end) parts.push(`event: end\ndata: ${JSON.stringify({ status: end })}\n\n`)
+  return parts.join('')
+}
+
+/** What one token row holds: its child nodes (`#text` or a class name), its text's length, the cut-off marker. */
+interface RowShape {
+  nodes: string[]
+  textLength: number
+  cut: string | null
+  streaming: boolean
+}
+
+const ROW_SHAPES = `[...document.querySelectorAll('#d-timeline .c.stream')].map((c) => ({
+  nodes: [...c.childNodes].map((n) => (n.nodeType === 3 ? '#text' : n.className)),
+  textLength: c.firstChild && c.firstChild.nodeType === 3 ? c.firstChild.data.length : -1,
+  cut: c.querySelector('.cut') ? c.querySelector('.cut').textContent : null,
+  streaming: c.parentElement.classList.contains('streaming'),
+}))`
+
+/** The characters a row's marker says it left out. */
+function leftOut(shape: RowShape): number {
+  const m = /… (\d+) more characters not shown/.exec(shape.cut ?? '')
+  return m ? Number(m[1]) : 0
+}
+
+// The cap of one token row's text (live.js MAX_STREAM_CHARS) and of the timeline's rows (MAX_ROWS).
+const ROW_CHARS = 100_000
+const MAX_ROWS = 1500
+
+describe('web UI: review fixes', () => {
+  it('never overwrites what the user typed in the send form when events arrive', async () => {
+    const token = await anaToken()
+    const wf = await startAs(token, 'counter', 'ping')
+    await openInPage(page, wf)
+    await page.waitForSelector('#d-conn.live')
+    await page.selectOption('#send-agent', 'counter')
+    // The user is still typing `finish`: not one of counter's types (yet).
+    await page.fill('#send-type', 'fin')
+    const completed = () => page.locator('#d-timeline .ty:text-is("action.completed")').count()
+    const before = await completed()
+    // Something happens in the workflow meanwhile (another tab, an agent, a timer).
+    for (let i = 0; i < 2; i++) expect((await call(s, 'POST', `/v1/workflows/${wf}/actions`, { token, body: { agent: 'counter', type: 'ping' } })).status).toBe(202)
+    await eventually(async () => (await completed()) >= before + 2, 10_000, 'the pings shown')
+    // The debounced status refresh renders the status once more.
+    await sleep(1300)
+    expect(await page.inputValue('#send-type')).toBe('fin')
+    // Picking another agent keeps a typed value too; an emptied field is filled with the pick's first type.
+    await page.selectOption('#send-agent', 'echo')
+    expect(await page.inputValue('#send-type')).toBe('fin')
+    await page.fill('#send-type', '')
+    await page.selectOption('#send-agent', 'counter')
+    const first = await page.inputValue('#send-type')
+    expect(await page.locator('#send-types option').evaluateAll((os) => os.map((o) => (o as unknown as { value: string }).value))).toContain(first)
+    expect(first).not.toBe('')
+  })
+
+  it('grows a streaming row by appends to one text node, capped, however many tokens come at once', async () => {
+    const token = await anaToken()
+    const wf = await startAs(token, 'counter', 'ping')
+    // 25,000 tokens of two actions, interleaved and delivered in one burst: 150,000
+    // characters for a1 (past the cap), 5,000 for a2.
+    const events: FakeEvent[] = [{ type: 'action.enqueued', content: { agent: 'spew', type: 'spew' } }]
+    for (let i = 0; i < 25_000; i++) {
+      events.push({ type: 'token', content: 'abcde ' })
+      if (i % 30 === 0) events.push({ type: 'token', content: 'xy', actionId: 'a2' })
+    }
+    events.push({ type: 'action.completed', content: { agent: 'spew' } }, { type: 'action.completed', content: { agent: 'spew' }, actionId: 'a2' })
+    const route = `**/v1/workflows/${wf}/events*`
+    await page.route(route, (r) => r.fulfill({ status: 200, contentType: 'text/event-stream', body: sseBody(events, 'running') }))
+    try {
+      // Counts the DOM changes the flood causes (one per token would be O(n²) work).
+      await page.evaluate(`(() => {
+        window.__mutations = 0
+        window.__timelineObserver = new MutationObserver((records) => { window.__mutations += records.length })
+        window.__timelineObserver.observe(document.getElementById('d-timeline'), { childList: true, subtree: true, characterData: true })
+      })()`)
+      await openInPage(page, wf)
+      await page.waitForSelector('#d-conn.ended', { timeout: 60_000 })
+      await page.waitForSelector('#d-timeline .ty:text-is("action.completed")')
+      const mutations = await page.evaluate<number>('(() => { window.__timelineObserver.disconnect(); return window.__mutations })()')
+      const [a1, a2] = await page.evaluate<RowShape[]>(ROW_SHAPES)
+      console.info(`browser: 25,000 tokens made ${mutations} timeline mutations; rows ${JSON.stringify([a1?.nodes, a2?.nodes])}`)
+      // One text node each (plus, past the cap, the marker saying how much is left out).
+      expect(a1).toMatchObject({ nodes: ['#text', 'cut'], textLength: ROW_CHARS, streaming: false })
+      expect(leftOut(a1 as RowShape)).toBe(150_000 - ROW_CHARS)
+      expect(a2).toMatchObject({ nodes: ['#text'], textLength: 2 * Math.ceil(25_000 / 30), cut: null, streaming: false })
+      expect(mutations).toBeLessThan(200)
+    } finally {
+      await page.unroute(route)
+    }
+  })
+
+  it('keeps the timeline current and bounded on a timer while the tab is hidden', async () => {
+    const token = await anaToken()
+    const wf = await startAs(token, 'counter', 'ping')
+    // 4,000 rows (more than the timeline keeps), then a stream of 120,000 characters.
+    const events: FakeEvent[] = []
+    for (let i = 0; i < 4000; i++) events.push({ type: 'note', content: { i }, actionId: `n${i}` })
+    for (let i = 0; i < 20_000; i++) events.push({ type: 'token', content: 'hidden', actionId: 't1' })
+    const p2 = await ctx.newPage()
+    // A background tab: hidden, and no animation frames ever (what Chrome does).
+    await p2.addInitScript(`(() => {
+      Object.defineProperty(document, 'hidden', { get: () => true, configurable: true })
+      Object.defineProperty(document, 'visibilityState', { get: () => 'hidden', configurable: true })
+      window.__framesAsked = 0
+      window.requestAnimationFrame = () => { window.__framesAsked++; return 0 }
+    })()`)
+    p2.on('pageerror', (err) => console.error('page error:', err.message))
+    await p2.route(`**/v1/workflows/${wf}/events*`, (r) => r.fulfill({ status: 200, contentType: 'text/event-stream', body: sseBody(events, 'running') }))
+    try {
+      await p2.goto(`${s.url}/#${wf}`)
+      await p2.waitForSelector(`#d-id:text-is("${wf}")`)
+      await p2.waitForSelector('#d-conn.ended')
+      // Shown while hidden, as merged rows: the newest MAX_ROWS, the stream one text node, capped.
+      await p2.waitForSelector('#d-timeline .c.stream', { timeout: 15_000 })
+      expect(await p2.evaluate<boolean>('document.hidden')).toBe(true)
+      const rows = await p2.locator('#d-timeline > li').count()
+      expect(rows).toBe(MAX_ROWS)
+      const [stream] = await p2.evaluate<RowShape[]>(ROW_SHAPES)
+      expect(stream).toMatchObject({ nodes: ['#text', 'cut'], textLength: ROW_CHARS })
+      expect(leftOut(stream as RowShape)).toBe(120_000 - ROW_CHARS)
+      // The oldest rows kept are the newest notes before the stream.
+      expect(await p2.locator('#d-timeline > li').first().locator('.c').textContent()).toBe(JSON.stringify({ i: 4000 - MAX_ROWS + 1 }))
+    } finally {
+      await p2.close()
+    }
+  })
+
+  it('stops and says so when the workflow is gone', async () => {
+    const token = await anaToken()
+    const wf = await startAs(token, 'counter', 'ping')
+    // The workflow is deleted (or expired) while the page follows it: its
+    // stream and status answer 404 from the first reconnect on.
+    let statusReads = 0
+    let streamAsks = 0
+    const gone = { status: 404, contentType: 'application/problem+json', body: JSON.stringify({ title: 'Workflow not found', status: 404, code: 'workflow_not_found' }) }
+    await page.route(`**/v1/workflows/${wf}/events*`, async (r) => {
+      streamAsks++
+      await r.fulfill(gone)
+    })
+    await page.route(`**/v1/workflows/${wf}`, async (r) => {
+      if (statusReads++ === 0) return r.continue()
+      await r.fulfill(gone)
+    })
+    try {
+      await openInPage(page, wf)
+      await page.waitForSelector('#d-conn-text:text-is("no longer available")', { timeout: 15_000 })
+      expect(await page.getAttribute('#d-conn', 'class')).toContain('ended')
+      const asked = streamAsks
+      // Nothing more is asked: no retry loop (the old page asked again and again, forever).
+      await sleep(2500)
+      expect(streamAsks).toBe(asked)
+      expect(await page.textContent('#d-conn-text')).toBe('no longer available')
+    } finally {
+      await page.unroute(`**/v1/workflows/${wf}/events*`)
+      await page.unroute(`**/v1/workflows/${wf}`)
+    }
+  })
+
+  it('says that sign-out failed when it did, and stays signed in', async () => {
+    await page.route('**/v1/auth/logout', (r) => r.abort('connectionfailed'))
+    try {
+      await page.click('#sign-out')
+      await page.waitForSelector('#toast.bad:has-text("Sign-out failed")')
+      expect(await page.isVisible('#app')).toBe(true)
+      expect(await page.isHidden('#signin')).toBe(true)
+      expect((await ctx.cookies()).some((c) => c.name === 'troupe_session')).toBe(true)
+    } finally {
+      await page.unroute('**/v1/auth/logout')
+    }
+    // A refusal (a proxy's 503, say) is a failure too.
+    await page.route('**/v1/auth/logout', (r) => r.fulfill({ status: 503, contentType: 'application/problem+json', body: JSON.stringify({ title: 'Service unavailable', status: 503, detail: 'upstream down' }) }))
+    try {
+      await page.click('#sign-out')
+      await page.waitForSelector('#toast.bad:has-text("upstream down")')
+      expect(await page.isVisible('#app')).toBe(true)
+      expect(await page.textContent('#user-name')).toBe('ana')
+    } finally {
+      await page.unroute('**/v1/auth/logout')
+    }
+  })
+
+  it("signs out leaving nothing of the user's in the page, late answers included", async () => {
+    const token = await anaToken()
+    // A workflow with a dead letter, open in the page, and a half-filled send form.
+    const wf = await startAs(token, 'fragile', 'explode')
+    await openInPage(page, wf)
+    await page.waitForSelector('#dead-card:not([hidden])', { timeout: 15_000 })
+    await page.fill('#send-type', 'calm')
+    await page.fill('#send-payload', '{"secret": 1}')
+    expect(await page.locator('#wf-list li').count()).toBeGreaterThan(0)
+    expect(await page.locator('#d-timeline li').count()).toBeGreaterThan(0)
+    // A list refresh under way when the user signs out, answered only afterwards.
+    let held: (() => Promise<void>) | null = null
+    const list = '**/v1/workflows?limit=30'
+    await page.route(list, (r) => {
+      held = () => r.fulfill({ status: 200, contentType: 'application/json', body: JSON.stringify({ items: [{ workflowId: 'late-answer', status: 'running', entry: 'counter', createdAt: Date.now(), updatedAt: Date.now() }], nextCursor: null }) })
+    })
+    try {
+      await eventually(() => Promise.resolve(held !== null), 10_000, 'the periodic list refresh')
+      await page.click('#sign-out')
+      await page.waitForSelector('#signin:not([hidden])')
+      expect(await page.textContent('#signin-error')).toBe('Signed out.')
+      await (held as unknown as () => Promise<void>)()
+      await sleep(300)
+    } finally {
+      await page.unroute(list)
+    }
+    const left = await page.evaluate<Record<string, unknown>>(`(() => {
+      const n = (sel) => document.querySelectorAll(sel).length
+      const v = (id) => document.getElementById(id).value
+      const t = (id) => document.getElementById(id).textContent
+      return {
+        list: n('#wf-list li'), timeline: n('#d-timeline li'), agents: n('#d-agents li'), counts: n('#d-counts div'), dead: n('#d-dead li'),
+        deadCard: document.getElementById('dead-card').hidden, detail: document.getElementById('detail-view').hidden,
+        id: t('d-id'), meta: t('d-meta'), user: t('user-name'), sendAgents: n('#send-agent option'), startAgents: n('#start-agent option'),
+        sendType: v('send-type'), sendPayload: v('send-payload'), hash: location.hash,
+      }
+    })()`)
+    expect(left).toEqual({
+      list: 0, timeline: 0, agents: 0, counts: 0, dead: 0, deadCard: true, detail: true,
+      id: '', meta: '', user: '', sendAgents: 0, startAgents: 0, sendType: '', sendPayload: '{}', hash: '',
+    })
+    expect(await page.textContent('#signin-error')).toBe('Signed out.')
+    expect((await ctx.cookies()).some((c) => c.name === 'troupe_session')).toBe(false)
+    // A reload does not sign back in.
+    await page.reload()
+    await page.waitForSelector('#signin:not([hidden])')
+    expect(await page.isHidden('#app')).toBe(true)
   })
 })

@@ -35,7 +35,7 @@ afterAll(async () => {
 })
 
 /** A call that gives up after `ms`: a hanging request fails the test instead of stalling it. */
-async function timed(method: string, path: string, opts: { token?: string; body?: unknown }, ms = 5000): Promise<{ r: Reply | null; took: number }> {
+async function timed(method: string, path: string, opts: { token?: string; cookie?: string; body?: unknown; headers?: Record<string, string> }, ms = 5000): Promise<{ r: Reply | null; took: number }> {
   const t0 = performance.now()
   let timer: NodeJS.Timeout | undefined
   const r = await Promise.race([call(s, method, path, opts), new Promise<null>((res) => (timer = setTimeout(() => res(null), ms)))])
@@ -72,6 +72,33 @@ describe('gateway during a Redis outage', () => {
     await restart()
     const started = await call(s, 'POST', '/v1/workflows', { token, body: { agent: 'counter', type: 'ping' } })
     expect(started.status, started.text).toBe(201)
+  })
+
+  it('signs a browser out while Redis is down: the cookie is cleared at once, the session revoked once Redis is back', async () => {
+    const cookie = await s.session('otto')
+    const other = await s.session('otto')
+    expect((await call(s, 'GET', '/v1/me', { cookie })).status).toBe(200)
+    redis.kill()
+    await eventually(() => Promise.resolve(s.gw.deps.redis.status !== 'ready'), 5000, 'the connection to notice')
+    // Another site still may not sign the browser out, Redis or not.
+    const csrf = await timed('POST', '/v1/auth/logout', { cookie: other, headers: { origin: 'https://evil.example' } }, AT_ONCE_MS)
+    expect(csrf.r?.status, csrf.r?.text).toBe(403)
+    expect(csrf.r?.headers.get('set-cookie')).toBeNull()
+    const out = await timed('POST', '/v1/auth/logout', { cookie }, AT_ONCE_MS)
+    expect(out.r, 'the sign-out hung').not.toBeNull()
+    expect(out.r?.status, out.r?.text).toBe(204)
+    expect(out.r?.headers.get('set-cookie')).toMatch(/^troupe_session=; .*Max-Age=0/)
+    // Nothing presented: nothing to revoke, the cookie cleared all the same.
+    expect((await timed('POST', '/v1/auth/logout', {}, AT_ONCE_MS)).r?.status).toBe(204)
+    // What only Redis can revoke is not acknowledged with a 204 that revoked nothing.
+    expectUnavailable(await timed('POST', '/v1/auth/logout', { token }, AT_ONCE_MS))
+    expectUnavailable(await timed('POST', '/v1/auth/logout', { body: { refresh_token: 'trt.otto.x.y' } }, AT_ONCE_MS))
+    expectUnavailable(await timed('POST', '/v1/auth/logout', { cookie: other, body: { all: true } }, AT_ONCE_MS))
+    await restart()
+    // The signed-out session is deleted server-side once Redis is back; the others were not touched.
+    await eventually(async () => (await call(s, 'GET', '/v1/me', { cookie })).status === 401, 10_000, 'the session revoked')
+    expect((await call(s, 'GET', '/v1/me', { cookie: other })).status).toBe(200)
+    expect((await call(s, 'GET', '/v1/me', { token })).status).toBe(200)
   })
 
   it('answers a request that was already waiting on Redis once the outage lasts the wait bound', async () => {

@@ -10,7 +10,18 @@ export class ApiError extends Error {
   }
 }
 
+/** The answer to a request made before the session it belonged to ended: dropped unseen. */
+export class Superseded extends Error {}
+
 let onUnauthorized = () => undefined
+// Bumped when a session ends (sign-out, or a 401): an answer to a request made
+// before then must not put the previous user's data back on the page.
+let session = 0
+
+/** Ends the session's requests: answers to those still under way reject with Superseded. */
+export function endSession() {
+  session++
+}
 
 /** Registers what to do when the session ended (a 401 outside /v1/auth). */
 export function whenUnauthorized(fn) {
@@ -24,9 +35,12 @@ export async function api(method, path, body, { quiet = false } = {}) {
     init.headers['content-type'] = 'application/json'
     init.body = JSON.stringify(body)
   }
+  const mine = session
   const res = await fetch(path, init)
+  if (mine !== session) throw new Superseded(`${method} ${path} was made in a session that ended`)
   if (res.status === 204) return null
   const data = await res.json().catch(() => ({}))
+  if (mine !== session) throw new Superseded(`${method} ${path} was made in a session that ended`)
   if (!res.ok) {
     if (res.status === 401 && !quiet && !path.startsWith('/v1/auth/')) onUnauthorized()
     throw new ApiError(data, res.status)
@@ -46,7 +60,7 @@ export function toast(message, bad = false) {
 
 /** Reports a failed user action. */
 export function fail(err) {
-  if (err instanceof ApiError && err.status === 401) return
+  if ((err instanceof ApiError && err.status === 401) || err instanceof Superseded) return
   toast(err instanceof ApiError ? `${err.problem.title || 'Error'}: ${err.message}` : String(err.message || err), true)
 }
 

@@ -2,7 +2,7 @@
 // cookie (set by POST /v1/auth/session, HttpOnly so this script never sees it) and
 // follows a workflow over EventSource, which resumes by itself with Last-Event-ID.
 
-import { api, ApiError, fail, quiet, toast, whenUnauthorized } from './api.js'
+import { api, ApiError, endSession, fail, quiet, toast, whenUnauthorized } from './api.js'
 import { ago, el, stateText } from './format.js'
 import { createLive } from './live.js'
 
@@ -17,12 +17,15 @@ const state = {
   current: null,
   status: null,
   statusTimer: null,
+  // An action.dead arrived: the dead letters are read again when it is shown.
+  deadStale: false,
 }
 
 const live = createLive({
   // Whatever changed while we were away (counts, dead letters) is read once more.
   open: () => refreshStatusSoon(),
   event: (ev) => applyToStatus(ev),
+  shown: () => showStatusChanges(),
   reset: (status) => {
     state.status = status
     renderStatus()
@@ -40,14 +43,25 @@ const live = createLive({
       return err instanceof ApiError && (err.status === 401 || err.status === 404)
     }
   },
+  // The workflow was deleted or expired (404), or the session ended (401).
+  gone: (status) => {
+    if (status === 401) showSignIn('Your session ended: sign in again.')
+  },
 })
 whenUnauthorized(() => showSignIn('Your session ended: sign in again.'))
 
 // ---------- sign-in ----------
 
+// Also when a session ends: nothing of the previous user's stays in the page
+// (the next one to sign in may be someone else), and answers still under way
+// for them are dropped (endSession).
 function showSignIn(message) {
+  endSession()
   live.close()
-  state.user = null
+  live.clear()
+  clearTimeout(state.statusTimer)
+  Object.assign(state, { user: null, agents: [], list: [], cursor: null, current: null, status: null, statusTimer: null, deadStale: false })
+  clearPage()
   $('app').hidden = true
   $('who').hidden = true
   $('signin').hidden = false
@@ -86,10 +100,36 @@ $('signin-form').addEventListener('submit', async (e) => {
   }
 })
 
-$('sign-out').addEventListener('click', async () => {
-  await api('POST', '/v1/auth/logout').catch(() => undefined)
-  location.hash = ''
-  showSignIn('Signed out.')
+function clearPage() {
+  for (const id of ['wf-list', 'd-agents', 'd-counts', 'd-dead', 'start-agent', 'start-types', 'send-agent', 'send-types']) $(id).replaceChildren()
+  for (const id of ['user-name', 'd-id', 'd-status', 'd-meta', 'start-hint']) $(id).textContent = ''
+  for (const id of ['wf-more', 'wf-empty', 'dead-card', 'example-card', 'toast']) $(id).hidden = true
+  for (const id of ['start-form', 'send-form']) $(id).reset()
+  for (const id of ['start-type', 'send-type']) delete $(id).dataset.auto
+  $('example-topic').value = $('example-topic').defaultValue
+  showView('empty-view')
+}
+
+// Signed out only once the gateway said so (204, with the cookie cleared):
+// otherwise the cookie may still be there and a reload would sign back in.
+$('sign-out').addEventListener('click', async (e) => {
+  const btn = e.currentTarget
+  btn.disabled = true
+  try {
+    let res
+    try {
+      res = await fetch('/v1/auth/logout', { method: 'POST', headers: { accept: 'application/json' }, credentials: 'same-origin' })
+    } catch {
+      throw new Error('the gateway cannot be reached')
+    }
+    if (res.status !== 204) throw new ApiError(await res.json().catch(() => ({})), res.status)
+    history.replaceState(null, '', location.pathname + location.search)
+    showSignIn('Signed out.')
+  } catch (err) {
+    toast(`Sign-out failed: ${err.message}. You are still signed in; try again.`, true)
+  } finally {
+    btn.disabled = false
+  }
 })
 
 // ---------- workflow list ----------
@@ -158,24 +198,35 @@ async function loadAgents() {
   } catch (err) {
     fail(err)
   }
+  if (!state.user) return
   fillAgentSelect($('start-agent'), state.agents.map((a) => a.name))
   fillTypes('start')
+  fillTypes('send')
   // Offered when the fleet runs examples/research-team (its planner takes `plan`).
   $('example-card').hidden = !state.agents.some((a) => a.name === 'planner' && a.actionTypes.includes('plan'))
 }
 
+// Options are replaced only when they changed: a list rebuilt under an open
+// drop-down would close it.
 function fillAgentSelect(select, names) {
   const keep = select.value
+  if (names.length === select.options.length && names.every((n, i) => select.options[i].value === n)) return
   select.replaceChildren(...names.map((n) => el('option', '', n)))
   if (names.includes(keep)) select.value = keep
 }
 
+// Offers the picked agent's action types, and fills the type field with the
+// first one unless the user typed in it: only a value the page filled itself
+// (dataset.auto), or an empty one, is replaced.
 function fillTypes(prefix) {
   const agent = state.agents.find((a) => a.name === $(`${prefix}-agent`).value)
   const types = agent ? agent.actionTypes : []
   $(`${prefix}-types`).replaceChildren(...types.map((t) => el('option', '', t)))
   const input = $(`${prefix}-type`)
-  if (!types.includes(input.value)) input.value = types[0] ?? ''
+  if (input.value === '' || input.value === input.dataset.auto) {
+    input.value = types[0] ?? ''
+    input.dataset.auto = input.value
+  }
   if (prefix === 'start') $('start-hint').textContent = agent ? `${agent.name} handles: ${types.join(', ')}` : 'No agents registered: start a runtime with troupe start --agents <module>'
 }
 
@@ -303,9 +354,11 @@ function renderStatus() {
     d.append(el('dt', '', k), el('dd', '', String(v)))
     return d
   }))
-  const sendNames = [...new Set([...names, ...state.agents.map((a) => a.name)])]
-  fillAgentSelect($('send-agent'), sendNames)
-  fillTypes('send')
+  // The type field is filled when the agent picked changes, never by an event.
+  const sendAgent = $('send-agent')
+  const picked = sendAgent.value
+  fillAgentSelect(sendAgent, [...new Set([...names, ...state.agents.map((a) => a.name)])])
+  if (sendAgent.value !== picked) fillTypes('send')
 }
 
 // Counts change with nearly every event; one refetch per second at most is plenty.
@@ -366,6 +419,7 @@ function presetSend(agent, type, payload) {
   select.value = agent
   fillTypes('send')
   $('send-type').value = type
+  $('send-type').dataset.auto = type
   $('send-payload').value = payload
 }
 
@@ -396,6 +450,8 @@ $('d-cancel').addEventListener('click', async () => {
   }
 })
 
+// Events update the state as they arrive; the page shows it once they are on
+// screen (once per frame, or per second in a hidden tab: see live.js).
 function applyToStatus(ev) {
   const st = state.status
   if (!st) return
@@ -403,7 +459,16 @@ function applyToStatus(ev) {
   if (ev.type === 'agent.transition' && c.agent) st.agents[c.agent] = c.to
   else if (ev.type === 'workflow.status' && c.status) st.status = c.status
   else if (FINAL.has(ev.type)) st.status = ev.type.slice('workflow.'.length)
-  else if (ev.type === 'action.dead') void loadDead()
+  else if (ev.type === 'action.dead') state.deadStale = true
+}
+
+function showStatusChanges() {
+  const st = state.status
+  if (!st) return
+  if (state.deadStale) {
+    state.deadStale = false
+    void loadDead()
+  }
   renderStatus()
   patchListStatus(st.workflowId, st.status)
   refreshStatusSoon()
