@@ -334,19 +334,24 @@ export class TroupeClient {
    * Ends a workflow as `cancelled` (or `failed`, e.g. for deadlines): queued actions
    * are dropped, running ones aborted through the control channel. Refused
    * (`config`) when the runtimes' registered settings differ from this client's
-   * (see {@link FleetSettings}).
+   * (see {@link FleetSettings}); with `adoptFleet` it acts with the runtimes'
+   * settings instead and says so in `adoptedFleet` (the supervisor's deadline
+   * cancels, which must not go unenforced over a misconfigured supervisor).
    */
-  async cancelWorkflow(wf: string, reason = 'cancelled', final: 'cancelled' | 'failed' = 'cancelled'): Promise<{ dropped: number }> {
+  async cancelWorkflow(
+    wf: string, reason = 'cancelled', final: 'cancelled' | 'failed' = 'cancelled', opts: { adoptFleet?: boolean } = {},
+  ): Promise<{ dropped: number; adoptedFleet?: FleetSettings }> {
     this.assertOpen()
     assertWorkflowId(wf)
     // From JS anything went through: 'completed' ended a cancelled workflow as completed.
     if (final !== 'cancelled' && final !== 'failed') throw new TroupeError('config', `the final status of a cancel must be 'cancelled' or 'failed', not ${JSON.stringify(final)}`)
-    await this.checkFleetForCancel()
+    const fleet = await this.checkFleetForCancel(opts.adoptFleet === true)
+    const cfg = fleet ? { ...this.cfg, ...fleet } : this.cfg
     // The script finds the agents itself (see cancel.lua): the last two keys are templates.
     const keys = [this.keys.status(wf), this.keys.actions(wf), this.keys.events(wf), this.keys.seq(wf), this.keys.dead(wf), this.keys.mailbox(wf, ''), this.keys.actor(wf, '')]
     let r: unknown[]
     try {
-      r = (await runScript(this.redis, 'cancel', keys, [wf, final, reason, nanoid(), this.keys.channel(wf), effectiveMaxLen(this.cfg), effectiveRetention(this.cfg)])) as unknown[]
+      r = (await runScript(this.redis, 'cancel', keys, [wf, final, reason, nanoid(), this.keys.channel(wf), effectiveMaxLen(cfg), effectiveRetention(cfg)])) as unknown[]
     } catch (err) {
       // "Already ended" may answer our own cancel: run, its reply lost, and sent
       // again by ioredis after the reconnect. Its abort must still go out, or
@@ -355,34 +360,41 @@ export class TroupeClient {
       if (err instanceof TroupeError && err.code === 'workflow_ended') await this.redis.publish(this.keys.control(), JSON.stringify({ op: 'abort', wf, reason })).catch(() => undefined)
       throw err
     }
-    await writeFollowUps(this.ctx, [], [{ wf, first: String(r[1]), last: String(r[1]) }])
+    await writeFollowUps(fleet ? { ...this.ctx, cfg } : this.ctx, [], [{ wf, first: String(r[1]), last: String(r[1]) }])
     await this.redis.publish(this.keys.control(), JSON.stringify({ op: 'abort', wf, reason }))
     // Enforced now: the supervisor need not look at its deadline entry again (see activation.ts).
     await this.redis.zrem(this.keys.deadlines(), wf)
-    return { dropped: Number(r[0]) }
+    return { dropped: Number(r[0]), ...(fleet ? { adoptedFleet: fleet } : {}) }
   }
 
   /**
    * {@link checkFleet} against the registration refreshed last (a cancel names
    * no agent), with the registry read at most once per VALIDATION_TTL_MS. An
    * unreadable registry does not stop a cancel (on a Cluster it lives on
-   * another node than the workflow), nor does an empty one.
+   * another node than the workflow), nor does an empty one. With `adopt`, a
+   * mismatch is no refusal: the fleet's settings are returned for the cancel to
+   * act with (the supervisor's deadline cancels: a supervisor configured apart
+   * from the runtimes enforced no deadline at all, only warned).
    */
-  private async checkFleetForCancel(): Promise<void> {
+  private async checkFleetForCancel(adopt = false): Promise<FleetSettings | null> {
     let reg = this.registry && this.registry.until > Date.now() ? this.registry.reg : null
     if (!reg) {
       try {
         reg = await this.agents()
       } catch (err) {
         if (this.closed) throw err
-        return
+        return null
       }
     }
     let freshest: AgentRegistration | null = null
     for (const r of reg.values()) {
       if (registeredFleet(r) && (freshest === null || Number(r.updatedAt) > Number(freshest.updatedAt))) freshest = r
     }
-    if (freshest) this.checkFleet(freshest)
+    if (!freshest) return null
+    const theirs = registeredFleet(freshest)
+    if (adopt) return theirs && !sameFleetSettings(theirs, this.fleet) ? theirs : null
+    this.checkFleet(freshest)
+    return null
   }
 
   /** The workflow's status, or null when it does not exist. */

@@ -5,6 +5,7 @@
 // workflow twice, so a deadline fires exactly once even when a deposed leader or
 // a retry races the current one.
 import type { TroupeClient } from '../client.ts'
+import { describeFleetSettings } from '../config.ts'
 import { TroupeError } from '../errors.ts'
 import type { Logger } from '../log.ts'
 import { TERMINAL_STATUSES, type WorkflowStatusValue } from '../types.ts'
@@ -82,7 +83,15 @@ async function deadlinePass(fence: LeaderFence, client: TroupeClient, opts: Dead
         // Its ZADD may have landed before this pass leased the entry away: put it back at its own due time.
         result = 'rescheduled'
         later.push({ wf, at })
-      } else dropped = (await client.cancelWorkflow(wf, 'deadline', 'failed')).dropped
+      } else {
+        // With the runtimes' persistence settings, should this supervisor's own differ
+        // (refused, the deadline went unenforced); said, as the misconfiguration it is.
+        const r = await client.cancelWorkflow(wf, 'deadline', 'failed', { adoptFleet: true })
+        dropped = r.dropped
+        if (r.adoptedFleet) {
+          log.warn(`deadline of ${wf} enforced with the runtimes' settings (${describeFleetSettings(r.adoptedFleet)}), not this supervisor's: every process of a namespace must share TROUPE_PERSISTENCE, TROUPE_STREAM_MAXLEN and TROUPE_RETENTION_MS`)
+        }
+      }
     } catch (err) {
       // cancelWorkflow publishes the abort on "ended" too: it may answer our own cancel, run with its reply lost.
       if (err instanceof TroupeError && err.code === 'workflow_ended') result = 'ended'

@@ -286,6 +286,27 @@ describe('fleet settings', () => {
     }
   })
 
+  it('enforces a deadline cancel from a supervisor configured apart from the runtimes, with the runtimes\' settings', async () => {
+    // The supervisor's deadline cancels adopt the fleet's settings: refused, the
+    // deadline went unenforced over a supervisor missing TROUPE_PERSISTENCE=off.
+    const f = await fleetOf({ persistence: false, retentionMs: 90_000 }, { persistence: true })
+    try {
+      const r = await f.client.cancelWorkflow(f.workflowId, 'deadline', 'failed', { adoptFleet: true })
+      expect(r.adoptedFleet).toMatchObject({ persistence: false, retentionMs: 90_000 })
+      expect((await f.client.getStatus(f.workflowId))?.status).toBe('failed')
+      // As the runtimes would have: the retention TTL on the keys, nothing fed to a persister that does not exist.
+      const ttl = await f.client.redis.pttl(f.client.keys.status(f.workflowId))
+      expect(ttl).toBeGreaterThan(60_000)
+      expect(ttl).toBeLessThanOrEqual(90_000)
+      expect(await f.client.redis.exists(f.client.keys.persistence())).toBe(0)
+      // A client whose settings match adopts nothing.
+      const { workflowId } = await f.matching.startWorkflow({ agent: 'idle', type: 't' })
+      expect((await f.matching.cancelWorkflow(workflowId, 'deadline', 'failed', { adoptFleet: true })).adoptedFleet).toBeUndefined()
+    } finally {
+      await done(f)
+    }
+  })
+
   it('refuses a client with persistence off whose stream cap would trim what the persister has not read', async () => {
     const f = await fleetOf({}, { persistence: false, streamMaxLen: 100 })
     try {
