@@ -56,7 +56,7 @@ function parseRegistration(name: string, json: string): AgentRegistration | null
 }
 
 /** The fleet settings a registration carries, or null for one written by a runtime that predates them. */
-function registeredFleet(r: AgentRegistration): FleetSettings | null {
+export function registeredFleet(r: AgentRegistration): FleetSettings | null {
   return r.persistence === undefined || r.streamMaxLen === undefined || r.retentionMs === undefined
     ? null
     : { persistence: r.persistence, streamMaxLen: r.streamMaxLen, retentionMs: r.retentionMs }

@@ -2,10 +2,12 @@
 // fence. A duty that fails is logged and counted and the others still run; a
 // LeaderDeposedError ends the tick at once (someone else leads now).
 import type { TroupeClient } from '../client.ts'
+import { fleetSettings } from '../config.ts'
 import type { Logger } from '../log.ts'
 import type { RedisClient } from '../redis/connection.ts'
 import type { Keys } from '../redis/keys.ts'
 import { deadlineDuty, type DeadlineOutcome } from './deadlines.ts'
+import { checkFleetSettings, describeMismatch, type FleetCheck } from './fleet-settings.ts'
 import { LeaderDeposedError, type LeaderFence, type SystemEvent } from './fence.ts'
 import { healthDuty, readFleet, type FleetSnapshot, type HealthPass } from './health.ts'
 import type { SupervisorMetrics } from './metrics.ts'
@@ -37,6 +39,8 @@ export interface TickReport {
   stuck: StuckActor[]
   sweptAt: number | null
   rollup: Rollup | null
+  /** The fleet-settings check of the agents live services host (null when it could not run). */
+  fleetSettings: FleetCheck[] | null
   errors: string[]
 }
 
@@ -56,6 +60,8 @@ export class LeaderDuties {
   private readonly reportedProblems = new Set<string>()
   /** The previous term's sweep figures were looked for (see tick). */
   private seeded = false
+  /** The fleet-settings mismatch last logged ('' = none): logged when it changes, not every tick. */
+  private loggedMismatch = ''
 
   constructor(
     private readonly deps: DutyDeps,
@@ -95,13 +101,29 @@ export class LeaderDuties {
     }
   }
 
+  /** Compares the settings the runtimes of `hosted` agents registered with ours; see fleet-settings.ts. */
+  private async checkFleet(hosted: ReadonlySet<string>, errors: string[]): Promise<FleetCheck[] | null> {
+    const { client, log, metrics } = this.deps
+    const mine = fleetSettings(client.cfg)
+    const checks = await this.guard('fleet settings', errors, async () => checkFleetSettings(await client.agents(), hosted, mine))
+    if (!checks) return null
+    metrics.setFleetChecks(checks)
+    const msg = describeMismatch(checks, mine) ?? ''
+    if (msg !== this.loggedMismatch) {
+      if (msg) log.warn(msg)
+      else log.info('fleet settings agree again: every live runtime registered this supervisor\'s TROUPE_PERSISTENCE, TROUPE_STREAM_MAXLEN and TROUPE_RETENTION_MS')
+      this.loggedMismatch = msg
+    }
+    return checks
+  }
+
   /** Runs every duty once. */
   async tick(signal?: AbortSignal): Promise<TickReport> {
     const { redis, keys, log, metrics } = this.deps
     const fence = this.fence
     const o = this.opts
     const errors: string[] = []
-    const report: TickReport = { health: null, deadlines: [], stuck: [], sweptAt: null, rollup: null, errors }
+    const report: TickReport = { health: null, deadlines: [], stuck: [], sweptAt: null, rollup: null, fleetSettings: null, errors }
 
     if (!this.seeded && !this.sweep.last) {
       // A new term reports the previous leader's last sweep until its own first
@@ -143,6 +165,7 @@ export class LeaderDuties {
     const hosted = new Set((fleet?.services ?? []).filter((s) => s.status === 'alive').flatMap((s) => s.agents))
     const named = [...(fleet?.services ?? []).flatMap((s) => s.agents), ...(this.sweep.last?.agents ?? [])]
     const agents = await this.guard('agents', errors, () => knownAgents(redis, keys, named))
+    if (fleet) report.fleetSettings = await this.checkFleet(hosted, errors)
     const queues = (await this.guard('queues', errors, () => readQueues(redis, keys, agents ?? [], now, o.maxActorsPerAgent))) ?? new Map<string, AgentQueue>()
     report.stuck = this.stuck.observe(queues.values(), hosted, now)
     if (report.stuck.length > 0) {

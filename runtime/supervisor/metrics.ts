@@ -2,6 +2,7 @@
 // (`troupe_cluster_*`) are set only by the leader and cleared by a standby, so
 // summing them over instances never double-counts.
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client'
+import type { FleetCheck } from './fleet-settings.ts'
 import type { Rollup } from './rollups.ts'
 
 /** Supervisor metrics, registered on a runtime's Registry. */
@@ -28,6 +29,7 @@ export class SupervisorMetrics {
   readonly clusterDeadLetters: Gauge
   readonly clusterActionsPerMinute: Gauge
   readonly clusterPersistence: Gauge
+  readonly clusterFleetMismatch: Gauge
   private leaderLabel = ''
 
   constructor(registry: Registry) {
@@ -54,6 +56,7 @@ export class SupervisorMetrics {
     this.clusterDeadLetters = new Gauge({ name: 'troupe_cluster_dead_letters', help: 'Dead-lettered actions still stored, by agent, from the leader\'s last sweep', labelNames: ['agent'], registers: r })
     this.clusterActionsPerMinute = new Gauge({ name: 'troupe_cluster_actions_per_minute', help: 'Actions completed or failed in the minute before the last sweep, by agent and outcome', labelNames: ['agent', 'outcome'], registers: r })
     this.clusterPersistence = new Gauge({ name: 'troupe_cluster_persistence_backlog', help: 'persistence:queue entries, by kind (length, pending, lag)', labelNames: ['kind'], registers: r })
+    this.clusterFleetMismatch = new Gauge({ name: 'troupe_cluster_fleet_mismatch', help: '1 when the runtimes hosting the agent registered TROUPE_PERSISTENCE, TROUPE_STREAM_MAXLEN or TROUPE_RETENTION_MS other than the leader supervisor\'s, 0 when they agree; by agent, from the leader', labelNames: ['agent'], registers: r })
   }
 
   /** Records who leads (as seen by this process) and whether it is us. */
@@ -70,7 +73,10 @@ export class SupervisorMetrics {
   /** Publishes a rollup as cluster gauges (leader) or clears them (`null`, standby). */
   setCluster(r: Rollup | null): void {
     for (const g of [this.clusterServices, this.clusterQueued, this.clusterDue, this.clusterOldestDue, this.clusterActive, this.clusterDeadLetters, this.clusterActionsPerMinute, this.clusterPersistence, this.stuckActors]) g.reset()
-    if (!r) return
+    if (!r) {
+      this.clusterFleetMismatch.reset()
+      return
+    }
     for (const [status, n] of Object.entries(r.services)) this.clusterServices.set({ status }, n)
     for (const [agent, f] of Object.entries(r.agents)) {
       this.clusterQueued.set({ agent }, f.queued)
@@ -84,5 +90,11 @@ export class SupervisorMetrics {
     this.clusterPersistence.set({ kind: 'length' }, r.persistence.length)
     this.clusterPersistence.set({ kind: 'pending' }, r.persistence.pending)
     this.clusterPersistence.set({ kind: 'lag' }, r.persistence.lag)
+  }
+
+  /** Publishes the leader's fleet-settings check (see fleet-settings.ts); cleared with the cluster gauges. */
+  setFleetChecks(checks: FleetCheck[]): void {
+    this.clusterFleetMismatch.reset()
+    for (const c of checks) this.clusterFleetMismatch.set({ agent: c.agent }, c.mismatch ? 1 : 0)
   }
 }
