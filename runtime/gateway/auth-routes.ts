@@ -3,7 +3,7 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import { AuthError, type AuthContext } from './auth-store.ts'
 import { caller, checkOrigin, presentedToken } from './authenticate.ts'
-import { sessionCookie } from './cookies.ts'
+import { clearedSessionCookies, cookieIsSecure, sessionCookie } from './cookies.ts'
 import type { GatewayDeps } from './deps.ts'
 import { GatewayError } from './problem.ts'
 import { unavailable } from './redis-gate.ts'
@@ -13,13 +13,10 @@ const NO_STORE = { 'cache-control': 'no-store', pragma: 'no-cache' }
 // Auth bodies are a token or two: no reason to read a megabyte.
 const SMALL = 8 * 1024
 
-function secureCookie(request: FastifyRequest, setting: boolean | 'auto'): boolean {
-  return setting === 'auto' ? request.protocol === 'https' : setting
-}
-
 /** Registers the /v1/auth routes. */
 export function registerAuthRoutes(app: FastifyInstance, deps: GatewayDeps): void {
-  const { store, limiter, metrics } = deps
+  const { store, limiter, metrics, signOuts } = deps
+  const { cookieSecure } = deps.settings.auth
 
   // Failed exchanges are metered per user so that guessing is slow even though
   // credentials carry 256 random bits; unknown users get no limiter state at all.
@@ -76,20 +73,22 @@ export function registerAuthRoutes(app: FastifyInstance, deps: GatewayDeps): voi
     const s = await store.issueSession(user)
     return reply
       .headers(NO_STORE)
-      .header('set-cookie', sessionCookie(s.token, deps.settings.auth.sessionTtlMs, secureCookie(request, deps.settings.auth.cookieSecure)))
+      .header('set-cookie', sessionCookie(s.token, deps.settings.auth.sessionTtlMs, cookieIsSecure(request, cookieSecure)))
       .send({ user, expiresAt: s.expiresAt })
   })
 
   app.post<{ Body: { refresh_token?: string; all?: boolean } | null }>('/v1/auth/logout', { schema: { body: logoutBody, querystring: noQuery }, config: { public: true, withoutRedis: true }, bodyLimit: SMALL }, async (request, reply: FastifyReply) => {
     const body = request.body ?? {}
-    const cleared = sessionCookie('', 0, secureCookie(request, deps.settings.auth.cookieSecure))
+    const cleared = clearedSessionCookies(cookieIsSecure(request, cookieSecure))
     // The Redis gate lets sign-out through while Redis is away: a browser must
     // be able to drop its cookie then too (else a reload signs it back in).
     if (deps.redis.status !== 'ready') return logoutWithoutRedis(request, reply, body, cleared)
-    // Sign-out must work with an expired token too: it only ever removes.
+    // Sign-out must work with an expired token too: it only ever removes. A
+    // repeated session cookie (one planted by a sibling site) revokes nothing,
+    // since either could be the other's, and both names are cleared.
     let ctx: AuthContext | null = null
     try {
-      const p = presentedToken(request)
+      const p = presentedToken(request, cookieSecure)
       if (p) ctx = await store.verify(p.token, p.via, { allowExpired: true })
     } catch {
       ctx = null
@@ -103,28 +102,22 @@ export function registerAuthRoutes(app: FastifyInstance, deps: GatewayDeps): voi
   // Without Redis nothing can be verified or revoked now. A cookie session's
   // sign-out still clears the cookie at once (after the origin check, which
   // then applies to any presented cookie) and revokes the session server-side
-  // when Redis is back, best-effort: its commands wait in the client's offline
-  // queue, lost if this gateway stops first (the session then lasts until it
-  // expires). What an API client asks (a bearer token's family, a refresh
-  // family, `all`) is not answered with a 204 that did not happen: 503 as before.
-  function logoutWithoutRedis(request: FastifyRequest, reply: FastifyReply, body: { refresh_token?: string; all?: boolean }, cleared: string): FastifyReply {
+  // when Redis is back, best-effort: it waits in `signOuts` (bounded: anyone
+  // can send made-up session tokens now), lost if this gateway stops first or
+  // when more sign-outs than its cap came after it (the session then lasts
+  // until it expires). What an API client asks (a bearer token's family, a
+  // refresh family, `all`) is not answered with a 204 that did not happen: 503.
+  function logoutWithoutRedis(request: FastifyRequest, reply: FastifyReply, body: { refresh_token?: string; all?: boolean }, cleared: string[]): FastifyReply {
     let presented: ReturnType<typeof presentedToken> = null
     try {
-      presented = presentedToken(request)
+      presented = presentedToken(request, cookieSecure)
     } catch {
       presented = null
     }
     if (presented?.via === 'bearer' || body.refresh_token !== undefined || body.all === true) throw unavailable()
     if (presented) {
       checkOrigin(request)
-      const { token } = presented
-      void store
-        .verify(token, 'cookie', { allowExpired: true })
-        .then((ctx) => store.logout(ctx))
-        .catch((err: unknown) => {
-          // Not a session (any more): nothing to revoke.
-          if (!(err instanceof AuthError)) request.log.warn({ err }, 'sign-out during a Redis outage: the session could not be revoked server-side')
-        })
+      signOuts.add(presented.token)
     }
     return reply.header('set-cookie', cleared).code(204).send()
   }

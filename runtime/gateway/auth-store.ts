@@ -290,13 +290,19 @@ export class AuthStore {
 
   /**
    * Whether a token verified earlier is still good: its record is still there
-   * (not signed out, revoked or rotated away) and it has not expired. For
-   * long-lived requests (SSE streams) that verified once, when they opened.
+   * (not signed out, revoked or rotated away), it has not expired, and its
+   * user's credential still exists (not revoked, and its TTL has not run out:
+   * every request is refused then, see rate_limit.lua). For long-lived
+   * requests (SSE streams) that verified once, when they opened. Both keys
+   * share the `{user}` slot, so one MULTI reads them together.
    */
   async stillValid(ctx: AuthContext): Promise<boolean> {
     if (ctx.expiresAt <= this.now()) return false
-    const rec = parseJson<TokenRecord>(await this.redis.hget(this.keys.authToken(ctx.user), ctx.tokenId))
-    return rec !== null && rec.exp > this.now()
+    const res = await this.redis.multi().hget(this.keys.authToken(ctx.user), ctx.tokenId).exists(this.keys.authCredential(ctx.user)).exec()
+    const err = res?.find(([e]) => e)?.[0]
+    if (err) throw err
+    const rec = parseJson<TokenRecord>(res?.[0]?.[1] as string | null | undefined)
+    return rec !== null && rec.exp > this.now() && Number(res?.[1]?.[1] ?? 0) === 1
   }
 
   /**

@@ -4,7 +4,7 @@
 // in onRequest, before the body is read, so rejected requests cost little.
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import { AuthError, type AuthContext, type AuthStore } from './auth-store.ts'
-import { readCookie, SESSION_COOKIE } from './cookies.ts'
+import { cookieIsSecure, readSessionCookie } from './cookies.ts'
 import type { GatewayMetrics } from './metrics.ts'
 import { GatewayError } from './problem.ts'
 import type { RateLimiter } from './rate-limit.ts'
@@ -27,15 +27,19 @@ declare module 'fastify' {
   }
 }
 
-/** The caller's token and how it came (bearer first: API clients may also hold a cookie). */
-export function presentedToken(request: FastifyRequest): { token: string; via: 'bearer' | 'cookie' } | null {
+/**
+ * The caller's token and how it came (bearer first: API clients may also hold a
+ * cookie). The session cookie is read under the name `cookieSecure` gives it
+ * for this request (see cookies.ts); a repeated one is refused (401).
+ */
+export function presentedToken(request: FastifyRequest, cookieSecure: boolean | 'auto'): { token: string; via: 'bearer' | 'cookie' } | null {
   const h = request.headers.authorization
   if (h) {
     const m = /^Bearer\s+(\S+)\s*$/i.exec(h)
     if (!m?.[1]) throw new AuthError('malformed', 'unauthorized', 'Authorization header must be "Bearer <access token>"')
     return { token: m[1], via: 'bearer' }
   }
-  const c = readCookie(request.headers.cookie, SESSION_COOKIE)
+  const c = readSessionCookie(request.headers.cookie, cookieIsSecure(request, cookieSecure))
   return c ? { token: c, via: 'cookie' } : null
 }
 
@@ -84,7 +88,7 @@ export function originHost(protocol: string, host: string): string {
 }
 
 /** Builds the onRequest hook that authenticates and rate-limits every non-public /v1 route. */
-export function createAuthHook(deps: { store: AuthStore; limiter: RateLimiter; metrics: GatewayMetrics }) {
+export function createAuthHook(deps: { store: AuthStore; limiter: RateLimiter; metrics: GatewayMetrics; settings: { auth: { cookieSecure: boolean | 'auto' } } }) {
   return async function authenticate(request: FastifyRequest, reply: FastifyReply): Promise<void> {
     request.auth = null
     request.quotaTaken = ''
@@ -98,7 +102,7 @@ export function createAuthHook(deps: { store: AuthStore; limiter: RateLimiter; m
     if (cfg.public || (route === undefined && !isApiPath(request.url))) return
     let ctx: AuthContext
     try {
-      const presented = presentedToken(request)
+      const presented = presentedToken(request, deps.settings.auth.cookieSecure)
       if (!presented) throw new AuthError('missing', 'unauthorized', 'authentication required: send "Authorization: Bearer <access token>" or sign in for a session cookie')
       ctx = await deps.store.verify(presented.token, presented.via)
     } catch (err) {

@@ -4,6 +4,7 @@ import type { RedisClient } from '../redis/connection.ts'
 import type { Keys } from '../redis/keys.ts'
 import type { AuthStore } from './auth-store.ts'
 import type { GatewayMetrics } from './metrics.ts'
+import type { PendingSignOuts } from './pending-sign-outs.ts'
 import type { RateLimiter } from './rate-limit.ts'
 import type { GatewaySettings } from './settings.ts'
 import type { SseHub } from './sse-hub.ts'
@@ -17,6 +18,8 @@ export interface GatewayDeps {
   limiter: RateLimiter
   metrics: GatewayMetrics
   hub: SseHub
+  /** Session sign-outs made while Redis was away, revoked when it is back. */
+  signOuts: PendingSignOuts
   settings: GatewaySettings
   now: () => number
 }

@@ -168,13 +168,18 @@ export function toProblem(err: unknown, request: FastifyRequest): { problem: Pro
   return { problem, headers: r.headers }
 }
 
-/** Sends `err` as `application/problem+json`; unexpected errors are logged with the request id. */
+/**
+ * Sends `err` as `application/problem+json`. Server errors are logged at error
+ * with the request id the body names; client errors only at debug.
+ */
 export function sendProblem(err: unknown, request: FastifyRequest, reply: FastifyReply): FastifyReply {
   const { problem, headers } = toProblem(err, request)
   // A Redis outage answers every request 503: one error line each would bury the cause.
   if (problem.code === 'unavailable') request.log.warn({ code: problem.code }, problem.detail)
   else if (problem.status >= 500) request.log.error({ err }, problem.detail)
-  else request.log.info({ code: problem.code }, problem.detail)
+  // Anyone can cause a 4xx (a probe, a client without a token): one info line
+  // each let them fill the log. The answer itself says what was wrong.
+  else request.log.debug({ code: problem.code }, problem.detail)
   if (problem.status === 401) headers['www-authenticate'] ??= 'Bearer realm="troupe"'
   return reply.code(problem.status).headers(headers).type('application/problem+json').send(problem)
 }

@@ -2,7 +2,7 @@
 // problem+json errors, request ids in pino logs, metrics, and the web UI.
 import { STATUS_CODES } from 'node:http'
 import type { Socket } from 'node:net'
-import Fastify, { type ConnectionError, type FastifyInstance } from 'fastify'
+import Fastify, { LogController, type ConnectionError, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify'
 import { nanoid } from 'nanoid'
 import { Registry } from 'prom-client'
 import { TroupeClient } from '../client.ts'
@@ -15,6 +15,7 @@ import { createAuthHook } from './authenticate.ts'
 import type { GatewayDeps } from './deps.ts'
 import { registerEventsRoute } from './events-route.ts'
 import { GatewayMetrics } from './metrics.ts'
+import { PendingSignOuts } from './pending-sign-outs.ts'
 import { connectionProblem, GatewayError, sendProblem } from './problem.ts'
 import { RateLimiter } from './rate-limit.ts'
 import { RedisGate } from './redis-gate.ts'
@@ -63,10 +64,35 @@ function answerClientError(this: FastifyInstance, metrics: GatewayMetrics, err: 
         'Connection: close\r\n' +
         `X-Request-Id: ${requestId}\r\n\r\n${body}`,
     )
-    this.log.info({ reqId: requestId, code: problem.code, nodeCode: err.code }, problem.detail)
+    // Debug, like every 4xx (problem.ts): a client sending garbage must not fill the log.
+    this.log.debug({ reqId: requestId, code: problem.code, nodeCode: err.code }, problem.detail)
     metrics.httpRequests.inc({ route: 'unparsed', status: String(problem.status) })
   }
   socket.destroy()
+}
+
+/**
+ * Fastify's request log, at debug. Its two info lines per request (incoming,
+ * completed) let any client, with or without a token, write to the log as fast
+ * as it sends requests: at the default level that buried everything else. A
+ * reply that failed is still an error; 5xx answers log their own error line
+ * (problem.ts).
+ */
+class RequestsAtDebug extends LogController {
+  override incomingRequest(request: FastifyRequest): void {
+    request.log.debug({ req: request }, 'incoming request')
+  }
+
+  override requestCompleted(error: Error | null | undefined, request: FastifyRequest, reply: FastifyReply): void {
+    if (error) reply.log.error({ res: reply, err: error, responseTime: reply.elapsedTime }, 'request errored')
+    else reply.log.debug({ res: reply, responseTime: reply.elapsedTime }, 'request completed')
+  }
+
+  // A client that went away mid-answer (an SSE client leaving, say) is not news.
+  override streamError(error: Error, request: FastifyRequest, reply: FastifyReply): void {
+    if ((error as { code?: string }).code === 'ERR_STREAM_PREMATURE_CLOSE') reply.log.debug({ res: reply }, 'stream closed prematurely')
+    else super.streamError(error, request, reply)
+  }
 }
 
 /** A built gateway; `listen()` serves it, `close()` ends streams and stops it. */
@@ -97,6 +123,7 @@ export class Gateway {
       await this.app.close()
     } finally {
       this.gate.close()
+      this.deps.signOuts.close()
     }
     await this.deps.client.close()
   }
@@ -117,20 +144,11 @@ export async function createGateway(opts: GatewayOptions): Promise<Gateway> {
   const keys = new Keys(opts.cfg.namespace)
   const client = new TroupeClient(opts.redis, opts.cfg)
   const metrics = GatewayMetrics.for(opts.registry ?? new Registry())
-  const deps: GatewayDeps = {
-    redis: opts.redis,
-    keys,
-    client,
-    store: new AuthStore(opts.redis, keys, settings.auth, now),
-    limiter: new RateLimiter(opts.redis, keys, settings.limits, now),
-    metrics,
-    hub: new SseHub(client.subscriber(), keys, settings.sse.heartbeatMs),
-    settings,
-    now,
-  }
+  const store = new AuthStore(opts.redis, keys, settings.auth, now)
 
   const app = Fastify({
     logger: { level: settings.logLevel, stream: process.stderr },
+    logController: new RequestsAtDebug(),
     requestIdHeader: false,
     // Honour a caller's request id (proxies, the UI) when it is tame, else mint one.
     genReqId: (req) => {
@@ -151,8 +169,24 @@ export async function createGateway(opts: GatewayOptions): Promise<Gateway> {
     clientErrorHandler(this: FastifyInstance, err: ConnectionError, socket: Socket) {
       answerClientError.call(this, metrics, err, socket)
     },
-    trustProxy: settings.trustProxy,
+    // One hop, not `true`: trusting every hop made request.ip the leftmost
+    // X-Forwarded-For entry, which the client writes. The proxy in front (the
+    // peer, hop 0) is trusted; what it appends names the client. Fastify reads
+    // a bare number as "trust nobody", so hops are counted here.
+    trustProxy: settings.trustProxy ? (_address: string, hop: number) => hop < 1 : false,
   })
+  const deps: GatewayDeps = {
+    redis: opts.redis,
+    keys,
+    client,
+    store,
+    limiter: new RateLimiter(opts.redis, keys, settings.limits, now),
+    metrics,
+    hub: new SseHub(client.subscriber(), keys, settings.sse.heartbeatMs),
+    signOuts: new PendingSignOuts(opts.redis, store, app.log),
+    settings,
+    now,
+  }
   // Only JSON bodies: a text/plain body is a client mistake, answered with 415.
   app.removeContentTypeParser('text/plain')
   app.decorateRequest('auth', null)
@@ -206,6 +240,7 @@ export async function createGateway(opts: GatewayOptions): Promise<Gateway> {
     await app.ready()
   } catch (err) {
     gate.close()
+    deps.signOuts.close()
     throw err
   }
   return new Gateway(app, deps, gate)

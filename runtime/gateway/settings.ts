@@ -67,7 +67,11 @@ export interface GatewaySettings {
   host: string
   /** Pino level for request logs (`TROUPE_LOG_LEVEL`, default info). */
   logLevel: string
-  /** `TROUPE_GATEWAY_TRUST_PROXY` (on/off, default off): trust `X-Forwarded-*` from the proxy in front. */
+  /**
+   * `TROUPE_GATEWAY_TRUST_PROXY` (on/off, default off): trust `X-Forwarded-*`
+   * from the one proxy in front, the gateway's peer. Each header's last entry
+   * is the one it appended: the client's address, the public host and scheme.
+   */
   trustProxy: boolean
   auth: AuthSettings
   limits: LimitSettings

@@ -277,7 +277,11 @@ describe('gateway auth', () => {
       delete process.env.TROUPE_GATEWAY_TRUST_PROXY
     }
     try {
-      const cookie = await p.session('pat')
+      // Over HTTPS, as the proxy says, the cookie is Secure and so carries the __Host- prefix.
+      const signIn = await call(p, 'POST', '/v1/auth/session', { body: { credential: await p.issue('pat') }, headers: forwarded })
+      const set = signIn.headers.get('set-cookie') ?? ''
+      expect(set, signIn.text).toMatch(/^__Host-troupe_session=tss\.pat\..*; Path=\/;.*; Secure$/)
+      const cookie = set.split(';')[0] ?? ''
       const r = await call(p, 'POST', '/v1/workflows', { cookie, body, headers: forwarded })
       expect(r.status, r.text).toBe(201)
       // Another site is still another site.
@@ -316,6 +320,81 @@ describe('gateway auth', () => {
     expect(await post({ host: `LOCALHOST:${port}`, origin: `http://evil.example:${port}` })).toBe(403)
     expect(await post({ host: `evil.example@localhost:${port}`, origin: `http://localhost:${port}` })).toBe(403)
     expect(await post({ host: 'gw.example', origin: 'file://' })).toBe(403)
+  })
+
+  it('refuses a request carrying the session cookie twice: one was planted by a sibling site (login CSRF)', async () => {
+    // A page on evil.example.com can set `troupe_session=…; Domain=example.com; Path=/v1`,
+    // which the browser sends first (longer path): the victim would act in the attacker's account.
+    const victim = await s.session('vic')
+    const attacker = await s.session('mal')
+    const both = `${attacker}; ${victim}`
+    const r = await call(s, 'GET', '/v1/me', { cookie: both })
+    expect(r.status, r.text).toBe(401)
+    expect((r.json as { code: string }).code).toBe('unauthorized')
+    expect((await call(s, 'POST', '/v1/workflows', { cookie: `${victim}; ${victim}`, body: { agent: 'counter', type: 'ping' } })).status).toBe(401)
+    const sse = openSse(s, '/v1/workflows/none/events', { cookie: both })
+    expect(await sse.status).toBe(401)
+    sse.close()
+    // Sign-out clears the cookie but revokes neither: either could be the other's.
+    const out = await call(s, 'POST', '/v1/auth/logout', { cookie: both })
+    expect(out.status).toBe(204)
+    expect(out.headers.get('set-cookie')).toMatch(/^troupe_session=; .*Max-Age=0/)
+    expect(await me({ cookie: victim })).toBe(200)
+    expect(await me({ cookie: attacker })).toBe(200)
+    // A bearer token still wins over any cookies (API clients may hold one too).
+    const t = await s.login('vic')
+    expect(await me({ token: t.access_token, cookie: both })).toBe(200)
+  })
+
+  it('names a Secure session cookie __Host-troupe_session and reads only that name then; sign-out clears both names', async () => {
+    const p = await startStack({ gateway: { auth: { cookieSecure: true } } })
+    try {
+      const credential = await p.issue('hal')
+      const r = await call(p, 'POST', '/v1/auth/session', { body: { credential } })
+      const set = r.headers.get('set-cookie') ?? ''
+      // The prefix makes a browser refuse it with a Domain or another Path: no sibling site can set it.
+      expect(set).toMatch(/^__Host-troupe_session=tss\.hal\.[^;]+; Path=\/; HttpOnly; SameSite=Strict; Max-Age=\d+; Secure$/)
+      const cookie = set.split(';')[0] ?? ''
+      const value = cookie.slice(cookie.indexOf('=') + 1)
+      const status = async (c: string): Promise<number> => (await call(p, 'GET', '/v1/me', { cookie: c })).status
+      expect(await status(cookie)).toBe(200)
+      // The unprefixed name, which a sibling can set, is not read at all.
+      expect(await status(`troupe_session=${value}`)).toBe(401)
+      const planted = (await call(p, 'POST', '/v1/auth/session', { body: { credential: await p.issue('mol') } })).headers.get('set-cookie') ?? ''
+      const plantedValue = planted.slice(planted.indexOf('=') + 1, planted.indexOf(';'))
+      const me2 = await call(p, 'GET', '/v1/me', { cookie: `troupe_session=${plantedValue}; ${cookie}` })
+      expect(me2.status, me2.text).toBe(200)
+      expect((me2.json as { user: string }).user).toBe('hal')
+      // Twice under the prefixed name: refused too.
+      expect(await status(`__Host-troupe_session=${plantedValue}; ${cookie}`)).toBe(401)
+      const out = await call(p, 'POST', '/v1/auth/logout', { cookie })
+      expect(out.status).toBe(204)
+      const cleared = out.headers.getSetCookie()
+      expect(cleared).toHaveLength(2)
+      expect(cleared[0]).toMatch(/^__Host-troupe_session=; Path=\/; .*Max-Age=0; Secure$/)
+      expect(cleared[1]).toMatch(/^troupe_session=; Path=\/; .*Max-Age=0; Secure$/)
+      expect(await status(cookie)).toBe(401)
+    } finally {
+      await p.stop()
+    }
+  })
+
+  it('ends an open event stream once its user\'s credential expires', async () => {
+    const t = await s.login('ida')
+    const started = await call(s, 'POST', '/v1/workflows', { token: t.access_token, body: { agent: 'counter', type: 'ping' } })
+    expect(started.status, started.text).toBe(201)
+    const c = openSse(s, `/v1/workflows/${(started.json as { workflowId: string }).workflowId}/events`, { authorization: `Bearer ${t.access_token}` })
+    expect(await c.status).toBe(200)
+    await c.until((m) => m.some((x) => x.data.includes('workflow.started')))
+    // The credential's TTL runs out (as issued with a short one): every request is refused from then on.
+    await s.redis.pexpire(s.gw.deps.keys.authCredential('ida'), 50)
+    let timer: NodeJS.Timeout | undefined
+    const closed = await Promise.race([c.closed.then(() => true), new Promise<boolean>((r) => (timer = setTimeout(() => r(false), 10_000)))])
+    clearTimeout(timer)
+    c.close()
+    expect(closed, 'the stream outlived its credential').toBe(true)
+    expect(c.messages.some((m) => m.event === 'end'), 'the workflow ended instead').toBe(false)
+    expect(await me({ token: t.access_token })).toBe(401)
   })
 
   it('troupe auth issue prints a working credential; revoke removes the user', async () => {

@@ -5,6 +5,7 @@
 // restarts. Runs on a private redis-server that the test kills.
 import { rmSync } from 'node:fs'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { MAX_PENDING_SIGN_OUTS } from '../../runtime/gateway/pending-sign-outs.ts'
 import { startRedis, type RedisProcess } from '../../scripts/services/redis.ts'
 import { eventually } from '../helpers/redis.ts'
 import { call, sleep, startStack, type Reply, type Stack } from './helpers.ts'
@@ -112,4 +113,38 @@ describe('gateway during a Redis outage', () => {
     expect(x.took).toBeGreaterThanOrEqual(WAIT_MS)
     await restart()
   })
+
+  it('keeps what sign-outs during an outage leave behind bounded, and revokes the sessions presented once Redis is back', async () => {
+    const first = await s.session('otto')
+    const last = await s.session('otto')
+    const kept = await s.session('otto')
+    const { redis: client, signOuts } = s.gw.deps
+    // ioredis's offline queue is private; its length is what grew without bound.
+    const queued = (): number => (client as unknown as { offlineQueue: { length: number } }).offlineQueue.length
+    redis.kill()
+    await eventually(() => Promise.resolve(client.status !== 'ready'), 5000, 'the connection to notice')
+    const logout = async (cookie: string): Promise<void> => {
+      const r = await s.gw.app.inject({ method: 'POST', url: '/v1/auth/logout', headers: { cookie } })
+      expect(r.statusCode, r.body).toBe(204)
+      expect(String(r.headers['set-cookie'])).toMatch(/^troupe_session=; .*Max-Age=0/)
+    }
+    await logout(first)
+    const before = queued()
+    // Nothing can be verified now: anything shaped like a session token is accepted,
+    // more of them than the cap, and the same one again and again.
+    const fake = (i: number): string => `troupe_session=tss.otto.${String(i).padStart(16, 'A')}.${'B'.repeat(43)}`
+    for (let i = 0; i < MAX_PENDING_SIGN_OUTS + 500; i++) await logout(fake(i))
+    for (let i = 0; i < 500; i++) await logout(fake(7))
+    await logout(last)
+    // One queued command chain per sign-out used to wait here (and hold its request) until Redis returned.
+    expect(queued() - before).toBeLessThan(50)
+    expect(signOuts.size).toBe(MAX_PENDING_SIGN_OUTS)
+    await restart()
+    await eventually(() => Promise.resolve(signOuts.size === 0), 15_000, 'the pending sign-outs to run')
+    // The newest sign-out is revoked; the oldest was forgotten over the cap and lasts until it expires (documented).
+    await eventually(async () => (await call(s, 'GET', '/v1/me', { cookie: last })).status === 401, 10_000, 'the session revoked')
+    expect((await call(s, 'GET', '/v1/me', { cookie: first })).status).toBe(200)
+    expect((await call(s, 'GET', '/v1/me', { cookie: kept })).status).toBe(200)
+    expect((await call(s, 'GET', '/v1/me', { token })).status).toBe(200)
+  }, 60_000)
 })
