@@ -35,6 +35,21 @@ export interface ActivationEnv {
   handOff(agent: string, wf: string, actionIds: readonly string[]): boolean
 }
 
+/**
+ * What an activation learns and asks about newer versions of its agent during a
+ * rolling update (one per worker: see NewerVersions in worker.ts).
+ */
+export interface VersionWatch {
+  /** A newer version is at work: an activation found a snapshot it wrote. */
+  saw(version: number): void
+  /**
+   * The newest version of the agent known to be running or registered, when it
+   * is newer than this process's; null when none is known. Asked only for an
+   * action whose type this version does not handle at all.
+   */
+  newer(): Promise<number | null>
+}
+
 /** Consecutive actions one activation handles before yielding its slot (fairness)... */
 const MAX_TURNS = 256
 /** ...or how long it works before yielding, whichever comes first: slow actions reach no turn count. */
@@ -63,6 +78,25 @@ const BUSY_RETRY_MS = 250
  * rolling update, short enough not to hold the workflow up much.
  */
 const VERSION_HANDBACK_MS = 2000
+
+/**
+ * Pauses before each resend of a commit whose outcome is unknown (about 2 s in
+ * all, well within a lock's TTL, which the keeper goes on extending).
+ */
+const COMMIT_RESENDS_MS = [100, 400, 1600] as const
+
+/**
+ * Whether a failed commit is worth sending again: its outcome is unknown (no
+ * reply from Redis: a dropped connection, too many Cluster redirections, a
+ * timeout), or Redis refused it for a moment (a Cluster without a quorum, a
+ * slot migrating, a replica loading). A reply error of the script itself (a
+ * fence, bad data) or an out-of-memory refusal would only be answered again.
+ */
+function resendable(err: unknown): boolean {
+  if (!(err instanceof Error) || err instanceof TroupeError) return false
+  if (err.name !== 'ReplyError') return true
+  return /^(CLUSTERDOWN|TRYAGAIN|LOADING|MASTERDOWN)\b/.test(err.message)
+}
 
 /**
  * Lifecycle of an activation, one line per state:
@@ -137,6 +171,8 @@ export class ActorActivation implements LiveActorHooks {
     private lease: number,
     /** Already activated by the pick (pick_activate.lua): its lock value, when the pick was sent, and the reply. */
     private readonly pre: PreActivated | null = null,
+    /** Newer versions of the agent, for actions only they handle (null: such actions are rejected). */
+    private readonly versions: VersionWatch | null = null,
   ) {
     this.fusedSettle = !isCluster(env.ctx.redis)
   }
@@ -250,8 +286,10 @@ export class ActorActivation implements LiveActorHooks {
     // process must neither run the machine on it nor "migrate" it backwards, so it
     // hands the batch back, due again in a moment, for a process of that version.
     const newer = snapshot !== '' && act.version > this.def.version
-    if (newer) this.env.log.warn(`snapshot of ${agent} in ${this.wf} was written by version ${act.version}, this process runs version ${this.def.version}: handing its actions back`)
-    else if (snapshot && act.version < this.def.version) {
+    if (newer) {
+      this.env.log.warn(`snapshot of ${agent} in ${this.wf} was written by version ${act.version}, this process runs version ${this.def.version}: handing its actions back`)
+      this.versions?.saw(act.version)
+    } else if (snapshot && act.version < this.def.version) {
       if (this.def.migrate) {
         try {
           const migrated: unknown = this.def.migrate(JSON.parse(snapshot), act.version)
@@ -273,6 +311,10 @@ export class ActorActivation implements LiveActorHooks {
         restoreError = `snapshot of ${agent} was written by version ${act.version}, agent is version ${this.def.version} and has no migrate()`
       }
     }
+    // Every action of the batch goes to the dead letters for it: say so once, loudly.
+    if (restoreError) this.env.log.error(`${restoreError} in ${this.wf}: its actions are dead-lettered`)
+    let restoreLogged = restoreError !== ''
+    let unknownLogged = false
     const live = new LiveActor(this.def, this.wf, snapshot, this)
     this.live = live
     const eventBase = nanoid(12)
@@ -295,7 +337,7 @@ export class ActorActivation implements LiveActorHooks {
       let delivered = 0
       for (const claimed of batch) {
         if (newer) {
-          results.push(this.handBack(claimed, act.version))
+          results.push(this.handBack(claimed, `snapshot of ${agent} was written by version ${act.version}; this process runs version ${this.def.version}, and no process of version ${act.version} took the action within an hour of its first hand-back`))
           continue
         }
         // Once the workflow is ending, or the activation must stop, the rest of the
@@ -311,8 +353,24 @@ export class ActorActivation implements LiveActorHooks {
         const started = Date.now()
         const { record, delivery: o } = await this.deliverSafely(claimed, restoreError)
         turns++
+        // A type no state of this version handles, while a newer version that
+        // may is about (a rolling update that added it): handed back for a
+        // process of that version, as for a newer snapshot, instead of dead.
+        const newerVersion = o.unknownType && this.versions ? await this.versions.newer() : null
+        if (newerVersion !== null) {
+          if (!unknownLogged) {
+            unknownLogged = true
+            this.env.log.warn(`${agent} version ${this.def.version} does not handle action '${record?.type ?? ''}' in ${this.wf}; version ${newerVersion} is about: handing it back`)
+          }
+          results.push(this.handBack(claimed, `${agent} version ${this.def.version} does not handle action '${record?.type ?? ''}'; version ${newerVersion} was about, and no process of it took the action within an hour of its first hand-back`))
+          continue
+        }
         let outcome: ActionResult['outcome'] = 'ok'
         let retryDelay = 0
+        if (o.restoreFailed && !restoreLogged) {
+          restoreLogged = true
+          this.env.log.error(`${o.error} in ${this.wf}: its actions are dead-lettered`)
+        }
         if (o.outcome === 'rejected') outcome = 'dead'
         else if (o.aborted && this.state !== 'active') {
           // Stopped by the drain timeout: handed back undelivered, so the action
@@ -361,34 +419,52 @@ export class ActorActivation implements LiveActorHooks {
       // claimed more actions than it runs (each claimed, then handed back).
       const overran = cut || deliveredAt - batchStarted >= BATCH_BUDGET_MS
       claimSize = overran ? Math.max(1, delivered) : Math.min(MAX_CLAIM_BATCH, claimSize * 2)
-      let res: CommitResult
-      try {
-        res = await commit(ctx, {
-          wf: this.wf, agent, fence: act.fence, lockValue, snapshot: taken.json, stateValue: this.stateToWrite(stateValue, transitions),
-          version: this.def.version, op, opPayload, release, batch: Math.max(1, Math.min(claimSize, MAX_TURNS - turns)), eventBase: `${eventBase}.${commits++}`, results,
-          ...(this.fusedSettle ? { settle: { lease: this.lease, rerunLease: this.rerunLease } } : {}),
-        })
-      } catch (err) {
-        if (err instanceof TroupeError && (err.code === 'fence_rejected' || err.code === 'stale_action')) {
-          // A newer activation owns the actor (we were paused past our lease): our
-          // work is discarded and redone there. Leave the hint to the new owner.
-          metrics.fenceRejections.inc({ agent })
-          this.env.log.warn(`commit of ${agent} in ${this.wf} rejected: ${err.message}`)
-          return
-        }
-        // Whether it took effect is unknown (a dropped connection). A join it may
-        // have completed has no hint due before the join's deadline but the one
-        // its reply carried: make one due now (at worst an activation finds nothing).
-        const joined = [...new Set(results.flatMap((r) => (r.outcome === 'ok' ? r.outbox.filter((o) => o.join && o.to !== agent).map((o) => o.to) : [])))]
-        if (joined.length > 0) this.env.background(writeFollowUps(ctx, joined.map((to) => ({ agent: to, wf: this.wf, score: Date.now() })), []))
-        throw err
+      let res: CommitResult | null = null
+      const commitArgs = {
+        wf: this.wf, agent, fence: act.fence, lockValue, snapshot: taken.json, stateValue: this.stateToWrite(stateValue, transitions),
+        version: this.def.version, op, opPayload, release, batch: Math.max(1, Math.min(claimSize, MAX_TURNS - turns)), eventBase: `${eventBase}.${commits++}`, results,
       }
+      for (let resends = 0; res === null; resends++) {
+        try {
+          // The settle leases as they are now: the extender may have moved ours meanwhile.
+          res = await commit(ctx, { ...commitArgs, ...(this.fusedSettle ? { settle: { lease: this.lease, rerunLease: this.rerunLease } } : {}) })
+        } catch (err) {
+          if (err instanceof TroupeError && (err.code === 'fence_rejected' || err.code === 'stale_action')) {
+            // A newer activation owns the actor (we were paused past our lease): our
+            // work is discarded and redone there. Leave the hint to the new owner.
+            metrics.fenceRejections.inc({ agent })
+            this.env.log.warn(`commit of ${agent} in ${this.wf} rejected: ${err.message}`)
+            return
+          }
+          // Whether it took effect is unknown (a dropped connection, a Cluster
+          // node failing over): the same commit again, which commit.lua answers
+          // as it answered the first run if that took effect (its marker), and
+          // runs now if not. Given up, the batch waited out the lock and was
+          // delivered again: its actions ran twice if the commit had not run.
+          const pause = COMMIT_RESENDS_MS[resends]
+          if (pause !== undefined && resendable(err)) {
+            metrics.protocolErrors.inc({ step: 'commit-resend' })
+            this.env.log.warn(`commit of ${agent} in ${this.wf} failed, its outcome unknown: sending it again in ${pause} ms`, { error: err instanceof Error ? err.message : String(err) })
+            await new Promise((r) => setTimeout(r, pause))
+            continue
+          }
+          // A join it may have completed has no hint due before the join's
+          // deadline but the one its reply carried: make one due now (at worst
+          // an activation finds nothing).
+          const joined = [...new Set(results.flatMap((r) => (r.outcome === 'ok' ? r.outbox.filter((o) => o.join && o.to !== agent).map((o) => o.to) : [])))]
+          if (joined.length > 0) this.env.background(writeFollowUps(ctx, joined.map((to) => ({ agent: to, wf: this.wf, score: Date.now() })), []))
+          throw err
+        }
+      }
+      const handedBack: string[] = []
       for (const r of results) {
+        if (r.outcome === 'handback' && res.code !== 'ended') handedBack.push(r.actionId)
         if (r.outcome === 'return' || r.outcome === 'handback') continue
         const label = res.code === 'ended' && !op ? 'cancelled' : r.outcome === 'ok' ? 'completed' : r.outcome === 'retry' ? 'retried' : 'dead'
         metrics.actions.inc({ agent, outcome: label })
         if (r.events.length > 0) metrics.eventsPublished.inc({ agent }, r.events.length)
       }
+      if (handedBack.length > 0) this.env.background(this.countHandBacks(handedBack))
       if (transitions > 0) metrics.transitions.inc({ agent }, transitions)
       // Only when this commit ended the workflow: it then appended the workflow's
       // final event (a workflow already ended by a cancel or deadline appends none).
@@ -403,6 +479,9 @@ export class ActorActivation implements LiveActorHooks {
           { cmd: 'publish', args: [ctx.keys.control(), JSON.stringify({ op: 'abort', wf: this.wf, reason: final, by: 'commit' })] },
           { cmd: 'zrem', args: [ctx.keys.deadlines(), this.wf] },
         ]).then(throwFirst))
+        // The other agents' ready hints: settle.lua removed them on a single
+        // Redis; on a Cluster (or when settle did not run) they go from here.
+        if (!res.settled) this.env.background(this.dropReadyHints())
       }
       // settle.lua wrote the persistence pointer, and released the hint if the lock went.
       const settled = res.settled && (res.settled.state === 'held') === (res.code === 'next') ? res.settled : null
@@ -420,19 +499,50 @@ export class ActorActivation implements LiveActorHooks {
   }
 
   /**
-   * An action of an actor whose snapshot a newer version of the agent wrote:
-   * handed back, due again in {@link VERSION_HANDBACK_MS}, for a process of that
-   * version. commit.lua dead-letters it with the reason given here once an hour
-   * has passed since its first hand-back (by Redis's clock): by then no such
-   * process is coming (a rollback, or the newer version stopped everywhere), and
-   * the workflow must not wait forever.
+   * An action for a newer version of the agent (its actor's snapshot was written
+   * by one, or only a newer one handles its type): handed back, due again in
+   * {@link VERSION_HANDBACK_MS}, for a process of that version. commit.lua
+   * dead-letters it with `error` once an hour has passed since its first
+   * hand-back (by Redis's clock): by then no such process is coming (a rollback,
+   * or the newer version stopped everywhere), and the workflow must not wait forever.
    */
-  private handBack(claimed: Claimed, version: number): ActionResult {
-    this.env.metrics.versionHandBacks.inc({ agent: this.def.name })
-    return {
-      actionId: claimed.actionId, outcome: 'handback', retryDelayMs: VERSION_HANDBACK_MS, parentEventId: '', durationMs: 0, attempt: claimed.attempt, events: [], outbox: [],
-      error: `snapshot of ${this.def.name} was written by version ${version}; this process runs version ${this.def.version}, and no process of version ${version} took the action within an hour of its first hand-back`,
+  private handBack(claimed: Claimed, error: string): ActionResult {
+    return { actionId: claimed.actionId, outcome: 'handback', retryDelayMs: VERSION_HANDBACK_MS, parentEventId: '', durationMs: 0, attempt: claimed.attempt, events: [], outbox: [], error }
+  }
+
+  /**
+   * After this activation's commit ended the workflow: removes the workflow
+   * from the ready sets of the agents the commit listed in the actor's `unhint`
+   * field (nobody held them; see unheld_agents in lib.lua). Their mailboxes
+   * went with the commit, and a hint left for a delayed action waited for its
+   * due time, up to ten years. A hint some process leased meanwhile may go too:
+   * its release, finding none, has nothing to do.
+   */
+  private async dropReadyHints(): Promise<void> {
+    const { ctx } = this.env
+    const names = (await ctx.redis.hget(ctx.keys.actor(this.wf, this.def.name), 'unhint'))?.split(' ').filter((n) => n !== '') ?? []
+    if (names.length > 0) throwFirst(await execOps(ctx.redis, names.map((n) => ({ cmd: 'zrem', args: [ctx.keys.ready(n), this.wf] }))))
+  }
+
+  /**
+   * Counts the actions a commit was told to hand back: commit.lua dead-lettered
+   * those first handed back over an hour ago (by Redis's clock, which only it
+   * reads), and they are dead, not handed back. Which ones is read back from
+   * the dead letters, once the commit took effect, off the activation's path:
+   * hand-backs happen only during a rolling update (the commit's reply is
+   * parsed in claims.ts and says nothing of them).
+   */
+  private async countHandBacks(ids: readonly string[]): Promise<void> {
+    const { ctx, metrics } = this.env
+    const agent = this.def.name
+    const [[err, scores] = [new Error('no reply'), null]] = await execOps(ctx.redis, [{ cmd: 'zmscore', args: [ctx.keys.dead(this.wf), ...ids] }])
+    if (err) throw err
+    const dead = (scores as (string | null)[]).filter((s) => s !== null).length
+    if (dead > 0) {
+      metrics.actions.inc({ agent, outcome: 'dead' }, dead)
+      this.env.log.warn(`${dead} action(s) of ${agent} in ${this.wf} dead-lettered: handed back for a newer version for over an hour`)
     }
+    if (ids.length > dead) metrics.versionHandBacks.inc({ agent }, ids.length - dead)
   }
 
   /**

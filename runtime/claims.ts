@@ -8,9 +8,10 @@ import type { TroupeConfig } from './config.ts'
 import { effectiveMaxLen, effectiveRetention } from './config.ts'
 import { runScript } from './redis/scripts.ts'
 import { fromRedisError } from './errors.ts'
-import { execAll, execOps, execPhases, isCluster, throwFirst, type CmdOp, type Op, type ScriptOp } from './redis/batch.ts'
+import { execOps, execPhases, isCluster, throwFirst, type CmdOp, type Op, type OpResult, type ScriptOp } from './redis/batch.ts'
 import type { Keys } from './redis/keys.ts'
 import type { RedisClient } from './redis/connection.ts'
+import { createLogger, type Logger } from './log.ts'
 
 /** Shared context of every protocol call. */
 export interface ProtocolContext {
@@ -113,11 +114,26 @@ function parseEnqueue(wf: string, raw: unknown): EnqueueResult {
   return { availableAt: Number(r[0]), appended: { wf, first: str(r[1]), last: str(r[2]) } }
 }
 
+/** What {@link enqueueWith} did. */
+export interface Enqueued {
+  /** One result or error per action, in order. */
+  results: (EnqueueResult | Error)[]
+  /** The replies of the caller's `extra` ops, in order; empty when they were not sent (an enqueue failed). */
+  extra: OpResult[]
+}
+
+/**
+ * Pauses before each new try of an enqueue's failed follow-up writes, in ms
+ * (about a second in all). A Cluster has no sweep to repair a lost post-hint
+ * (docs/supervisor.md), so a node that answers again within that time must
+ * not leave the action stranded.
+ */
+const FOLLOW_UP_RETRY_MS = [50, 200, 800] as const
+
 /**
  * Enqueues actions in one write (on a Cluster, two phases): per action a pre-hint and the script, then the
  * post-hints and one wake-up per agent; then the persistence pointers, with
- * `extra` when every enqueue succeeded. Returns one result or error per action,
- * in order.
+ * `extra` when every enqueue succeeded.
  *
  * The pre-hint goes first so that even a write cut short after the script leaves
  * a hint. The post-hint (`ZADD LT now`, also for delayed actions: see
@@ -128,9 +144,20 @@ function parseEnqueue(wf: string, raw: unknown): EnqueueResult {
  * after the reply, it turned such fresh leases back into due hints that other
  * processes then found locked); on a Cluster the script's node and the hint's
  * are different servers, so the post-hints and wake-ups wait for the replies.
+ *
+ * Only an enqueue's own script decides its result. Once it took, the action is
+ * queued: a follow-up write that fails must not make the call fail, or a caller
+ * who retries queues the work twice. Failed hints, wake-ups and `extra` ops
+ * (which must be safe to send twice) are tried again a few times
+ * ({@link FOLLOW_UP_RETRY_MS}); what still fails, and a failed persistence
+ * pointer, is logged and left to the repairs: the persister's reconciliation
+ * for a pointer, the supervisor's sweep for a hint (single Redis) and for a
+ * deadline entry.
  */
-export async function enqueueMany(ctx: ProtocolContext, list: readonly EnqueueArgs[], extra: readonly Op[] = []): Promise<(EnqueueResult | Error)[]> {
-  if (list.length === 0) return []
+export async function enqueueWith(
+  ctx: ProtocolContext, list: readonly EnqueueArgs[], opts: { extra?: readonly Op[]; log?: Logger } = {},
+): Promise<Enqueued> {
+  if (list.length === 0) return { results: [], extra: [] }
   const first: Op[] = []
   const then: Op[] = []
   for (const a of list) {
@@ -140,7 +167,8 @@ export async function enqueueMany(ctx: ProtocolContext, list: readonly EnqueueAr
     first.push({ cmd: 'zadd', args: [ready, 'LT', now + a.delayMs, a.wf] }, { script: 'enqueue', keys, args })
     then.push({ cmd: 'zadd', args: [ready, 'LT', now, a.wf] })
   }
-  for (const agent of new Set(list.map((a) => a.agent))) then.push(wakeOp(ctx, agent))
+  const agents = [...new Set(list.map((a) => a.agent))]
+  for (const agent of agents) then.push(wakeOp(ctx, agent))
   const res = await execPhases(ctx.redis, [first, then])
   const out: (EnqueueResult | Error)[] = []
   const appended: Appended[] = []
@@ -151,11 +179,79 @@ export async function enqueueMany(ctx: ProtocolContext, list: readonly EnqueueAr
     out.push(r)
     if (!(r instanceof Error)) appended.push(r.appended)
   }
-  const [after] = followUpOps(ctx, [], appended)
+  if (appended.length === 0) return { results: out, extra: [] }
+  const [pointers] = followUpOps(ctx, [], appended)
   // The caller's own writes (e.g. a start's owner index) ride along, only when every enqueue took.
-  if (out.every((r) => !(r instanceof Error))) after.push(...extra)
-  await execAll(ctx.redis, after)
-  return out
+  const extra = out.every((r) => !(r instanceof Error)) ? (opts.extra ?? []) : []
+  const after = await execOps(ctx.redis, [...pointers, ...extra])
+  const log = opts.log ?? createLogger('enqueue')
+  const lostPointers = after.slice(0, pointers.length).flatMap(([err]) => (err ? [err] : []))
+  if (lostPointers.length > 0) {
+    // Not sent again: a pointer whose reply alone was lost would be read twice.
+    log.warn('persistence pointers of enqueued actions not written: the persister\'s reconciliation writes their events', { workflows: [...new Set(appended.map((a) => a.wf))], count: lostPointers.length, error: lostPointers[0]?.message })
+  }
+  const extraRes = after.slice(pointers.length)
+  const retry: FollowUp[] = []
+  // A post-hint is retried only for an action that took, with its agent's
+  // wake-up (the first one may have come before the hint); a failed wake-up when any took.
+  const rewake = new Set<string>()
+  list.forEach((a, i) => {
+    if (!res[first.length + i]?.[0] || out[i] instanceof Error) return
+    retry.push({ op: then[i] as Op, wake: false, at: null })
+    rewake.add(a.agent)
+  })
+  agents.forEach((agent, j) => {
+    if (res[first.length + list.length + j]?.[0]) rewake.add(agent)
+  })
+  for (const agent of rewake) retry.push({ op: wakeOp(ctx, agent), wake: true, at: null })
+  extra.forEach((op, at) => {
+    if (extraRes[at]?.[0]) retry.push({ op, wake: false, at })
+  })
+  const failed = await retryFollowUps(ctx, retry, extraRes)
+  if (failed.length > 0) {
+    log.warn(
+      'follow-up writes of enqueued actions failed; the actions are queued. A lost ready hint is restored by the supervisor\'s sweep on a single Redis ' +
+        '(on a Cluster the action waits for its pre-hint, if that was written, or for the next write to its actor), a lost deadline entry by its restore',
+      { workflows: [...new Set(appended.map((a) => a.wf))], failed: failed.map(([f]) => ('cmd' in f.op ? `${f.op.cmd} ${String(f.op.args[0])}` : f.op.script)), error: failed[0]?.[1].message },
+    )
+  }
+  return { results: out, extra: extraRes }
+}
+
+/** {@link enqueueWith} answering only its results: one result or error per action, in order. */
+export async function enqueueMany(ctx: ProtocolContext, list: readonly EnqueueArgs[], extra: readonly Op[] = []): Promise<(EnqueueResult | Error)[]> {
+  return (await enqueueWith(ctx, list, { extra })).results
+}
+
+/** A follow-up write of an enqueue to try again: a wake-up goes after the others; `at` is an extra op's place in the caller's list. */
+interface FollowUp {
+  op: Op
+  wake: boolean
+  at: number | null
+}
+
+/**
+ * Tries `ops` again after each pause of {@link FOLLOW_UP_RETRY_MS}, the
+ * wake-ups phased after the rest as at first (a worker they rouse must find
+ * the hints written); a retried extra op's reply replaces its entry in
+ * `extraRes`. Returns the writes that never succeeded, with their last error.
+ */
+async function retryFollowUps(ctx: ProtocolContext, ops: readonly FollowUp[], extraRes: OpResult[]): Promise<[FollowUp, Error][]> {
+  let pending: [FollowUp, Error][] = ops.map((f) => [f, new Error('not retried')])
+  for (const ms of FOLLOW_UP_RETRY_MS) {
+    if (pending.length === 0) break
+    await new Promise((r) => setTimeout(r, ms))
+    const order = [...pending.filter(([f]) => !f.wake), ...pending.filter(([f]) => f.wake)].map(([f]) => f)
+    const again = await execPhases(ctx.redis, [order.filter((f) => !f.wake).map((f) => f.op), order.filter((f) => f.wake).map((f) => f.op)])
+    const still: [FollowUp, Error][] = []
+    order.forEach((f, i) => {
+      const [err, val] = again[i] ?? [new Error('no reply'), null]
+      if (err) still.push([f, err])
+      else if (f.at !== null) extraRes[f.at] = [null, val]
+    })
+    pending = still
+  }
+  return pending
 }
 
 /**

@@ -1,16 +1,18 @@
 // The client side of Troupe: start workflows, send actions, cancel, read status,
 // and follow events (replay + live, no gap, no duplicate). Used by the CLI, the
 // gateway and tests; agents use the XState helpers in agent.ts instead.
+import { randomInt } from 'node:crypto'
 import { nanoid } from 'nanoid'
 import { handlesType } from './agent.ts'
 import { describeFleetSettings, effectiveMaxLen, effectiveRetention, fleetSettings, loadConfig, sameFleetSettings, type FleetSettings, type TroupeConfig } from './config.ts'
-import { enqueueMany, writeFollowUps, type EnqueueArgs, type ProtocolContext } from './claims.ts'
+import { enqueueWith, writeFollowUps, type EnqueueArgs, type ProtocolContext } from './claims.ts'
 import { TroupeError } from './errors.ts'
 import { compareStreamIds, FINAL_EVENT_TYPES, isLastStreamId, isStreamId, parseEntry, parseLive } from './events.ts'
+import { createLogger, type Logger } from './log.ts'
 import { closeRedis, createRedis, type RedisClient } from './redis/connection.ts'
 import { assertActionType, assertAgentName, assertWorkflowId, isWorkflowId, Keys } from './redis/keys.ts'
 import { runScript } from './redis/scripts.ts'
-import type { Op } from './redis/batch.ts'
+import { execOps, isCluster, type Op, type OpResult } from './redis/batch.ts'
 import { Subscriber } from './subscriber.ts'
 import { MAX_DELAY_MS, TERMINAL_STATUSES, type ActionRecord, type ActionState, type StreamedEvent, type WorkflowStatus, type WorkflowStatusValue } from './types.ts'
 
@@ -60,6 +62,27 @@ export function registeredFleet(r: AgentRegistration): FleetSettings | null {
   return r.persistence === undefined || r.streamMaxLen === undefined || r.retentionMs === undefined
     ? null
     : { persistence: r.persistence, streamMaxLen: r.streamMaxLen, retentionMs: r.retentionMs }
+}
+
+/**
+ * How long a registration in `system:agents` counts after its runtime last
+ * wrote it (runtimes rewrite theirs every 10 s). An older one is an agent no
+ * live runtime hosts (removed or renamed, or every runtime of it gone): sends
+ * to it are refused as to an unknown agent, instead of queued for no one. Long
+ * enough that a restart or a deploy, every process down for a minute or two,
+ * does not refuse sends; the runtimes' own send checks and the supervisor's
+ * pruning of the registry use the same limit.
+ */
+export const REGISTRATION_STALE_MS = 10 * 60_000
+
+/**
+ * True when `r` was written less than {@link REGISTRATION_STALE_MS} before
+ * `now` (ms, Redis's clock: see TroupeClient.agents). A registration without a
+ * time (written by hand) never counts.
+ */
+export function isLiveRegistration(r: Pick<AgentRegistration, 'updatedAt'>, now: number): boolean {
+  const at = Number(r.updatedAt)
+  return Number.isFinite(at) && at > now - REGISTRATION_STALE_MS
 }
 
 /** Options of {@link TroupeClient.startWorkflow}. */
@@ -115,6 +138,9 @@ function safeJson<T>(text: string | null | undefined): T | null {
 /** How long a send target seen in the agent registry is trusted without reading it again. */
 const VALIDATION_TTL_MS = 5000
 
+/** Entries of an owner's index a start checks at most, among those created more than the retention ago (see pruneOwnerIndex). */
+const OWNER_PRUNE_BATCH = 16
+
 /** Talks to Troupe through Redis. */
 export class TroupeClient {
   readonly keys: Keys
@@ -127,16 +153,19 @@ export class TroupeClient {
   private registry: { reg: Map<string, AgentRegistration>; until: number } | null = null
   /** This client's own settings, as the scripts it runs will apply them. */
   private readonly fleet: FleetSettings
+  /** Where writes that failed after a call took effect are reported (the call itself succeeds). */
+  readonly log: Logger
 
   constructor(
     readonly redis: RedisClient,
     readonly cfg: TroupeConfig,
-    opts: { ownsRedis?: boolean } = {},
+    opts: { ownsRedis?: boolean; log?: Logger } = {},
   ) {
     this.keys = new Keys(cfg.namespace)
     this.ctx = { redis, keys: this.keys, cfg }
     this.ownsRedis = opts.ownsRedis ?? false
     this.fleet = fleetSettings(cfg)
+    this.log = opts.log ?? createLogger('client')
   }
 
   /**
@@ -181,17 +210,32 @@ export class TroupeClient {
     if (this.closed) throw new TroupeError('config', 'this client is closed')
   }
 
-  /** Agents registered by running runtimes (a corrupted registration is left out; its runtime rewrites it every 10 s). */
+  /**
+   * Agents registered by running runtimes: a corrupted registration is left out
+   * (its runtime rewrites it every 10 s), and so is a stale one (see
+   * {@link REGISTRATION_STALE_MS}).
+   */
   async agents(): Promise<Map<string, AgentRegistration>> {
+    return (await this.readRegistry()).live
+  }
+
+  /**
+   * The registry split into live and stale registrations. Their age is judged
+   * on Redis's clock, read with the registry, so a client whose clock is off
+   * does not refuse sends (or accept them) for it.
+   */
+  private async readRegistry(): Promise<{ live: Map<string, AgentRegistration>; stale: Map<string, AgentRegistration>; now: number }> {
     this.assertOpen()
-    const raw = await this.redis.hgetall(this.keys.agents())
-    const out = new Map<string, AgentRegistration>()
+    const [raw, [s, us]] = await Promise.all([this.redis.hgetall(this.keys.agents()), this.redis.time()])
+    const now = Number(s) * 1000 + Math.floor(Number(us) / 1000)
+    const live = new Map<string, AgentRegistration>()
+    const stale = new Map<string, AgentRegistration>()
     for (const [name, json] of Object.entries(raw)) {
       const r = parseRegistration(name, json)
-      if (r) out.set(name, r)
+      if (r) (isLiveRegistration(r, now) ? live : stale).set(name, r)
     }
-    this.registry = { reg: out, until: Date.now() + VALIDATION_TTL_MS }
-    return out
+    this.registry = { reg: live, until: Date.now() + VALIDATION_TTL_MS }
+    return { live, stale, now }
   }
 
   /**
@@ -219,10 +263,19 @@ export class TroupeClient {
     const key = `${agent}\u0000${type}`
     const now = Date.now()
     if ((this.validated.get(key) ?? 0) > now) return
-    const reg = await this.agents()
+    const { live: reg, stale, now: redisNow } = await this.readRegistry()
     const a = reg.get(agent)
     if (!a) {
       const known = [...reg.keys()].sort().join(', ') || 'none'
+      const old = stale.get(agent)
+      if (old) {
+        const at = Number(old.updatedAt)
+        const when = Number.isFinite(at) ? `it was last registered ${Math.floor((redisNow - at) / 60_000)} minutes ago` : 'its registration carries no time'
+        throw new TroupeError(
+          'unknown_agent',
+          `unknown agent '${agent}': ${when} and no live runtime hosts it now (registered: ${known}); start a runtime hosting it: troupe start --agents <module>`,
+        )
+      }
       throw new TroupeError('unknown_agent', `unknown agent '${agent}' (registered: ${known}); start a runtime hosting it: troupe start --agents <module>`)
     }
     const handled = [...a.actionTypes, ...(a.actionPatterns ?? [])]
@@ -251,7 +304,10 @@ export class TroupeClient {
   }
 
   /**
-   * Starts a workflow with its first action to `agent`.
+   * Starts a workflow with its first action to `agent`. An error means it did
+   * not start (or, for a lost connection, that the outcome is unknown): once it
+   * has started, a failed index or hint write after it is logged to
+   * {@link TroupeClient.log} and repaired, not thrown.
    * @returns the new workflow id and the id of the first action
    */
   async startWorkflow(opts: StartOptions): Promise<{ workflowId: string; actionId: string }> {
@@ -275,14 +331,18 @@ export class TroupeClient {
       wf, actionId, agent: opts.agent, type: opts.type, record: this.record(wf, opts.agent, opts.type, payload, actionId, eventId), delayMs: 0, eventId,
       parentEventId: '', mode: 'start', owner, deadlineMs: opts.deadlineMs ?? 0,
     }
-    // The owner index forgets workflows created more than the retention ago (their
-    // keys are gone or going), so it cannot grow without bound.
+    // The index writes and the reads pruneOwnerIndex starts from ride with the
+    // start's follow-ups: no round trip of their own.
+    const byOwner = this.keys.byOwner(owner)
+    const cutoff = Date.now() - this.cfg.retentionMs
     const index: Op[] = [
-      { cmd: 'zadd', args: [this.keys.byOwner(owner), Date.now(), wf] },
-      { cmd: 'zremrangebyscore', args: [this.keys.byOwner(owner), '-inf', Date.now() - this.cfg.retentionMs] },
+      { cmd: 'zadd', args: [byOwner, Date.now(), wf] },
+      { cmd: 'zcount', args: [byOwner, '-inf', cutoff] },
+      { cmd: 'zrange', args: [byOwner, '-inf', cutoff, 'BYSCORE', 'LIMIT', 0, OWNER_PRUNE_BATCH] },
     ]
     if (opts.deadlineMs) index.push({ cmd: 'zadd', args: [this.keys.deadlines(), Date.now() + opts.deadlineMs, wf] })
-    const [r] = await enqueueMany(this.ctx, [args], index)
+    // Past the script nothing fails the call: the workflow is started (enqueueWith).
+    const { results: [r], extra } = await enqueueWith(this.ctx, [args], { extra: index, log: this.log })
     if (r instanceof Error) throw r
     if (opts.deadlineMs) {
       // The deadline entry went in one round trip after the start: a workflow
@@ -299,7 +359,40 @@ export class TroupeClient {
         // nothing to undo
       }
     }
+    await this.pruneOwnerIndex(byOwner, cutoff, extra[1], extra[2])
     return { workflowId: wf, actionId }
+  }
+
+  /**
+   * Keeps an owner's index from growing without bound: of the entries created
+   * more than the retention ago (`count` and the oldest of them, `head`, as the
+   * start read them), up to {@link OWNER_PRUNE_BATCH} are checked, and those
+   * whose status key is gone (expired after retention) are removed. Age alone
+   * does not say a workflow is gone: one waiting for a human past the retention
+   * still runs, and the listing reads this index only. When there are more old
+   * entries than a batch, a random window of them is checked, so workflows that
+   * live on at the head cannot keep the gone ones behind them forever. One
+   * EXISTS per status key (other slots on a Cluster: execOps sends each to its
+   * node), then one ZREM. Best effort, as the start has taken effect; the
+   * listing drops gone ids it meets too.
+   */
+  private async pruneOwnerIndex(key: string, cutoff: number, count: OpResult | undefined, head: OpResult | undefined): Promise<void> {
+    try {
+      const n = Number(count?.[1] ?? 0)
+      if (!count || count[0] || !(n > 0)) return
+      let ids = !head || head[0] ? [] : (head[1] as string[])
+      if (n > OWNER_PRUNE_BATCH || ids.length === 0) {
+        const from = n > OWNER_PRUNE_BATCH ? randomInt(0, n - OWNER_PRUNE_BATCH + 1) : 0
+        ids = await this.redis.zrange(key, '-inf', String(cutoff), 'BYSCORE', 'LIMIT', from, OWNER_PRUNE_BATCH)
+      }
+      if (ids.length === 0) return
+      const exists = await execOps(this.redis, ids.map((id) => ({ cmd: 'exists', args: [this.keys.status(id)] })))
+      // A failed read keeps its entry: only a key known to be gone drops one.
+      const gone = ids.filter((_id, i) => exists[i]?.[0] === null && Number(exists[i]?.[1]) === 0)
+      if (gone.length > 0) await this.redis.zrem(key, ...gone)
+    } catch (err) {
+      this.log.warn('pruning an owner index of expired workflows failed; the next start tries again', { key, error: err instanceof Error ? err.message : String(err) })
+    }
   }
 
   /**
@@ -307,7 +400,8 @@ export class TroupeClient {
    * send idempotent: sending the same id again (after an error whose outcome is
    * unknown) answers as the first send did and queues nothing more; the same id
    * for another agent or type is refused (`duplicate_action`). Without it every
-   * call sends a new action.
+   * call sends a new action. Once the action is queued the call succeeds: a
+   * failed write after it is logged, as for a start.
    */
   async sendAction(wf: string, agent: string, type: string, payload?: unknown, opts: { delayMs?: number; validate?: boolean; actionId?: string } = {}): Promise<{ actionId: string }> {
     this.assertOpen()
@@ -323,9 +417,10 @@ export class TroupeClient {
     if (opts.validate !== false) await this.validateTarget(agent, type)
     const actionId = opts.actionId ?? nanoid()
     const eventId = nanoid()
-    const [r] = await enqueueMany(this.ctx, [{
+    // Past the script nothing fails the call: the action is queued (enqueueWith).
+    const { results: [r] } = await enqueueWith(this.ctx, [{
       wf, actionId, agent, type, record: this.record(wf, agent, type, json, actionId, eventId), delayMs: Math.round(delay), eventId, parentEventId: '', mode: 'send', owner: '', deadlineMs: 0,
-    }])
+    }], { log: this.log })
     if (r instanceof Error) throw r
     return { actionId }
   }
@@ -347,11 +442,15 @@ export class TroupeClient {
     if (final !== 'cancelled' && final !== 'failed') throw new TroupeError('config', `the final status of a cancel must be 'cancelled' or 'failed', not ${JSON.stringify(final)}`)
     const fleet = await this.checkFleetForCancel(opts.adoptFleet === true)
     const cfg = fleet ? { ...this.cfg, ...fleet } : this.cfg
-    // The script finds the agents itself (see cancel.lua): the last two keys are templates.
-    const keys = [this.keys.status(wf), this.keys.actions(wf), this.keys.events(wf), this.keys.seq(wf), this.keys.dead(wf), this.keys.mailbox(wf, ''), this.keys.actor(wf, '')]
+    // The script finds the agents itself (see cancel.lua): the last three keys
+    // are templates, and so is the ready key on a single Redis.
+    const keys = [this.keys.status(wf), this.keys.actions(wf), this.keys.events(wf), this.keys.seq(wf), this.keys.dead(wf), this.keys.mailbox(wf, ''), this.keys.actor(wf, ''), this.keys.lock(wf, '')]
+    const cluster = isCluster(this.redis)
     let r: unknown[]
     try {
-      r = (await runScript(this.redis, 'cancel', keys, [wf, final, reason, nanoid(), this.keys.channel(wf), effectiveMaxLen(cfg), effectiveRetention(cfg)])) as unknown[]
+      r = (await runScript(this.redis, 'cancel', keys, [
+        wf, final, reason, nanoid(), this.keys.channel(wf), effectiveMaxLen(cfg), effectiveRetention(cfg), cluster ? '' : this.keys.ready(''),
+      ])) as unknown[]
     } catch (err) {
       // "Already ended" may answer our own cancel: run, its reply lost, and sent
       // again by ioredis after the reconnect. Its abort must still go out, or
@@ -360,10 +459,22 @@ export class TroupeClient {
       if (err instanceof TroupeError && err.code === 'workflow_ended') await this.redis.publish(this.keys.control(), JSON.stringify({ op: 'abort', wf, reason })).catch(() => undefined)
       throw err
     }
+    // The workflow has ended: from here a failed write is logged and left to its
+    // repair, never thrown past the abort (a thrown pointer write kept the abort
+    // from going out, so running actions ran on).
+    const lost = (what: string, err: unknown): void => this.log.warn(`cancel of ${wf}: ${what}`, { error: err instanceof Error ? err.message : String(err) })
     await writeFollowUps(fleet ? { ...this.ctx, cfg } : this.ctx, [], [{ wf, first: String(r[1]), last: String(r[1]) }])
+      .catch((err: unknown) => lost('its persistence pointer was not written; the persister\'s reconciliation writes its events', err))
+    // Thrown when it fails: the caller's retry answers workflow_ended and sends it again (above).
     await this.redis.publish(this.keys.control(), JSON.stringify({ op: 'abort', wf, reason }))
     // Enforced now: the supervisor need not look at its deadline entry again (see activation.ts).
-    await this.redis.zrem(this.keys.deadlines(), wf)
+    await this.redis.zrem(this.keys.deadlines(), wf).catch((err: unknown) => lost('its deadline entry stays until due, when the supervisor finds it ended', err))
+    if (cluster) {
+      // The ready hints cancel.lua could not reach, on other nodes (see there).
+      const hints = r.slice(2).map((agent) => ({ cmd: 'zrem', args: [this.keys.ready(String(agent)), wf] }))
+      const failed = (await execOps(this.redis, hints)).find(([err]) => err)
+      if (failed?.[0]) lost('ready hints not removed; each is dropped when its due time comes and an activation finds the workflow ended', failed[0])
+    }
     return { dropped: Number(r[0]), ...(fleet ? { adoptedFleet: fleet } : {}) }
   }
 

@@ -4,7 +4,7 @@
 // action is still running, and reports a settled outcome for the commit.
 import { createActor, type AnyActorRef, type AnyMachineSnapshot, type InspectionEvent } from 'xstate'
 import { nanoid } from 'nanoid'
-import { CONTROL, reservedEventType, type AgentDefinition } from './agent.ts'
+import { CONTROL, handlesType, reservedEventType, type AgentDefinition } from './agent.ts'
 import { encodeEvent } from './events.ts'
 import type { OutboxEntry, OutboxJoin } from './claims.ts'
 import { MAX_DELAY_MS, type ActionEvent, type ActionRecord } from './types.ts'
@@ -22,6 +22,14 @@ export interface DeliveryOutcome {
   transitions: number
   /** Failed because the activation was aborted (cancel, deadline, shutdown), not by agent code. */
   aborted?: boolean
+  /** Rejected because the stored snapshot could not be restored (the agent's data, not the action, is at fault). */
+  restoreFailed?: boolean
+  /**
+   * Rejected because no state of this machine handles the action's type at all
+   * (not merely the current one): a newer version of the agent may (see
+   * ActorActivation's hand-back for a rolling update).
+   */
+  unknownType?: boolean
 }
 
 /** The snapshot for a commit: JSON ('' = unchanged), or where serialising it failed (see takeSnapshot). */
@@ -173,6 +181,12 @@ export class LiveActor {
       input: { workflowId: this.wf, agent: this.def.name },
       inspect: this.inspector,
     })
+    // XState does not throw on a snapshot it cannot restore (a state a newer
+    // machine renamed and migrate() did not map): the actor comes up in 'error'.
+    // Said here, the action is rejected as a restore failure with XState's
+    // reason, instead of blaming the agent for being in 'error'.
+    const made = actor.getSnapshot() as AnyMachineSnapshot
+    if (made.status === 'error') throw made.error instanceof Error ? made.error : new Error(describe(made.error))
     actor.subscribe(this.snapshotObserver)
     this.prevValue = ''
     actor.start()
@@ -361,7 +375,9 @@ export class LiveActor {
     try {
       actor = this.ensureActor()
     } catch (err) {
-      return outcomeOf(cur, 'rejected', `cannot restore ${this.def.name}: ${describe(err)}`)
+      // No snapshot: the machine failed to compute its initial state (a context factory that throws).
+      const what = this.committed || this.lastOk ? 'restore' : 'start'
+      return { ...outcomeOf(cur, 'rejected', `cannot ${what} ${this.def.name}: ${describe(err)}`), restoreFailed: true }
     }
     const event: ActionEvent = {
       type: record.type,
@@ -383,7 +399,9 @@ export class LiveActor {
       return outcomeOf(cur, 'failed', describe(err))
     }
     if (!accepted) {
-      return outcomeOf(cur, 'rejected', `agent ${this.def.name} in state ${JSON.stringify(before.value)} does not accept action '${record.type}'`)
+      const rejected = outcomeOf(cur, 'rejected', `agent ${this.def.name} in state ${JSON.stringify(before.value)} does not accept action '${record.type}'`)
+      // Only here, off the path of accepted actions: the type's check walks the machine's types.
+      return handlesType([...this.def.actionTypes, ...this.def.actionPatterns], record.type) ? rejected : { ...rejected, unknownType: true }
     }
     actor.send(event)
     let snap = actor.getSnapshot() as AnyMachineSnapshot

@@ -3,7 +3,7 @@
 // sleep until the next due time or a wake-up when nothing is due.
 import type { AgentDefinition } from './agent.ts'
 import { randomBytes } from 'node:crypto'
-import { ActorActivation, CLAIM_BATCH, keeperPeriodMs, type ActivationEnv, type PreActivated } from './activation.ts'
+import { ActorActivation, CLAIM_BATCH, keeperPeriodMs, type ActivationEnv, type PreActivated, type VersionWatch } from './activation.ts'
 import { giveUpLease, pick, pickActivate, wakeOp, type PickedActivation } from './claims.ts'
 import { isCluster } from './redis/batch.ts'
 import { duplicateClient, type RedisClient } from './redis/connection.ts'
@@ -11,6 +11,65 @@ import { isWorkflowId } from './redis/keys.ts'
 
 /** Shortest gap between two wake-ups a busy worker passes on (and how long a pick that started nothing waits to look again). */
 const PASS_ON_MS = 50
+
+/** Least time between two reads of the agent's registration by {@link NewerVersions}. */
+const REGISTRATION_READ_MS = 1000
+/**
+ * How long a newer version, once seen, is taken to be about: six of the
+ * runtimes' 10 s registration refreshes. Past that with no sign of it (a
+ * rollback), an action only it handles is rejected again at once.
+ */
+const NEWER_VERSION_MEMORY_MS = 60_000
+
+/**
+ * What this process knows of newer versions of its agent, for actions whose
+ * type only a newer version handles (a rolling update that added it): the
+ * version in the agent's `system:agents` registration, read when such an
+ * action comes (at most once a second, shared by the activations asking), and
+ * the version of any newer snapshot an activation found. Remembered for
+ * {@link NEWER_VERSION_MEMORY_MS}: every runtime hosting the agent rewrites
+ * the one registration with its own version every 10 s, so while old and new
+ * processes run side by side a read sees either.
+ */
+export class NewerVersions implements VersionWatch {
+  private newest = 0
+  private seenAt = 0
+  private readAt = 0
+  private reading: Promise<void> | null = null
+
+  constructor(
+    private readonly env: ActivationEnv,
+    private readonly def: AgentDefinition,
+  ) {}
+
+  saw(version: number): void {
+    if (version <= this.def.version) return
+    this.newest = this.seenAt > 0 && Date.now() - this.seenAt <= NEWER_VERSION_MEMORY_MS ? Math.max(this.newest, version) : version
+    this.seenAt = Date.now()
+  }
+
+  async newer(): Promise<number | null> {
+    if (Date.now() - this.readAt >= REGISTRATION_READ_MS) {
+      this.reading ??= this.read().finally(() => (this.reading = null))
+      await this.reading
+    }
+    return this.newest > this.def.version && Date.now() - this.seenAt <= NEWER_VERSION_MEMORY_MS ? this.newest : null
+  }
+
+  private async read(): Promise<void> {
+    this.readAt = Date.now()
+    const { ctx } = this.env
+    let version: unknown
+    try {
+      const raw = await ctx.redis.hget(ctx.keys.agents(), this.def.name)
+      version = raw === null ? undefined : (JSON.parse(raw) as { version?: unknown }).version
+    } catch {
+      // Unreadable now: what was seen before still counts, nothing new is learnt.
+      return
+    }
+    if (typeof version === 'number' && Number.isSafeInteger(version)) this.saw(version)
+  }
+}
 
 /**
  * Lifecycle of a worker, one line per state:
@@ -41,11 +100,15 @@ export class AgentWorker {
   private promised = 0
   /** When the loop last passed a wake-up on because more was due than it took. */
   private passedAt = 0
+  /** Newer versions of this agent seen lately (a rolling update): see NewerVersions. */
+  private readonly versions: NewerVersions
 
   constructor(
     private readonly env: ActivationEnv,
     readonly def: AgentDefinition,
-  ) {}
+  ) {
+    this.versions = new NewerVersions(env, def)
+  }
 
   start(): void {
     const blocker = duplicateClient(this.env.ctx.redis)
@@ -252,7 +315,7 @@ export class AgentWorker {
   }
 
   private launch(wf: string, lease: number, pre: PreActivated | null = null): void {
-    const act = new ActorActivation(this.env, this.def, wf, lease, pre)
+    const act = new ActorActivation(this.env, this.def, wf, lease, pre, this.versions)
     this.active.set(wf, act)
     if (pre) {
       // Made by a pick: it holds the lock and may have claimed work. While this

@@ -124,6 +124,28 @@ describe('join', () => {
     expect(await c.redis.hget(c.keys.status(wf), 'join:sink:partial')).toBeNull()
   })
 
+  it('forgets a timed-out join once no straggler can come (a key per round leaves no field per round)', async () => {
+    const rounds = 20
+    const ask = (i: number) => ({ i, key: `round-${i}`, of: 2, timeoutMs: 200 })
+    const { workflowId: wf } = await c.startWorkflow({ agent: 'r1', type: 'research', payload: ask(0) })
+    // One finding per round of two: every round times out and lets its finding go.
+    for (let i = 1; i < rounds; i++) await c.sendAction(wf, 'r1', 'research', ask(i))
+    await eventually(async () => (await sinkCompleted(wf)).length === rounds, 15_000, 'every round let go')
+    const joinFields = async (): Promise<string[]> => (await c.redis.hkeys(c.keys.status(wf))).filter((f) => f.startsWith('join'))
+    // A round's field is kept through its straggler window (deadline + timeout); the
+    // workflow's next commits after that delete it. Each try is such a commit (a
+    // join of one: complete at once, no field of its own).
+    let n = rounds
+    await eventually(async () => {
+      await c.sendAction(wf, 'r1', 'research', { i: n++, key: 'single', of: 1 })
+      await researched(wf, n)
+      if ((await joinFields()).length === 0) return true
+      await new Promise((r) => setTimeout(r, 100))
+      return false
+    }, 15_000, 'the timed-out joins\' fields gone')
+    expect((await c.getStatus(wf))?.joins).toBeUndefined()
+  })
+
   it('lists no join for a workflow that ended, since it dropped what they held', async () => {
     const { workflowId: wf } = await c.startWorkflow({ agent: 'r1', type: 'research', payload: { i: 0, key: 'k', of: 2, timeoutMs: 600_000 } })
     await researched(wf, 1)

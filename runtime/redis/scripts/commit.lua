@@ -20,6 +20,9 @@
 --         followed by E event JSONs and S x 8 send fields: agent, actionId, record JSON, delay ms, event id,
 --         join key ('' = none), join count, join timeout ms
 -- Returns: { code, nextDue|'', firstStreamId, lastStreamId, hintCount, agent1, score1, ..., record1, attempt1, id1, dueAt1, ... }
+--          A commit that ends the workflow also leaves, in the actor hash's `unhint` field, the
+--          other agents (space-separated) whose ready hints are to go (see unheld_agents).
+--          'handback' results dead-lettered for their age are in workflow:dead like any other.
 --          code 'next' (a new batch is claimed and follows the hints), 'idle' (lock released),
 --          'ended' (workflow over, lock released); hints are targets whose actor nobody holds
 --          A replay of the same commit (same event id base) answers like the first run
@@ -168,7 +171,7 @@ end
 redis.call('HDEL', actor_key, 'inflight')
 -- The counters are read here and written once at the end, with the rest of the
 -- status hash's fields (no other step of this script writes them).
-local counts = redis.call('HMGET', status_key, 'status', 'queued', 'done', 'dead', 'actions')
+local counts = redis.call('HMGET', status_key, 'status', 'queued', 'done', 'dead', 'actions', 'joins')
 local status = counts[1]
 if not status or TERMINAL[status] then
   -- Ended while we worked (cancel, deadline, another agent completed it): nothing
@@ -181,6 +184,8 @@ if not status or TERMINAL[status] then
 end
 
 local hints, hinted = {}, {}
+-- The joins' index (join_index_sweep in lib.lua): which join fields can go, and when.
+local joins = { raw = counts[6] }
 local queued_delta, done, dead, sent = 0, 0, 0, 0
 local function dead_letter(r)
   set_st(r.id, { status = 'dead', error = r.err, finishedAt = now })
@@ -218,7 +223,7 @@ for _, r in ipairs(results) do
         -- (join_send in lib.lua); false: this one made it complete, all due now.
         local held_until, join_json = false, ''
         if join_key ~= '' then
-          held_until = join_send(status_key, actions_key, to_mailbox, to, join_key, tonumber(ARGV[a + 6]), tonumber(ARGV[a + 7]), member, now, now_s)
+          held_until = join_send(status_key, actions_key, to_mailbox, to, join_key, tonumber(ARGV[a + 6]), tonumber(ARGV[a + 7]), member, now, now_s, joins)
           if held_until then at, at_s = tonumber(held_until), held_until end
           join_json = ',"join":{"key":' .. cjson.encode(join_key) .. ',"of":' .. int(tonumber(ARGV[a + 6])) .. '}'
         end
@@ -316,11 +321,25 @@ if op == 'complete' or op == 'fail' then
     for i = 1, 8 do redis.call('PEXPIRE', KEYS[i], retention) end
     expire_agents(status_key, actor_key, mailbox, agent, retention)
   end
+  -- The other agents' ready hints go too (unheld_agents in lib.lua), but they
+  -- are in other slots: settle.lua removes them on a single Redis, the
+  -- activation on a Cluster, both from this list next to the marker. Read
+  -- while our lock is still held, so this agent's own hint is left to our release.
+  local unhint = unheld_agents(status_key, string.sub(actor_key, 1, #actor_key - #agent), string.sub(lock_key, 1, #lock_key - #agent))
+  if #unhint > 0 then
+    actor_fields[#actor_fields + 1] = 'unhint'
+    actor_fields[#actor_fields + 1] = table.concat(unhint, ' ')
+  end
   release_lock(lock_key, lock_value)
   -- No hints: the actions this commit sent were dropped with every queue above.
   return finish('ended', nil, {})
 end
 
+-- Join fields that can no longer matter go (any commit of the workflow will
+-- do: most have one in the round after); a workflow without joins reads only
+-- the index's absence, above.
+local joins_value = join_index_sweep(joins, status_key, now)
+if joins_value then put('joins', joins_value) end
 -- Running while actions are queued or in flight, waiting when none are (as
 -- lib.lua's status helper decides for the other scripts).
 put('queued', int(queued))

@@ -95,6 +95,68 @@ local function settle_status(status_key, now, st, queued)
   return false
 end
 
+-- The joins' index: the status hash's `joins` field, '<earliest> <JSON>', the
+-- JSON mapping each `join:` field to the time after which it can no longer
+-- matter (its deadline plus its timeout: its members have been let go, and a
+-- straggler would open a new join). A join that times out is never sent to
+-- again under a key that names its round, so without it every timed-out
+-- round left its field in the hash for good. Only the earliest time is read
+-- on every commit (with the counters); the JSON is decoded by a commit that
+-- sends joined actions, or once something in it is due.
+local function join_index_map(idx)
+  if not idx.map then
+    idx.map = {}
+    local json = idx.raw and string.match(idx.raw, '^%S+ (.*)$')
+    if json then
+      local ok, m = pcall(cjson.decode, json)
+      if ok and type(m) == 'table' then idx.map = m end
+    end
+  end
+  return idx.map
+end
+
+-- Records when a join field can go (at: ms, false once the field is deleted),
+-- never earlier than recorded: a later send may have a longer timeout.
+local function join_index_set(idx, field, at)
+  local map = join_index_map(idx)
+  if at then
+    local cur = tonumber(map[field] or '')
+    if cur and cur > at then return end
+    map[field] = int(at)
+  else
+    map[field] = nil
+  end
+  idx.dirty = true
+end
+
+-- Deletes the join fields whose time has come (and the index once empty);
+-- returns the index's new value for the caller's HSET, or nil when it is
+-- unchanged or deleted. Reads nothing but the index, so a commit of a
+-- workflow without joins pays one more HMGET field.
+local function join_index_sweep(idx, status_key, now)
+  local due = idx.raw and tonumber(string.match(idx.raw, '^(%d+)') or '')
+  if not idx.dirty and not (due and due <= now) then return nil end
+  local map = join_index_map(idx)
+  local gone, earliest = {}, nil
+  for field, at in pairs(map) do
+    local t = tonumber(at)
+    if not t or t <= now then
+      gone[#gone + 1] = field
+    elseif not earliest or t < earliest then
+      earliest = t
+    end
+  end
+  for _, field in ipairs(gone) do map[field] = nil end
+  local value = nil
+  if earliest then
+    value = int(earliest) .. ' ' .. cjson.encode(map)
+  elseif idx.raw then
+    gone[#gone + 1] = 'joins'
+  end
+  if #gone > 0 then redis.call('HDEL', status_key, unpack(gone)) end
+  return value
+end
+
 -- A fan-in (sendToAgent's join): actions sent to one agent of a workflow under
 -- one key wait in its mailbox, scored at the join's deadline (its first action's
 -- time plus the timeout), until `of` of them have come; the one that completes
@@ -103,9 +165,10 @@ end
 -- expires with the workflow: 'o <deadline> <member>...' while open; once the
 -- deadline let its members go, 'r <deadline> <count>', and stragglers (up to
 -- `of` in all, within another timeout) are due at once instead of opening a new
--- join that would hold them for a whole timeout more. Returns the deadline's
--- digits to hold this action until, or false when it is due now.
-local function join_send(status_key, actions_key, mailbox, to, key, of, timeout, member, now, now_s)
+-- join that would hold them for a whole timeout more. After that the field can
+-- no longer matter, and the joins' index (idx, above) has it deleted. Returns
+-- the deadline's digits to hold this action until, or false when it is due now.
+local function join_send(status_key, actions_key, mailbox, to, key, of, timeout, member, now, now_s, idx)
   local field = 'join:' .. to .. ':' .. key
   local words = {}
   for word in string.gmatch(redis.call('HGET', status_key, field) or '', '%S+') do words[#words + 1] = word end
@@ -123,8 +186,10 @@ local function join_send(status_key, actions_key, mailbox, to, key, of, timeout,
     if now <= deadline + timeout then
       if count + 1 < of then
         redis.call('HSET', status_key, field, 'r ' .. int(deadline) .. ' ' .. int(count + 1))
+        join_index_set(idx, field, deadline + timeout)
       else
         redis.call('HDEL', status_key, field)
+        join_index_set(idx, field, false)
       end
       return false
     end
@@ -137,9 +202,11 @@ local function join_send(status_key, actions_key, mailbox, to, key, of, timeout,
   if count + 1 < of then
     words[#words + 1] = member
     redis.call('HSET', status_key, field, table.concat(words, ' '))
+    join_index_set(idx, field, deadline + timeout)
     return int(deadline)
   end
   redis.call('HDEL', status_key, field)
+  join_index_set(idx, field, false)
   for i = 3, #words do
     local m = words[i]
     -- XX: only an action still waiting in the mailbox (one that was not there
@@ -251,6 +318,32 @@ local function expire_agents(status_key, actor_key, mailbox, agent, retention)
     redis.call('PEXPIRE', actor_base .. name, retention)
     redis.call('PEXPIRE', mailbox_base .. name, retention)
   end
+end
+
+-- The agents of an ending workflow whose ready hints are to go with their
+-- mailboxes (dropped by the same script): left, a hint waits for its due time,
+-- up to ten years away for a delayed action, and then brings an activation that
+-- finds the workflow over. Kept: a hint whose actor is held (the holder's lease:
+-- its commit finds the workflow ended and its release settles the hint; one that
+-- finds no hint has nothing to do) and one whose actor has a batch in flight (a
+-- dead holder's: the activation it brings once the lock ran out marks that
+-- batch cancelled). actor_base and lock_base are the actor and lock keys with
+-- the agent name cut off (same {wf} slot). Shared by cancel.lua and commit.lua.
+local function unheld_agents(status_key, actor_base, lock_base)
+  local out = {}
+  for _, name in ipairs(agents_of(status_key)) do
+    if redis.call('EXISTS', lock_base .. name) == 0 and redis.call('HEXISTS', actor_base .. name, 'inflight') == 0 then
+      out[#out + 1] = name
+    end
+  end
+  return out
+end
+
+-- Removes workflow wf from the ready set of each of `names` (ready_base: the
+-- ready key with the agent name cut off). Those keys are in other slots: a
+-- script may do it on a single Redis only; on a Cluster the caller does.
+local function drop_ready_hints(ready_base, wf, names)
+  for _, name in ipairs(names) do redis.call('ZREM', ready_base .. name, wf) end
 end
 
 local function release_lock(lock_key, value)
