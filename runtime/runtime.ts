@@ -7,6 +7,7 @@ import { Redlock } from '@sesamecare-oss/redlock'
 import { nanoid } from 'nanoid'
 import { isAgentDefinition, type AgentDefinition } from './agent.ts'
 import type { ActivationEnv } from './activation.ts'
+import { isLiveRegistration } from './client.ts'
 import { fleetSettings, loadConfig, MAX_TIMER_MS, type FleetSettings, type TroupeConfig } from './config.ts'
 import type { ProtocolContext } from './claims.ts'
 import { TroupeError } from './errors.ts'
@@ -113,8 +114,16 @@ export class Runtime {
   private registryTimer: NodeJS.Timeout | null = null
   /** When the agent registry was last read (ms): an unknown send target reads it again, at most every 250 ms. */
   private registryReadAt = 0
+  /** Agents with a live registration (see REGISTRATION_STALE_MS in client.ts), and ours. */
   private knownAgents = new Set<string>()
+  /** Agents registered only stale, with when (Redis's clock): named in a refused send's error. */
+  private staleAgents = new Map<string, number>()
+  /** The registry refresh in flight, and the one queued behind it (see refreshRegistry). */
+  private registryRun: Promise<void> | null = null
+  private registryNext: Promise<void> | null = null
   private heartbeatTimer: NodeJS.Timeout | null = null
+  /** A timer's heartbeat is in flight: the next tick skips (see start). */
+  private beating = false
   readonly startedAt = Date.now()
   /**
    * Redis's clock minus this host's, from the last heartbeat's TIME: `lastSeen`
@@ -172,30 +181,81 @@ export class Runtime {
         // Stamped before the read, not after: sends made while it is in flight (or
         // while Redis is unreachable) must not start one read each.
         this.registryReadAt = Date.now()
-        this.background(this.refreshRegistry())
+        this.refreshInBackground()
       }
-      return { error: `sends action '${type}' to unknown agent '${to}' (no runtime has registered it)`, transient: true }
+      // A stale registration is an agent no runtime hosts any more (retired or
+      // renamed): refused as the client refuses it, not queued for no one.
+      const at = this.staleAgents.get(to)
+      const why = at === undefined
+        ? 'no runtime has registered it'
+        : Number.isFinite(at)
+          ? `no live runtime hosts it: it was last registered ${Math.round((Date.now() + this.clockOffset - at) / 60_000)} minutes ago`
+          : 'its registration has no time (written by hand?)'
+      return { error: `sends action '${type}' to unknown agent '${to}' (${why})`, transient: true }
     }
     const size = Buffer.byteLength(payloadJson)
     if (size > this.cfg.maxPayloadBytes) return { error: `sends a ${size}-byte payload to '${to}', over the ${this.cfg.maxPayloadBytes}-byte limit`, transient: false }
     return null
   }
 
-  private async refreshRegistry(): Promise<void> {
+  /**
+   * Writes our registrations and reads the registry back. One runs at a time: a
+   * call while one is in flight gets the one queued behind it (which starts when
+   * the first ends, so it sees whatever made the caller ask), never a third.
+   * While Redis was away every timer tick and control message added a write that
+   * ioredis queued and replayed at once on reconnect.
+   */
+  private refreshRegistry(): Promise<void> {
+    if (!this.registryRun) return this.startRegistryRun()
+    this.registryNext ??= this.registryRun.catch(() => undefined).then(() => {
+      this.registryNext = null
+      return this.startRegistryRun()
+    })
+    return this.registryNext
+  }
+
+  private startRegistryRun(): Promise<void> {
+    const run: Promise<void> = this.registerAndRead().finally(() => {
+      if (this.registryRun === run) this.registryRun = null
+    })
+    this.registryRun = run
+    return run
+  }
+
+  /** A refresh in the background, unless one is queued already (which will do). */
+  private refreshInBackground(): void {
+    if (!this.registryNext) this.background(this.refreshRegistry())
+  }
+
+  private async registerAndRead(): Promise<void> {
+    // Stamped on Redis's clock, as the clients and the supervisor judge a
+    // registration's age by it (REGISTRATION_STALE_MS in client.ts).
+    const updatedAt = Date.now() + this.clockOffset
     await execAll(this.redis, [
-      ...this.opts.agents.map((a) => ({ cmd: 'hset', args: [this.keys.agents(), a.name, JSON.stringify({ version: a.version, actionTypes: a.actionTypes, actionPatterns: a.actionPatterns, ...this.fleet, updatedAt: Date.now() })] })),
+      ...this.opts.agents.map((a) => ({ cmd: 'hset', args: [this.keys.agents(), a.name, JSON.stringify({ version: a.version, actionTypes: a.actionTypes, actionPatterns: a.actionPatterns, ...this.fleet, updatedAt })] })),
       { cmd: 'pexpire', args: [this.keys.agents(), 24 * 3600 * 1000] },
     ])
     this.registryReadAt = Date.now()
-    const names = await this.redis.hkeys(this.keys.agents())
-    this.knownAgents = new Set([...names, ...this.opts.agents.map((a) => a.name)])
+    const raw = await this.redis.hgetall(this.keys.agents())
+    const now = Date.now() + this.clockOffset
+    const known = new Set(this.opts.agents.map((a) => a.name))
+    const stale = new Map<string, number>()
+    for (const [name, json] of Object.entries(raw)) {
+      const at = registeredAt(json)
+      if (isLiveRegistration({ updatedAt: at }, now)) known.add(name)
+      else if (!known.has(name)) stale.set(name, at)
+    }
+    this.knownAgents = known
+    this.staleAgents = stale
   }
 
   async start(): Promise<void> {
     await checkEvictionPolicy(this.redis, this.opts.allowEviction ?? false, this.log)
     await loadScripts(this.redis)
+    // Before the first registration, which is stamped on Redis's clock.
+    await this.syncClock().catch(() => undefined)
     await this.refreshRegistry()
-    this.registryTimer = setInterval(() => this.background(this.refreshRegistry()), 10_000)
+    this.registryTimer = setInterval(() => this.refreshInBackground(), 10_000)
     this.registryTimer.unref()
     const env: ActivationEnv = {
       ctx: this.ctx,
@@ -227,7 +287,14 @@ export class Runtime {
     if (this.opts.metricsPort !== false) await this.listen(this.opts.metricsPort ?? 0)
     await this.heartbeat('alive')
     const every = this.heartbeatMs
-    this.heartbeatTimer = setInterval(() => this.background(this.heartbeat('alive')), every)
+    this.heartbeatTimer = setInterval(() => {
+      // One beat at a time: while Redis is away ioredis queues every command, and
+      // a beat per tick piled up (a 100 ms heartbeat, 200 in 20 s) to be replayed
+      // in one burst on reconnect. The beat after the reconnect says it all.
+      if (this.beating) return
+      this.beating = true
+      this.background(this.heartbeat('alive').finally(() => (this.beating = false)))
+    }, every)
     this.heartbeatTimer.unref()
     for (const w of this.workers.values()) w.start()
     for (const s of this.opts.services ?? []) await s.start(this)
@@ -243,7 +310,7 @@ export class Runtime {
         const remember = m.by !== 'commit'
         for (const w of this.workers.values()) w.abortWorkflow(m.wf, `workflow ${m.reason ?? 'cancelled'}`, remember)
       } else if (m.op === 'agents') {
-        this.background(this.refreshRegistry())
+        this.refreshInBackground()
       }
     } catch {
       this.log.warn('ignoring malformed control message', { msg: msg.slice(0, 200) })
@@ -391,6 +458,16 @@ export class Runtime {
     this.sub?.close()
     await new Promise<void>((r) => (this.server ? this.server.close(() => r()) : r()))
     await closeRedis(this.redis)
+  }
+}
+
+/** When a `system:agents` value was written (Redis's clock), or NaN when it does not say (a hand edit). */
+function registeredAt(json: string): number {
+  try {
+    const v = JSON.parse(json) as { updatedAt?: unknown }
+    return typeof v === 'object' && v !== null && typeof v.updatedAt === 'number' ? v.updatedAt : Number.NaN
+  } catch {
+    return Number.NaN
   }
 }
 

@@ -1,6 +1,7 @@
 // Creates ioredis clients with the options the runtime relies on: reconnect
 // forever with capped backoff, and queue commands while reconnecting so a Redis
-// restart looks like a pause, not an error.
+// restart looks like a pause, not an error (on a Cluster, a node's restart or
+// failover too: see CLUSTER_RETRY).
 import { Cluster, Redis, type RedisOptions } from 'ioredis'
 import { redactUrl } from '../config.ts'
 import { TroupeError } from '../errors.ts'
@@ -16,6 +17,28 @@ const base: RedisOptions = {
 }
 
 /**
+ * How a Cluster client retries a command whose node is away: without limit, as
+ * the single-node client queues it, so a node's restart or failover is a pause
+ * too. ioredis's defaults (16 redirections, retried every 100 ms) dropped every
+ * command after about 1.6 s of a node outage: a commit then failed with "Too
+ * many Cluster redirections" and its action ran again, an enqueue's hint write
+ * failed and stranded the action. A command for a node that is down bounces
+ * off a live node (MOVED) and fails to connect, once per retry round, so the
+ * rounds are spaced: 300 ms after a lost connection, 500 ms after CLUSTERDOWN
+ * (the cluster gave up on a node: an outage past cluster-node-timeout). ioredis
+ * takes a fixed delay here, not a backoff; every waiting command shares one
+ * timer per kind, so a round costs one slot refresh and one bounce per command.
+ * MOVED is still followed at once (the redirection after a completed failover).
+ */
+export const CLUSTER_RETRY = {
+  maxRedirections: Number.POSITIVE_INFINITY,
+  retryDelayOnFailover: 300,
+  retryDelayOnClusterDown: 500,
+  retryDelayOnTryAgain: 100,
+  retryDelayOnMoved: 0,
+} as const
+
+/**
  * Connects to `url`. `redis+cluster://[user:password@]host:port[,host:port]` (or
  * `cluster: true`) makes a Cluster client from the seed nodes, with TLS as
  * `rediss+cluster://`; `rediss://` uses TLS.
@@ -24,11 +47,16 @@ export function createRedis(url: string, opts: { cluster?: boolean; name?: strin
   const clusterUrl = /^rediss?\+cluster:\/\//.test(url)
   if (clusterUrl || opts.cluster) {
     const seeds = clusterSeeds(url)
-    const redisOptions: RedisOptions = { ...base, connectionName: opts.name, ...seeds.auth, ...(seeds.tls ? { tls: {} } : {}) }
+    // No retryStrategy for the nodes: ioredis ignores it there (a node's
+    // connection is dropped when lost and opened again by the next command's
+    // redirection). The Cluster reconnects by clusterRetryStrategy, forever by
+    // default; CLUSTER_RETRY keeps commands waiting meanwhile.
+    const { retryStrategy: _perNode, ...nodeOptions } = base
+    const redisOptions: RedisOptions = { ...nodeOptions, connectionName: opts.name, ...seeds.auth, ...(seeds.tls ? { tls: {} } : {}) }
     // With TLS, ioredis would check each node's certificate against the address
     // its seed resolved to; managed clusters' certificates name the host.
     const dns = seeds.tls ? { dnsLookup: (address: string, done: (err: Error | null, address: string) => void) => done(null, address) } : {}
-    return quiet(new Cluster(seeds.hosts, { redisOptions, scaleReads: 'master', ...dns }))
+    return quiet(new Cluster(seeds.hosts, { redisOptions, scaleReads: 'master', ...CLUSTER_RETRY, ...dns }))
   }
   return quiet(new Redis(url, { ...base, connectionName: opts.name }))
 }

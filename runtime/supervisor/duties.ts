@@ -12,6 +12,7 @@ import { LeaderDeposedError, type LeaderFence, type SystemEvent } from './fence.
 import { healthDuty, readFleet, type FleetSnapshot, type HealthPass } from './health.ts'
 import type { SupervisorMetrics } from './metrics.ts'
 import { knownAgents, readQueues, serverNow, type AgentQueue } from './queues.ts'
+import { forgettable, readRegistry, REGISTRATION_FORGET_MS, withQueuedWork, type RegistryEntry } from './registry.ts'
 import { buildRollup, readPersistence, readRollup, rollupWrites, sweepFromRollup, type PersistenceBacklog, type Rollup } from './rollups.ts'
 import { StuckTracker, type StuckActor } from './stuck.ts'
 import { WorkflowSweep } from './sweep.ts'
@@ -41,6 +42,8 @@ export interface TickReport {
   rollup: Rollup | null
   /** The fleet-settings check of the agents live services host (null when it could not run). */
   fleetSettings: FleetCheck[] | null
+  /** Agents whose registration was removed from `system:agents` (see registry.ts). */
+  forgottenAgents: string[]
   errors: string[]
 }
 
@@ -117,13 +120,28 @@ export class LeaderDuties {
     return checks
   }
 
+  /**
+   * Removes the registrations of agents no live service hosts, last written more
+   * than REGISTRATION_FORGET_MS ago, with no hinted actors (see registry.ts).
+   */
+  private async forgetAgents(registry: readonly RegistryEntry[], hosted: ReadonlySet<string>, now: number): Promise<string[]> {
+    const old = forgettable(registry, hosted, new Set(), now)
+    if (old.length === 0) return []
+    const queued = await withQueuedWork(this.deps.redis, this.deps.keys, old)
+    const gone = await this.fence.forgetAgents(forgettable(old, hosted, queued, now))
+    if (gone.length > 0) {
+      this.deps.log.info(`removed the registrations of ${gone.join(', ')} from system:agents: not rewritten for ${Math.round(REGISTRATION_FORGET_MS / 60_000)} minutes or more (or never dated), no live service hosts them and none of their actors is hinted`)
+    }
+    return gone
+  }
+
   /** Runs every duty once. */
   async tick(signal?: AbortSignal): Promise<TickReport> {
     const { redis, keys, log, metrics } = this.deps
     const fence = this.fence
     const o = this.opts
     const errors: string[] = []
-    const report: TickReport = { health: null, deadlines: [], stuck: [], sweptAt: null, rollup: null, fleetSettings: null, errors }
+    const report: TickReport = { health: null, deadlines: [], stuck: [], sweptAt: null, rollup: null, fleetSettings: null, forgottenAgents: [], errors }
 
     if (!this.seeded && !this.sweep.last) {
       // A new term reports the previous leader's last sweep until its own first
@@ -161,11 +179,16 @@ export class LeaderDuties {
     if (await this.guard('sweep', errors, () => this.sweep.step(o.sweepBudget, fence, signal, o.sweepMaxMs))) report.sweptAt = this.sweep.last?.startedAt ?? null
     if (signal?.aborted) return report
 
-    const now = (await this.guard('clock', errors, () => serverNow(redis))) ?? Date.now()
+    const clock = await this.guard('clock', errors, () => serverNow(redis))
+    const now = clock ?? Date.now()
     const hosted = new Set((fleet?.services ?? []).filter((s) => s.status === 'alive').flatMap((s) => s.agents))
     const named = [...(fleet?.services ?? []).flatMap((s) => s.agents), ...(this.sweep.last?.agents ?? [])]
-    const agents = await this.guard('agents', errors, () => knownAgents(redis, keys, named))
+    const registry = await this.guard('registry', errors, () => readRegistry(redis, keys))
+    const agents = await this.guard('agents', errors, () => knownAgents(redis, keys, named, { now, registry: registry ?? undefined }))
     if (fleet) report.fleetSettings = await this.checkFleet(hosted, errors)
+    // Only with the fleet and Redis's clock read: without them every agent would
+    // look unhosted, or every registration as old as the local clock made it.
+    if (fleet && registry && clock !== null) report.forgottenAgents = (await this.guard('registry pruning', errors, () => this.forgetAgents(registry, hosted, clock))) ?? []
     const queues = (await this.guard('queues', errors, () => readQueues(redis, keys, agents ?? [], now, o.maxActorsPerAgent))) ?? new Map<string, AgentQueue>()
     report.stuck = this.stuck.observe(queues.values(), hosted, now)
     if (report.stuck.length > 0) {

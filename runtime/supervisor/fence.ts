@@ -10,7 +10,7 @@ import type { Keys } from '../redis/keys.ts'
 import { LuaScripts } from '../redis/scripts.ts'
 
 /** Names of the scripts in runtime/supervisor/scripts (without `.lua`). */
-export type SupervisorScript = 'takeover' | 'fenced' | 'mark_dead' | 'claim_deadlines' | 'dead_agents'
+export type SupervisorScript = 'takeover' | 'fenced' | 'mark_dead' | 'claim_deadlines' | 'dead_agents' | 'forget_agents'
 
 const scripts = new LuaScripts<SupervisorScript>(new URL('./scripts/', import.meta.url))
 
@@ -160,6 +160,16 @@ export class LeaderFence {
       [String(this.term), lastSeen, Math.round(keepMs), this.keys.systemChannel(), serviceId, this.serviceId, missed], this.term,
     )
     return Number(r) === 1
+  }
+
+  /**
+   * Removes the `system:agents` fields of `stale` (agent name and value as
+   * read), each only if it still holds that value; returns the names removed.
+   */
+  async forgetAgents(stale: readonly { name: string; raw: string }[]): Promise<string[]> {
+    if (stale.length === 0) return []
+    const r = (await runSupervisorScript(this.redis, 'forget_agents', [this.keys.leaderTerm(), this.keys.agents()], [String(this.term), ...stale.flatMap((e) => [e.name, e.raw])], this.term)) as unknown[]
+    return r.map(String)
   }
 
   /** Leases up to `max` passed deadlines for `leaseMs`; returns them with their due times. */

@@ -4,6 +4,7 @@
 // non-empty mailbox without scanning the keyspace.
 import type { RedisClient } from '../redis/connection.ts'
 import { isWorkflowId, type Keys } from '../redis/keys.ts'
+import { isLive, readRegistry, withQueuedWork, type RegistryEntry } from './registry.ts'
 
 /** One hinted actor of an agent. */
 export interface ActorQueue {
@@ -47,11 +48,18 @@ export async function serverNow(redis: RedisClient): Promise<number> {
 }
 
 /**
- * Agents worth reporting: registered in `system:agents` plus those named by
- * health records. Names that are not valid agent names are ignored.
+ * Agents worth reporting: those with a live registration in `system:agents`
+ * (see registry.ts), those with a stale one that still have hinted actors (work
+ * left queued for an agent nobody runs any more), plus `extra` (named by health
+ * records, by the sweep). Names that are not valid agent names are ignored.
+ * `now` is Redis's clock (read here when not given); `registry` is
+ * `system:agents` as the caller already read it.
  */
-export async function knownAgents(redis: RedisClient, keys: Keys, extra: Iterable<string> = []): Promise<string[]> {
-  const names = new Set(await redis.hkeys(keys.agents()))
+export async function knownAgents(redis: RedisClient, keys: Keys, extra: Iterable<string> = [], opts: { now?: number; registry?: readonly RegistryEntry[] } = {}): Promise<string[]> {
+  const [entries, now] = await Promise.all([opts.registry ?? readRegistry(redis, keys), opts.now ?? serverNow(redis)])
+  const stale = entries.filter((e) => !isLive(e, now))
+  const names = new Set(entries.filter((e) => isLive(e, now)).map((e) => e.name))
+  for (const n of await withQueuedWork(redis, keys, stale)) names.add(n)
   for (const n of extra) names.add(n)
   return [...names].filter((n) => /^[A-Za-z0-9_.-]{1,64}$/.test(n)).sort()
 }
