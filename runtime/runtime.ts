@@ -17,7 +17,7 @@ import type { SendProblem } from './live-actor.ts'
 import { RuntimeMetrics } from './metrics.ts'
 import { closeRedis, createRedis, waitReachable, type RedisClient } from './redis/connection.ts'
 import { Keys } from './redis/keys.ts'
-import { loadScripts } from './redis/scripts.ts'
+import { loadScripts, runScript } from './redis/scripts.ts'
 import { execAll, execOps } from './redis/batch.ts'
 import { Subscriber } from './subscriber.ts'
 import { TERMINAL_STATUSES, type WorkflowStatusValue } from './types.ts'
@@ -75,6 +75,12 @@ async function withTimeout<T>(p: Promise<T>, ms: number): Promise<T | undefined>
 }
 
 /** Heartbeats between two readings of Redis's clock (see Runtime.clockOffset). */
+/**
+ * How long a newer version's registration of an agent stands against older
+ * runtimes' refreshes (see register.lua): three refresh periods, so one missed
+ * refresh does not hand the registry back to the old version mid-rollout.
+ */
+export const REGISTRATION_HOLD_MS = 30_000
 const CLOCK_SYNC_EVERY = 15
 /**
  * A reading of Redis's clock whose round trip took longer is not trusted (a
@@ -231,9 +237,12 @@ export class Runtime {
     // Stamped on Redis's clock, as the clients and the supervisor judge a
     // registration's age by it (REGISTRATION_STALE_MS in client.ts).
     const updatedAt = Date.now() + this.clockOffset
-    await execAll(this.redis, [
-      ...this.opts.agents.map((a) => ({ cmd: 'hset', args: [this.keys.agents(), a.name, JSON.stringify({ version: a.version, actionTypes: a.actionTypes, actionPatterns: a.actionPatterns, ...this.fleet, updatedAt })] })),
-      { cmd: 'pexpire', args: [this.keys.agents(), 24 * 3600 * 1000] },
+    // A registration a newer version of the agent refreshed lately stands (a
+    // rolling update: see register.lua); ours goes in once it has not been
+    // refreshed for REGISTRATION_HOLD_MS.
+    await runScript(this.redis, 'register', [this.keys.agents()], [
+      24 * 3600 * 1000, REGISTRATION_HOLD_MS,
+      ...this.opts.agents.flatMap((a) => [a.name, a.version, JSON.stringify({ version: a.version, actionTypes: a.actionTypes, actionPatterns: a.actionPatterns, ...this.fleet, updatedAt })]),
     ])
     this.registryReadAt = Date.now()
     const raw = await this.redis.hgetall(this.keys.agents())

@@ -6,6 +6,7 @@ import { describe, expect, it } from 'vitest'
 import { assign, setup } from 'xstate'
 import { defineAgent, startRuntime, TroupeClient, type Logger, type Runtime } from '../../runtime/index.ts'
 import { fleetSettings } from '../../runtime/config.ts'
+import { REGISTRATION_HOLD_MS } from '../../runtime/runtime.ts'
 import { tally } from '../fixtures/agents.ts'
 import { eventually, testConfig } from '../helpers/redis.ts'
 
@@ -111,19 +112,11 @@ describe('a rolling update that adds an action type', () => {
   it('has old processes hand the new type back for the new version instead of dead-lettering it', async () => {
     const cfg = testConfig()
     const client = TroupeClient.connect(cfg)
-    const v1 = await startRuntime({ agents: [svc(1)], config: cfg, metricsPort: false })
+    // v2 first: v1's registration, written after it, must leave v2's standing
+    // (register.lua), so clients accept `extra` and v1 knows a newer version runs.
     const v2 = await startRuntime({ agents: [svc(2)], config: cfg, metricsPort: false })
-    // The registry keeps the newer version's registration while both run (what
-    // the runtimes' registrations must say during a rolling update; today each
-    // runtime rewrites the one field with its own version every 10 s).
-    const registration = JSON.stringify({ version: 2, actionTypes: svc(2).actionTypes, actionPatterns: [], ...fleetSettings(cfg), updatedAt: Date.now() })
-    let pinning = true
-    const pin = (async () => {
-      while (pinning) {
-        await client.redis.hset(client.keys.agents(), 'svc', registration.replace(/"updatedAt":\d+/, `"updatedAt":${Date.now()}`))
-        await new Promise((r) => setTimeout(r, 20))
-      }
-    })()
+    const v1 = await startRuntime({ agents: [svc(1)], config: cfg, metricsPort: false })
+    expect((await client.agents()).get('svc')).toMatchObject({ version: 2, actionTypes: svc(2).actionTypes })
     try {
       const wfs: string[] = []
       for (let i = 0; i < 10; i++) wfs.push((await client.startWorkflow({ agent: 'svc', type: 'go' })).workflowId)
@@ -137,8 +130,6 @@ describe('a rolling update that adds an action type', () => {
         expect({ extras: (JSON.parse(snap ?? '{}') as { context: { extras: number } }).context.extras, version }).toEqual({ extras: 1, version: '2' })
       }
     } finally {
-      pinning = false
-      await pin
       await v1.stop()
       await v2.stop()
       await client.close()
@@ -156,6 +147,25 @@ describe('a rolling update that adds an action type', () => {
       return d.length === 1 ? d : null
     }, 10_000, 'dead letter')
     expect(dead?.error).toMatch(/does not accept action 'extra'/)
+    await rt.stop()
+    await client.close()
+  })
+
+  it('lets an older version register again once the newer one stops refreshing (a rollback)', async () => {
+    const cfg = testConfig()
+    const client = TroupeClient.connect(cfg)
+    const [secs] = await client.redis.time()
+    const now = Number(secs) * 1000
+    const v2 = (updatedAt: number) => JSON.stringify({ version: 2, actionTypes: ['go', 'extra'], actionPatterns: [], ...fleetSettings(cfg), updatedAt })
+    // Refreshed 20 s ago (inside the hold): a v1 runtime leaves it.
+    await client.redis.hset(client.keys.agents(), 'svc', v2(now - REGISTRATION_HOLD_MS + 10_000))
+    let rt = await startRuntime({ agents: [svc(1)], config: cfg, metricsPort: false })
+    expect(JSON.parse((await client.redis.hget(client.keys.agents(), 'svc')) ?? '{}')).toMatchObject({ version: 2 })
+    await rt.stop()
+    // Not refreshed for longer than the hold: v2's processes are gone, v1 writes its own.
+    await client.redis.hset(client.keys.agents(), 'svc', v2(now - REGISTRATION_HOLD_MS - 1000))
+    rt = await startRuntime({ agents: [svc(1)], config: cfg, metricsPort: false })
+    expect(JSON.parse((await client.redis.hget(client.keys.agents(), 'svc')) ?? '{}')).toMatchObject({ version: 1, actionTypes: ['go'] })
     await rt.stop()
     await client.close()
   })
