@@ -204,6 +204,8 @@ export interface PersisterStats {
   events: number
   parked: number
   expired: number
+  /** Entries trimmed from running workflows' streams (see runtime/persister/trim.ts). */
+  trimmed: number
   /** The last error seen (cleared on the next success). */
   lastError: string
 }
@@ -212,7 +214,7 @@ export interface PersisterStats {
 export class PersisterService implements HostedService {
   readonly role = 'persister'
   readonly opts: ResolvedPersisterOptions
-  readonly stats: PersisterStats = { batches: 0, events: 0, parked: 0, expired: 0, lastError: '' }
+  readonly stats: PersisterStats = { batches: 0, events: 0, parked: 0, expired: 0, trimmed: 0, lastError: '' }
   private rt: Runtime | null = null
   private driver: Driver | null = null
   private blocking: RedisClient | null = null
@@ -226,7 +228,7 @@ export class PersisterService implements HostedService {
   private timers: NodeJS.Timeout[] = []
   private probing = false
   private lastClaim = 0
-  private lastPrune = 0
+  private pruning = false
   private ownChecked = false
   private reconciling: Promise<unknown> = Promise.resolve()
   private outageSince = 0
@@ -252,7 +254,7 @@ export class PersisterService implements HostedService {
     this.blocking.on('error', (err: Error) => rt.log.debug('persister redis connection error', { error: err.message }))
     this.queue = new PersistenceQueue(rt.redis, this.blocking, rt.keys, rt.serviceId, this.opts.parkedMaxLen)
     const deps = { redis: rt.redis, keys: rt.keys, driver: this.driver, metrics: this.metrics, log: rt.log, opts: this.opts }
-    this.writer = new BatchWriter({ ...deps, queue: this.queue })
+    this.writer = new BatchWriter({ ...deps, queue: this.queue, streamMaxLen: rt.cfg.streamMaxLen })
     this.reconciler = new Reconciler(deps)
     this.actor = createActor(createPersisterMachine(this.ports(), this.opts))
     this.actor.start()
@@ -262,6 +264,9 @@ export class PersisterService implements HostedService {
       this.timers.push(t)
     }
     every(1000, () => this.probe())
+    // On a timer of its own, not in the reconciliation sweep: with that off
+    // (--reconcile-every 0) the consumers of every persister that ever ran piled up.
+    every(Math.min(10 * 60_000, Math.max(1000, Math.floor(this.opts.pruneIdleMs / 2))), () => this.prune())
     // While a batch is held (a slow write, a backoff), keep it from looking abandoned.
     every(Math.max(100, Math.floor(this.opts.claimIdleMs / 3)), async () => {
       if (this.held.length > 0) await this.queue?.touch(this.held).catch(() => undefined)
@@ -318,6 +323,20 @@ export class PersisterService implements HostedService {
       // The lag gauge keeps ageing from the last probe while Redis is away.
     } finally {
       this.probing = false
+    }
+  }
+
+  private async prune(): Promise<void> {
+    if (this.pruning || !this.queue) return
+    this.pruning = true
+    try {
+      const n = await this.queue.pruneConsumers(this.opts.pruneIdleMs)
+      if (n > 0) this.rt?.log.info(`persister: removed ${n} consumer${n === 1 ? '' : 's'} of persisters gone (idle ${this.opts.pruneIdleMs} ms or more, holding nothing)`)
+    } catch (err) {
+      // Redis away, or the group not created yet: the next tick tries again.
+      this.rt?.log.debug('persister: pruning consumers failed', { error: describeError(err) })
+    } finally {
+      this.pruning = false
     }
   }
 
@@ -395,6 +414,7 @@ export class PersisterService implements HostedService {
         this.stats.events += rep.events
         this.stats.parked += rep.parked
         this.stats.expired += rep.expired
+        this.stats.trimmed += rep.trimmed
         this.recovered()
       }),
       release: async (batch) => {
@@ -415,10 +435,6 @@ export class PersisterService implements HostedService {
           try {
             const r = this.reconciler as Reconciler
             await r.step(this.metrics?.lagMs() ?? 0, signal)
-            if (Date.now() - this.lastPrune > 10 * 60_000) {
-              this.lastPrune = Date.now()
-              await queue.pruneConsumers(Math.max(10 * 60_000, o.claimIdleMs * 20))
-            }
           } catch (err) {
             this.metrics?.errors.inc({ kind: 'reconcile' })
             this.rt?.log.debug('persister: reconciliation step failed', { error: describeError(err) })

@@ -9,7 +9,11 @@ export interface TroupeConfig {
   namespace: string
   /** `TROUPE_PERSISTENCE=off` stops feeding `persistence:queue` (deployments without Neo4j). */
   persistence: boolean
-  /** `TROUPE_STREAM_MAXLEN`: approximate cap of each workflow's event stream, applied only when persistence is off (0: no cap). */
+  /**
+   * `TROUPE_STREAM_MAXLEN`: approximate cap of each workflow's event stream (0: no cap). With
+   * persistence off the scripts trim as they append; with it on the persister trims a stream
+   * back to it once Neo4j holds what goes (its own process's value counts).
+   */
   streamMaxLen: number
   /** `TROUPE_MAX_PAYLOAD_BYTES`: largest accepted action payload (JSON bytes). */
   maxPayloadBytes: number

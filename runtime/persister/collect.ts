@@ -37,7 +37,8 @@ function check(r: Reply | undefined): unknown {
   return r[1]
 }
 
-function entryBytes(e: [string, string[]]): number {
+/** Size of a stream entry as read: its id, field names and values. */
+export function entryBytes(e: [string, string[]]): number {
   let n = e[0].length
   for (const f of e[1]) n += f.length
   return n
@@ -101,7 +102,7 @@ export async function readEvents<R extends ReadRange>(redis: RedisClient, keys: 
 
 /**
  * Reads the status hash, the records of the actions the events mention and the
- * stream's last id of each workflow, all at once (see readEvents). The last id is read first:
+ * stream's last id and length of each workflow, all at once (see readEvents). The last id is read first:
  * every status change appends an event, so the hash is at least as new as it.
  */
 export async function readState(redis: RedisClient, keys: Keys, events: ReadonlyMap<string, StreamedEvent[]>): Promise<WorkflowReading[]> {
@@ -115,7 +116,7 @@ export async function readState(redis: RedisClient, keys: Keys, events: Readonly
     }
     const idList = [...ids]
     plan.push({ wf, ids: idList })
-    ops.push({ cmd: 'xrevrange', args: [keys.events(wf), '+', '-', 'COUNT', 1] }, { cmd: 'hgetall', args: [keys.status(wf)] })
+    ops.push({ cmd: 'xrevrange', args: [keys.events(wf), '+', '-', 'COUNT', 1] }, { cmd: 'xlen', args: [keys.events(wf)] }, { cmd: 'hgetall', args: [keys.status(wf)] })
     if (idList.length > 0) ops.push({ cmd: 'hmget', args: [keys.actions(wf), ...idList.flatMap((id) => [id, `${id}:st`])] })
   }
   const res: Reply[] = await execOps(redis, ops)
@@ -123,13 +124,14 @@ export async function readState(redis: RedisClient, keys: Keys, events: Readonly
   const readings: WorkflowReading[] = []
   for (const { wf, ids } of plan) {
     const last = (check(res[i++]) ?? []) as [string, unknown][]
+    const len = Number(check(res[i++]) ?? 0)
     const status = (check(res[i++]) ?? {}) as Record<string, string>
     const actions = new Map<string, [string | null, string | null]>()
     if (ids.length > 0) {
       const vals = (check(res[i++]) ?? []) as (string | null)[]
       ids.forEach((id, j) => actions.set(id, [vals[j * 2] ?? null, vals[j * 2 + 1] ?? null]))
     }
-    readings.push({ wf, entries: events.get(wf) ?? [], status, lastId: last[0]?.[0] ?? '', actions })
+    readings.push({ wf, entries: events.get(wf) ?? [], status, lastId: last[0]?.[0] ?? '', len, actions })
   }
   return readings
 }

@@ -56,7 +56,7 @@ UNWIND g.events AS row
 MERGE (e:Event {id: row.id})
 SET e.type = row.type, e.content = row.content, e.metadata = row.metadata, e.createdAt = row.createdAt,
     e.streamId = row.streamId, e.streamKey = row.streamKey, e.workflowId = g.wf
-REMOVE e.placeholder
+REMOVE e.placeholder, e.refused
 MERGE (w)-[:HAS_EVENT]->(e)
 FOREACH (name IN CASE WHEN row.agent IS NULL THEN [] ELSE [row.agent] END |
   MERGE (ag:Agent {name: name})
@@ -68,6 +68,57 @@ FOREACH (pid IN CASE WHEN row.parentId IS NULL THEN [] ELSE [row.parentId] END |
 FOREACH (aid IN CASE WHEN row.actionId IS NULL THEN [] ELSE [row.actionId] END |
   MERGE (a:Action {id: aid})
   MERGE (a)-[:CAUSED]->(e))`
+
+// An event Neo4j refused (parked `unwritable`) is recorded as a stub: its id,
+// type and stream position with the refusal, no content. Counted like any event,
+// it lets the completeness checks (retention, reconciliation, trimming) account
+// for it instead of waiting forever for an event that can never arrive. An event
+// written meanwhile (by another persister, the pool having room there) is left
+// as it is; a later successful write of the stub's event fills it in and drops
+// the mark (WRITE_EVENTS).
+const WRITE_REFUSED = `
+MATCH (w:Workflow {id: $wf})
+UNWIND $events AS row
+MERGE (e:Event {id: row.id})
+WITH w, e, row WHERE e.content IS NULL
+SET e.type = row.type, e.createdAt = row.createdAt, e.streamId = row.streamId, e.streamKey = row.streamKey,
+    e.workflowId = $wf, e.refused = row.refused
+REMOVE e.placeholder
+MERGE (w)-[:HAS_EVENT]->(e)`
+
+/** One refused event as its stub records it (see WRITE_REFUSED). */
+export interface RefusedRow {
+  id: string
+  type: string
+  createdAt: EventRow['createdAt']
+  streamId: string
+  streamKey: string
+  /** Why Neo4j refused it. */
+  refused: string
+}
+
+/** The stubs of `events`, refused for `why`. */
+export function refusedRows(events: readonly EventRow[], why: string): RefusedRow[] {
+  // Short: the stub must fit wherever the event did not (a type may be any length).
+  return events.map((e) => ({ id: e.id, type: e.type.slice(0, 256), createdAt: e.createdAt, streamId: e.streamId, streamKey: e.streamKey, refused: why.slice(0, 500) }))
+}
+
+/**
+ * Records events of one workflow Neo4j refused, as stubs, with the workflow's row
+ * (which moves lastStreamId past them), in one transaction.
+ */
+export async function writeRefused(driver: Driver, database: string | undefined, workflow: WorkflowRow, events: readonly RefusedRow[]): Promise<void> {
+  if (events.length === 0) return
+  const session = driver.session({ ...(database ? { database } : {}), defaultAccessMode: 'WRITE' })
+  try {
+    await session.executeWrite(async (tx) => {
+      await tx.run(WRITE_WORKFLOWS, { workflows: [workflow] })
+      await tx.run(WRITE_REFUSED, { wf: workflow.id, events })
+    })
+  } finally {
+    await session.close()
+  }
+}
 
 /** Creates the constraints (idempotent: `IF NOT EXISTS`). */
 export async function ensureSchema(driver: Driver, database: string | undefined): Promise<void> {

@@ -13,6 +13,11 @@ export interface HistoryEvent {
   agent: string | null
   actionId: string | null
   parentId: string | null
+  /**
+   * Set when Neo4j refused the event (too big for its memory, say): the node is a
+   * stub with the id, type and position only, and this says why (docs/graph.md).
+   */
+  refused?: string
 }
 
 /** One persisted action. */
@@ -75,7 +80,7 @@ export async function readHistory(driver: Driver, database: string | undefined, 
      OPTIONAL MATCH (e)-[:CHILD_OF]->(p:Event)
      OPTIONAL MATCH (e)-[:EMITTED_BY]->(a:Agent)
      OPTIONAL MATCH (ac:Action)-[:CAUSED]->(e)
-     RETURN e {.id, .type, .content, .metadata, .createdAt, .streamId, .streamKey} AS e, p.id AS parentId, a.name AS agent, ac.id AS actionId
+     RETURN e {.id, .type, .content, .metadata, .createdAt, .streamId, .streamKey, .refused} AS e, p.id AS parentId, a.name AS agent, ac.id AS actionId
      ORDER BY e.streamKey${limit === null ? '' : ' LIMIT $limit'}`,
     // In the query: `troupe history --limit 20` of a long workflow read every event (content and all) to print twenty.
     limit === null ? { wf } : { wf, limit: neo4j.int(limit) },
@@ -94,6 +99,7 @@ export async function readHistory(driver: Driver, database: string | undefined, 
       agent: (r.get('agent') as string | null) ?? null,
       actionId: (r.get('actionId') as string | null) ?? null,
       parentId: (r.get('parentId') as string | null) ?? null,
+      ...(typeof e.refused === 'string' ? { refused: e.refused } : {}),
     }
   })
   const ac = await driver.executeQuery(

@@ -50,6 +50,12 @@ export interface PersisterOptions {
   retentionMs?: number
   /** Approximate cap of `persistence:parked`. */
   parkedMaxLen?: number
+  /**
+   * Consumers of the group idle this long and holding nothing are removed (those
+   * of persisters gone; every process joins under a new name). Default: 20 ×
+   * claimIdleMs, at least 10 minutes.
+   */
+  pruneIdleMs?: number
 }
 
 /** Options with every default applied. */
@@ -90,6 +96,7 @@ function envInt(name: string, max = MAX_TIMER_MS): number | undefined {
  */
 export function resolvePersisterOptions(opts: PersisterOptions = {}): ResolvedPersisterOptions {
   const env = process.env
+  const claimIdleMs = opts.claimIdleMs ?? envInt('TROUPE_PERSISTER_CLAIM_IDLE_MS') ?? 30_000
   const o: ResolvedPersisterOptions = {
     neo4jUri: opts.neo4jUri ?? (env.NEO4J_URI || 'bolt://127.0.0.1:7687'),
     neo4jUser: opts.neo4jUser ?? (env.NEO4J_USER || 'neo4j'),
@@ -103,7 +110,7 @@ export function resolvePersisterOptions(opts: PersisterOptions = {}): ResolvedPe
     writeConcurrency: opts.writeConcurrency ?? 2,
     targetWriteMs: opts.targetWriteMs ?? 500,
     blockMs: opts.blockMs ?? 1000,
-    claimIdleMs: opts.claimIdleMs ?? envInt('TROUPE_PERSISTER_CLAIM_IDLE_MS') ?? 30_000,
+    claimIdleMs,
     maxDeliveries: opts.maxDeliveries ?? 10,
     backoffMinMs: opts.backoffMinMs ?? 200,
     backoffMaxMs: opts.backoffMaxMs ?? 10_000,
@@ -112,6 +119,7 @@ export function resolvePersisterOptions(opts: PersisterOptions = {}): ResolvedPe
     reconcileScanBudget: opts.reconcileScanBudget ?? 4,
     retentionMs: opts.retentionMs ?? envInt('TROUPE_RETENTION_MS', Number.MAX_SAFE_INTEGER) ?? 7 * 24 * 3600 * 1000,
     parkedMaxLen: opts.parkedMaxLen ?? 10_000,
+    pruneIdleMs: opts.pruneIdleMs ?? Math.min(MAX_TIMER_MS, Math.max(10 * 60_000, 20 * claimIdleMs)),
   }
   if (!/^(bolt|neo4j)(\+s|\+ssc)?:\/\//.test(o.neo4jUri)) {
     throw new TroupeError('config', `NEO4J_URI=${o.neo4jUri} is not a Neo4j URI: use bolt://host:7687 or neo4j://host:7687`)
@@ -126,7 +134,7 @@ export function resolvePersisterOptions(opts: PersisterOptions = {}): ResolvedPe
   // min-idle and BLOCK times: whole milliseconds Node can time. A fraction made
   // every claim fail in Redis; past MAX_TIMER_MS a timer fires after 1 ms.
   const timers: [keyof ResolvedPersisterOptions, number][] = [
-    ['claimIdleMs', 1], ['reconcileMs', 0], ['blockMs', 1], ['backoffMinMs', 1], ['backoffMaxMs', 1], ['targetWriteMs', 1], ['reconcileSettleMs', 0],
+    ['claimIdleMs', 1], ['reconcileMs', 0], ['blockMs', 1], ['backoffMinMs', 1], ['backoffMaxMs', 1], ['targetWriteMs', 1], ['reconcileSettleMs', 0], ['pruneIdleMs', 1],
   ]
   for (const [k, min] of timers) {
     const v = o[k]

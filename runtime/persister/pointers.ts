@@ -26,6 +26,8 @@ export interface Parked {
   fields: string[]
   reason: ParkReason
   detail: string
+  /** For `unwritable`: the range Neo4j refused, whose events are then recorded as refused (see graph.ts). */
+  refused?: Pointer
 }
 
 /** The range of one workflow's stream to read for a batch, and the pointers it covers. */

@@ -6,8 +6,11 @@
 import type { RedisClient } from '../redis/connection.ts'
 import { execPhases, throwFirst, type CmdOp } from '../redis/batch.ts'
 import type { Keys } from '../redis/keys.ts'
+import { LuaScripts } from '../redis/scripts.ts'
 import type { QueueProbe } from './metrics.ts'
 import type { Delivery, Parked } from './pointers.ts'
+
+const scripts = new LuaScripts<'prune_consumers'>(new URL('./scripts/', import.meta.url))
 
 /** The consumer group every persister joins. */
 export const GROUP = 'persister'
@@ -221,17 +224,15 @@ export class PersistenceQueue {
 
   /**
    * Removes consumers of past processes that hold nothing and have been idle for
-   * `idleMs`: each process joins under a new name, so they would pile up. A live
-   * consumer reads every `blockMs`, so an idle time of minutes means it is gone
-   * (DELCONSUMER would drop the pending list of a live one).
+   * `idleMs`: each process joins under a new name, so they would pile up. One
+   * that holds nothing loses nothing: a live persister removed while its queue
+   * was quiet (before Redis 7.2 an empty read does not count as activity) joins
+   * again at its next read. The check and the removal are one script
+   * (prune_consumers.lua), so a consumer that reads in between is not removed
+   * with its entries.
    */
   async pruneConsumers(idleMs: number): Promise<number> {
-    let n = 0
-    for (const c of await this.consumers()) {
-      if (c.name === this.consumer || c.pending > 0 || c.idleMs < idleMs) continue
-      await this.redis.xgroup('DELCONSUMER', this.key, GROUP, c.name)
-      n++
-    }
-    return n
+    const removed = await scripts.run(this.redis, 'prune_consumers', [this.key], [GROUP, idleMs, this.consumer])
+    return Array.isArray(removed) ? removed.length : 0
   }
 }

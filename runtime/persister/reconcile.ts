@@ -15,13 +15,14 @@ import type { RedisClient } from '../redis/connection.ts'
 import { execOps, type CmdOp } from '../redis/batch.ts'
 import { isWorkflowId, type Keys } from '../redis/keys.ts'
 import { readEvents, readState, type ReadRange } from './collect.ts'
-import { planTransactions, writeRows, type WorkflowPart } from './graph.ts'
+import { POOL_RETRIES } from './batch.ts'
+import { planTransactions, refusedRows, writeRefused, writeRows, type WorkflowPart } from './graph.ts'
 import type { PersisterMetrics } from './metrics.ts'
 import type { ResolvedPersisterOptions } from './options.ts'
 import { describeError, isDataError, isPoolError } from './neo4j.ts'
 import { streamMs } from './pointers.ts'
 import { applyRetention, extentOps, lacksEvents, persistedState, readExtent, type PersistedState, type StreamExtent } from './retention.ts'
-import { workflowRows } from './rows.ts'
+import { workflowRows, type GraphRows, type WorkflowRow } from './rows.ts'
 
 /** Dependencies of a {@link Reconciler}. */
 export interface ReconcileDeps {
@@ -39,7 +40,8 @@ export interface WorkflowCheck {
   /**
    * `ok`: nothing missing; `backfilled`: events written; `status`: only the
    * status differed; `skipped`: too fresh or already retained; `gone`: not in
-   * Redis; `failed`: Neo4j refused its data (see `error`; not given a TTL).
+   * Redis; `failed`: Neo4j refused some of its data, not recorded as refused
+   * yet (see `error`; not given a TTL this time).
    */
   outcome: 'ok' | 'backfilled' | 'status' | 'skipped' | 'gone' | 'failed'
   /** Why it failed, for `failed`. */
@@ -96,6 +98,8 @@ function add(into: ReconcileReport, r: ReconcileReport): void {
 export class Reconciler {
   private node = 0
   private cursor = '0'
+  /** Events refused for a full pool, with how many backfills in a row met it (see refuse). */
+  private readonly poolRefusals = new Map<string, number>()
 
   constructor(private readonly d: ReconcileDeps) {}
 
@@ -276,9 +280,9 @@ export class Reconciler {
   private async backfill(wf: string, start: string): Promise<number> {
     let ranges: ReadRange[] = [{ wf, start, end: '+' }]
     let written = 0
-    // The first event Neo4j refused: the rest of the stream is written all the
-    // same (it used to stop there, sweep after sweep), then this is thrown so
-    // that the workflow is reported failed.
+    // The first refusal not recorded as such (see refuse): the rest of the stream
+    // is written all the same (it used to stop there, sweep after sweep), then
+    // this is thrown so that the workflow is reported failed.
     let refused: Error | null = null
     do {
       const read = await readEvents(this.d.redis, this.d.keys, ranges, { pageSize: PAGE, maxBytes: this.d.opts.maxBytesPerRead })
@@ -292,8 +296,7 @@ export class Reconciler {
         }
       } catch (err) {
         if (!isDataError(err)) throw err
-        refused ??= err instanceof Error ? err : new Error(String(err))
-        await this.eventByEvent(part)
+        refused ??= await this.eventByEvent(part)
       }
       written += events.length
       ranges = read.rest
@@ -306,10 +309,12 @@ export class Reconciler {
    * Writes a read one event per transaction, leaving out those Neo4j refuses
    * (what the read's transactions wrote before the refusal is written again,
    * as the same MERGEs). A full pool on two events in a row is load, not one
-   * event's size: that ends it, as it ends a run.
+   * event's size: that ends it, as it ends a run. Returns the first refusal it
+   * could not record as such (see refuse), or null.
    */
-  private async eventByEvent(part: WorkflowPart): Promise<void> {
+  private async eventByEvent(part: WorkflowPart): Promise<Error | null> {
     let poolErrors = 0
+    let left: Error | null = null
     // The read's action rows in a transaction of their own, first: planned with
     // the events they ride with the first event, and a refusal of that one
     // would leave every action of the read without its record.
@@ -320,7 +325,40 @@ export class Reconciler {
         poolErrors = 0
       } catch (err) {
         if (!isDataError(err) || (isPoolError(err) && ++poolErrors >= 2)) throw err
+        if (!(await this.refuse(part.workflow, rows, err))) left ??= err instanceof Error ? err : new Error(String(err))
       }
     }
+    return left
+  }
+
+  /**
+   * Records the event of `rows`, which Neo4j refused with `err`, as refused
+   * (graph.ts, WRITE_REFUSED), so that its workflow counts as complete and is no
+   * longer rewritten sweep after sweep. A full pool may be someone else's load:
+   * as in a batch, only the POOL_RETRIES-th refusal in a row of the same event
+   * records it. Returns whether it is recorded; false for refused action rows,
+   * which are not events.
+   */
+  private async refuse(workflow: WorkflowRow, rows: GraphRows, err: unknown): Promise<boolean> {
+    const events = rows.groups.flatMap((g) => g.events)
+    const first = events[0]
+    if (!first) return false
+    if (isPoolError(err)) {
+      const key = `${workflow.id}\n${first.id}`
+      const n = (this.poolRefusals.get(key) ?? 0) + 1
+      // Bounded: events recorded or written meanwhile leave no trace here for long.
+      if (this.poolRefusals.size >= 10_000) this.poolRefusals.clear()
+      this.poolRefusals.set(key, n)
+      if (n < POOL_RETRIES) return false
+      this.poolRefusals.delete(key)
+    }
+    try {
+      await writeRefused(this.d.driver, this.d.opts.database, workflow, refusedRows(events, `unwritable: ${describeError(err)}`))
+    } catch (e) {
+      if (!isDataError(e)) throw e
+      return false
+    }
+    this.d.log.warn(`reconciliation recorded event ${first.id} of workflow ${workflow.id} as refused by Neo4j`, { error: describeError(err) })
+    return true
   }
 }

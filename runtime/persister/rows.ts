@@ -67,6 +67,8 @@ export interface WorkflowReading {
   status: Record<string, string>
   /** Id of the stream's last entry when the status was read ('' when the stream is gone). */
   lastId: string
+  /** The stream's length at that read (what decides whether it is trimmed, see trim.ts). */
+  len?: number
   /** Action id → [record JSON, state JSON] from `workflow:actions:{wf}`. */
   actions: Map<string, [string | null, string | null]>
 }
@@ -101,14 +103,20 @@ function parseObject(text: string | null | undefined): Record<string, unknown> |
   }
 }
 
+/** The id of the `(:Event)` node a stream entry becomes (see eventRow). */
+export function eventId(wf: string, e: StreamedEvent): string {
+  const ev = e.event
+  const malformed = ev.type === 'troupe.malformed' && ev.id === `malformed-${e.streamId}`
+  return malformed ? `malformed:${wf}:${e.streamId}` : (str(ev.id) ?? `${wf}:${e.streamId}`)
+}
+
 /**
  * The row of one stream entry. An event without a usable id gets one derived from
  * its workflow and stream id, so that rewriting it stays idempotent.
  */
 export function eventRow(wf: string, e: StreamedEvent): EventRow {
   const ev = e.event
-  const malformed = ev.type === 'troupe.malformed' && ev.id === `malformed-${e.streamId}`
-  const id = malformed ? `malformed:${wf}:${e.streamId}` : (str(ev.id) ?? `${wf}:${e.streamId}`)
+  const id = eventId(wf, e)
   const meta = typeof ev.metadata === 'object' && ev.metadata !== null ? ev.metadata : {}
   const at = typeof meta.at === 'number' && Number.isFinite(meta.at) ? Math.trunc(meta.at) : streamMs(e.streamId)
   const parent = str(ev.parentId)

@@ -3,7 +3,9 @@
 // parked; an event too big for the pool even alone is parked after a few tries,
 // by itself (the other events of its pointer are written), and the entries
 // behind it are written; two such entries in one batch are both
-// parked after about twice as many tries, not 5^2. Uses a Neo4j of its own with a small
+// parked after about twice as many tries, not 5^2. An event parked (or one
+// reconciliation cannot write, after as many sweeps) is recorded as refused, so
+// its workflow is complete: it expires, and no sweep rewrites it again. Uses a Neo4j of its own with a small
 // pool (24 MB), so the other test files' writes cannot fill it or be refused.
 import neo4j, { type Driver } from 'neo4j-driver'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
@@ -51,6 +53,19 @@ async function workflowWithNeighbours(bytes: number, point = true): Promise<{ wf
   const last = await add(3, 'after')
   if (point) await client.redis.xadd(client.keys.persistence(), '*', 'wf', wf, 'from', first, 'to', last)
   return { wf, big }
+}
+
+/** The events of `wf` recorded as refused: their stream ids, with whether they kept any content. */
+async function refusedEvents(wf: string): Promise<{ streamId: string; content: boolean }[]> {
+  const res = await driver.executeQuery('MATCH (:Workflow {id: $wf})-[:HAS_EVENT]->(e:Event) WHERE e.refused IS NOT NULL RETURN e.streamId AS s, e.content IS NOT NULL AS c ORDER BY e.streamKey', { wf })
+  return res.records.map((r) => ({ streamId: r.get('s') as string, content: r.get('c') as boolean }))
+}
+
+/** A reconciler on a driver that does not retry a refused transaction for 3 s first. */
+function fastReconciler(): { reconciler: Reconciler; close: () => Promise<void> } {
+  const fast = neo4j.driver(own?.uri ?? '', undefined, { maxTransactionRetryTime: 0, logging: { level: 'error', logger: () => undefined } })
+  const reconciler = new Reconciler({ redis: client.redis, keys: client.keys, driver: fast, metrics: new PersisterMetrics(new Registry()), log: createLogger('reconcile-test'), opts: resolvePersisterOptions({ neo4jUri: own?.uri ?? '' }) })
+  return { reconciler, close: () => fast.close() }
 }
 
 /** The parked records of `wf`'s entries: reason and the range they name. */
@@ -119,7 +134,20 @@ describe('a full transaction memory pool', () => {
     expect(await parkedRanges(huge.wf)).toEqual([{ reason: 'unwritable', from: huge.big, to: huge.big }])
     expect(await dataErrors()).toBeGreaterThanOrEqual(before + POOL_RETRIES)
     await eventually(async () => (await persistedEvents(driver, [small])) === 1, 30_000, 'the entry behind it written')
-    expect(await persistedEvents(driver, [huge.wf])).toBe(2)
+    // Its neighbours written, and the big one recorded as refused, without its content.
+    expect(await persistedEvents(driver, [huge.wf])).toBe(3)
+    expect(await refusedEvents(huge.wf)).toEqual([{ streamId: huge.big, content: false }])
+    // So the workflow is complete: it gets its retention TTL (it used to keep none,
+    // forever) and reconciliation finds nothing to rewrite.
+    expect(await client.redis.pttl(client.keys.status(huge.wf))).toBeGreaterThan(0)
+    expect(await client.redis.pttl(client.keys.events(huge.wf))).toBeGreaterThan(0)
+    const { reconciler, close } = fastReconciler()
+    try {
+      const report = await reconciler.workflows([huge.wf])
+      expect(report.workflows.map((c) => [c.outcome, c.backfilled, c.redisEvents, c.neo4jEvents])).toEqual([['ok', 0, 3, 3]])
+    } finally {
+      await close()
+    }
   }, 150_000)
 
   it('keeps reconciliation going past an event and a workflow Neo4j refuses', async () => {
@@ -150,6 +178,31 @@ describe('a full transaction memory pool', () => {
       await driver2.close()
     }
   }, 90_000)
+
+  it('records an event reconciliation keeps finding too big for the pool as refused, after as many sweeps as a batch tries it', async () => {
+    // A full pool may be someone else's load: the first refusals leave the
+    // workflow failed and unexpired, to be tried again at the next sweep. It used
+    // to be so forever: rewritten whole every sweep, never given its TTL.
+    const { wf, big } = await workflowWithNeighbours(13 * MB, false)
+    const { reconciler, close } = fastReconciler()
+    try {
+      for (let sweep = 1; sweep < POOL_RETRIES; sweep++) {
+        const r = await reconciler.workflows([wf])
+        expect(r.workflows.map((c) => c.outcome)).toEqual(['failed'])
+        expect(await client.redis.pttl(client.keys.status(wf))).toBe(-1)
+      }
+      const last = await reconciler.workflows([wf])
+      expect(last.workflows.map((c) => [c.outcome, c.expired])).toEqual([['backfilled', true]])
+      expect(await refusedEvents(wf)).toEqual([{ streamId: big, content: false }])
+      expect(await persistedEvents(driver, [wf])).toBe(3)
+      expect(await client.redis.pttl(client.keys.status(wf))).toBeGreaterThan(0)
+      // Nothing left to rewrite.
+      const again = await reconciler.workflows([wf])
+      expect(again.workflows.map((c) => [c.outcome, c.backfilled])).toEqual([['ok', 0]])
+    } finally {
+      await close()
+    }
+  }, 150_000)
 
   it('parks two entries too big for the pool in one batch without either count starting again', async () => {
     // Each entry's count of full-pool failures used to be dropped as soon as it
@@ -188,6 +241,17 @@ describe('a full transaction memory pool', () => {
     expect(tries).toBe(2 * POOL_RETRIES - 1)
     expect(await parkedFor(a)).toEqual(['unwritable'])
     expect(await parkedFor(b)).toEqual(['unwritable'])
-    expect(await persistedEvents(driver, [a, b])).toBe(0)
+    // Recorded as refused, so both expire; together in one reconciliation they
+    // used to be rewritten and refused twice in a row, ending every sweep there.
+    expect(await persistedEvents(driver, [a, b])).toBe(2)
+    expect((await refusedEvents(a)).map((e) => e.content)).toEqual([false])
+    for (const wf of [a, b]) expect(await client.redis.pttl(client.keys.status(wf))).toBeGreaterThan(0)
+    const { reconciler, close } = fastReconciler()
+    try {
+      const report = await reconciler.workflows([a, b])
+      expect(report.workflows.map((c) => [c.outcome, c.backfilled])).toEqual([['ok', 0], ['ok', 0]])
+    } finally {
+      await close()
+    }
   }, 150_000)
 })

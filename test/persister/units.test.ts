@@ -11,6 +11,7 @@ import { causalTree, treeDepth, type HistoryEvent } from '../../runtime/persiste
 import { resolvePersisterOptions, type PersisterOptions } from '../../runtime/persister/options.ts'
 import { coalesce, isParked, parsePointer, streamKey, type Pointer } from '../../runtime/persister/pointers.ts'
 import { eventRow, workflowRows } from '../../runtime/persister/rows.ts'
+import { dueForTrim, nextStreamId, trimSlack } from '../../runtime/persister/trim.ts'
 
 describe('pointers', () => {
   it('parses good entries and names what is wrong with bad ones', () => {
@@ -155,5 +156,31 @@ describe('options', () => {
   it('holds about four transactions of events in memory per read unless told otherwise', () => {
     expect(resolvePersisterOptions({ maxBytesPerTx: 1000 }).maxBytesPerRead).toBe(4000)
     expect(resolvePersisterOptions({ maxBytesPerTx: 1000, maxBytesPerRead: 10 }).maxBytesPerRead).toBe(10)
+  })
+})
+
+describe('trimming', () => {
+  it('trims a stream once it passes the cap by a tenth, never with no cap', () => {
+    expect(dueForTrim(11_000, 10_000)).toBe(false)
+    expect(dueForTrim(11_001, 10_000)).toBe(true)
+    expect(dueForTrim(22, 20)).toBe(false)
+    expect(dueForTrim(23, 20)).toBe(true)
+    expect(dueForTrim(3, 1)).toBe(true)
+    expect(dueForTrim(1_000_000, 0)).toBe(false)
+    // test/persister/trim.test.ts counts on a cap of 20 being trimmed past 22.
+    expect(trimSlack(20)).toBe(2)
+  })
+
+  it('cuts right after the last entry to remove', () => {
+    expect(nextStreamId('1700000000000-4')).toBe('1700000000000-5')
+    expect(nextStreamId('5-18446744073709551614')).toBe('5-18446744073709551615')
+    expect(nextStreamId('5-18446744073709551615')).toBe('6-0')
+  })
+
+  it('defaults the idle time that prunes a consumer to 20 claim times, at least 10 minutes', () => {
+    expect(resolvePersisterOptions({}).pruneIdleMs).toBe(600_000)
+    expect(resolvePersisterOptions({ claimIdleMs: 60_000 }).pruneIdleMs).toBe(1_200_000)
+    expect(resolvePersisterOptions({ pruneIdleMs: 1000 }).pruneIdleMs).toBe(1000)
+    expect(() => resolvePersisterOptions({ pruneIdleMs: 0 })).toThrow(/pruneIdleMs/)
   })
 })
