@@ -36,7 +36,9 @@ function time(ms: number): string {
 }
 
 function label(e: HistoryEvent): string {
-  return `${printable(e.type)}${e.agent ? ` [${printable(e.agent)}]` : ''} ${dim(short(e.content, 60))}`
+  // A refused event is a stub without content: say why instead of printing null.
+  const body = e.refused !== undefined ? `(not stored: Neo4j refused it: ${short(e.refused, 60)})` : short(e.content, 60)
+  return `${printable(e.type)}${e.agent ? ` [${printable(e.agent)}]` : ''} ${dim(body)}`
 }
 
 /** Renders the forest with box-drawing guides; at most `limit` lines. */

@@ -16,6 +16,7 @@ import { resolveSupervisorOptions } from '../../runtime/supervisor/options.ts'
 import { splitWrite } from '../../runtime/supervisor/fence.ts'
 import { gatewaySettings } from '../../runtime/gateway/settings.ts'
 import { redisVersionProblem } from '../../scripts/services/redis.ts'
+import { renderTree } from '../../runtime/cli/history.ts'
 
 describe('backoffDelay', () => {
   const p = { initialMs: 100, maxMs: 1000, factor: 2, jitter: 0.5 }
@@ -383,5 +384,16 @@ describe('the Redis the bootstrap accepts', () => {
     expect(redisVersionProblem('# Server\r\nredis_version:8.0.0\r\n')).toBeNull()
     // Nothing to judge by (a proxy that hides INFO): left to the scripts' own errors.
     expect(redisVersionProblem('')).toBeNull()
+  })
+})
+
+describe('troupe history rendering', () => {
+  const event = (over: object) => ({ id: 'e1', type: 'token', content: null, metadata: {}, createdAt: 0, streamId: '1-0', agent: 'writer', actionId: null, parentId: null, ...over })
+
+  it('says why a refused event has no content instead of printing null', () => {
+    const [line] = renderTree([{ event: event({ refused: 'unwritable: too big' }), children: [] }])
+    expect(line).toContain('not stored: Neo4j refused it: unwritable: too big')
+    expect(line).not.toContain('null')
+    expect(renderTree([{ event: event({ content: { text: 'hi' } }), children: [] }])[0]).toContain('{"text":"hi"}')
   })
 })
