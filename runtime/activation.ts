@@ -430,6 +430,14 @@ export class ActorActivation implements LiveActorHooks {
           res = await commit(ctx, { ...commitArgs, ...(this.fusedSettle ? { settle: { lease: this.lease, rerunLease: this.rerunLease } } : {}) })
         } catch (err) {
           if (err instanceof TroupeError && (err.code === 'fence_rejected' || err.code === 'stale_action')) {
+            if (resends > 0) {
+              // A resend refused: the first run may have taken effect, its reply
+              // lost, and then another activation moved the fence (or committed
+              // over its marker). Its hints went with that reply: assume it ran.
+              this.hintJoinedTargets(results, agent)
+              this.env.log.warn(`resent commit of ${agent} in ${this.wf} refused (another activation took the actor since; the first run may have taken effect): ${err.message}`)
+              return
+            }
             // A newer activation owns the actor (we were paused past our lease): our
             // work is discarded and redone there. Leave the hint to the new owner.
             metrics.fenceRejections.inc({ agent })
@@ -448,11 +456,7 @@ export class ActorActivation implements LiveActorHooks {
             await new Promise((r) => setTimeout(r, pause))
             continue
           }
-          // A join it may have completed has no hint due before the join's
-          // deadline but the one its reply carried: make one due now (at worst
-          // an activation finds nothing).
-          const joined = [...new Set(results.flatMap((r) => (r.outcome === 'ok' ? r.outbox.filter((o) => o.join && o.to !== agent).map((o) => o.to) : [])))]
-          if (joined.length > 0) this.env.background(writeFollowUps(ctx, joined.map((to) => ({ agent: to, wf: this.wf, score: Date.now() })), []))
+          this.hintJoinedTargets(results, agent)
           throw err
         }
       }
@@ -543,6 +547,17 @@ export class ActorActivation implements LiveActorHooks {
       this.env.log.warn(`${dead} action(s) of ${agent} in ${this.wf} dead-lettered: handed back for a newer version for over an hour`)
     }
     if (ids.length > dead) metrics.versionHandBacks.inc({ agent }, ids.length - dead)
+  }
+
+  /**
+   * After a commit whose outcome is unknown (given up, or a resend refused): a
+   * join it may have completed has no hint due before the join's deadline but
+   * the one its lost reply carried, so one is made due now for every target it
+   * sent joined actions to (at worst an activation finds nothing).
+   */
+  private hintJoinedTargets(results: readonly ActionResult[], agent: string): void {
+    const joined = [...new Set(results.flatMap((r) => (r.outcome === 'ok' ? r.outbox.filter((o) => o.join && o.to !== agent).map((o) => o.to) : [])))]
+    if (joined.length > 0) this.env.background(writeFollowUps(this.env.ctx, joined.map((to) => ({ agent: to, wf: this.wf, score: Date.now() })), []))
   }
 
   /**

@@ -17,21 +17,29 @@ const base: RedisOptions = {
 }
 
 /**
- * How a Cluster client retries a command whose node is away: without limit, as
- * the single-node client queues it, so a node's restart or failover is a pause
- * too. ioredis's defaults (16 redirections, retried every 100 ms) dropped every
+ * How a Cluster client retries a command whose node is away: long enough that a
+ * node's restart or failover is a pause, as a single Redis's restart is.
+ * ioredis's defaults (16 redirections, retried every 100 ms) dropped every
  * command after about 1.6 s of a node outage: a commit then failed with "Too
  * many Cluster redirections" and its action ran again, an enqueue's hint write
- * failed and stranded the action. A command for a node that is down bounces
- * off a live node (MOVED) and fails to connect, once per retry round, so the
- * rounds are spaced: 300 ms after a lost connection, 500 ms after CLUSTERDOWN
- * (the cluster gave up on a node: an outage past cluster-node-timeout). ioredis
- * takes a fixed delay here, not a backoff; every waiting command shares one
- * timer per kind, so a round costs one slot refresh and one bounce per command.
- * MOVED is still followed at once (the redirection after a completed failover).
+ * failed and stranded the action. A command for a node that is down bounces off
+ * a live node (MOVED) and fails to connect, once per retry round, so the rounds
+ * are spaced: 300 ms after a lost connection, 500 ms after CLUSTERDOWN (the
+ * cluster gave up on a node: an outage past cluster-node-timeout). ioredis takes
+ * a fixed delay here, not a backoff; every waiting command shares one timer per
+ * kind, so a round costs one slot refresh and one bounce per command. MOVED is
+ * still followed at once (the redirection after a completed failover).
+ *
+ * The budget is finite: 200 redirections, half a minute to a minute of an
+ * outage at those delays (one or two per round). Without a limit a cluster that
+ * misroutes for good (a node announcing an address that leads to another node,
+ * NAT without a natMap) bounced every keyed command between MOVED replies
+ * forever, and the CLI or a starting runtime hung without a word; now such a
+ * command fails after about half a minute (measured against a fake node),
+ * naming the last MOVED.
  */
 export const CLUSTER_RETRY = {
-  maxRedirections: Number.POSITIVE_INFINITY,
+  maxRedirections: 200,
   retryDelayOnFailover: 300,
   retryDelayOnClusterDown: 500,
   retryDelayOnTryAgain: 100,

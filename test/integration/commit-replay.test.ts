@@ -64,6 +64,26 @@ describe('commit replay', () => {
     await expect(commit(ctx, okCommit(wf, act.fence, second?.actionId ?? '', 'other.0'))).rejects.toMatchObject({ code: 'stale_action' })
   })
 
+  it('cancels the batch the first run claimed when the workflow ended before the resend', async () => {
+    // The first run acks and claims the next action (its reply lost); a cancel
+    // ends the workflow; the resend answers 'ended', and its caller lets the
+    // actor go. Nothing would ever deliver or cancel that claimed action: it
+    // stayed 'running' and in flight for good, and the lock held until its TTL.
+    const { workflowId: wf } = await client.startWorkflow({ agent: 'counter', type: 'ping', payload: { i: 1 }, validate: false })
+    await client.sendAction(wf, 'counter', 'ping', { i: 2 }, { validate: false })
+    const act = await activate(wf, 1)
+    if (act.code !== 'ok') throw new Error(`activation: ${act.code}`)
+    const args = okCommit(wf, act.fence, act.batch[0]?.actionId ?? '', 'ended.0')
+    const once = await commit(ctx, args)
+    expect(once.code).toBe('next')
+    const claimed = once.next[0]?.actionId ?? ''
+    await client.cancelWorkflow(wf)
+    expect((await commit(ctx, args)).code).toBe('ended')
+    expect(JSON.parse((await client.redis.hget(client.keys.actions(wf), `${claimed}:st`)) ?? '{}')).toMatchObject({ status: 'cancelled' })
+    expect(await client.redis.hexists(client.keys.actor(wf, 'counter'), 'inflight')).toBe(0)
+    expect(await client.redis.exists(client.keys.lock(wf, 'counter'))).toBe(0)
+  })
+
   it('gives a replay the due hints of what the first run sent, a join it completed included', async () => {
     const { workflowId: wf } = await client.startWorkflow({ agent: 'counter', type: 'ping', payload: { i: 1 }, validate: false })
     const act = await activate(wf, 1)

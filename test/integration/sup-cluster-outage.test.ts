@@ -2,6 +2,7 @@
 // a command for its slots waits for it (ioredis's defaults dropped it after about
 // 1.6 s of retries), so a send made meanwhile lands and a commit made meanwhile
 // is applied, its action run once.
+import { createServer, type AddressInfo } from 'node:net'
 import { Redis, type Cluster } from 'ioredis'
 import { fromPromise, setup } from 'xstate'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
@@ -119,7 +120,7 @@ async function clusterOk(url: string): Promise<boolean> {
 }
 
 describe('a cluster node restarting', () => {
-  it('gives the Cluster client a retry budget without limit', () => {
+  it('gives the Cluster client a retry budget that outlasts a restart', () => {
     const c = createRedis(cluster.url) as Cluster
     try {
       expect(c.options).toMatchObject(CLUSTER_RETRY)
@@ -172,3 +173,65 @@ describe('a cluster node restarting', () => {
     expect(events.filter((e) => e.event.type === 'action.failed')).toHaveLength(0)
   }, 60_000)
 })
+
+describe('a cluster that misroutes for good', () => {
+  it('fails a keyed command with the last redirection instead of bouncing it forever', async () => {
+    // A fake node: its slot map names itself, and every keyed command is MOVED
+    // to an address that leads back to it (a node announcing the wrong address).
+    const server = createServer((sock) => {
+      let buf = ''
+      sock.on('data', (d: Buffer) => {
+        buf += d.toString('latin1')
+        for (;;) {
+          const args = parseRequest(buf)
+          if (!args) return
+          buf = buf.slice(args.length)
+          const [cmd = '', sub = ''] = args.words.map((w) => w.toLowerCase())
+          if (cmd === 'cluster' && sub === 'slots') sock.write(`*1\r\n*3\r\n:0\r\n:16383\r\n*3\r\n$9\r\n127.0.0.1\r\n:${port}\r\n$4\r\nfake\r\n`)
+          else if (cmd === 'cluster' && sub === 'info') sock.write('$18\r\ncluster_state:ok\r\n\r\n')
+          else if (cmd === 'ping') sock.write('+PONG\r\n')
+          else if (cmd === 'client' || cmd === 'readonly' || cmd === 'select') sock.write('+OK\r\n')
+          else if (cmd === 'hello') sock.write("-ERR unknown command 'hello'\r\n")
+          else if (cmd === 'info') sock.write('$0\r\n\r\n')
+          else sock.write(`-MOVED 1234 127.0.0.2:${port}\r\n`)
+        }
+      })
+      sock.on('error', () => undefined)
+    })
+    await new Promise<void>((r) => server.listen(0, '0.0.0.0', r))
+    const port = (server.address() as AddressInfo).port
+    const c = createRedis(`redis+cluster://127.0.0.1:${port}`) as Cluster
+    try {
+      // It used to stay pending for good (the CLI hung with no output); the
+      // budget runs out after about half a minute of bounces.
+      await expect(c.get('k')).rejects.toThrow(/Too many Cluster redirections.*MOVED 1234/)
+    } finally {
+      c.disconnect()
+      await new Promise((r) => server.close(r))
+    }
+  }, 120_000)
+})
+
+/** One RESP request at the start of `buf` (an array of bulk strings), or null when it is not all there. */
+function parseRequest(buf: string): { words: string[]; length: number } | null {
+  let at = 0
+  const line = (): string | null => {
+    const eol = buf.indexOf('\r\n', at)
+    if (eol < 0) return null
+    const l = buf.slice(at, eol)
+    at = eol + 2
+    return l
+  }
+  const head = line()
+  if (head === null || !head.startsWith('*')) return null
+  const words: string[] = []
+  for (let i = 0; i < Number(head.slice(1)); i++) {
+    const len = line()
+    if (len === null) return null
+    const n = Number(len.slice(1))
+    if (buf.length < at + n + 2) return null
+    words.push(buf.slice(at, at + n))
+    at += n + 2
+  }
+  return { words, length: at }
+}

@@ -87,6 +87,23 @@ if marker then
     end
     if not st_now or TERMINAL[st_now] then
       out[1] = 'ended'
+      -- The first run claimed a next batch and the workflow ended before this
+      -- resend: nobody will deliver that batch (the ending kept our hint for
+      -- us, and our caller releases it on 'ended'), so it is cancelled here, as
+      -- the terminal path below does, unless another activation holds the actor
+      -- (its own commit or activation deals with what it holds).
+      local holder = redis.call('GET', lock_key)
+      if next(in_flight) ~= nil and (not holder or holder == lock_value) then
+        for _, id in ipairs(inflight_ids(held[2])) do
+          local ok, st = pcall(cjson.decode, redis.call('HGET', actions_key, id .. ':st') or '')
+          if ok and type(st) == 'table' then
+            st.status = 'cancelled'
+            redis.call('HSET', actions_key, id .. ':st', cjson.encode(st))
+          end
+        end
+        redis.call('HDEL', actor_key, 'inflight')
+        release_lock(lock_key, lock_value)
+      end
     elseif next(in_flight) ~= nil and redis.call('GET', lock_key) == lock_value then
       out[1] = 'next'
       for _, id in ipairs(inflight_ids(held[2])) do
