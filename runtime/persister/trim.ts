@@ -10,12 +10,15 @@
 // (a pointer still queued or held by another persister, or lost and waiting for
 // reconciliation). Neo4j's count of a workflow's events from the stream's first
 // id on then still matches the stream (see lacksEvents), so reconciliation and
-// retention see a trimmed stream as complete.
+// retention see a trimmed stream as complete. The records of the actions whose
+// completion went with the trimmed entries go too (forget_done.lua): Neo4j
+// holds them, and a workflow that never ends kept every one.
 import type { Driver } from 'neo4j-driver'
 import { parseEntry } from '../events.ts'
 import type { RedisClient } from '../redis/connection.ts'
 import { execOps } from '../redis/batch.ts'
 import type { Keys } from '../redis/keys.ts'
+import { LuaScripts } from '../redis/scripts.ts'
 import { entryBytes } from './collect.ts'
 import { eventId } from './rows.ts'
 
@@ -35,7 +38,18 @@ export interface TrimReport {
   removed: Map<string, number>
   /** Workflows whose oldest entry is not in Neo4j yet: nothing of them could be trimmed. */
   blocked: string[]
+  /** Records of finished actions removed with the trimmed entries, per workflow. */
+  forgotten: Map<string, number>
 }
+
+const scripts = new LuaScripts<'forget_done'>(new URL('./scripts/', import.meta.url))
+
+/**
+ * How long a finished action's record stays at least, trimmed or not: a send
+ * with a caller's own action id is idempotent while the first one's record
+ * exists (docs/architecture.md, "Sends are idempotent by action id").
+ */
+export const FORGET_DONE_AFTER_MS = 3600_000
 
 const U64_MAX = 18446744073709551615n
 // The first page is small (an entry may be megabytes), later ones grow to MAX_PAGE.
@@ -79,6 +93,8 @@ interface Todo {
   page: number
   /** `XTRIM MINID` threshold: every entry before it was found in Neo4j. */
   cut: string | null
+  /** Actions completed by the entries before `cut` (their records go with them). */
+  completed: string[]
   done: boolean
   blocked: boolean
 }
@@ -107,22 +123,24 @@ async function held(driver: Driver, database: string | undefined, rows: readonly
 export async function trimStreams(d: TrimDeps, cap: number, lengths: ReadonlyMap<string, number>): Promise<TrimReport> {
   const all: Todo[] = []
   for (const [wf, len] of lengths) {
-    if (dueForTrim(len, cap)) all.push({ wf, want: len - cap, start: '-', page: FIRST_PAGE, cut: null, done: false, blocked: false })
+    if (dueForTrim(len, cap)) all.push({ wf, want: len - cap, start: '-', page: FIRST_PAGE, cut: null, completed: [], done: false, blocked: false })
   }
   let todo = all
   let bytes = 0
   while (todo.length > 0 && bytes < d.maxBytes) {
     const round = todo.map((t) => ({ t, count: Math.min(t.page, t.want) }))
     const res = await execOps(d.redis, round.map(({ t, count }) => ({ cmd: 'xrange', args: [d.keys.events(t.wf), t.start, '+', 'COUNT', count] })))
-    const read: { t: Todo; count: number; entries: { sid: string; row: number }[] }[] = []
+    const read: { t: Todo; count: number; entries: { sid: string; row: number; completed: string | null }[] }[] = []
     const rows: { wf: string; id: string }[] = []
     round.forEach(({ t, count }, i) => {
       const [err, v] = res[i] ?? [new Error('no reply'), null]
       if (err) throw err
       const entries = ((v ?? []) as [string, string[]][]).map((e) => {
         bytes += entryBytes(e)
-        rows.push({ wf: t.wf, id: eventId(t.wf, parseEntry(t.wf, e)) })
-        return { sid: e[0], row: rows.length - 1 }
+        const { event } = parseEntry(t.wf, e)
+        rows.push({ wf: t.wf, id: eventId(t.wf, { streamId: e[0], event }) })
+        const action = event.type === 'action.completed' ? event.metadata?.actionId : undefined
+        return { sid: e[0], row: rows.length - 1, completed: typeof action === 'string' ? action : null }
       })
       read.push({ t, count, entries })
     })
@@ -134,6 +152,7 @@ export async function trimStreams(d: TrimDeps, cap: number, lengths: ReadonlyMap
           break
         }
         t.cut = nextStreamId(e.sid)
+        if (e.completed) t.completed.push(e.completed)
         t.want--
       }
       const last = entries[entries.length - 1]
@@ -154,5 +173,10 @@ export async function trimStreams(d: TrimDeps, cap: number, lengths: ReadonlyMap
     if (err) throw err
     removed.set(t.wf, Number(n))
   })
-  return { removed, blocked: all.filter((t) => t.blocked && t.cut === null).map((t) => t.wf) }
+  // After the trim: an entry it kept (a failed XTRIM threw above) keeps its records.
+  const forgotten = new Map<string, number>()
+  for (const t of cut) {
+    if (t.completed.length > 0) forgotten.set(t.wf, Number(await scripts.run(d.redis, 'forget_done', [d.keys.actions(t.wf)], [FORGET_DONE_AFTER_MS, ...t.completed])))
+  }
+  return { removed, blocked: all.filter((t) => t.blocked && t.cut === null).map((t) => t.wf), forgotten }
 }

@@ -97,6 +97,32 @@ describe('trimming the streams of running workflows', () => {
     expect(await parkedFor(wf)).toEqual([])
   }, 60_000)
 
+  it('forgets the records of actions finished over an hour ago whose completion it trimmed, and keeps the rest', async () => {
+    // A workflow that never ends kept two fields per action for good. Four
+    // actions complete early in the stream: two long ago, one a minute ago (a
+    // caller may still resend it by its own id), one dead-lettered.
+    const wf = wfId()
+    await running(wf)
+    const now = Date.now()
+    const actions = { old1: now - 2 * 3600_000, old2: now - 3 * 3600_000, recent: now - 60_000 }
+    for (const [id, finishedAt] of Object.entries(actions)) {
+      await client.redis.hset(client.keys.actions(wf), id, JSON.stringify({ id, workflowId: wf, agent: 'counter', type: 'ping', payload: null }), `${id}:st`, JSON.stringify({ status: 'done', attempt: 1, finishedAt }))
+    }
+    await client.redis.hset(client.keys.actions(wf), 'gone', JSON.stringify({ id: 'gone', workflowId: wf, agent: 'counter', type: 'ping', payload: null }), 'gone:st', JSON.stringify({ status: 'dead', attempt: 3, finishedAt: now - 5 * 3600_000 }))
+    for (const id of [...Object.keys(actions), 'gone']) {
+      const sid = (await client.redis.xadd(client.keys.events(wf), '*', 'e', JSON.stringify({ id: `${wf}-${id}-done`, workflowId: wf, type: 'action.completed', content: { actionId: id, agent: 'counter' }, metadata: { agent: 'counter', actionId: id } }))) as string
+      await client.redis.xadd(client.keys.persistence(), '*', 'wf', wf, 'from', sid, 'to', sid)
+    }
+    await append(wf, 60)
+    await drained()
+    await eventually(async () => (await xlen(wf)) <= CAP + SLACK, 20_000, 'the stream trimmed')
+    await eventually(async () => (await client.redis.hexists(client.keys.actions(wf), 'old1')) === 0, 10_000, 'the old records forgotten')
+    const left = await client.redis.hkeys(client.keys.actions(wf))
+    expect(left.sort()).toEqual(['gone', 'gone:st', 'recent', 'recent:st'])
+    // Neo4j holds the forgotten ones.
+    expect(await persistedEvents(driver, [wf])).toBe(64)
+  }, 60_000)
+
   it('never trims an entry Neo4j lacks, and trims past it once reconciliation wrote it', async () => {
     const wf = wfId()
     await running(wf)
