@@ -94,14 +94,7 @@ if marker then
       -- (its own commit or activation deals with what it holds).
       local holder = redis.call('GET', lock_key)
       if next(in_flight) ~= nil and (not holder or holder == lock_value) then
-        for _, id in ipairs(inflight_ids(held[2])) do
-          local ok, st = pcall(cjson.decode, redis.call('HGET', actions_key, id .. ':st') or '')
-          if ok and type(st) == 'table' then
-            st.status = 'cancelled'
-            redis.call('HSET', actions_key, id .. ':st', cjson.encode(st))
-          end
-        end
-        redis.call('HDEL', actor_key, 'inflight')
+        cancel_inflight(actor_key, actions_key, inflight_ids(held[2]))
         release_lock(lock_key, lock_value)
       end
     elseif next(in_flight) ~= nil and redis.call('GET', lock_key) == lock_value then

@@ -371,6 +371,19 @@ local function release_ready_hint(ready, wf, lease, nxt, rerun)
   return 1
 end
 
+-- Marks an actor's in-flight batch cancelled (its workflow ended: nobody will
+-- deliver it) and forgets it.
+local function cancel_inflight(actor_key, actions_key, ids)
+  for _, id in ipairs(ids) do
+    local ok, st = pcall(cjson.decode, redis.call('HGET', actions_key, id .. ':st') or '')
+    if ok and type(st) == 'table' then
+      st.status = 'cancelled'
+      redis.call('HSET', actions_key, id .. ':st', cjson.encode(st))
+    end
+  end
+  redis.call('HDEL', actor_key, 'inflight')
+end
+
 -- The activate step (see activate.lua for what it does and returns), shared by
 -- activate.lua and pick_activate.lua.
 local function activate_actor(actor_key, lock_key, mailbox, actions_key, status_key, events_key,
@@ -400,14 +413,7 @@ local function activate_actor(actor_key, lock_key, mailbox, actions_key, status_
     local fence = 0
     if redis.call('EXISTS', actor_key) == 1 then
       fence = redis.call('HINCRBY', actor_key, 'fence', 1)
-      for _, id in ipairs(inflight_ids(redis.call('HGET', actor_key, 'inflight'))) do
-        local ok, st = pcall(cjson.decode, redis.call('HGET', actions_key, id .. ':st') or '')
-        if ok and type(st) == 'table' then
-          st.status = 'cancelled'
-          redis.call('HSET', actions_key, id .. ':st', cjson.encode(st))
-        end
-      end
-      redis.call('HDEL', actor_key, 'inflight')
+      cancel_inflight(actor_key, actions_key, inflight_ids(redis.call('HGET', actor_key, 'inflight')))
       if retention > 0 then redis.call('PEXPIRE', actor_key, retention) end
     end
     drop_mailbox(mailbox, actions_key)
