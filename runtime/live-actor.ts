@@ -68,8 +68,83 @@ interface Current {
   flushedTransitions: number
 }
 
+/**
+ * No child still running. XState keeps a finished child (a spawned promise that
+ * resolved while its parent stayed in the state) in `children` until the state
+ * exits, so counting children made such an action wait out its timeout and run
+ * again on every attempt.
+ */
 function isSettled(s: AnyMachineSnapshot): boolean {
-  return s.status !== 'active' || Object.keys(s.children as Record<string, unknown>).length === 0
+  if (s.status !== 'active') return true
+  for (const child of Object.values(s.children as Record<string, AnyActorRef>)) {
+    if ((child.getSnapshot() as { status?: string } | undefined)?.status === 'active') return false
+  }
+  return true
+}
+
+/**
+ * Why an action that settled with a delayed XState event still pending (an
+ * `after` timer, a `raise` or `sendTo` with a delay) cannot be kept, or null.
+ * The actor is persisted and let go after its actions, and XState's timers live
+ * in the process: the timer died with the actor (and one firing between two
+ * actions of a batch changed the state without an action to publish or send
+ * for), so the action is refused rather than stored without its timer.
+ */
+function pendingDelayedEvent(actor: ReturnType<typeof createActor>): string | null {
+  const scheduled = actor.system.getSnapshot()._scheduledEvents
+  for (const id in scheduled) {
+    const s = scheduled[id]
+    if (!s) continue
+    return `the action left a delayed XState event '${s.event.type}' pending (${s.delay} ms): ` +
+      'a Troupe actor is stored and let go between actions, so XState timers (after, raise or sendTo with a delay) cannot outlive the action; ' +
+      'use sendToSelf(type, payload, { delayMs }) for a timer that survives'
+  }
+  return null
+}
+
+/** What a value JSON would store as something else, or null (see assertPlain). */
+function notPlain(value: unknown): string | null {
+  if (value instanceof Date) return 'a Date (JSON stores its text; keep its getTime() number instead)'
+  switch (typeof value) {
+    case 'function': return 'a function'
+    case 'symbol': return 'a symbol'
+    case 'number': return Number.isFinite(value) ? null : `the number ${String(value)} (JSON stores null)`
+    case 'object': {
+      if (value === null || Array.isArray(value)) return null
+      const proto = Object.getPrototypeOf(value) as object | null
+      if (proto === Object.prototype || proto === null) return null
+      const name = (proto.constructor as { name?: string } | undefined)?.name
+      return `a ${name || 'class instance'} (JSON stores only its own fields as a plain object)`
+    }
+    default: return null
+  }
+}
+
+/**
+ * Refuses a context that JSON would silently store as something else (a Map
+ * or a Set as `{}`, a Date as a string, a class instance as a plain object, a
+ * function as nothing): the restored context would differ from the one the
+ * next action ran with, and whether it did would depend on which actions
+ * shared an activation. Thrown, the action fails through takeSnapshot's
+ * "cannot be stored" path, naming the value. Only the machine's own context:
+ * the rest of the snapshot is XState's (a failed child's snapshot holds its
+ * Error, which was always stored as `{}` and never read back). A cycle is left
+ * to JSON.stringify, which refuses it.
+ */
+function assertPlain(value: unknown, path: string, within: object[]): void {
+  const why = notPlain(value)
+  if (why) throw new TypeError(`${path} holds ${why}; an agent's context must be plain JSON data`)
+  if (typeof value !== 'object' || value === null || within.includes(value)) return
+  within.push(value)
+  if (Array.isArray(value)) {
+    for (let i = 0; i < value.length; i++) assertPlain(value[i], `${path}[${i}]`, within)
+  } else {
+    for (const key in value) {
+      const v = (value as Record<string, unknown>)[key]
+      if (v !== undefined) assertPlain(v, `${path}.${key}`, within)
+    }
+  }
+  within.pop()
 }
 
 /** A join's key and count may be at most these (see JoinOptions). */
@@ -449,6 +524,12 @@ export class LiveActor {
       this.discard()
       return outcomeOf(cur, cur.effectTransient ? 'failed' : 'rejected', cur.effectError)
     }
+    const delayed = pendingDelayedEvent(actor)
+    if (delayed) {
+      // Refused at once: another attempt would leave the same timer.
+      this.discard()
+      return outcomeOf(cur, 'rejected', delayed)
+    }
     // Snapshots are immutable: keeping the objects is free; the last is serialised once per commit.
     this.lastOk = snap
     this.okSnaps.push(snap)
@@ -456,7 +537,9 @@ export class LiveActor {
   }
 
   private serialise(snap: AnyMachineSnapshot): string {
-    return JSON.stringify(this.def.machine.getPersistedSnapshot(snap))
+    const persisted = this.def.machine.getPersistedSnapshot(snap) as { context?: unknown }
+    assertPlain(persisted.context, 'context', [])
+    return JSON.stringify(persisted)
   }
 
   /**

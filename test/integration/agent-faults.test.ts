@@ -5,7 +5,7 @@
 // an activation that threw out of its run and held its lock until the TTL (what
 // the first two did) makes these tests time out instead of passing late.
 import { afterEach, describe, expect, it } from 'vitest'
-import { assign, fromPromise, setup } from 'xstate'
+import { assign, fromPromise, raise, setup, spawnChild } from 'xstate'
 import { completeWorkflow, defineAgent, startRuntime, TroupeClient, type ActionEvent, type Runtime } from '../../runtime/index.ts'
 import { eventually, testConfig } from '../helpers/redis.ts'
 
@@ -97,6 +97,94 @@ describe('agent code failing where XState does not catch it', () => {
     // The status shows the state that was stored, the one before the bad action.
     expect((await c.getStatus(last))?.agents.keeper).toBe('added')
     expect(await context<{ added: number }>(c, last, 'keeper')).toEqual({ added: 1, big: null })
+  })
+})
+
+describe('XState features a Troupe actor cannot keep between actions', () => {
+  type Go = ActionEvent<'go'>
+  it('dead-letters an action that leaves an `after` timer or a delayed raise pending, naming sendToSelf, instead of losing the timer', async () => {
+    const waiter = defineAgent({
+      name: 'waiter',
+      maxAttempts: 3,
+      machine: setup({ types: { events: {} as Go | ActionEvent<'tick'> | { type: 'tock' } } }).createMachine({
+        initial: 'idle',
+        states: {
+          // The actor is persisted and let go after this action: the timer would die with it.
+          idle: { on: { go: 'waiting', tick: { actions: raise({ type: 'tock' }, { delay: 200 }) } } },
+          waiting: { after: { 300: 'fired' } },
+          fired: {},
+        },
+      }),
+    })
+    const c = client()
+    const { workflowId: wf } = await c.startWorkflow({ agent: 'waiter', type: 'go', validate: false })
+    const { workflowId: wf2 } = await c.startWorkflow({ agent: 'waiter', type: 'tick', validate: false })
+    await runtime([waiter])
+    await eventually(async () => (await c.deadLetters(wf)).length === 1 && (await c.deadLetters(wf2)).length === 1, 20_000, 'both actions dead-lettered')
+    const [dead] = await c.deadLetters(wf)
+    expect(dead?.error).toMatch(/delayed XState event .*xstate\.after\.300.*sendToSelf/)
+    // At once, not after three attempts: a retry would leave the same timer.
+    expect(dead?.attempt).toBe(1)
+    expect((await c.deadLetters(wf2))[0]?.error).toMatch(/delayed XState event 'tock' .*sendToSelf/)
+    // The state before the action stands; nothing fires later.
+    await new Promise((r) => setTimeout(r, 500))
+    expect((await c.getStatus(wf))?.agents.waiter ?? 'idle').toBe('idle')
+  })
+
+  it('settles an action whose spawned child has finished while the state stays (a done child is not running)', async () => {
+    let ran = 0
+    const spawner = defineAgent({
+      name: 'spawner',
+      maxAttempts: 1,
+      actionTimeoutMs: 5_000,
+      machine: setup({
+        types: { events: {} as Go },
+        actors: { job: fromPromise(async () => { ran++; await new Promise((r) => setTimeout(r, 50)); return 1 }) },
+      }).createMachine({ on: { go: { actions: spawnChild('job', { id: 'job' }) } } }),
+    })
+    const c = client()
+    const { workflowId: wf } = await c.startWorkflow({ agent: 'spawner', type: 'go', validate: false })
+    await runtime([spawner])
+    // Before: the finished child still counted as running, so the action timed out.
+    await eventually(async () => (await c.getStatus(wf))?.counts.done === 1 || (await c.deadLetters(wf)).length > 0, 20_000, 'the action to end')
+    expect(await c.deadLetters(wf)).toEqual([])
+    expect(ran).toBe(1)
+  })
+
+  it('refuses context that JSON would silently change (a Map, a Set, a Date, a class instance) instead of storing it mangled', async () => {
+    class Money { constructor(readonly cents: number) {} }
+    const holders = {
+      map: () => new Map([['a', 1]]),
+      set: () => new Set([1]),
+      date: () => new Date(0),
+      money: () => new Money(1),
+    } as const
+    type Kind = keyof typeof holders
+    const hoarder = defineAgent({
+      name: 'hoarder',
+      maxAttempts: 1,
+      machine: setup({ types: { context: {} as { kept: number; held: unknown }, events: {} as ActionEvent<'keep'> | ActionEvent<'hold', { kind: Kind }> } }).createMachine({
+        context: { kept: 0, held: null },
+        on: {
+          keep: { actions: assign({ kept: ({ context }) => context.kept + 1 }) },
+          hold: { actions: assign({ held: ({ event }) => holders[event.payload.kind]() }) },
+        },
+      }),
+    })
+    const c = client()
+    const wfs: Record<string, string> = {}
+    for (const kind of Object.keys(holders) as Kind[]) {
+      const { workflowId } = await c.startWorkflow({ agent: 'hoarder', type: 'keep', validate: false })
+      await c.sendAction(workflowId, 'hoarder', 'hold', { kind }, { validate: false })
+      wfs[kind] = workflowId
+    }
+    await runtime([hoarder])
+    const names: Record<Kind, RegExp> = { map: /a Map/, set: /a Set/, date: /a Date/, money: /a Money/ }
+    for (const [kind, wf] of Object.entries(wfs) as [Kind, string][]) {
+      await eventually(async () => (await c.deadLetters(wf)).length === 1, 20_000, `the ${kind} action dead-lettered`)
+      expect((await c.deadLetters(wf))[0]?.error).toMatch(names[kind])
+      expect(await context<{ kept: number; held: unknown }>(c, wf, 'hoarder')).toEqual({ kept: 1, held: null })
+    }
   })
 })
 
