@@ -7,9 +7,14 @@
 // lock holder must have a ready hint that comes due now. Where one is missing it
 // re-hints with `ZADD LT` (which can only bring a look forward, never hide work);
 // the actor lock and fence still decide who delivers, so this never double-delivers.
+//
+// Beside it, at its own slower pace, the leader forgets the records of finished
+// actions of workflows that never end (sweep_done.lua, see forgetStep).
+import { readFileSync } from 'node:fs'
 import type { RedisClient } from '../redis/connection.ts'
 import type { Keys } from '../redis/keys.ts'
-import { runSupervisorScript, type FencedWrite, type LeaderFence } from './fence.ts'
+import { LuaScripts } from '../redis/scripts.ts'
+import { LeaderDeposedError, runSupervisorScript, type FencedWrite, type LeaderFence } from './fence.ts'
 import { serverNow } from './queues.ts'
 
 /** Figures of one complete sweep. */
@@ -40,6 +45,73 @@ export interface SweepOptions {
   graceMs?: number
   /** Told about each batch of re-hinted actors as soon as it is written. */
   onRepair?: (actors: { agent: string; wf: string }[]) => void
+  /**
+   * How long a `done` action's record stays at least before the leader forgets
+   * it (default 1 h, the persister's FORGET_DONE_AFTER_MS): a send with a
+   * caller's own action id is idempotent while the first one's record exists.
+   */
+  forgetAfterMs?: number
+  /**
+   * From the start of one pass forgetting finished actions' records to the
+   * start of the next (default 1 h): a pass reads every record of every live
+   * workflow again, about 6 µs of Redis each (docs/supervisor.md).
+   */
+  forgetEveryMs?: number
+  /** Fields asked per HSCAN of a workflow's action records (default 200). */
+  forgetPage?: number
+  /** Most sweep_done.lua calls per step (default 64). */
+  forgetCalls?: number
+}
+
+/** What one complete pass forgetting finished actions' records did (see WorkflowSweep.lastForget). */
+export interface ForgetFigures {
+  startedAt: number
+  finishedAt: number
+  /** Workflows looked through (an ended one costs one call, which tells it). */
+  workflows: number
+  /** Records removed, each an action's record and its state. */
+  removed: number
+  /** Workflows left for the next pass after an error, and the last error. */
+  failed: number
+  lastError: string | null
+}
+
+/**
+ * How long a `done` action's record stays at least. The persister's trim has
+ * its own (FORGET_DONE_AFTER_MS in runtime/persister/trim.ts, the same hour,
+ * checked equal by test/supervisor/forget-done.test.ts): importing it would load
+ * the Neo4j driver into every process that can host the supervisor.
+ */
+export const FORGET_AFTER_MS = 3_600_000
+// Every sweep_done call holds Redis for one HSCAN page, so a workflow with
+// 100,000 records is paged over many steps; a round trip carries the pages of
+// a few workflows, so the small ones do not queue behind a big one.
+const FORGET_PER_TRIP = 16
+
+/** A pass forgetting finished actions' records under way: its own SCAN of the status keys, and the workflows listed and not done. */
+interface ForgetPass {
+  fig: ForgetFigures
+  cursor: string
+  listed: boolean
+  todo: { wf: string; cursor: string }[]
+}
+
+let doneScripts: LuaScripts<'sweep_done'> | null = null
+
+/**
+ * sweep_done.lua with the persister's forget_done.lua in front of it as a
+ * function of its own KEYS and ARGV (parameters shadow the globals), so the
+ * rule for which records may go is read from the persister's file, not
+ * copied. Indented, the whole file is one definition to the prelude's parser
+ * (preludeFor in runtime/redis/scripts.ts). Loaded on first use.
+ */
+function sweepDoneScripts(): LuaScripts<'sweep_done'> {
+  if (!doneScripts) {
+    const body = readFileSync(new URL('../persister/scripts/forget_done.lua', import.meta.url), 'utf8')
+    const fn = `local function forget_done(KEYS, ARGV)\n${body.trimEnd().split('\n').map((l) => (l === '' ? l : `  ${l}`)).join('\n')}\nend\n`
+    doneScripts = new LuaScripts(new URL('./scripts/', import.meta.url), fn)
+  }
+  return doneScripts
 }
 
 const TERMINAL = new Set(['completed', 'failed', 'cancelled'])
@@ -59,9 +131,16 @@ function inc(rec: Record<string, number>, k: string, by = 1): void {
   rec[k] = (rec[k] ?? 0) + by
 }
 
-/** Sweeps workflows step by step; `last` holds the figures of the last complete sweep. */
+/**
+ * Sweeps workflows step by step; `last` holds the figures of the last complete
+ * sweep, `lastForget` those of the last complete pass forgetting finished
+ * actions' records.
+ */
 export class WorkflowSweep {
   last: SweepFigures | null = null
+  lastForget: ForgetFigures | null = null
+  private forgetting: ForgetPass | null = null
+  private forgetNextAt = 0
   private cur: SweepFigures | null = null
   private node = 0
   private cursor = '0'
@@ -69,6 +148,10 @@ export class WorkflowSweep {
   private readonly scanCount: number
   private readonly graceMs: number
   private readonly onRepair: NonNullable<SweepOptions['onRepair']>
+  private readonly forgetAfterMs: number
+  private readonly forgetEveryMs: number
+  private readonly forgetPage: number
+  private readonly forgetCalls: number
 
   constructor(
     private readonly redis: RedisClient,
@@ -79,6 +162,22 @@ export class WorkflowSweep {
     this.windowMs = opts.windowMs ?? 60_000
     this.scanCount = opts.scanCount ?? 500
     this.graceMs = opts.graceMs ?? 2000
+    this.forgetAfterMs = opts.forgetAfterMs ?? FORGET_AFTER_MS
+    this.forgetEveryMs = opts.forgetEveryMs ?? 3_600_000
+    this.forgetPage = opts.forgetPage ?? 200
+    this.forgetCalls = opts.forgetCalls ?? 64
+  }
+
+  /** The part of a status key before the workflow's `{id}`, for SCAN's MATCH. */
+  private statusHead(): string {
+    const prefix = this.keys.status('')
+    return prefix.slice(0, prefix.indexOf('{'))
+  }
+
+  /** Workflow ids of the status keys a SCAN found. */
+  private workflowsOf(found: readonly string[]): string[] {
+    const head = this.statusHead()
+    return found.filter((k) => k.startsWith(`${head}{`) && k.endsWith('}')).map((k) => k.slice(head.length + 1, -1))
   }
 
   private nodes(): RedisClient[] {
@@ -87,26 +186,32 @@ export class WorkflowSweep {
 
   /**
    * Runs up to `budget` SCAN calls, stopping early after `maxMs`; repairs go
-   * through `fence` (none without one: read-only). Resolves to true when this
-   * step completed a sweep.
+   * through `fence` (none without one: read-only), and with one it also goes on
+   * forgetting finished actions' records (see forgetStep). Resolves to true when
+   * this step completed a sweep.
    */
   async step(budget: number, fence: LeaderFence | null, signal?: AbortSignal, maxMs = Infinity): Promise<boolean> {
     const until = Date.now() + maxMs
+    const swept = await this.sweepStep(budget, fence, signal, until)
+    if (fence && !signal?.aborted) await this.forgetStep(fence, signal, until)
+    return swept
+  }
+
+  private async sweepStep(budget: number, fence: LeaderFence | null, signal: AbortSignal | undefined, until: number): Promise<boolean> {
     if (!this.cur) {
       const now = await serverNow(this.redis)
       this.cur = { startedAt: now, finishedAt: 0, windowStart: now - this.windowMs, workflows: {}, deadLetters: {}, completed: {}, failed: {}, agents: [], repairs: 0, truncated: false }
       this.node = 0
       this.cursor = '0'
     }
-    const prefix = this.keys.status('')
-    const head = prefix.slice(0, prefix.indexOf('{'))
+    const head = this.statusHead()
     for (let calls = 0; calls < budget && !signal?.aborted && Date.now() < until; calls++) {
       const nodes = this.nodes()
       const node = nodes[this.node]
       if (!node) return this.finish()
       const [next, found] = await node.scan(this.cursor, 'MATCH', `${head}*`, 'COUNT', this.scanCount)
       this.cursor = next
-      const wfs = found.filter((k) => k.startsWith(`${head}{`) && k.endsWith('}')).map((k) => k.slice(head.length + 1, -1))
+      const wfs = this.workflowsOf(found)
       if (wfs.length > 0) await this.visit(wfs, this.cur, fence)
       if (next === '0') {
         this.node++
@@ -114,6 +219,82 @@ export class WorkflowSweep {
       }
     }
     return false
+  }
+
+  /**
+   * Goes on with the pass forgetting the records of `done` actions that
+   * finished over `forgetAfterMs` ago in live workflows whose event stream no
+   * longer holds their completion (sweep_done.lua; the persister's trim removes
+   * them only as it trims that completion, which a stream turned over faster
+   * than the hour, or persistence off, never lets it). The pass has a SCAN of
+   * its own, started at most every `forgetEveryMs` (the sweep's own pass can
+   * take a single tick, while a pass here reads every record again, and one
+   * becomes old enough only after an hour), and pages each
+   * workflow's records with HSCAN: at most `forgetCalls` calls a step, a round
+   * trip of up to FORGET_PER_TRIP workflows at a time and none begun after
+   * `until` but the first. A workflow with 100,000 records takes many steps;
+   * the others go on beside it.
+   */
+  private async forgetStep(fence: LeaderFence, signal: AbortSignal | undefined, until: number): Promise<void> {
+    const redis = fence.redis
+    // The term key and the workflow's keys are in different slots, as for
+    // every fenced write (docs/supervisor.md, "Scope of the fence").
+    if ('nodes' in redis) return
+    if (!this.forgetting) {
+      if (Date.now() < this.forgetNextAt) return
+      this.forgetting = { fig: { startedAt: Date.now(), finishedAt: 0, workflows: 0, removed: 0, failed: 0, lastError: null }, cursor: '0', listed: false, todo: [] }
+    }
+    const f = this.forgetting
+    for (let calls = 0, trips = 0; calls < this.forgetCalls && !signal?.aborted && (trips === 0 || Date.now() < until); trips++) {
+      if (f.todo.length < FORGET_PER_TRIP && !f.listed) {
+        const [next, found] = await redis.scan(f.cursor, 'MATCH', `${this.statusHead()}*`, 'COUNT', this.scanCount)
+        f.cursor = next
+        f.listed = next === '0'
+        f.todo.push(...this.workflowsOf(found).map((wf) => ({ wf, cursor: '0' })))
+        calls++
+        continue
+      }
+      if (f.todo.length === 0) {
+        f.fig.finishedAt = Date.now()
+        this.lastForget = f.fig
+        this.forgetNextAt = f.fig.startedAt + this.forgetEveryMs
+        this.forgetting = null
+        return
+      }
+      const trip = f.todo.splice(0, Math.min(FORGET_PER_TRIP, this.forgetCalls - calls))
+      calls += trip.length
+      const res = await Promise.allSettled(trip.map((t) => this.sweepDone(fence, t.wf, t.cursor)))
+      const again: ForgetPass['todo'] = []
+      res.forEach((r, i) => {
+        const t = trip[i] as ForgetPass['todo'][number]
+        if (r.status === 'rejected') {
+          if (r.reason instanceof LeaderDeposedError) throw r.reason
+          // Left for the next pass: a workflow that always fails (a key of the
+          // wrong type written by hand) must not hold up the others.
+          f.fig.failed++
+          f.fig.lastError = `${t.wf}: ${r.reason instanceof Error ? r.reason.message : String(r.reason)}`
+          return
+        }
+        const [cursor, removed] = r.value
+        f.fig.removed += removed
+        if (cursor === '0') f.fig.workflows++
+        else again.push({ wf: t.wf, cursor })
+      })
+      f.todo.unshift(...again)
+    }
+  }
+
+  /** One sweep_done.lua page of `wf`'s records from `cursor`: the next cursor and the records removed. */
+  private async sweepDone(fence: LeaderFence, wf: string, cursor: string): Promise<[string, number]> {
+    const k = this.keys
+    try {
+      const r = (await sweepDoneScripts().run(fence.redis, 'sweep_done', [k.leaderTerm(), k.status(wf), k.actions(wf), k.events(wf)], [String(fence.term), this.forgetAfterMs, cursor, this.forgetPage])) as [unknown, unknown]
+      return [String(r[0]), Number(r[1])]
+    } catch (err) {
+      const msg = err instanceof Error ? err.message : String(err)
+      if (msg.includes('TROUPE_DEPOSED')) throw new LeaderDeposedError(fence.term, msg)
+      throw err
+    }
   }
 
   private finish(): boolean {
