@@ -5,7 +5,7 @@ import { randomInt } from 'node:crypto'
 import { nanoid } from 'nanoid'
 import { handlesType } from './agent.ts'
 import { describeFleetSettings, effectiveMaxLen, effectiveRetention, fleetSettings, loadConfig, sameFleetSettings, type FleetSettings, type TroupeConfig } from './config.ts'
-import { enqueueWith, writeFollowUps, type EnqueueArgs, type ProtocolContext } from './claims.ts'
+import { enqueueWith, writeFollowUps, type EnqueueArgs, type EnqueueResult, type ProtocolContext } from './claims.ts'
 import { TroupeError } from './errors.ts'
 import { compareStreamIds, FINAL_EVENT_TYPES, isLastStreamId, isStreamId, parseEntry, parseLive } from './events.ts'
 import { createLogger, type Logger } from './log.ts'
@@ -340,27 +340,44 @@ export class TroupeClient {
       { cmd: 'zcount', args: [byOwner, '-inf', cutoff] },
       { cmd: 'zrange', args: [byOwner, '-inf', cutoff, 'BYSCORE', 'LIMIT', 0, OWNER_PRUNE_BATCH] },
     ]
+    // At this client's clock: the ops are fixed before the script answers with
+    // Redis's (see fixDeadlineEntry). Sent with the index writes, so retried as they are.
     if (opts.deadlineMs) index.push({ cmd: 'zadd', args: [this.keys.deadlines(), Date.now() + opts.deadlineMs, wf] })
     // Past the script nothing fails the call: the workflow is started (enqueueWith).
     const { results: [r], extra } = await enqueueWith(this.ctx, [args], { extra: index, log: this.log })
     if (r instanceof Error) throw r
-    if (opts.deadlineMs) {
-      // The deadline entry went in one round trip after the start: a workflow
-      // that ended in between had its ending commit's ZREM come first, and the
-      // entry stayed until due (up to ten years). Its status turned terminal
-      // before that ZREM was sent, so this read sees the end whenever it came first.
-      // Best effort: the start took effect, and a failure here must not say it
-      // did not (a retry would then start it twice). An entry left behind is
-      // dropped by the supervisor when it comes due.
-      try {
-        const st = await this.redis.hget(this.keys.status(wf), 'status')
-        if (st === null || TERMINAL_STATUSES.has(st as WorkflowStatusValue)) await this.redis.zrem(this.keys.deadlines(), wf)
-      } catch {
-        // nothing to undo
-      }
-    }
-    await this.pruneOwnerIndex(byOwner, cutoff, extra[1], extra[2])
+    if (opts.deadlineMs && r) await this.fixDeadlineEntry(wf, r, opts.deadlineMs)
+    await this.pruneOwnerIndex(owner, cutoff, extra[1], extra[2])
     return { workflowId: wf, actionId }
+  }
+
+  /**
+   * The round trip after a start with a deadline, both of its writes best
+   * effort (the start took effect, and a failure here must not say it did not:
+   * a retry would then start it twice).
+   *
+   * It moves the entry to Redis's clock: the start wrote it at this client's
+   * clock plus the deadline, and the status's `deadline` is the script's time
+   * plus the deadline, which a fresh start answers as `availableAt` (no delay).
+   * A client running ahead delayed enforcement by its skew. `XX` never writes
+   * an entry back that the workflow's end removed meanwhile. A replayed start
+   * (its reply lost, resent after a reconnect) answers the first action's
+   * availableAt as it stands now, which a retry may have moved: its entry keeps
+   * this client's clock (the supervisor corrects one that comes due early).
+   *
+   * And it reads the status: a workflow that ended between the start and the
+   * entry's write had its ending's ZREM come first, and the entry stayed until
+   * due (up to ten years). The status turned terminal before that ZREM was
+   * sent, so this read, sent after the write's reply, sees the end whenever it
+   * came first. An entry left behind is dropped by the supervisor when it
+   * comes due.
+   */
+  private async fixDeadlineEntry(wf: string, r: EnqueueResult, deadlineMs: number): Promise<void> {
+    const ops: Op[] = [{ cmd: 'hget', args: [this.keys.status(wf), 'status'] }]
+    if (r.appended.first !== '') ops.push({ cmd: 'zadd', args: [this.keys.deadlines(), 'XX', r.availableAt + deadlineMs, wf] })
+    const [err, st] = (await execOps(this.redis, ops))[0] ?? [new Error('no reply'), null]
+    if (err || !(st === null || TERMINAL_STATUSES.has(st as WorkflowStatusValue))) return
+    await this.redis.zrem(this.keys.deadlines(), wf).catch(() => undefined)
   }
 
   /**
@@ -373,10 +390,13 @@ export class TroupeClient {
    * entries than a batch, a random window of them is checked, so workflows that
    * live on at the head cannot keep the gone ones behind them forever. One
    * EXISTS per status key (other slots on a Cluster: execOps sends each to its
-   * node), then one ZREM. Best effort, as the start has taken effect; the
-   * listing drops gone ids it meets too.
+   * node), then one ZREM, then one HMGET per removed id to put back one that
+   * was started again meanwhile (its owner's own, at its status's createdAt).
+   * Best effort, as the start has taken effect; the listing drops gone ids it
+   * meets too.
    */
-  private async pruneOwnerIndex(key: string, cutoff: number, count: OpResult | undefined, head: OpResult | undefined): Promise<void> {
+  private async pruneOwnerIndex(owner: string, cutoff: number, count: OpResult | undefined, head: OpResult | undefined): Promise<void> {
+    const key = this.keys.byOwner(owner)
     try {
       const n = Number(count?.[1] ?? 0)
       if (!count || count[0] || !(n > 0)) return
@@ -389,7 +409,19 @@ export class TroupeClient {
       const exists = await execOps(this.redis, ids.map((id) => ({ cmd: 'exists', args: [this.keys.status(id)] })))
       // A failed read keeps its entry: only a key known to be gone drops one.
       const gone = ids.filter((_id, i) => exists[i]?.[0] === null && Number(exists[i]?.[1]) === 0)
-      if (gone.length > 0) await this.redis.zrem(key, ...gone)
+      if (gone.length === 0) return
+      await this.redis.zrem(key, ...gone)
+      // A caller-chosen id can be started again once its keys expired: one
+      // started between the EXISTS and the ZREM had its new entry removed with
+      // the old. Its status was written before that entry, so this read, after
+      // the ZREM, sees it; NX leaves an entry its start wrote since as it is.
+      const back = await execOps(this.redis, gone.map((id) => ({ cmd: 'hmget', args: [this.keys.status(id), 'owner', 'createdAt'] })))
+      const again = gone.flatMap((id, i) => {
+        const [err, v] = back[i] ?? [new Error('no reply'), null]
+        const [by, at] = err ? [] : (v as (string | null)[])
+        return by === owner && at ? [Number(at), id] : []
+      })
+      if (again.length > 0) await this.redis.zadd(key, 'NX', ...again)
     } catch (err) {
       this.log.warn('pruning an owner index of expired workflows failed; the next start tries again', { key, error: err instanceof Error ? err.message : String(err) })
     }
