@@ -1,7 +1,7 @@
 // Agents: named XState v5 machines plus delivery policy. Agent code talks to the
 // runtime through XState's own `emit`: the helpers below build emitted events of
 // reserved `troupe.*` types that the runtime collects while it delivers an action.
-import { emit, type ActionFunction, type AnyStateMachine } from 'xstate'
+import { emit, type ActionFunction, type AnyStateMachine, type EventObject, type MachineContext, type ParameterizedObject } from 'xstate'
 import { MAX_TIMER_MS } from './config.ts'
 import { assertAgentName, assertActionType } from './redis/keys.ts'
 import { TroupeError } from './errors.ts'
@@ -153,11 +153,40 @@ export function backoffDelay(policy: BackoffPolicy, attempt: number, random: () 
 // ---- agent-side helpers (XState actions built on `emit`) -------------------------
 
 /* eslint-disable @typescript-eslint/no-explicit-any -- helpers must fit any machine's context and event types */
-type ExprArgs = { context: any; event: any }
+/** A type left open: the helpers' type parameters where nothing infers them (outside a machine). */
+type Open = any
+/**
+ * What a helper's functions get: the machine's context and the event being
+ * handled, typed as the machine types them where the helper stands inside one
+ * (see {@link HelperAction}), `any` elsewhere.
+ */
+export interface ExprArgs<TContext = Open, TEvent = Open> {
+  context: TContext
+  event: TEvent
+}
 /** An XState action usable in any machine (its event and context types are left open). */
 export type TroupeAction = ActionFunction<any, any, any, any, never, never, never, never, any>
+/**
+ * What the helpers return: an XState action whose types TypeScript infers
+ * from the place it stands in, as for XState's own `assign` and `emit`.
+ * Inside `setup(...).createMachine(...)` a helper's `({ context, event })`
+ * then gets the machine's context and the event of its transition
+ * (`event.payload` typed by the machine's `ActionEvent`); outside a machine
+ * (a function returning a list of actions) both stay `any`, as before. The
+ * helpers' function parameters are `NoInfer`: the place alone decides, so a
+ * function annotated with less than the machine's context
+ * (`({ context }: { context: { n: number } })`) still fits, as it did when
+ * everything was `any` (inferred from the annotation, the action no longer fit).
+ */
+export type HelperAction<
+  TContext extends MachineContext = Open,
+  TExpressionEvent extends EventObject = Open,
+  TParams extends ParameterizedObject['params'] | undefined = Open,
+  TEvent extends EventObject = Open,
+  TEmitted extends EventObject = Open,
+> = ActionFunction<TContext, TExpressionEvent, TEvent, TParams, never, never, never, never, TEmitted>
 /** A value, or a function of `{ context, event }` computing it when the action runs. */
-export type Resolvable<T> = T | ((args: ExprArgs) => T)
+export type Resolvable<T, TContext = Open, TEvent = Open> = T | ((args: ExprArgs<TContext, TEvent>) => T)
 /**
  * A JSON-able value (payload, event content, result), or a function of
  * `{ context, event }` computing it when the action runs. Not
@@ -165,10 +194,13 @@ export type Resolvable<T> = T | ((args: ExprArgs) => T)
  * `({ event }) => ...` no parameter type, and under `strict` the README's first
  * example failed to compile (implicit any).
  */
-export type ResolvableValue = ((args: ExprArgs) => unknown) | string | number | boolean | null | object
+export type ResolvableValue<TContext = Open, TEvent = Open> = ((args: ExprArgs<TContext, TEvent>) => unknown) | string | number | boolean | null | object
 
-function emitAny(fn: (args: ExprArgs) => { type: string; [k: string]: unknown }): TroupeAction {
-  return emit<any, any, any, any, any>(fn) as TroupeAction
+function emitAny<TContext extends MachineContext, TExpressionEvent extends EventObject, TParams extends ParameterizedObject['params'] | undefined, TEvent extends EventObject, TEmitted extends EventObject>(
+  fn: (args: ExprArgs) => { type: string; [k: string]: unknown },
+): HelperAction<TContext, TExpressionEvent, TParams, TEvent, TEmitted> {
+  // The emitted troupe.* events are the runtime's, whatever the machine declares it emits.
+  return emit<any, any, any, any, any>(fn) as HelperAction<TContext, TExpressionEvent, TParams, TEvent, TEmitted>
 }
 /* eslint-enable @typescript-eslint/no-explicit-any */
 
@@ -215,7 +247,9 @@ export const CONTROL = {
  * sendToAgent('writer', 'finding', ({ event }) => event.output, { join: { key: 'findings', of: 3 } })
  * ```
  */
-export function sendToAgent(to: string, type: string, payload?: ResolvableValue, opts: SendOptions = {}): TroupeAction {
+export function sendToAgent<TContext extends MachineContext = Open, TExpressionEvent extends EventObject = Open, TParams extends ParameterizedObject['params'] | undefined = Open, TEvent extends EventObject = Open, TEmitted extends EventObject = Open>(
+  to: string, type: string, payload?: ResolvableValue<NoInfer<TContext>, NoInfer<TExpressionEvent>>, opts: SendOptions<NoInfer<TContext>, NoInfer<TExpressionEvent>> = {},
+): HelperAction<TContext, TExpressionEvent, TParams, TEvent, TEmitted> {
   assertAgentName(to)
   assertActionType(type)
   return emitAny((args: ExprArgs) => ({
@@ -245,16 +279,16 @@ export interface JoinOptions {
 }
 
 /** Options of {@link sendToAgent}. */
-export interface SendOptions {
+export interface SendOptions<TContext = Open, TEvent = Open> {
   /**
    * Due this many ms after the commit (a durable timer). Not with `join`. A
    * negative number means now (a due time already past); a value (or a
    * function's result) that is not a finite number, `undefined` included, or
    * one past ten years fails the action.
    */
-  delayMs?: Resolvable<number>
+  delayMs?: Resolvable<number, TContext, TEvent>
   /** Held until the join is complete (see {@link JoinOptions}). */
-  join?: Resolvable<JoinOptions>
+  join?: Resolvable<JoinOptions, TContext, TEvent>
 }
 
 /**
@@ -266,7 +300,9 @@ export interface SendOptions {
  * entry: sendToSelf('tick', null, { delayMs: 60_000 })
  * ```
  */
-export function sendToSelf(type: string, payload?: ResolvableValue, opts: { delayMs?: Resolvable<number> } = {}): TroupeAction {
+export function sendToSelf<TContext extends MachineContext = Open, TExpressionEvent extends EventObject = Open, TParams extends ParameterizedObject['params'] | undefined = Open, TEvent extends EventObject = Open, TEmitted extends EventObject = Open>(
+  type: string, payload?: ResolvableValue<NoInfer<TContext>, NoInfer<TExpressionEvent>>, opts: { delayMs?: Resolvable<number, NoInfer<TContext>, NoInfer<TExpressionEvent>> } = {},
+): HelperAction<TContext, TExpressionEvent, TParams, TEvent, TEmitted> {
   assertActionType(type)
   return emitAny((args: ExprArgs) => ({ type: CONTROL.send, to: '', actionType: type, payload: resolve(payload, args) ?? null, delayMs: delayOf(opts.delayMs, args) }))
 }
@@ -285,7 +321,7 @@ export function sendToSelf(type: string, payload?: ResolvableValue, opts: { dela
  * actions: emitEvent('progress', ({ context }) => ({ done: context.done }))
  * ```
  */
-export function emitEvent(type: string, content?: ResolvableValue): TroupeAction {
+export function emitEvent<TContext extends MachineContext = Open, TExpressionEvent extends EventObject = Open, TParams extends ParameterizedObject['params'] | undefined = Open, TEvent extends EventObject = Open, TEmitted extends EventObject = Open>(type: string, content?: ResolvableValue<NoInfer<TContext>, NoInfer<TExpressionEvent>>): HelperAction<TContext, TExpressionEvent, TParams, TEvent, TEmitted> {
   assertActionType(type)
   const reserved = reservedEventType(type)
   if (reserved) throw new TroupeError('bad_type', reserved)
@@ -300,7 +336,7 @@ export function emitEvent(type: string, content?: ResolvableValue): TroupeAction
  * actions: completeWorkflow(({ context }) => ({ report: context.draft }))
  * ```
  */
-export function completeWorkflow(result?: ResolvableValue): TroupeAction {
+export function completeWorkflow<TContext extends MachineContext = Open, TExpressionEvent extends EventObject = Open, TParams extends ParameterizedObject['params'] | undefined = Open, TEvent extends EventObject = Open, TEmitted extends EventObject = Open>(result?: ResolvableValue<NoInfer<TContext>, NoInfer<TExpressionEvent>>): HelperAction<TContext, TExpressionEvent, TParams, TEvent, TEmitted> {
   return emitAny((args: ExprArgs) => ({ type: CONTROL.complete, result: resolve(result, args) ?? null }))
 }
 
@@ -312,6 +348,6 @@ export function completeWorkflow(result?: ResolvableValue): TroupeAction {
  * actions: failWorkflow('reviewer rejected the draft twice')
  * ```
  */
-export function failWorkflow(reason: Resolvable<string>): TroupeAction {
+export function failWorkflow<TContext extends MachineContext = Open, TExpressionEvent extends EventObject = Open, TParams extends ParameterizedObject['params'] | undefined = Open, TEvent extends EventObject = Open, TEmitted extends EventObject = Open>(reason: Resolvable<string, NoInfer<TContext>, NoInfer<TExpressionEvent>>): HelperAction<TContext, TExpressionEvent, TParams, TEvent, TEmitted> {
   return emitAny((args: ExprArgs) => ({ type: CONTROL.fail, reason: resolve(reason, args) ?? 'failed' }))
 }
