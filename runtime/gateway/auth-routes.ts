@@ -1,7 +1,7 @@
 // /v1/auth: exchange a credential for tokens (API clients) or a cookie session
 // (browsers), rotate refresh tokens, sign out. Token responses are never cached.
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
-import { AuthError, type AuthContext } from './auth-store.ts'
+import { AuthError, BAD_CREDENTIAL, type AuthContext } from './auth-store.ts'
 import { caller, checkOrigin, presentedToken } from './authenticate.ts'
 import { clearedSessionCookies, cookieIsSecure, sessionCookie } from './cookies.ts'
 import type { GatewayDeps } from './deps.ts'
@@ -20,17 +20,19 @@ export function registerAuthRoutes(app: FastifyInstance, deps: GatewayDeps): voi
 
   // Failed exchanges are metered per user so that guessing is slow even though
   // credentials carry 256 random bits; unknown users get no limiter state at all.
-  async function exchange(credential: string): Promise<string> {
+  // `issue` stores what the sign-in hands out, bound to the credential: it
+  // checks the credential again as it writes (a rotation may have landed since).
+  async function exchange<T>(credential: string, issue: (user: string) => Promise<T>): Promise<T> {
     try {
       const user = store.credentialUser(credential)
       if (!user) throw new AuthError('malformed', 'invalid_credentials', 'not a Troupe credential (expected tcr.<user>.<id>.<secret>, as printed by troupe auth issue)')
       const d = await limiter.check(user, 'auth')
-      if (!d.known) throw new AuthError('bad_credential', 'invalid_credentials', 'credential not recognised (revoked, rotated or mistyped)')
+      if (!d.known) throw new AuthError('bad_credential', 'invalid_credentials', BAD_CREDENTIAL)
       if (!d.allowed) {
         metrics.rateLimited.inc({ kind: 'auth' })
         throw new GatewayError('rate_limited', `too many sign-in attempts; retry in ${d.headers['retry-after'] ?? '60'} s`, d.headers)
       }
-      return await store.checkCredential(credential)
+      return await issue(await store.checkCredential(credential))
     } catch (err) {
       if (err instanceof AuthError) metrics.authFailures.inc({ reason: err.reason })
       throw err
@@ -38,8 +40,8 @@ export function registerAuthRoutes(app: FastifyInstance, deps: GatewayDeps): voi
   }
 
   app.post<{ Body: { credential: string } }>('/v1/auth/token', { schema: { body: credentialBody, querystring: noQuery }, config: { public: true }, bodyLimit: SMALL }, async (request, reply) => {
-    const user = await exchange(request.body.credential)
-    return reply.headers(NO_STORE).send(await store.issueTokens(user))
+    const pair = await exchange(request.body.credential, (user) => store.issueTokens(user, request.body.credential))
+    return reply.headers(NO_STORE).send(pair)
   })
 
   // A refresh is an API request of the token's user and draws from their request
@@ -69,8 +71,7 @@ export function registerAuthRoutes(app: FastifyInstance, deps: GatewayDeps): voi
   app.post<{ Body: { credential: string } }>('/v1/auth/session', { schema: { body: credentialBody, querystring: noQuery }, config: { public: true }, bodyLimit: SMALL }, async (request, reply) => {
     // Another site must not sign the browser into an account of its choosing.
     checkOrigin(request)
-    const user = await exchange(request.body.credential)
-    const s = await store.issueSession(user)
+    const { user, s } = await exchange(request.body.credential, async (user) => ({ user, s: await store.issueSession(user, request.body.credential) }))
     return reply
       .headers(NO_STORE)
       .header('set-cookie', sessionCookie(s.token, deps.settings.auth.sessionTtlMs, cookieIsSecure(request, cookieSecure)))
@@ -82,7 +83,7 @@ export function registerAuthRoutes(app: FastifyInstance, deps: GatewayDeps): voi
     const cleared = clearedSessionCookies(cookieIsSecure(request, cookieSecure))
     // The Redis gate lets sign-out through while Redis is away: a browser must
     // be able to drop its cookie then too (else a reload signs it back in).
-    if (deps.redis.status !== 'ready') return logoutWithoutRedis(request, reply, body, cleared)
+    if (!deps.redisReady()) return logoutWithoutRedis(request, reply, body, cleared)
     // Sign-out must work with an expired token too: it only ever removes. A
     // repeated session cookie (one planted by a sibling site) revokes nothing,
     // since either could be the other's, and both names are cleared.

@@ -3,15 +3,19 @@
 // of one user share the `{user}` hash tag, so the rotation script runs on one slot.
 //
 //   auth:credential:{user}  HASH  id, h, createdAt, expiresAt, and limit overrides (rate, burst, daily)
-//   auth:token:{user}       HASH  token id → { h, kind: access|session, fam?, exp, iat }
-//   auth:refresh:{user}     HASH  family id → { h (current), gen, used (older hashes), at (its access token id), exp, iat }
+//   auth:token:{user}       HASH  token id → { h, kind: access|session, fam?, cid?, exp, iat }
+//   auth:refresh:{user}     HASH  family id → { h (current), gen, used (older hashes), at (its access token id), cid?, exp, iat }
+//
+// `cid` is the id of the credential a record was signed in with: a record whose
+// credential is not the user's current one any more is refused (records written
+// before `cid` existed have none; see refresh() and verify()).
 import { TroupeError } from '../errors.ts'
 import type { RedisClient } from '../redis/connection.ts'
 import type { Keys } from '../redis/keys.ts'
 import { GatewayError } from './problem.ts'
 import { runGatewayScript } from './scripts.ts'
 import type { AuthSettings } from './settings.ts'
-import { matchesHash, mintToken, parseToken, tokenKind, USER_RE, type TokenKind } from './tokens.ts'
+import { hashToken, matchesHash, mintToken, parseToken, tokenKind, USER_RE, type TokenKind } from './tokens.ts'
 
 /** Who made a request, and with what. */
 export interface AuthContext {
@@ -20,6 +24,11 @@ export interface AuthContext {
   tokenId: string
   /** Refresh family of a bearer token (logout revokes the whole family). */
   family?: string
+  /**
+   * Id of the credential the token or session was signed in with; absent on
+   * records written before it was recorded (not checked then).
+   */
+  credential?: string
   expiresAt: number
 }
 
@@ -44,6 +53,7 @@ interface TokenRecord {
   h: string
   kind: 'access' | 'session'
   fam?: string
+  cid?: string
   exp: number
   iat: number
 }
@@ -53,6 +63,7 @@ interface FamilyRecord {
   gen: number
   used: string[]
   at: string
+  cid?: string
   exp: number
   iat: number
 }
@@ -81,6 +92,9 @@ export class AuthError extends GatewayError {
     super(code, message)
   }
 }
+
+/** The message of every 401 `invalid_credentials` for a credential that is not (or no longer) the user's. */
+export const BAD_CREDENTIAL = 'credential not recognised (revoked, rotated or mistyped)'
 
 function fail(reason: AuthFailure, code: 'unauthorized' | 'invalid_credentials' | 'token_expired' | 'refresh_reused', message: string): AuthError {
   return new AuthError(reason, code, message)
@@ -174,22 +188,43 @@ export class AuthStore {
     const [id, h, exp] = await this.redis.hmget(this.keys.authCredential(parsed.user), 'id', 'h', 'expiresAt')
     // Compare the hash even when the id differs, so both paths take the same time.
     const ok = matchesHash(h ?? '0'.repeat(64), credential) && id === parsed.id
-    if (!ok) throw fail('bad_credential', 'invalid_credentials', 'credential not recognised (revoked, rotated or mistyped)')
+    if (!ok) throw fail('bad_credential', 'invalid_credentials', BAD_CREDENTIAL)
     if (exp && Number(exp) <= this.now()) throw fail('expired', 'token_expired', 'credential expired: ask an admin for a new one (troupe auth issue --rotate)')
     return parsed.user
   }
 
-  /** Runs `pipe` with the token hash's TTL and size check appended; returns the replies. */
-  private async putTokens(user: string, pipe: ReturnType<RedisClient['multi']>): Promise<[Error | null, unknown][]> {
-    const tokenKey = this.keys.authToken(user)
-    const ttl = Math.max(this.settings.accessTtlMs, this.settings.sessionTtlMs)
-    pipe.pexpire(tokenKey, ttl, 'NX').pexpire(tokenKey, ttl, 'GT').hlen(tokenKey)
-    const res = await pipe.exec()
-    const err = res?.find(([e]) => e)?.[0]
-    if (err) throw err
-    const count = Number(res?.[res.length - 1]?.[1] ?? 0)
-    if (count > PRUNE_ABOVE) await this.prune(user)
-    return res ?? []
+  /**
+   * The credential a sign-in binds its records to, and what sign_in.lua must
+   * find stored for it: the presented credential's id and hash, or, without
+   * one (callers that vouch for the user themselves: tests, tools), the id of
+   * the user's current credential.
+   */
+  private async binding(user: string, credential: string | undefined): Promise<{ id: string; hash: string }> {
+    if (credential !== undefined) {
+      const parsed = parseToken(credential, 'credential')
+      if (parsed?.user === user) return { id: parsed.id, hash: hashToken(credential) }
+    } else {
+      const id = await this.redis.hget(this.keys.authCredential(user), 'id')
+      if (id) return { id, hash: '' }
+    }
+    throw fail('bad_credential', 'invalid_credentials', BAD_CREDENTIAL)
+  }
+
+  /**
+   * Stores a sign-in's token (and refresh family) in one script that first
+   * checks the credential is still `bound`: the check a moment before
+   * (checkCredential) and this write are two round trips, and a rotation or
+   * revocation landing between them must win. Refused, it is the 401 of a bad
+   * credential: by now it is one.
+   */
+  private async storeSignIn(user: string, bound: { id: string; hash: string }, token: { id: string; rec: TokenRecord }, family?: { id: string; rec: FamilyRecord }): Promise<void> {
+    const tokenTtl = Math.max(this.settings.accessTtlMs, this.settings.sessionTtlMs)
+    const r = (await runGatewayScript(this.redis, 'sign_in', [this.keys.authCredential(user), this.keys.authToken(user), this.keys.authRefresh(user)], [
+      bound.id, bound.hash, token.id, JSON.stringify(token.rec), tokenTtl, family?.id ?? '', family ? JSON.stringify(family.rec) : '', this.settings.refreshTtlMs,
+    ])) as number[]
+    if (Number(r[0]) !== 1) throw fail('bad_credential', 'invalid_credentials', BAD_CREDENTIAL)
+    if (Number(r[1] ?? 0) > PRUNE_ABOVE) await this.prune(user)
+    if (Number(r[2] ?? 0) > MAX_FAMILIES) await this.pruneFamilies(user)
   }
 
   /** Removes expired token records of a user (the key TTL covers the newest only). */
@@ -202,23 +237,20 @@ export class AuthStore {
     return dead.length
   }
 
-  /** Issues an access token and a new refresh-token family for `user`. */
-  async issueTokens(user: string): Promise<TokenPair> {
+  /**
+   * Issues an access token and a new refresh-token family for `user`, bound to
+   * `credential` (just verified by checkCredential): stored only if it is still
+   * the user's current credential, else 401 `invalid_credentials`. Without one,
+   * bound to whatever credential the user has now.
+   */
+  async issueTokens(user: string, credential?: string): Promise<TokenPair> {
+    const bound = await this.binding(user, credential)
     const now = this.now()
     const refresh = mintToken('refresh', user)
     const access = mintToken('access', user)
-    const fam: FamilyRecord = { h: refresh.hash, gen: 1, used: [], at: access.id, exp: now + this.settings.refreshTtlMs, iat: now }
-    const rec: TokenRecord = { h: access.hash, kind: 'access', fam: refresh.id, exp: now + this.settings.accessTtlMs, iat: now }
-    const refreshKey = this.keys.authRefresh(user)
-    const pipe = this.redis
-      .multi()
-      .hset(refreshKey, refresh.id, JSON.stringify(fam))
-      .pexpire(refreshKey, this.settings.refreshTtlMs, 'NX')
-      .pexpire(refreshKey, this.settings.refreshTtlMs, 'GT')
-      .hset(this.keys.authToken(user), access.id, JSON.stringify(rec))
-      .hlen(refreshKey)
-    const res = await this.putTokens(user, pipe)
-    if (Number(res[4]?.[1] ?? 0) > MAX_FAMILIES) await this.pruneFamilies(user)
+    const fam: FamilyRecord = { h: refresh.hash, gen: 1, used: [], at: access.id, cid: bound.id, exp: now + this.settings.refreshTtlMs, iat: now }
+    const rec: TokenRecord = { h: access.hash, kind: 'access', fam: refresh.id, cid: bound.id, exp: now + this.settings.accessTtlMs, iat: now }
+    await this.storeSignIn(user, bound, { id: access.id, rec }, { id: refresh.id, rec: fam })
     return this.pair(user, access.token, refresh.token)
   }
 
@@ -256,12 +288,16 @@ export class AuthStore {
     }
   }
 
-  /** Starts a browser session; the token goes into an HttpOnly cookie. */
-  async issueSession(user: string): Promise<{ token: string; expiresAt: number }> {
+  /**
+   * Starts a browser session (the token goes into an HttpOnly cookie), bound to
+   * `credential` as {@link issueTokens} binds its tokens.
+   */
+  async issueSession(user: string, credential?: string): Promise<{ token: string; expiresAt: number }> {
+    const bound = await this.binding(user, credential)
     const now = this.now()
     const s = mintToken('session', user)
-    const rec: TokenRecord = { h: s.hash, kind: 'session', exp: now + this.settings.sessionTtlMs, iat: now }
-    await this.putTokens(user, this.redis.multi().hset(this.keys.authToken(user), s.id, JSON.stringify(rec)))
+    const rec: TokenRecord = { h: s.hash, kind: 'session', cid: bound.id, exp: now + this.settings.sessionTtlMs, iat: now }
+    await this.storeSignIn(user, bound, { id: s.id, rec })
     return { token: s.token, expiresAt: rec.exp }
   }
 
@@ -285,24 +321,26 @@ export class AuthStore {
     if (rec.exp <= this.now() && !opts.allowExpired) {
       throw fail('expired', 'token_expired', via === 'cookie' ? 'session expired: sign in again' : 'access token expired: refresh it at POST /v1/auth/refresh')
     }
-    return { user: parsed.user, via, tokenId: parsed.id, expiresAt: rec.exp, ...(rec.fam ? { family: rec.fam } : {}) }
+    return { user: parsed.user, via, tokenId: parsed.id, expiresAt: rec.exp, ...(rec.fam ? { family: rec.fam } : {}), ...(rec.cid ? { credential: rec.cid } : {}) }
   }
 
   /**
    * Whether a token verified earlier is still good: its record is still there
    * (not signed out, revoked or rotated away), it has not expired, and its
    * user's credential still exists (not revoked, and its TTL has not run out:
-   * every request is refused then, see rate_limit.lua). For long-lived
-   * requests (SSE streams) that verified once, when they opened. Both keys
-   * share the `{user}` slot, so one MULTI reads them together.
+   * every request is refused then, see rate_limit.lua) and is the one it was
+   * signed in with. For long-lived requests (SSE streams) that verified once,
+   * when they opened. Both keys share the `{user}` slot, so one MULTI reads
+   * them together.
    */
   async stillValid(ctx: AuthContext): Promise<boolean> {
     if (ctx.expiresAt <= this.now()) return false
-    const res = await this.redis.multi().hget(this.keys.authToken(ctx.user), ctx.tokenId).exists(this.keys.authCredential(ctx.user)).exec()
+    const res = await this.redis.multi().hget(this.keys.authToken(ctx.user), ctx.tokenId).hget(this.keys.authCredential(ctx.user), 'id').exec()
     const err = res?.find(([e]) => e)?.[0]
     if (err) throw err
     const rec = parseJson<TokenRecord>(res?.[0]?.[1] as string | null | undefined)
-    return rec !== null && rec.exp > this.now() && Number(res?.[1]?.[1] ?? 0) === 1
+    const current = res?.[1]?.[1] as string | null | undefined
+    return rec !== null && rec.exp > this.now() && typeof current === 'string' && (rec.cid === undefined || rec.cid === current)
   }
 
   /**
@@ -311,13 +349,24 @@ export class AuthStore {
    * revokes the whole family (RFC 9700 §4.14.2). `admit` runs once the token
    * is known to be its family's current one, before anything changes: it may
    * refuse (throw), e.g. on a rate limit, and the token stays good.
+   *
+   * A family signed in with a credential that is not the user's current one
+   * any more (it outlived a rotation) is revoked instead. One written before
+   * families recorded their credential is bound, by this refresh, to the
+   * credential the user has now.
    */
   async refresh(refreshToken: string, admit?: (user: string) => Promise<void>): Promise<TokenPair> {
     const parsed = parseToken(refreshToken, 'refresh')
     if (!parsed) throw fail('malformed', 'unauthorized', 'not a refresh token')
     const { user, id: famId } = parsed
     const refreshKey = this.keys.authRefresh(user)
-    const fam = parseJson<FamilyRecord>(await this.redis.hget(refreshKey, famId))
+    // One slot, so one round trip reads both; refresh_rotate.lua checks the
+    // credential again when it writes.
+    const read = await this.redis.multi().hget(refreshKey, famId).hget(this.keys.authCredential(user), 'id').exec()
+    const readErr = read?.find(([e]) => e)?.[0]
+    if (readErr) throw readErr
+    const fam = parseJson<FamilyRecord>(read?.[0]?.[1] as string | null | undefined)
+    const current = read?.[1]?.[1] as string | null | undefined
     if (!fam) throw fail('unknown', 'unauthorized', 'refresh token not recognised (revoked, or its family was revoked)')
     if (!matchesHash(fam.h, refreshToken)) {
       if (fam.used.some((h) => matchesHash(h, refreshToken))) {
@@ -330,22 +379,32 @@ export class AuthStore {
       await this.revokeFamily(user, famId)
       throw fail('expired', 'token_expired', 'refresh token expired: sign in again')
     }
+    // Checked before `admit`, so a stale family draws nothing from the bucket.
+    const cid = fam.cid ?? current
+    if (typeof cid !== 'string' || cid !== current) throw await this.credentialGone(user, famId)
     if (admit) await admit(user)
     const now = this.now()
     const next = mintToken('refresh', user, famId)
     const access = mintToken('access', user)
-    const nextFam: FamilyRecord = { h: next.hash, gen: fam.gen + 1, used: [fam.h, ...fam.used].slice(0, USED_KEPT), at: access.id, exp: now + this.settings.refreshTtlMs, iat: fam.iat }
-    const rec: TokenRecord = { h: access.hash, kind: 'access', fam: famId, exp: now + this.settings.accessTtlMs, iat: now }
+    const nextFam: FamilyRecord = { h: next.hash, gen: fam.gen + 1, used: [fam.h, ...fam.used].slice(0, USED_KEPT), at: access.id, cid, exp: now + this.settings.refreshTtlMs, iat: fam.iat }
+    const rec: TokenRecord = { h: access.hash, kind: 'access', fam: famId, cid, exp: now + this.settings.accessTtlMs, iat: now }
     const tokenTtl = Math.max(this.settings.accessTtlMs, this.settings.sessionTtlMs)
-    const r = Number(await runGatewayScript(this.redis, 'refresh_rotate', [refreshKey, this.keys.authToken(user)], [
-      famId, fam.h, JSON.stringify(nextFam), access.id, JSON.stringify(rec), this.settings.refreshTtlMs, tokenTtl,
+    const r = Number(await runGatewayScript(this.redis, 'refresh_rotate', [refreshKey, this.keys.authToken(user), this.keys.authCredential(user)], [
+      famId, fam.h, JSON.stringify(nextFam), access.id, JSON.stringify(rec), this.settings.refreshTtlMs, tokenTtl, cid,
     ]))
+    if (r === -2) throw await this.credentialGone(user, famId)
     if (r === 0) {
       await this.revokeFamily(user, famId)
       throw fail('refresh_reused', 'refresh_reused', 'refresh token was used twice at once: its family is revoked, sign in again')
     }
     if (r !== 1) throw fail('unknown', 'unauthorized', 'refresh token family was revoked')
     return this.pair(user, access.token, next.token)
+  }
+
+  /** Revokes a family whose credential is gone or replaced; the error to throw. */
+  private async credentialGone(user: string, famId: string): Promise<AuthError> {
+    await this.revokeFamily(user, famId)
+    return fail('unknown', 'unauthorized', 'the credential this refresh token was signed in with was rotated or revoked: sign in again')
   }
 
   /** Revokes one refresh family and its current access token. */

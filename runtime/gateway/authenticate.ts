@@ -111,10 +111,12 @@ export function createAuthHook(deps: { store: AuthStore; limiter: RateLimiter; m
     }
     if (ctx.via === 'cookie') checkOrigin(request)
     const start = cfg.start === true
-    const d = await deps.limiter.check(ctx.user, 'req', { start })
+    // The limiter's script also checks that the credential the token or
+    // session was signed in with is still the user's: no extra round trip.
+    const d = await deps.limiter.check(ctx.user, 'req', { start, ...(ctx.credential !== undefined ? { credential: ctx.credential } : {}) })
     if (!d.known) {
       deps.metrics.authFailures.inc({ reason: 'unknown' })
-      throw new AuthError('unknown', 'unauthorized', 'user has no credential any more (revoked)')
+      throw new AuthError('unknown', 'unauthorized', 'user has no credential any more, or a new one since this sign-in (revoked or rotated): sign in again')
     }
     void reply.headers(d.headers)
     if (!d.allowed) {

@@ -22,4 +22,6 @@ export interface GatewayDeps {
   signOuts: PendingSignOuts
   settings: GatewaySettings
   now: () => number
+  /** Whether Redis answers now: its connection is up and it has not stalled (see RedisGate). */
+  redisReady(): boolean
 }

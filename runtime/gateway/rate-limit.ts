@@ -11,7 +11,7 @@ export type Bucket = 'req' | 'auth'
 
 /** The limiter's verdict. */
 export interface RateDecision {
-  /** False when the user has no credential any more (revoked). */
+  /** False when the user has no credential any more (revoked), or not the one `credential` named (rotated). */
   known: boolean
   allowed: boolean
   deniedBy: '' | 'rate' | 'quota'
@@ -40,9 +40,11 @@ export class RateLimiter {
 
   /**
    * Counts one request of `user` in `bucket`; `start` also counts one started
-   * workflow against the daily quota.
+   * workflow against the daily quota. With `credential` (the id the caller's
+   * token or session was signed in with) the request is refused as unknown
+   * when the user's credential is another one now.
    */
-  async check(user: string, bucket: Bucket, opts: { start?: boolean } = {}): Promise<RateDecision> {
+  async check(user: string, bucket: Bucket, opts: { start?: boolean; credential?: string } = {}): Promise<RateDecision> {
     const now = this.now()
     const dayStart = now - (now % DAY_MS)
     const day = new Date(dayStart).toISOString().slice(0, 10)
@@ -50,7 +52,7 @@ export class RateLimiter {
     const rate = auth ? this.limits.authPerMin / 60 : this.limits.ratePerSec
     const burst = auth ? this.limits.authPerMin : this.limits.burst
     const r = (await runGatewayScript(this.redis, 'rate_limit', [this.keys.authRate(user), this.keys.authCredential(user)], [
-      now, bucket, rate, burst, opts.start ? 1 : 0, auth ? 0 : this.limits.dailyStarts, day, dayStart + DAY_MS - now, auth ? '0' : '1',
+      now, bucket, rate, burst, opts.start ? 1 : 0, auth ? 0 : this.limits.dailyStarts, day, dayStart + DAY_MS - now, auth ? '0' : '1', opts.credential ?? '',
     ])) as (number | string)[]
     if (Number(r[0]) === -1) return { known: false, allowed: false, deniedBy: '', retryAfterMs: 0, day, headers: {} }
     const [allowed, deniedBy, burstN, remaining, resetMs, retryMs, daily, quotaLeft, ratePerSec] = r

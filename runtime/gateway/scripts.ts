@@ -7,7 +7,7 @@ import type { RedisClient } from '../redis/connection.ts'
 import { LuaScripts } from '../redis/scripts.ts'
 
 /** Names of the scripts in runtime/gateway/scripts (without `.lua`). */
-export type GatewayScriptName = 'rate_limit' | 'refresh_rotate' | 'refresh_revoke' | 'quota_refund'
+export type GatewayScriptName = 'rate_limit' | 'refresh_rotate' | 'refresh_revoke' | 'quota_refund' | 'sign_in'
 
 const scripts = new LuaScripts<GatewayScriptName>(new URL('./scripts/', import.meta.url))
 

@@ -116,6 +116,11 @@ export class Gateway {
     return this.url
   }
 
+  /** Whether Redis answers within the gateway's Redis wait bound (readiness); false at once while it is known to be away or stalled. */
+  redisAnswers(): Promise<boolean> {
+    return this.gate.probe()
+  }
+
   /** Ends every SSE stream (clients reconnect elsewhere), then closes the server. */
   async close(): Promise<void> {
     this.deps.hub.close()
@@ -175,6 +180,9 @@ export async function createGateway(opts: GatewayOptions): Promise<Gateway> {
     // a bare number as "trust nobody", so hops are counted here.
     trustProxy: settings.trustProxy ? (_address: string, hop: number) => hop < 1 : false,
   })
+  // First hook: while Redis is away or stalled, the auth hook's own reads
+  // would wait for it. Sign-outs made meanwhile are revoked once it answers.
+  const gate = new RedisGate(opts.redis, settings.http.redisWaitMs, app.log, () => void deps.signOuts.drain())
   const deps: GatewayDeps = {
     redis: opts.redis,
     keys,
@@ -186,14 +194,13 @@ export async function createGateway(opts: GatewayOptions): Promise<Gateway> {
     signOuts: new PendingSignOuts(opts.redis, store, app.log),
     settings,
     now,
+    redisReady: () => gate.ready,
   }
   // Only JSON bodies: a text/plain body is a client mistake, answered with 415.
   app.removeContentTypeParser('text/plain')
   app.decorateRequest('auth', null)
   app.decorateRequest('quotaTaken', '')
 
-  // First: while Redis is away, the auth hook's own reads would wait for it.
-  const gate = new RedisGate(opts.redis, settings.http.redisWaitMs)
   app.addHook('onRequest', gate.hook)
   app.addHook('onRequest', createAuthHook(deps))
   app.addHook('onSend', async (request, reply, payload) => {

@@ -44,8 +44,9 @@ export function gatewayService(opts: GatewayServiceOptions = {}): GatewayService
       gateway = null
       await gw?.close()
     },
+    // Bounded by the gateway's Redis wait: a Redis that stopped answering is not ready.
     async ready() {
-      return gateway !== null && (await gateway.deps.redis.ping()) === 'PONG'
+      return gateway !== null && (await gateway.redisAnswers())
     },
     health(): Record<string, string> {
       return gateway ? { gatewayUrl: gateway.url } : {}

@@ -6,7 +6,9 @@
 -- ARGV: 1 now (ms)  2 bucket name ('req' | 'auth')  3 default rate per second (0 = no rate limit)
 --       4 default burst  5 quota cost (1 when starting a workflow, else 0)  6 default daily quota (0 = none)
 --       7 day stamp (YYYY-MM-DD, UTC)  8 ms left in that day  9 '1' to apply the user's overrides
--- Returns: { -1 } when the user has no credential (revoked or unknown: nothing is written), else
+--       10 credential id the caller's token or session was signed in with ('' when unknown: not checked)
+-- Returns: { -1 } when the user has no credential (revoked or unknown), or one other than ARGV[10]
+--          (rotated since that sign-in): nothing is written; else
 --          { allowed 1|0, denied by ('' | 'rate' | 'quota'), burst, remaining, reset ms,
 --            retry-after ms, daily quota, quota remaining, rate per second (string) }
 -- GCRA: each request moves the "theoretical arrival time" (tat) forward by one
@@ -14,6 +16,10 @@
 local rate_key, cred_key = KEYS[1], KEYS[2]
 -- Unknown users must not be able to create rate keys (memory) by guessing names.
 if redis.call('EXISTS', cred_key) == 0 then return { -1 } end
+-- Checked here, in the round trip every request makes anyway: a token or session
+-- that outlived a rotation of the credential it came from is refused like a
+-- revoked one, and so is one whose record a rotation deleted after it was read.
+if ARGV[10] and ARGV[10] ~= '' and redis.call('HGET', cred_key, 'id') ~= ARGV[10] then return { -1 } end
 local now = tonumber(ARGV[1])
 local bucket = ARGV[2]
 local rate = tonumber(ARGV[3])
