@@ -576,11 +576,12 @@ export class ActorActivation implements LiveActorHooks {
         continue
       }
       if (r.outcome !== 'ok' || ++ok < badAt) continue
-      const dead = r.attempt >= this.def.maxAttempts
+      // Dead at once: another attempt runs the same action on the same state
+      // and stores the same value (and repeats whatever the action did outside).
       results[i] = {
-        ...r, outcome: dead ? 'dead' : 'retry', outbox: [],
+        ...r, outcome: 'dead', outbox: [],
         error: `the state of ${this.def.name} after this action cannot be stored: ${error}`,
-        retryDelayMs: dead ? 0 : backoffDelay(this.def.backoff, r.attempt),
+        retryDelayMs: 0,
       }
       cutOp = true
     }

@@ -177,14 +177,16 @@ export type TroupeAction = ActionFunction<any, any, any, any, never, never, neve
  * function annotated with less than the machine's context
  * (`({ context }: { context: { n: number } })`) still fits, as it did when
  * everything was `any` (inferred from the annotation, the action no longer fit).
+ * What it emits stays `any`: the `troupe.*` events are the runtime's, so an
+ * action typed as emitting nothing (`never`) or the machine's own events
+ * still takes a helper.
  */
 export type HelperAction<
   TContext extends MachineContext = Open,
   TExpressionEvent extends EventObject = Open,
   TParams extends ParameterizedObject['params'] | undefined = Open,
   TEvent extends EventObject = Open,
-  TEmitted extends EventObject = Open,
-> = ActionFunction<TContext, TExpressionEvent, TEvent, TParams, never, never, never, never, TEmitted>
+> = ActionFunction<TContext, TExpressionEvent, TEvent, TParams, never, never, never, never, Open>
 /** A value, or a function of `{ context, event }` computing it when the action runs. */
 export type Resolvable<T, TContext = Open, TEvent = Open> = T | ((args: ExprArgs<TContext, TEvent>) => T)
 /**
@@ -196,11 +198,11 @@ export type Resolvable<T, TContext = Open, TEvent = Open> = T | ((args: ExprArgs
  */
 export type ResolvableValue<TContext = Open, TEvent = Open> = ((args: ExprArgs<TContext, TEvent>) => unknown) | string | number | boolean | null | object
 
-function emitAny<TContext extends MachineContext, TExpressionEvent extends EventObject, TParams extends ParameterizedObject['params'] | undefined, TEvent extends EventObject, TEmitted extends EventObject>(
+function emitAny<TContext extends MachineContext, TExpressionEvent extends EventObject, TParams extends ParameterizedObject['params'] | undefined, TEvent extends EventObject>(
   fn: (args: ExprArgs) => { type: string; [k: string]: unknown },
-): HelperAction<TContext, TExpressionEvent, TParams, TEvent, TEmitted> {
+): HelperAction<TContext, TExpressionEvent, TParams, TEvent> {
   // The emitted troupe.* events are the runtime's, whatever the machine declares it emits.
-  return emit<any, any, any, any, any>(fn) as HelperAction<TContext, TExpressionEvent, TParams, TEvent, TEmitted>
+  return emit<any, any, any, any, any>(fn) as HelperAction<TContext, TExpressionEvent, TParams, TEvent>
 }
 /* eslint-enable @typescript-eslint/no-explicit-any */
 
@@ -247,9 +249,9 @@ export const CONTROL = {
  * sendToAgent('writer', 'finding', ({ event }) => event.output, { join: { key: 'findings', of: 3 } })
  * ```
  */
-export function sendToAgent<TContext extends MachineContext = Open, TExpressionEvent extends EventObject = Open, TParams extends ParameterizedObject['params'] | undefined = Open, TEvent extends EventObject = Open, TEmitted extends EventObject = Open>(
+export function sendToAgent<TContext extends MachineContext = Open, TExpressionEvent extends EventObject = Open, TParams extends ParameterizedObject['params'] | undefined = Open, TEvent extends EventObject = Open>(
   to: string, type: string, payload?: ResolvableValue<NoInfer<TContext>, NoInfer<TExpressionEvent>>, opts: SendOptions<NoInfer<TContext>, NoInfer<TExpressionEvent>> = {},
-): HelperAction<TContext, TExpressionEvent, TParams, TEvent, TEmitted> {
+): HelperAction<TContext, TExpressionEvent, TParams, TEvent> {
   assertAgentName(to)
   assertActionType(type)
   return emitAny((args: ExprArgs) => ({
@@ -300,9 +302,9 @@ export interface SendOptions<TContext = Open, TEvent = Open> {
  * entry: sendToSelf('tick', null, { delayMs: 60_000 })
  * ```
  */
-export function sendToSelf<TContext extends MachineContext = Open, TExpressionEvent extends EventObject = Open, TParams extends ParameterizedObject['params'] | undefined = Open, TEvent extends EventObject = Open, TEmitted extends EventObject = Open>(
+export function sendToSelf<TContext extends MachineContext = Open, TExpressionEvent extends EventObject = Open, TParams extends ParameterizedObject['params'] | undefined = Open, TEvent extends EventObject = Open>(
   type: string, payload?: ResolvableValue<NoInfer<TContext>, NoInfer<TExpressionEvent>>, opts: { delayMs?: Resolvable<number, NoInfer<TContext>, NoInfer<TExpressionEvent>> } = {},
-): HelperAction<TContext, TExpressionEvent, TParams, TEvent, TEmitted> {
+): HelperAction<TContext, TExpressionEvent, TParams, TEvent> {
   assertActionType(type)
   return emitAny((args: ExprArgs) => ({ type: CONTROL.send, to: '', actionType: type, payload: resolve(payload, args) ?? null, delayMs: delayOf(opts.delayMs, args) }))
 }
@@ -321,7 +323,7 @@ export function sendToSelf<TContext extends MachineContext = Open, TExpressionEv
  * actions: emitEvent('progress', ({ context }) => ({ done: context.done }))
  * ```
  */
-export function emitEvent<TContext extends MachineContext = Open, TExpressionEvent extends EventObject = Open, TParams extends ParameterizedObject['params'] | undefined = Open, TEvent extends EventObject = Open, TEmitted extends EventObject = Open>(type: string, content?: ResolvableValue<NoInfer<TContext>, NoInfer<TExpressionEvent>>): HelperAction<TContext, TExpressionEvent, TParams, TEvent, TEmitted> {
+export function emitEvent<TContext extends MachineContext = Open, TExpressionEvent extends EventObject = Open, TParams extends ParameterizedObject['params'] | undefined = Open, TEvent extends EventObject = Open>(type: string, content?: ResolvableValue<NoInfer<TContext>, NoInfer<TExpressionEvent>>): HelperAction<TContext, TExpressionEvent, TParams, TEvent> {
   assertActionType(type)
   const reserved = reservedEventType(type)
   if (reserved) throw new TroupeError('bad_type', reserved)
@@ -336,7 +338,7 @@ export function emitEvent<TContext extends MachineContext = Open, TExpressionEve
  * actions: completeWorkflow(({ context }) => ({ report: context.draft }))
  * ```
  */
-export function completeWorkflow<TContext extends MachineContext = Open, TExpressionEvent extends EventObject = Open, TParams extends ParameterizedObject['params'] | undefined = Open, TEvent extends EventObject = Open, TEmitted extends EventObject = Open>(result?: ResolvableValue<NoInfer<TContext>, NoInfer<TExpressionEvent>>): HelperAction<TContext, TExpressionEvent, TParams, TEvent, TEmitted> {
+export function completeWorkflow<TContext extends MachineContext = Open, TExpressionEvent extends EventObject = Open, TParams extends ParameterizedObject['params'] | undefined = Open, TEvent extends EventObject = Open>(result?: ResolvableValue<NoInfer<TContext>, NoInfer<TExpressionEvent>>): HelperAction<TContext, TExpressionEvent, TParams, TEvent> {
   return emitAny((args: ExprArgs) => ({ type: CONTROL.complete, result: resolve(result, args) ?? null }))
 }
 
@@ -348,6 +350,6 @@ export function completeWorkflow<TContext extends MachineContext = Open, TExpres
  * actions: failWorkflow('reviewer rejected the draft twice')
  * ```
  */
-export function failWorkflow<TContext extends MachineContext = Open, TExpressionEvent extends EventObject = Open, TParams extends ParameterizedObject['params'] | undefined = Open, TEvent extends EventObject = Open, TEmitted extends EventObject = Open>(reason: Resolvable<string, NoInfer<TContext>, NoInfer<TExpressionEvent>>): HelperAction<TContext, TExpressionEvent, TParams, TEvent, TEmitted> {
+export function failWorkflow<TContext extends MachineContext = Open, TExpressionEvent extends EventObject = Open, TParams extends ParameterizedObject['params'] | undefined = Open, TEvent extends EventObject = Open>(reason: Resolvable<string, NoInfer<TContext>, NoInfer<TExpressionEvent>>): HelperAction<TContext, TExpressionEvent, TParams, TEvent> {
   return emitAny((args: ExprArgs) => ({ type: CONTROL.fail, reason: resolve(reason, args) ?? 'failed' }))
 }

@@ -90,16 +90,32 @@ function isSettled(s: AnyMachineSnapshot): boolean {
  * actions of a batch changed the state without an action to publish or send
  * for), so the action is refused rather than stored without its timer.
  */
-function pendingDelayedEvent(actor: ReturnType<typeof createActor>): string | null {
+function pendingDelayedEvent(actor: ReturnType<typeof createActor>, who: string): string | null {
   const scheduled = actor.system.getSnapshot()._scheduledEvents
   for (const id in scheduled) {
     const s = scheduled[id]
     if (!s) continue
-    return `the action left a delayed XState event '${s.event.type}' pending (${s.delay} ms): ` +
+    return `${who} a delayed XState event '${s.event.type}' pending (${s.delay} ms): ` +
       'a Troupe actor is stored and let go between actions, so XState timers (after, raise or sendTo with a delay) cannot outlive the action; ' +
       'use sendToSelf(type, payload, { delayMs }) for a timer that survives'
   }
   return null
+}
+
+/** "a Map", "an Error": for the messages below. */
+function named(name: string): string {
+  return `${/^[AEIOU]/.test(name) ? 'an' : 'a'} ${name}`
+}
+
+/**
+ * Plain for JSON: no prototype, or Object.prototype, also another realm's (an
+ * object from a vm context or a worker's structured clone has its own
+ * Object.prototype and round-trips exactly).
+ */
+function isPlainObject(value: object): boolean {
+  const proto = Object.getPrototypeOf(value) as object | null
+  if (proto === Object.prototype || proto === null) return true
+  return Object.getPrototypeOf(proto) === null && (proto.constructor as { name?: string } | undefined)?.name === 'Object'
 }
 
 /** What a value JSON would store as something else, or null (see assertPlain). */
@@ -110,11 +126,9 @@ function notPlain(value: unknown): string | null {
     case 'symbol': return 'a symbol'
     case 'number': return Number.isFinite(value) ? null : `the number ${String(value)} (JSON stores null)`
     case 'object': {
-      if (value === null || Array.isArray(value)) return null
-      const proto = Object.getPrototypeOf(value) as object | null
-      if (proto === Object.prototype || proto === null) return null
-      const name = (proto.constructor as { name?: string } | undefined)?.name
-      return `a ${name || 'class instance'} (JSON stores only its own fields as a plain object)`
+      if (value === null || Array.isArray(value) || value instanceof Error || isPlainObject(value)) return null
+      const name = ((Object.getPrototypeOf(value) as object).constructor as { name?: string } | undefined)?.name
+      return `${name ? named(name) : 'a class instance'} (JSON stores only its own fields as a plain object)`
     }
     default: return null
   }
@@ -127,24 +141,33 @@ function notPlain(value: unknown): string | null {
  * next action ran with, and whether it did would depend on which actions
  * shared an activation. Thrown, the action fails through takeSnapshot's
  * "cannot be stored" path, naming the value. Only the machine's own context:
- * the rest of the snapshot is XState's (a failed child's snapshot holds its
- * Error, which was always stored as `{}` and never read back). A cycle is left
- * to JSON.stringify, which refuses it.
+ * the rest of the snapshot is XState's. An Error is let through (XState's
+ * `onError: { actions: assign({ error: ({ event }) => event.error }) }` is the
+ * common way to keep one) and stored as `{ name, message }` (see errorFields);
+ * returns whether it met one. A cycle is left to JSON.stringify, which refuses it.
  */
-function assertPlain(value: unknown, path: string, within: object[]): void {
+function assertPlain(value: unknown, path: string, within: object[]): boolean {
   const why = notPlain(value)
   if (why) throw new TypeError(`${path} holds ${why}; an agent's context must be plain JSON data`)
-  if (typeof value !== 'object' || value === null || within.includes(value)) return
+  if (typeof value !== 'object' || value === null || within.includes(value)) return false
+  if (value instanceof Error) return true
+  let errors = false
   within.push(value)
   if (Array.isArray(value)) {
-    for (let i = 0; i < value.length; i++) assertPlain(value[i], `${path}[${i}]`, within)
+    for (let i = 0; i < value.length; i++) errors = assertPlain(value[i], `${path}[${i}]`, within) || errors
   } else {
     for (const key in value) {
       const v = (value as Record<string, unknown>)[key]
-      if (v !== undefined) assertPlain(v, `${path}.${key}`, within)
+      if (v !== undefined) errors = assertPlain(v, `${path}.${key}`, within) || errors
     }
   }
   within.pop()
+  return errors
+}
+
+/** JSON.stringify's replacer for a snapshot holding an Error: `{ name, message }` instead of the `{}` JSON makes of it. */
+function errorFields(_key: string, value: unknown): unknown {
+  return value instanceof Error ? { name: value.name, message: value.message } : value
 }
 
 /** A join's key and count may be at most these (see JoinOptions). */
@@ -265,6 +288,15 @@ export class LiveActor {
     actor.subscribe(this.snapshotObserver)
     this.prevValue = ''
     actor.start()
+    // A fresh actor's start runs its initial state's entry, which arms that
+    // state's `after` timers (a restore arms none): refused here, else the
+    // timer ran in the process between actions, changing the state with no
+    // action to publish or send for.
+    const initialTimer = persisted ? null : pendingDelayedEvent(actor, 'its initial state left')
+    if (initialTimer) {
+      actor.stop()
+      throw new Error(initialTimer)
+    }
     this.prevValue = JSON.stringify((actor.getSnapshot() as AnyMachineSnapshot).value)
     this.actor = actor
     return actor
@@ -524,7 +556,7 @@ export class LiveActor {
       this.discard()
       return outcomeOf(cur, cur.effectTransient ? 'failed' : 'rejected', cur.effectError)
     }
-    const delayed = pendingDelayedEvent(actor)
+    const delayed = pendingDelayedEvent(actor, 'the action left')
     if (delayed) {
       // Refused at once: another attempt would leave the same timer.
       this.discard()
@@ -538,8 +570,7 @@ export class LiveActor {
 
   private serialise(snap: AnyMachineSnapshot): string {
     const persisted = this.def.machine.getPersistedSnapshot(snap) as { context?: unknown }
-    assertPlain(persisted.context, 'context', [])
-    return JSON.stringify(persisted)
+    return JSON.stringify(persisted, assertPlain(persisted.context, 'context', []) ? errorFields : undefined)
   }
 
   /**

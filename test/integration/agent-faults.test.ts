@@ -4,6 +4,7 @@
 // by one agent while another is still working. The locks here last a minute, so
 // an activation that threw out of its run and held its lock until the TTL (what
 // the first two did) makes these tests time out instead of passing late.
+import { runInNewContext } from 'node:vm'
 import { afterEach, describe, expect, it } from 'vitest'
 import { assign, fromPromise, raise, setup, spawnChild } from 'xstate'
 import { completeWorkflow, defineAgent, startRuntime, TroupeClient, type ActionEvent, type Runtime } from '../../runtime/index.ts'
@@ -162,7 +163,8 @@ describe('XState features a Troupe actor cannot keep between actions', () => {
     type Kind = keyof typeof holders
     const hoarder = defineAgent({
       name: 'hoarder',
-      maxAttempts: 1,
+      // Refused at the first attempt all the same: another would store the same value.
+      maxAttempts: 3,
       machine: setup({ types: { context: {} as { kept: number; held: unknown }, events: {} as ActionEvent<'keep'> | ActionEvent<'hold', { kind: Kind }> } }).createMachine({
         context: { kept: 0, held: null },
         on: {
@@ -182,9 +184,59 @@ describe('XState features a Troupe actor cannot keep between actions', () => {
     const names: Record<Kind, RegExp> = { map: /a Map/, set: /a Set/, date: /a Date/, money: /a Money/ }
     for (const [kind, wf] of Object.entries(wfs) as [Kind, string][]) {
       await eventually(async () => (await c.deadLetters(wf)).length === 1, 20_000, `the ${kind} action dead-lettered`)
-      expect((await c.deadLetters(wf))[0]?.error).toMatch(names[kind])
+      const [dead] = await c.deadLetters(wf)
+      expect(dead?.error).toMatch(names[kind])
+      expect(dead?.attempt).toBe(1)
       expect(await context<{ kept: number; held: unknown }>(c, wf, 'hoarder')).toEqual({ kept: 1, held: null })
     }
+  })
+})
+
+describe('XState features a Troupe actor keeps, with care', () => {
+  it('stores an Error kept in context (the onError pattern) as its name and message, and a plain object from another realm as it is', async () => {
+    const keeper = defineAgent({
+      name: 'errkeeper',
+      machine: setup({
+        types: { context: {} as { error: unknown; foreign: unknown }, events: {} as ActionEvent<'go'> },
+        actors: { boom: fromPromise(() => Promise.reject(new RangeError('out of range'))) },
+      }).createMachine({
+        context: { error: null, foreign: null },
+        initial: 'idle',
+        states: {
+          idle: { on: { go: 'working' } },
+          working: {
+            invoke: { src: 'boom', onError: { target: 'failure', actions: assign({ error: ({ event }) => event.error, foreign: () => runInNewContext('({ a: [1, { b: 2 }] })') as unknown }) } },
+          },
+          failure: {},
+        },
+      }),
+    })
+    const c = client()
+    const { workflowId: wf } = await c.startWorkflow({ agent: 'errkeeper', type: 'go', validate: false })
+    await runtime([keeper])
+    await eventually(async () => (await c.getStatus(wf))?.counts.done === 1 || (await c.deadLetters(wf)).length > 0, 20_000, 'the action to end')
+    expect(await c.deadLetters(wf)).toEqual([])
+    // JSON alone stored the Error as {}.
+    expect(await context<unknown>(c, wf, 'errkeeper')).toEqual({ error: { name: 'RangeError', message: 'out of range' }, foreign: { a: [1, { b: 2 }] } })
+  })
+
+  it('refuses an agent whose initial state arms an `after` timer, at its first action, instead of running the timer between actions', async () => {
+    const early = defineAgent({
+      name: 'early',
+      maxAttempts: 3,
+      machine: setup({ types: { events: {} as ActionEvent<'go'> } }).createMachine({
+        initial: 'idle',
+        states: { idle: { after: { 50: 'expired' }, on: { go: {} } }, expired: { on: { go: {} } } },
+      }),
+    })
+    const c = client()
+    const { workflowId: wf } = await c.startWorkflow({ agent: 'early', type: 'go', validate: false })
+    await runtime([early])
+    await eventually(async () => (await c.deadLetters(wf)).length === 1, 20_000, 'the action dead-lettered')
+    const [dead] = await c.deadLetters(wf)
+    expect(dead?.error).toMatch(/cannot start early: .*its initial state left a delayed XState event 'xstate\.after\.50\..*sendToSelf/)
+    expect(dead?.attempt).toBe(1)
+    expect(await c.redis.hget(c.keys.actor(wf, 'early'), 'snapshot')).toBeNull()
   })
 })
 

@@ -5,7 +5,7 @@
 // type or on an `@ts-expect-error` that no longer finds an error (as with
 // `any`); at run time the machines are only built.
 import { describe, expect, expectTypeOf, it } from 'vitest'
-import { fromPromise, setup } from 'xstate'
+import { fromPromise, setup, type ActionFunction } from 'xstate'
 import { completeWorkflow, emitEvent, failWorkflow, sendToAgent, sendToSelf, type ActionEvent, type JoinOptions, type TroupeAction } from '../../runtime/index.ts'
 
 type Plan = ActionEvent<'plan', { topic: string }>
@@ -83,5 +83,15 @@ describe('agent helper types', () => {
       on: { plan: { actions: [...actions, completeWorkflow(({ context }: { context: { topic: string } }) => context.topic)] } },
     })
     expect(m.events).toEqual(['plan'])
+  })
+  it('fit an action typed by hand as emitting nothing, as they did when everything was any', () => {
+    // A helper typed with XState's own ActionFunction, emitted events `never`:
+    // the helpers' troupe.* events are the runtime's, not the machine's.
+    const announce: ActionFunction<Ctx, Plan, Plan | Tick, undefined, never, never, never, never, never> = emitEvent('announced', ({ event }) => ({ topic: event.payload.topic }))
+    const m = setup({ types: { context: {} as Ctx, events: {} as Plan | Tick } }).createMachine({
+      context: { topic: '', ticks: 0 },
+      on: { plan: { actions: announce } },
+    })
+    expect(m.events).toContain('plan')
   })
 })
