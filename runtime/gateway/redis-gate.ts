@@ -14,7 +14,13 @@
 // gate treats as an outage (waiting requests get their 503, new ones at once)
 // until that PING is answered. At most one PING is outstanding, and refused
 // requests send nothing, so a stall queues a bounded number of commands.
+//
+// Not on a Redis Cluster: a PING reaches one node, so one stalled master would
+// put every request into 503 (most touch only healthy nodes), and one it
+// misses would go unnoticed. There the gate watches the connection only, and
+// readiness still PINGs (bounded, one at a time) without marking a stall.
 import type { FastifyReply, FastifyRequest, HookHandlerDoneFunction } from 'fastify'
+import { isCluster } from '../redis/batch.ts'
 import type { RedisClient } from '../redis/connection.ts'
 import { GatewayError, sendProblem } from './problem.ts'
 import { isApiPath } from './routes.ts'
@@ -68,6 +74,8 @@ export class RedisGate {
   private nextProbe: NodeJS.Timeout | null = null
   private lastAnswer = performance.now()
   private closed = false
+  /** Stall detection is off on a Cluster (see the top of this file). */
+  private readonly detectStalls: boolean
 
   constructor(
     private readonly redis: RedisClient,
@@ -76,6 +84,7 @@ export class RedisGate {
     /** Called when Redis answers again after a stall (no `ready` event marks that: the connection never dropped). */
     private readonly onAnswerAgain?: () => void,
   ) {
+    this.detectStalls = !isCluster(redis)
     redis.on('close', this.onClose)
     redis.on('ready', this.onReady)
   }
@@ -87,11 +96,12 @@ export class RedisGate {
 
   /**
    * Whether Redis answers a PING within `waitMs` (readiness). Joins a probe
-   * already deciding; false at once while the connection is down or Redis
-   * stalled, without sending another PING.
+   * already deciding; false at once while the connection is down, Redis
+   * stalled, or (on a Cluster, which marks no stall) a PING is still
+   * unanswered past `waitMs`, without sending another PING.
    */
   probe(): Promise<boolean> {
-    if (!this.ready || this.pinging) return this.probing ?? Promise.resolve(this.ready)
+    if (!this.ready || this.pinging) return this.probing ?? Promise.resolve(this.ready && !this.pinging)
     const sent = performance.now()
     const id = ++this.pings
     const connection = this.connections
@@ -103,9 +113,17 @@ export class RedisGate {
         if (this.probing === verdict) this.probing = null
         resolve(ok)
       }
+      // The wall clock alone misjudges a gateway whose own event loop was
+      // blocked past `waitMs` (a long GC pause, CPU throttling): Node runs the
+      // overdue timer before it reads the socket, where the PONG may already
+      // wait. The verdict is left to the check phase, which comes after the
+      // poll phase that reads every reply received by then.
       const timer = setTimeout(() => {
-        if (this.pinging === id && this.connections === connection) this.stall()
-        decide(this.ready)
+        setImmediate(() => {
+          if (decided) return
+          if (this.pinging === id && this.connections === connection) this.stall()
+          decide(this.ready && this.pinging !== id)
+        }).unref()
       }, this.waitMs)
       timer.unref()
       // An error reply (or a connection ended for good) is an answer too:
@@ -134,7 +152,7 @@ export class RedisGate {
 
   /** Keeps a probe due while requests wait on Redis. */
   private watch(): void {
-    if (this.closed || this.nextProbe || this.probing || this.pending.size === 0) return
+    if (!this.detectStalls || this.closed || this.nextProbe || this.probing || this.pending.size === 0) return
     const due = Math.max(0, this.lastAnswer + PROBE_EVERY_MS - performance.now())
     this.nextProbe = setTimeout(() => {
       this.nextProbe = null
@@ -145,7 +163,7 @@ export class RedisGate {
 
   private stall(): void {
     // A dropped connection is an outage, the close timer's to answer.
-    if (this.stalled || this.closed || this.redis.status !== 'ready') return
+    if (!this.detectStalls || this.stalled || this.closed || this.redis.status !== 'ready') return
     this.stalled = true
     this.log?.warn(`Redis has not answered a PING for ${this.waitMs} ms though its connection is up: answering 503 until it does`)
     this.refusePending()

@@ -4,11 +4,16 @@
 // answered 503 `unavailable` after a bounded wait, later ones at once (so they
 // do not pile up behind the stalled connection), readiness says not ready, and
 // everything works again once Redis answers. Runs on a private redis-server
-// that the test stops and continues.
+// that the test stops and continues. The probe on its own: a reply that came
+// while the gateway's event loop was blocked is no stall, and a Cluster marks
+// none (its PING reaches one node).
+import { execFileSync } from 'node:child_process'
 import { rmSync } from 'node:fs'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { RedisGate } from '../../runtime/gateway/redis-gate.ts'
+import { closeRedis, createRedis } from '../../runtime/redis/connection.ts'
 import { startRedis, type RedisProcess } from '../../scripts/services/redis.ts'
-import { eventually } from '../helpers/redis.ts'
+import { eventually, redisUrl } from '../helpers/redis.ts'
 import { call, startStack, type Reply, type Stack } from './helpers.ts'
 
 const WAIT_MS = 1000
@@ -83,5 +88,85 @@ describe('gateway with a stalled Redis', () => {
     expect(await within(s.service.ready?.() ?? Promise.resolve(false), AT_ONCE_MS)).toBe(true)
     const started = await call(s, 'POST', '/v1/workflows', { token, body: { agent: 'counter', type: 'ping' } })
     expect(started.status, started.text).toBe(201)
+  })
+})
+
+/** A log that keeps what the gate says. */
+function recorder(): { warn(msg: string): void; info(msg: string): void; warned: string[] } {
+  const warned: string[] = []
+  return { warned, warn: (msg) => warned.push(msg), info: () => undefined }
+}
+
+describe('the stall probe', () => {
+  it('does not take a PONG left unread behind the gateway\'s own blocked event loop for a stall', async () => {
+    const redis = createRedis(redisUrl())
+    const log = recorder()
+    const gate = new RedisGate(redis, 20, log)
+    try {
+      await redis.ping()
+      // From the check phase, so the loop goes on to its timers (the probe's
+      // overdue one) before it polls the socket, where the PONG waits.
+      const verdict = await new Promise<boolean>((resolve) => setImmediate(() => {
+        const v = gate.probe()
+        const until = performance.now() + 300
+        while (performance.now() < until) {
+          // The gateway's own loop is blocked (a GC pause, CPU throttling); Redis answers meanwhile.
+        }
+        resolve(v)
+      }))
+      expect(verdict).toBe(true)
+      expect(log.warned).toEqual([])
+      expect(gate.ready).toBe(true)
+    } finally {
+      gate.close()
+      await closeRedis(redis)
+    }
+  })
+
+  describe('on a Redis Cluster', () => {
+    let node: RedisProcess
+    beforeAll(async () => {
+      // A one-node Cluster; announced by address, which ioredis needs to follow its slot map.
+      node = await startRedis({ args: ['--cluster-enabled', 'yes', '--cluster-announce-ip', '127.0.0.1'] })
+      execFileSync('redis-cli', ['-p', String(node.port), 'cluster', 'addslotsrange', '0', '16383'])
+    })
+    afterAll(async () => {
+      node?.resume()
+      await node?.stop()
+      if (node) rmSync(node.dir, { recursive: true, force: true })
+    })
+
+    it('marks no stall (one node\'s PING would judge them all) and keeps readiness bounded with one PING at a time', async () => {
+      const cluster = createRedis(`redis+cluster://127.0.0.1:${node.port}`)
+      const log = recorder()
+      const gate = new RedisGate(cluster, 200, log)
+      try {
+        await eventually(async () => (await cluster.set('{gate}probe', '1').catch(() => null)) === 'OK', 15_000, 'the one-node cluster to serve')
+        expect(await gate.probe()).toBe(true)
+        const sent: string[] = []
+        const send = cluster.sendCommand.bind(cluster)
+        cluster.sendCommand = ((cmd: { name: string }, ...rest: unknown[]) => {
+          sent.push(cmd.name)
+          return (send as (...a: unknown[]) => unknown)(cmd, ...rest)
+        }) as typeof cluster.sendCommand
+        node.pause()
+        try {
+          expect(await within(gate.probe(), AT_ONCE_MS), 'readiness while the node is stopped').toBe(false)
+          // Its PING is still unanswered: the next probe answers at once and sends none.
+          expect(await within(gate.probe(), 50)).toBe(false)
+          expect(sent.filter((c) => c === 'ping')).toHaveLength(1)
+          expect(gate.ready, 'requests are still let through').toBe(true)
+          expect(log.warned).toEqual([])
+        } finally {
+          node.resume()
+          cluster.sendCommand = send
+        }
+        await eventually(() => gate.probe(), 10_000, 'readiness once the node answers')
+        expect(gate.ready).toBe(true)
+      } finally {
+        gate.close()
+        await closeRedis(cluster)
+      }
+    })
   })
 })
