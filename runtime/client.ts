@@ -9,6 +9,7 @@ import { enqueueWith, writeFollowUps, type EnqueueArgs, type EnqueueResult, type
 import { TroupeError } from './errors.ts'
 import { compareStreamIds, FINAL_EVENT_TYPES, isLastStreamId, isStreamId, parseEntry, parseLive } from './events.ts'
 import { createLogger, type Logger } from './log.ts'
+import { dropFromOwnerIndex } from './owner-index.ts'
 import { closeRedis, createRedis, type RedisClient } from './redis/connection.ts'
 import { assertActionType, assertAgentName, assertWorkflowId, isWorkflowId, Keys } from './redis/keys.ts'
 import { runScript } from './redis/scripts.ts'
@@ -390,8 +391,8 @@ export class TroupeClient {
    * entries than a batch, a random window of them is checked, so workflows that
    * live on at the head cannot keep the gone ones behind them forever. One
    * EXISTS per status key (other slots on a Cluster: execOps sends each to its
-   * node), then one ZREM, then one HMGET per removed id to put back one that
-   * was started again meanwhile (its owner's own, at its status's createdAt).
+   * node), then {@link dropFromOwnerIndex}: one ZREM, and one HMGET per
+   * removed id to put back one that was started again meanwhile.
    * Best effort, as the start has taken effect; the listing drops gone ids it
    * meets too.
    */
@@ -409,19 +410,8 @@ export class TroupeClient {
       const exists = await execOps(this.redis, ids.map((id) => ({ cmd: 'exists', args: [this.keys.status(id)] })))
       // A failed read keeps its entry: only a key known to be gone drops one.
       const gone = ids.filter((_id, i) => exists[i]?.[0] === null && Number(exists[i]?.[1]) === 0)
-      if (gone.length === 0) return
-      await this.redis.zrem(key, ...gone)
-      // A caller-chosen id can be started again once its keys expired: one
-      // started between the EXISTS and the ZREM had its new entry removed with
-      // the old. Its status was written before that entry, so this read, after
-      // the ZREM, sees it; NX leaves an entry its start wrote since as it is.
-      const back = await execOps(this.redis, gone.map((id) => ({ cmd: 'hmget', args: [this.keys.status(id), 'owner', 'createdAt'] })))
-      const again = gone.flatMap((id, i) => {
-        const [err, v] = back[i] ?? [new Error('no reply'), null]
-        const [by, at] = err ? [] : (v as (string | null)[])
-        return by === owner && at ? [Number(at), id] : []
-      })
-      if (again.length > 0) await this.redis.zadd(key, 'NX', ...again)
+      // An id started again between the EXISTS and the ZREM is put back.
+      await dropFromOwnerIndex(this.redis, this.keys, owner, gone)
     } catch (err) {
       this.log.warn('pruning an owner index of expired workflows failed; the next start tries again', { key, error: err instanceof Error ? err.message : String(err) })
     }

@@ -5,6 +5,7 @@
 import { createHash } from 'node:crypto'
 import type { FastifyInstance } from 'fastify'
 import { TroupeError } from '../errors.ts'
+import { dropFromOwnerIndex } from '../owner-index.ts'
 import { execOps, throwFirst } from '../redis/batch.ts'
 import type { ActionRecord } from '../types.ts'
 import { caller } from './authenticate.ts'
@@ -101,8 +102,10 @@ export function registerWorkflowRoutes(app: FastifyInstance, deps: GatewayDeps):
       }
       items.push({ workflowId: p.wf, status, entry: entry ?? '', createdAt: Number(createdAt ?? p.score), updatedAt: Number(updatedAt ?? p.score), ...(endedAt ? { endedAt: Number(endedAt) } : {}) })
     })
-    // Workflows whose keys expired after retention (or whose id is now another user's) leave the listing for good.
-    if (gone.length) await redis.zrem(key, ...gone)
+    // Workflows whose keys expired after retention (or whose id is now another
+    // user's) leave the listing for good; one this user started again since
+    // the HMGET above is put back.
+    await dropFromOwnerIndex(redis, keys, user, gone)
     const lastShown = shown[shown.length - 1]
     return { items, nextCursor: more && lastShown ? `${lastShown.score}:${lastShown.wf}` : null }
   })
