@@ -15,7 +15,7 @@ import { knownAgents, readQueues, serverNow, type AgentQueue } from './queues.ts
 import { forgettable, readRegistry, REGISTRATION_FORGET_MS, withQueuedWork, type RegistryEntry } from './registry.ts'
 import { buildRollup, readPersistence, readRollup, rollupWrites, sweepFromRollup, type PersistenceBacklog, type Rollup } from './rollups.ts'
 import { StuckTracker, type StuckActor } from './stuck.ts'
-import { WorkflowSweep } from './sweep.ts'
+import { WorkflowSweep, type ForgetFigures } from './sweep.ts'
 
 /** Tunables of the leader's duties (see docs/supervisor.md). */
 export interface DutyOptions {
@@ -31,6 +31,10 @@ export interface DutyOptions {
   sweepWindowMs: number
   repairGraceMs: number
   maxActorsPerAgent: number
+  forgetAfterMs: number
+  forgetEveryMs: number
+  forgetPage: number
+  forgetCalls: number
 }
 
 /** What one tick did (for logs and tests). */
@@ -39,6 +43,8 @@ export interface TickReport {
   deadlines: DeadlineOutcome[]
   stuck: StuckActor[]
   sweptAt: number | null
+  /** The pass forgetting finished actions' records that this tick completed, if any. */
+  forgot: ForgetFigures | null
   rollup: Rollup | null
   /** The fleet-settings check of the agents live services host (null when it could not run). */
   fleetSettings: FleetCheck[] | null
@@ -75,6 +81,10 @@ export class LeaderDuties {
     this.sweep = new WorkflowSweep(deps.redis, deps.keys, {
       windowMs: opts.sweepWindowMs,
       graceMs: opts.repairGraceMs,
+      forgetAfterMs: opts.forgetAfterMs,
+      forgetEveryMs: opts.forgetEveryMs,
+      forgetPage: opts.forgetPage,
+      forgetCalls: opts.forgetCalls,
       onRepair: (actors) => {
         deps.metrics.repairs.inc(actors.length)
         deps.log.warn(`re-hinted ${actors.length} actors whose due work had no ready hint: ${actors.slice(0, 5).map((a) => `${a.agent} in ${a.wf}`).join(', ')}${actors.length > 5 ? ', ...' : ''}`)
@@ -135,13 +145,22 @@ export class LeaderDuties {
     return gone
   }
 
+  /** Says what a completed pass forgetting finished actions' records did, when it did anything. */
+  private logForgotten(f: ForgetFigures): void {
+    const secs = Math.round((f.finishedAt - f.startedAt) / 1000)
+    if (f.removed > 0) {
+      this.deps.log.info(`forgot the records of ${f.removed} finished actions in ${f.removedFrom} of ${f.workflows} live workflows (done over ${Math.round(this.opts.forgetAfterMs / 60_000)} minutes ago, their completion no longer in the stream; pass of ${secs} s)`)
+    }
+    if (f.failed > 0) this.deps.log.warn(`forgetting finished actions' records skipped ${f.failed} workflows, left for the next pass; last error: ${f.lastError ?? '?'}`)
+  }
+
   /** Runs every duty once. */
   async tick(signal?: AbortSignal): Promise<TickReport> {
     const { redis, keys, log, metrics } = this.deps
     const fence = this.fence
     const o = this.opts
     const errors: string[] = []
-    const report: TickReport = { health: null, deadlines: [], stuck: [], sweptAt: null, rollup: null, fleetSettings: null, forgottenAgents: [], errors }
+    const report: TickReport = { health: null, deadlines: [], stuck: [], sweptAt: null, forgot: null, rollup: null, fleetSettings: null, forgottenAgents: [], errors }
 
     if (!this.seeded && !this.sweep.last) {
       // A new term reports the previous leader's last sweep until its own first
@@ -176,7 +195,13 @@ export class LeaderDuties {
     // The sweep goes first: the queue figures below must cover every agent named
     // by the sweep this tick's rollup reports (an agent nobody hosts is known only
     // from the workflows the sweep read).
+    const sweepUntil = Date.now() + o.sweepMaxMs
     if (await this.guard('sweep', errors, () => this.sweep.step(o.sweepBudget, fence, signal, o.sweepMaxMs))) report.sweptAt = this.sweep.last?.startedAt ?? null
+    if (signal?.aborted) return report
+    // A duty of its own, so that its failure leaves the sweep's figures be;
+    // within what the sweep left of its time (past it, one round trip).
+    report.forgot = await this.guard('forgetting finished actions', errors, () => this.sweep.forget(fence, signal, Math.max(0, sweepUntil - Date.now())))
+    if (report.forgot) this.logForgotten(report.forgot)
     if (signal?.aborted) return report
 
     const clock = await this.guard('clock', errors, () => serverNow(redis))

@@ -4,6 +4,7 @@
 import { MAX_TIMER_MS } from '../config.ts'
 import { TroupeError } from '../errors.ts'
 import type { DutyOptions } from './duties.ts'
+import { FORGET_AFTER_MS } from './sweep.ts'
 
 /** What `supervisorService()` accepts; every field is optional. */
 export interface SupervisorOptions {
@@ -31,6 +32,19 @@ export interface SupervisorOptions {
   sweepWindowMs?: number
   /** Hints walked per agent for the queue figures. Default 5000. */
   maxActorsPerAgent?: number
+  /**
+   * How long a `done` action's record stays at least before the leader forgets
+   * it (see docs/supervisor.md, "Forgetting finished actions"). Default 1 h,
+   * the persister's: a send with a caller's own action id is idempotent while
+   * the first one's record exists.
+   */
+  forgetAfterMs?: number
+  /** From the start of one pass forgetting finished actions' records to the start of the next. Default 1 h; at least 1 s. */
+  forgetEveryMs?: number
+  /** Fields asked per HSCAN of a workflow's records (one script call holds Redis for about 6 µs a field). Default 200; at most 10,000. */
+  forgetPage?: number
+  /** Most sweep_done.lua calls per tick. Default 64. */
+  forgetCalls?: number
   /** Port of the Prometheus HTTP SD server; 0 picks a free one, false disables it. Default 0 (`TROUPE_SD_PORT`). */
   sdPort?: number | false
   /** Address the SD server binds. Default 127.0.0.1 (`TROUPE_SD_HOST`). */
@@ -90,6 +104,12 @@ export function resolveSupervisorOptions(o: SupervisorOptions = {}): ResolvedSup
     sweepWindowMs: positive(o.sweepWindowMs ?? 60_000, 'sweepWindowMs', 1000),
     repairGraceMs: Math.max(2000, tickMs),
     maxActorsPerAgent: positive(o.maxActorsPerAgent ?? 5000, 'maxActorsPerAgent'),
+    // 0 is allowed: the stream alone decides then (tests, or sends that never reuse an id).
+    forgetAfterMs: positive(o.forgetAfterMs ?? FORGET_AFTER_MS, 'forgetAfterMs', 0),
+    forgetEveryMs: positive(o.forgetEveryMs ?? 3_600_000, 'forgetEveryMs', 1000),
+    // A page is read, and its records removed, in one script call: bounded so none holds Redis long.
+    forgetPage: positive(o.forgetPage ?? 200, 'forgetPage', 1, 10_000),
+    forgetCalls: positive(o.forgetCalls ?? 64, 'forgetCalls'),
     sdPort,
     sdHost: o.sdHost ?? process.env.TROUPE_SD_HOST ?? '127.0.0.1',
   }

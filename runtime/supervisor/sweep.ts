@@ -8,8 +8,9 @@
 // re-hints with `ZADD LT` (which can only bring a look forward, never hide work);
 // the actor lock and fence still decide who delivers, so this never double-delivers.
 //
-// Beside it, at its own slower pace, the leader forgets the records of finished
-// actions of workflows that never end (sweep_done.lua, see forgetStep).
+// Beside it, at its own slower pace and as a duty of its own (a failure there
+// must not cost a sweep its figures), the leader forgets the records of
+// finished actions of workflows that never end (sweep_done.lua, see forget).
 import { readFileSync } from 'node:fs'
 import type { RedisClient } from '../redis/connection.ts'
 import type { Keys } from '../redis/keys.ts'
@@ -71,6 +72,8 @@ export interface ForgetFigures {
   workflows: number
   /** Records removed, each an action's record and its state. */
   removed: number
+  /** Workflows that had records removed. */
+  removedFrom: number
   /** Workflows left for the next pass after an error, and the last error. */
   failed: number
   lastError: string | null
@@ -93,7 +96,8 @@ interface ForgetPass {
   fig: ForgetFigures
   cursor: string
   listed: boolean
-  todo: { wf: string; cursor: string }[]
+  /** `hit`: some record of it was removed already (a workflow is paged over steps). */
+  todo: { wf: string; cursor: string; hit: boolean }[]
 }
 
 let doneScripts: LuaScripts<'sweep_done'> | null = null
@@ -186,18 +190,12 @@ export class WorkflowSweep {
 
   /**
    * Runs up to `budget` SCAN calls, stopping early after `maxMs`; repairs go
-   * through `fence` (none without one: read-only), and with one it also goes on
-   * forgetting finished actions' records (see forgetStep). Resolves to true when
-   * this step completed a sweep.
+   * through `fence` (none without one: read-only). Resolves to true when this
+   * step completed a sweep. Forgetting finished actions' records is a step of
+   * its own ({@link forget}).
    */
   async step(budget: number, fence: LeaderFence | null, signal?: AbortSignal, maxMs = Infinity): Promise<boolean> {
     const until = Date.now() + maxMs
-    const swept = await this.sweepStep(budget, fence, signal, until)
-    if (fence && !signal?.aborted) await this.forgetStep(fence, signal, until)
-    return swept
-  }
-
-  private async sweepStep(budget: number, fence: LeaderFence | null, signal: AbortSignal | undefined, until: number): Promise<boolean> {
     if (!this.cur) {
       const now = await serverNow(this.redis)
       this.cur = { startedAt: now, finishedAt: 0, windowStart: now - this.windowMs, workflows: {}, deadLetters: {}, completed: {}, failed: {}, agents: [], repairs: 0, truncated: false }
@@ -232,17 +230,20 @@ export class WorkflowSweep {
    * becomes old enough only after an hour), and pages each
    * workflow's records with HSCAN: at most `forgetCalls` calls a step, a round
    * trip of up to FORGET_PER_TRIP workflows at a time and none begun after
-   * `until` but the first. A workflow with 100,000 records takes many steps;
-   * the others go on beside it.
+   * `maxMs` but the first. A workflow with 100,000 records takes many steps;
+   * the others go on beside it. Resolves to the figures of the pass when this
+   * step completed one (also kept as `lastForget`), else null. A failed step
+   * (its SCAN refused) leaves the pass where it was, for the next step.
    */
-  private async forgetStep(fence: LeaderFence, signal: AbortSignal | undefined, until: number): Promise<void> {
+  async forget(fence: LeaderFence, signal?: AbortSignal, maxMs = Infinity): Promise<ForgetFigures | null> {
+    const until = Date.now() + maxMs
     const redis = fence.redis
     // The term key and the workflow's keys are in different slots, as for
     // every fenced write (docs/supervisor.md, "Scope of the fence").
-    if ('nodes' in redis) return
+    if ('nodes' in redis) return null
     if (!this.forgetting) {
-      if (Date.now() < this.forgetNextAt) return
-      this.forgetting = { fig: { startedAt: Date.now(), finishedAt: 0, workflows: 0, removed: 0, failed: 0, lastError: null }, cursor: '0', listed: false, todo: [] }
+      if (Date.now() < this.forgetNextAt) return null
+      this.forgetting = { fig: { startedAt: Date.now(), finishedAt: 0, workflows: 0, removed: 0, removedFrom: 0, failed: 0, lastError: null }, cursor: '0', listed: false, todo: [] }
     }
     const f = this.forgetting
     for (let calls = 0, trips = 0; calls < this.forgetCalls && !signal?.aborted && (trips === 0 || Date.now() < until); trips++) {
@@ -250,7 +251,7 @@ export class WorkflowSweep {
         const [next, found] = await redis.scan(f.cursor, 'MATCH', `${this.statusHead()}*`, 'COUNT', this.scanCount)
         f.cursor = next
         f.listed = next === '0'
-        f.todo.push(...this.workflowsOf(found).map((wf) => ({ wf, cursor: '0' })))
+        f.todo.push(...this.workflowsOf(found).map((wf) => ({ wf, cursor: '0', hit: false })))
         calls++
         continue
       }
@@ -259,7 +260,7 @@ export class WorkflowSweep {
         this.lastForget = f.fig
         this.forgetNextAt = f.fig.startedAt + this.forgetEveryMs
         this.forgetting = null
-        return
+        return f.fig
       }
       const trip = f.todo.splice(0, Math.min(FORGET_PER_TRIP, this.forgetCalls - calls))
       calls += trip.length
@@ -277,11 +278,14 @@ export class WorkflowSweep {
         }
         const [cursor, removed] = r.value
         f.fig.removed += removed
+        const hit = t.hit || removed > 0
+        if (hit && !t.hit) f.fig.removedFrom++
         if (cursor === '0') f.fig.workflows++
-        else again.push({ wf: t.wf, cursor })
+        else again.push({ wf: t.wf, cursor, hit })
       })
       f.todo.unshift(...again)
     }
+    return null
   }
 
   /** One sweep_done.lua page of `wf`'s records from `cursor`: the next cursor and the records removed. */

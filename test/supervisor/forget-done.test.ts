@@ -6,12 +6,17 @@
 // completion: with persistence off, or a stream turned over faster than the
 // hour, they stayed for good.
 import type { Redis } from 'ioredis'
+import { Registry } from 'prom-client'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { supervisorService } from '../../agents/supervisor.ts'
 import { startRuntime, TroupeClient, type Runtime } from '../../runtime/index.ts'
+import type { Logger } from '../../runtime/log.ts'
 import { FORGET_DONE_AFTER_MS } from '../../runtime/persister/trim.ts'
 import { Keys } from '../../runtime/redis/keys.ts'
+import { LeaderDuties, type TickReport } from '../../runtime/supervisor/duties.ts'
 import { LeaderDeposedError, LeaderFence } from '../../runtime/supervisor/fence.ts'
+import { SupervisorMetrics } from '../../runtime/supervisor/metrics.ts'
+import { resolveSupervisorOptions } from '../../runtime/supervisor/options.ts'
 import { FORGET_AFTER_MS, WorkflowSweep, type SweepOptions } from '../../runtime/supervisor/sweep.ts'
 import { counter } from '../fixtures/agents.ts'
 import { eventually, rawRedis, testConfig } from '../helpers/redis.ts'
@@ -26,14 +31,14 @@ afterAll(async () => {
   await redis?.quit()
 })
 
-/** Steps a leader's sweep until its pass forgetting records completes; returns the sweep and the steps taken. */
+/** Steps a leader's pass forgetting records until it completes; returns the sweep and the steps taken. */
 async function forgetPass(keys: Keys, term: number, opts: SweepOptions = {}, sweep = new WorkflowSweep(redis, keys, opts)): Promise<{ sweep: WorkflowSweep; steps: number }> {
   const fence = new LeaderFence(redis, keys, 'sup-test', term)
   const before = sweep.lastForget
   let steps = 0
   while (sweep.lastForget === before) {
     if (++steps > 1000) throw new Error('the pass did not finish')
-    await sweep.step(100, fence)
+    await sweep.forget(fence)
   }
   return { sweep, steps }
 }
@@ -97,10 +102,10 @@ describe('forgetting finished actions, records written by hand', () => {
     expect((await redis.hkeys(keys.actions(wf))).sort()).toEqual(['cancelled', 'cancelled:st', 'dead', 'dead:st', 'kept', 'kept:st', 'queued', 'queued:st', 'recent', 'recent:st'])
     expect(await redis.exists(keys.actions('fd-waiting'))).toBe(0)
     expect(await redis.hlen(keys.actions('fd-ended'))).toBe(2)
-    expect(sweep.lastForget).toMatchObject({ workflows: 3, removed: 4, failed: 0 })
+    expect(sweep.lastForget).toMatchObject({ workflows: 3, removed: 4, removedFrom: 2, failed: 0 })
   })
 
-  it('writes nothing without a fence, nor under a term that is over', async () => {
+  it('writes nothing from the sweep\'s steps, nor under a term that is over', async () => {
     const now = Date.now()
     const wf = 'fd-fenced'
     await redis.hset(keys.status(wf), 'status', 'running')
@@ -109,7 +114,7 @@ describe('forgetting finished actions, records written by hand', () => {
     for (let i = 0; i < 5; i++) await sweep.step(100, null)
     expect(sweep.lastForget).toBeNull()
     await redis.set(keys.leaderTerm(), '8')
-    await expect(sweep.step(100, new LeaderFence(redis, keys, 'sup-old', 7))).rejects.toBeInstanceOf(LeaderDeposedError)
+    await expect(sweep.forget(new LeaderFence(redis, keys, 'sup-old', 7))).rejects.toBeInstanceOf(LeaderDeposedError)
     expect(await redis.hlen(keys.actions(wf))).toBe(2)
     // The new term's leader (a deposed one's sweep is dropped with its duties).
     await forgetPass(keys, 8)
@@ -131,14 +136,20 @@ describe('forgetting finished actions, records written by hand', () => {
     await redis.hset(keys.actions('fd-small'), ...record('fd-small', 's1', { status: 'done', attempt: 1, finishedAt: now - 2 * HOUR }))
     const fence = new LeaderFence(redis, keys, 'sup-test', 4)
     const sweep = new WorkflowSweep(redis, keys, { forgetPage: 100, forgetCalls: 4 })
-    await sweep.step(100, fence)
-    // One step: a SCAN and three pages of about 100 fields, half of them states.
+    // Paging starts once the SCAN has listed both (in a Redis shared with
+    // other tests that can take several steps): they then go in the same
+    // trips, so the small one is done after one page while the big one has
+    // pages left (about 100 fields a page, half of them states).
+    let steps = 0
+    while ((await redis.exists(keys.actions('fd-small'))) === 1) {
+      if (++steps > 1000) throw new Error('the small workflow was never reached')
+      await sweep.forget(fence)
+    }
     const left = await redis.hlen(keys.actions('fd-big'))
     expect(left).toBeLessThan(6000)
     expect(left).toBeGreaterThan(6000 - 2 * 600)
-    expect(await redis.exists(keys.actions('fd-small'))).toBe(0)
-    const { steps } = await forgetPass(keys, 4, {}, sweep)
-    expect(steps).toBeGreaterThan(5)
+    const { steps: more } = await forgetPass(keys, 4, {}, sweep)
+    expect(more).toBeGreaterThan(3)
     expect(await redis.exists(keys.actions('fd-big'))).toBe(0)
   })
 
@@ -149,11 +160,99 @@ describe('forgetting finished actions, records written by hand', () => {
     const fence = new LeaderFence(redis, keys, 'sup-test', 5)
     const { sweep } = await forgetPass(keys, 5, { forgetEveryMs: 600_000 })
     await redis.hset(keys.actions('fd-later'), ...record('fd-later', 'l1', { status: 'done', attempt: 1, finishedAt: now - 2 * HOUR }))
-    for (let i = 0; i < 5; i++) await sweep.step(100, fence)
+    for (let i = 0; i < 5; i++) await sweep.forget(fence)
     expect(await redis.hlen(keys.actions('fd-later'))).toBe(2)
     // A new term starts with fresh memory, and a pass at once.
     await forgetPass(keys, 5, { forgetEveryMs: 600_000 })
     expect(await redis.exists(keys.actions('fd-later'))).toBe(0)
+  })
+})
+
+/** A logger that keeps what it is told at info and warn. */
+function recorder(): Logger & { infos: string[]; warns: string[] } {
+  const infos: string[] = []
+  const warns: string[] = []
+  return { infos, warns, info: (m) => infos.push(m), warn: (m) => warns.push(m), error: () => undefined, debug: () => undefined }
+}
+
+describe('forgetting finished actions as a duty of the leader\'s tick', () => {
+  /** The duties of a leader of `term` in a namespace of its own, its fence on `fenceRedis`. */
+  function duties(term: number, fenceRedis: Redis = redis, opts: Parameters<typeof resolveSupervisorOptions>[0] = {}) {
+    const cfg = testConfig({ persistence: false })
+    const client = TroupeClient.connect(cfg)
+    const log = recorder()
+    const deps = { redis: client.redis, keys: client.keys, client, log, metrics: new SupervisorMetrics(new Registry()) }
+    // A budget that finishes a sweep of the shared test Redis in a tick or two.
+    const o = resolveSupervisorOptions({ sweepBudget: 10_000, sweepMaxMs: 60_000, ...opts })
+    return { keys: client.keys, client, log, d: new LeaderDuties(deps, new LeaderFence(fenceRedis, client.keys, 'sup-test', term), o) }
+  }
+
+  /** Ticks until `done` says so (at most 20 ticks); returns every report. */
+  async function tickUntil(d: LeaderDuties, done: (r: TickReport) => boolean): Promise<TickReport[]> {
+    const reports: TickReport[] = []
+    for (let i = 0; i < 20 && !reports.some(done); i++) reports.push(await d.tick())
+    return reports
+  }
+
+  it('a failure there keeps the sweep that completed in the same tick, and says which duty failed', async () => {
+    // The fence's connection refuses SCAN, which only the pass forgetting records sends on it.
+    const fenceRedis = rawRedis()
+    Object.assign(fenceRedis, { scan: () => Promise.reject(new Error('scan refused')) })
+    const { keys, client, log, d } = duties(2, fenceRedis)
+    try {
+      await redis.set(keys.leaderTerm(), '2')
+      await redis.hset(keys.status('fd-tick'), 'status', 'running', 'updatedAt', String(Date.now()))
+      const reports = await tickUntil(d, (r) => r.sweptAt !== null)
+      const swept = reports.find((r) => r.sweptAt !== null)
+      expect(swept, `no sweep completed: ${JSON.stringify(reports.map((r) => r.errors))}`).toBeDefined()
+      expect(swept?.errors).toEqual(['forgetting finished actions: scan refused'])
+      expect(swept?.forgot).toBeNull()
+      expect(swept?.rollup?.workflows).toEqual({ running: 1 })
+      expect(log.warns).toContain('supervisor forgetting finished actions failed; continuing')
+      expect(log.warns.some((m) => m.includes('sweep failed'))).toBe(false)
+    } finally {
+      await client.close()
+      await fenceRedis.quit()
+    }
+  })
+
+  it('says at info how many records a pass removed, from how many workflows', async () => {
+    const { keys, client, log, d } = duties(3, redis, { forgetEveryMs: 3_600_000 })
+    try {
+      const now = Date.now()
+      await redis.set(keys.leaderTerm(), '3')
+      for (const wf of ['fd-log1', 'fd-log2', 'fd-log3']) await redis.hset(keys.status(wf), 'status', 'running')
+      await redis.hset(keys.actions('fd-log1'), ...record('fd-log1', 'a', { status: 'done', attempt: 1, finishedAt: now - 2 * HOUR }), ...record('fd-log1', 'b', { status: 'done', attempt: 1, finishedAt: now - 3 * HOUR }))
+      await redis.hset(keys.actions('fd-log2'), ...record('fd-log2', 'c', { status: 'done', attempt: 1, finishedAt: now - 2 * HOUR }))
+      await redis.hset(keys.actions('fd-log3'), ...record('fd-log3', 'd', { status: 'done', attempt: 1, finishedAt: now }))
+      const reports = await tickUntil(d, (r) => r.forgot !== null)
+      expect(reports.flatMap((r) => r.errors)).toEqual([])
+      expect(reports.find((r) => r.forgot)?.forgot).toMatchObject({ workflows: 3, removed: 3, removedFrom: 2, failed: 0 })
+      expect(log.infos.filter((m) => m.startsWith('forgot the records of 3 finished actions in 2 of 3 live workflows'))).toHaveLength(1)
+      // A pass that removes nothing says nothing.
+      const quiet = duties(4, redis, { forgetEveryMs: 3_600_000 })
+      try {
+        await redis.set(quiet.keys.leaderTerm(), '4')
+        await redis.hset(quiet.keys.status('fd-none'), 'status', 'running')
+        expect((await tickUntil(quiet.d, (r) => r.forgot !== null)).find((r) => r.forgot)?.forgot).toMatchObject({ workflows: 1, removed: 0 })
+        expect(quiet.log.infos.filter((m) => m.startsWith('forgot'))).toEqual([])
+      } finally {
+        await quiet.client.close()
+      }
+    } finally {
+      await client.close()
+    }
+  })
+
+  it('takes its settings from the supervisor\'s options, validated', () => {
+    const o = resolveSupervisorOptions({ forgetAfterMs: 0, forgetEveryMs: 60_000, forgetPage: 50, forgetCalls: 8 })
+    expect(o).toMatchObject({ forgetAfterMs: 0, forgetEveryMs: 60_000, forgetPage: 50, forgetCalls: 8 })
+    expect(resolveSupervisorOptions()).toMatchObject({ forgetAfterMs: FORGET_AFTER_MS, forgetEveryMs: HOUR, forgetPage: 200, forgetCalls: 64 })
+    expect(() => resolveSupervisorOptions({ forgetAfterMs: -1 })).toThrow(/forgetAfterMs must be at least 0/)
+    expect(() => resolveSupervisorOptions({ forgetEveryMs: 10 })).toThrow(/forgetEveryMs must be at least 1000/)
+    expect(() => resolveSupervisorOptions({ forgetPage: 0 })).toThrow(/forgetPage must be at least 1/)
+    expect(() => resolveSupervisorOptions({ forgetPage: 20_000 })).toThrow(/forgetPage must be at most 10000/)
+    expect(() => resolveSupervisorOptions({ forgetCalls: Number.NaN })).toThrow(/forgetCalls must be at least 1/)
   })
 })
 
@@ -258,6 +357,27 @@ describe('the supervisor service', () => {
     try {
       await eventually(async () => (await redis.hexists(keys.actions(wf), 'old')) === 0, 20_000, 'the old record forgotten')
       expect((await redis.hkeys(keys.actions(wf))).sort()).toEqual(['hour', 'hour:st', 'new', 'new:st'])
+    } finally {
+      await sup.stop()
+    }
+  }, 30_000)
+
+  it('forgets them after its own forgetAfterMs', async () => {
+    const cfg = testConfig({ persistence: false })
+    const keys = new Keys(cfg.namespace)
+    const now = Date.now()
+    const wf = 'fd-service-opts'
+    await redis.hset(keys.status(wf), 'status', 'waiting')
+    await redis.xadd(keys.events(wf), '*', 'e', completion(wf, 'new'))
+    // Within the default hour, past the 20 minutes set here.
+    await redis.hset(keys.actions(wf),
+      ...record(wf, 'half', { status: 'done', attempt: 1, finishedAt: now - HOUR / 2 }),
+      ...record(wf, 'new', { status: 'done', attempt: 1, finishedAt: now }),
+    )
+    const sup = await startRuntime({ agents: [], services: [supervisorService({ tickMs: 100, leaseMs: 2000, sdPort: false, forgetAfterMs: HOUR / 3 })], config: cfg, heartbeatMs: 100, metricsPort: false })
+    try {
+      await eventually(async () => (await redis.hexists(keys.actions(wf), 'half')) === 0, 20_000, 'the half-hour-old record forgotten')
+      expect((await redis.hkeys(keys.actions(wf))).sort()).toEqual(['new', 'new:st'])
     } finally {
       await sup.stop()
     }
