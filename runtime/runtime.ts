@@ -356,6 +356,21 @@ export class Runtime {
     if (addr && typeof addr === 'object') this.metricsUrl = `http://${advertisedHost(bind)}:${addr.port}/metrics`
   }
 
+  /** The readiness PING in flight, which later probes join. */
+  private redisPing: Promise<boolean> | null = null
+
+  /**
+   * Whether Redis answers a PING, sharing the one in flight: a probe gives up
+   * on it after its own limit, and a stalled Redis (connected, not answering)
+   * would otherwise have one more PING queued behind it per probe.
+   */
+  private pingRedis(): Promise<boolean> {
+    this.redisPing ??= this.redis.ping().then(() => true, () => false).finally(() => {
+      this.redisPing = null
+    })
+    return this.redisPing
+  }
+
   private async serveHttp(url: string, res: ServerResponse): Promise<void> {
     try {
       if (url.startsWith('/metrics')) {
@@ -365,7 +380,7 @@ export class Runtime {
         res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ status: 'ok', serviceId: this.serviceId }))
       } else if (url.startsWith('/readyz')) {
         const within = async (p: Promise<boolean>): Promise<boolean> => (await withTimeout(p.catch(() => false), 1000)) === true
-        const checks: Record<string, boolean> = { redis: await within(this.redis.ping().then(() => true)) }
+        const checks: Record<string, boolean> = { redis: await within(this.pingRedis()) }
         for (const s of this.opts.services ?? []) if (s.ready) checks[s.role] = await within(s.ready())
         const ok = Object.values(checks).every(Boolean)
         res.writeHead(ok ? 200 : 503, { 'content-type': 'application/json' }).end(JSON.stringify({ status: ok ? 'ready' : 'not ready', checks }))
