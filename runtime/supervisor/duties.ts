@@ -149,7 +149,7 @@ export class LeaderDuties {
   private logForgotten(f: ForgetFigures): void {
     const secs = Math.round((f.finishedAt - f.startedAt) / 1000)
     if (f.removed > 0) {
-      this.deps.log.info(`forgot the records of ${f.removed} finished actions in ${f.removedFrom} of ${f.workflows} live workflows (done over ${Math.round(this.opts.forgetAfterMs / 60_000)} minutes ago, their completion no longer in the stream; pass of ${secs} s)`)
+      this.deps.log.info(`forgot the records of ${f.removed} finished actions in ${f.removedFrom} of ${f.workflows} live workflows (done over ${this.opts.forgetAfterMs >= 60_000 ? `${Math.round(this.opts.forgetAfterMs / 60_000)} minutes` : `${Math.round(this.opts.forgetAfterMs / 1000)} s`} ago, their completion no longer in the stream; pass of ${secs} s)`)
     }
     if (f.failed > 0) this.deps.log.warn(`forgetting finished actions' records skipped ${f.failed} workflows, left for the next pass; last error: ${f.lastError ?? '?'}`)
   }

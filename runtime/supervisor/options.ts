@@ -41,7 +41,7 @@ export interface SupervisorOptions {
   forgetAfterMs?: number
   /** From the start of one pass forgetting finished actions' records to the start of the next. Default 1 h; at least 1 s. */
   forgetEveryMs?: number
-  /** Fields asked per HSCAN of a workflow's records (one script call holds Redis for about 6 µs a field). Default 200; at most 10,000. */
+  /** Fields asked per HSCAN of a workflow's records (one script call holds Redis for about 3–5 µs a field). Default 200; at most 10,000. */
   forgetPage?: number
   /** Most sweep_done.lua calls per tick. Default 64. */
   forgetCalls?: number
