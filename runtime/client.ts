@@ -112,6 +112,17 @@ export interface DeadLetter {
   at: number
 }
 
+/** Dead letters one requeue.lua call takes in 'all' mode (ALL_BATCH there). */
+const REQUEUE_BATCH = 500
+
+/** What {@link TroupeClient.requeueDead} did. */
+export interface RequeueResult {
+  /** The actions sent back to their agents' mailboxes, in the order handled. */
+  requeued: string[]
+  /** The ids asked for that were not dead-lettered in the workflow (never were, or requeued already). */
+  skipped: string[]
+}
+
 /** Encodes a payload, enforcing JSON-ness and the size limit. */
 export function encodePayload(payload: unknown, maxBytes: number): string {
   let json: string | undefined
@@ -592,6 +603,62 @@ export class TroupeClient {
       out.push({ actionId: id, agent: r.agent ?? '?', type: r.type ?? '?', error: s.error ?? '', attempt: s.attempt ?? 0, at: Number(ids[i + 1]) })
     }
     return out
+  }
+
+  /**
+   * Sends a workflow's dead-lettered actions (all, or those of `opts.actionIds`)
+   * back to their agents as fresh deliveries: attempt 0, due now, with the payload
+   * they were sent with; each gets an `action.requeued` event and its old error is
+   * kept in its state as `requeuedFrom`. All in one script (requeue.lua), then the
+   * agents' ready hints and wake-ups as after a send. An id that is not
+   * dead-lettered in this workflow (never was, or requeued already) is skipped,
+   * so a retried call changes nothing. Refused for a workflow that does not
+   * exist (`workflow_not_found`) or has ended (`workflow_ended`). Once the
+   * script ran the call succeeds: a failed hint or pointer write after it is
+   * logged to {@link TroupeClient.log} and left to its repair, as for a send.
+   */
+  async requeueDead(wf: string, opts: { actionIds?: readonly string[] } = {}): Promise<RequeueResult> {
+    this.assertOpen()
+    assertWorkflowId(wf)
+    const ids = opts.actionIds === undefined ? [] : [...new Set(opts.actionIds)]
+    for (const id of ids) {
+      if (!isWorkflowId(id)) throw new TroupeError('bad_id', `invalid action id ${JSON.stringify(id)}: use 1-64 characters from A-Z a-z 0-9 _ -`)
+    }
+    if (opts.actionIds !== undefined) return this.requeueBatch(wf, 'listed', ids)
+    // Every dead letter: the script takes the oldest REQUEUE_BATCH a call.
+    // Another batch while one comes back full and moved something (a record
+    // it cannot send, kept dead, stays at the head and is skipped each time).
+    const all: RequeueResult = { requeued: [], skipped: [] }
+    for (;;) {
+      const r = await this.requeueBatch(wf, 'all', [])
+      all.requeued.push(...r.requeued)
+      for (const id of r.skipped) if (!all.skipped.includes(id)) all.skipped.push(id)
+      if (r.requeued.length === 0 || r.requeued.length + r.skipped.length < REQUEUE_BATCH) return all
+    }
+  }
+
+  /** One requeue.lua call and its follow-ups (see requeueDead). */
+  private async requeueBatch(wf: string, mode: 'all' | 'listed', ids: readonly string[]): Promise<RequeueResult> {
+    const keys = [this.keys.status(wf), this.keys.actions(wf), this.keys.events(wf), this.keys.seq(wf), this.keys.dead(wf), this.keys.mailbox(wf, '')]
+    const r = (await runScript(this.redis, 'requeue', keys, [wf, nanoid(), this.keys.channel(wf), effectiveMaxLen(this.cfg), mode, ...ids])) as unknown[]
+    const text = (v: unknown): string => (Buffer.isBuffer(v) ? v.toString() : String(v))
+    const now = Number(text(r[0]))
+    const n = Number(r[3])
+    const requeued = r.slice(4, 4 + n).map(text)
+    const m = Number(r[4 + n])
+    const skipped = r.slice(5 + n, 5 + n + m).map(text)
+    const agents = r.slice(5 + n + m).map(text)
+    if (requeued.length > 0) {
+      // The hints at the script's own time (Redis's clock, as the scripts'
+      // scores), then one wake-up per agent: the follow-ups of an enqueue.
+      const hints = agents.map((agent) => ({ agent, wf, score: now }))
+      await writeFollowUps(this.ctx, hints, [{ wf, first: text(r[1]), last: text(r[2]) }]).catch((err: unknown) => {
+        this.log.warn(`requeue of ${wf}: follow-up writes failed; the actions are queued. A lost ready hint is restored by the supervisor's sweep on a single Redis, a lost persistence pointer by the persister's reconciliation`, {
+          agents, error: err instanceof Error ? err.message : String(err),
+        })
+      })
+    }
+    return { requeued, skipped }
   }
 
   /** Events after `after` (exclusive), oldest first, at most `count`. */

@@ -23,10 +23,10 @@ export { startRuntime, Runtime, checkEvictionPolicy } from './runtime.ts'
 /** Options of `startRuntime`, and the interface of components (supervisor, persister, gateway) a runtime hosts. */
 export type { RuntimeOptions, HostedService } from './runtime.ts'
 
-/** Client API: start workflows, send actions, cancel, read status, follow events. */
+/** Client API: start workflows, send actions, cancel, requeue dead letters, read status, follow events. */
 export { TroupeClient, encodePayload } from './client.ts'
 /** Types returned by the client. */
-export type { StartOptions, DeadLetter, AgentRegistration } from './client.ts'
+export type { StartOptions, DeadLetter, AgentRegistration, RequeueResult } from './client.ts'
 
 /** Configuration from flags and environment. */
 export { loadConfig } from './config.ts'

@@ -7,6 +7,7 @@ const COMMANDS: Record<string, () => Promise<{ command: Command }>> = {
   run: () => import('./run.ts'),
   send: () => import('./send.ts'),
   cancel: () => import('./cancel.ts'),
+  requeue: () => import('./requeue.ts'),
   status: () => import('./status.ts'),
   tail: () => import('./tail.ts'),
   supervisor: () => import('./supervisor.ts'),

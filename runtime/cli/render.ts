@@ -69,6 +69,10 @@ function describe(type: string, c: unknown): string {
     case 'action.failed':
     case 'action.dead':
       return `${short(o.actionId, 24)}: ${short(o.error, 120)}`
+    case 'action.requeued': {
+      const previous = (o.previous ?? {}) as Record<string, unknown>
+      return `${short(o.actionId, 24)} → ${short(o.agent, 20)}, dead before: ${short(previous.error ?? '', 100)}`
+    }
     default:
       return short(c, 140)
   }

@@ -141,6 +141,8 @@ const STATUS_BY_EVENT: Record<string, string> = {
   'action.completed': 'done',
   'action.failed': 'retry',
   'action.dead': 'dead',
+  // Sent back to its mailbox (TroupeClient.requeueDead): queued again, not dead.
+  'action.requeued': 'queued',
 }
 
 function actionRows(r: WorkflowReading, events: readonly EventRow[], observedKey: string): ActionRow[] {

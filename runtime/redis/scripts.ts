@@ -7,7 +7,7 @@ import { fromRedisError } from '../errors.ts'
 import type { RedisClient } from './connection.ts'
 
 /** Names of the scripts in runtime/redis/scripts (without `.lua`). */
-export type ScriptName = 'enqueue' | 'pick' | 'pick_activate' | 'activate' | 'commit' | 'settle' | 'release_hint' | 'extend_hint' | 'emit' | 'cancel' | 'register'
+export type ScriptName = 'enqueue' | 'pick' | 'pick_activate' | 'activate' | 'commit' | 'settle' | 'release_hint' | 'extend_hint' | 'emit' | 'cancel' | 'register' | 'requeue'
 
 interface Script {
   readonly source: string
@@ -152,7 +152,7 @@ export function evalshaArgs(name: ScriptName, keys: readonly string[], args: rea
 
 /** Loads every script on the server (once per connection is plenty; cheap to repeat). */
 export async function loadScripts(client: RedisClient): Promise<void> {
-  const names: ScriptName[] = ['enqueue', 'pick', 'pick_activate', 'activate', 'commit', 'settle', 'release_hint', 'extend_hint', 'emit', 'cancel', 'register']
+  const names: ScriptName[] = ['enqueue', 'pick', 'pick_activate', 'activate', 'commit', 'settle', 'release_hint', 'extend_hint', 'emit', 'cancel', 'register', 'requeue']
   for (const n of names) {
     const s = script(n)
     if ('nodes' in client) {

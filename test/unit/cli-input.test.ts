@@ -97,11 +97,13 @@ describe('event text on a terminal', () => {
     r.write(ev('token', 'hi\x1b]0;pwned\x07'))
     r.write(ev('token', '\x9b2J'))
     r.write(ev('action.failed', { actionId: 'a1', error: 'bad\x1b[31m news' }))
+    r.write(ev('action.requeued', { actionId: 'a2', agent: 'writer', previous: { error: 'down\x1b[2J' } }))
     r.write(ev('custom\x1b[1m', { text: '\x9bx\x7f' }, 'ag\x1bent'))
     r.end()
     expect(out).not.toMatch(/[\x00-\x08\x0b-\x1f\x7f-\x9f]/)
     expect(out).toContain('hi\\x1b]0;pwned\\x07\\x9b2J')
     expect(out).toContain('bad\\x1b[31m news')
+    expect(out).toContain('a2 → writer, dead before: down\\x1b[2J')
   })
 })
 

@@ -1,0 +1,98 @@
+-- requeue: sends a workflow's dead-lettered actions (all, or the ids given) back
+-- to their agents' mailboxes as fresh deliveries: attempt 0, due now, a new place
+-- at the end of the line (a new seq), as if just sent. The record (payload, type,
+-- agent) is the one the action was sent with; its old state's error goes along
+-- as `requeuedFrom` for the record, and `action.requeued` tells the stream.
+--
+-- An id that is not dead-lettered here (never was, or requeued already) is
+-- skipped, not refused: a call retried after a lost reply answers the same ids
+-- as skipped instead of failing, and changes nothing.
+--
+-- The mailboxes are key 6 with the agent name appended (same {wf} slot, as in
+-- cancel.lua). The agents' ready hints and wake-ups live in other slots: the
+-- caller writes them after this script, with an enqueue's follow-ups.
+--
+-- KEYS: 1 workflow:status  2 workflow:actions  3 workflow:events  4 workflow:seq
+--       5 workflow:dead  6 the mailbox key for agent ''
+-- ARGV: 1 wf  2 event id base  3 channel  4 stream maxlen (0 = no trim)
+--       5 'all' (the oldest ALL_BATCH dead-lettered actions; the caller calls again while a
+--       batch comes back full) | 'listed' (those of ARGV 6...)  6... action ids
+-- Returns: { now ms, firstStreamId, lastStreamId, n requeued, id..., n skipped, id..., agent... }
+--          with the stream ids '' when nothing was requeued, and the agents whose mailboxes got work
+-- Errors: TROUPE_NOWF no such workflow | TROUPE_ENDED workflow already ended
+local status_key, actions_key, events_key, seq_key, dead_key, mailbox_base =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local wf, ev_base, channel, maxlen = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+
+local counts = redis.call('HMGET', status_key, 'status', 'queued', 'dead')
+local status = counts[1]
+if not status then return redis.error_reply('TROUPE_NOWF no workflow ' .. wf) end
+-- Nothing runs in an ended workflow: its mailboxes are gone with their hints.
+if TERMINAL[status] then return redis.error_reply('TROUPE_ENDED workflow ' .. wf .. ' is ' .. status) end
+local now, now_s = now_pair()
+
+-- A batch per call in 'all' mode: after an outage a workflow can hold
+-- thousands of dead letters, and one call for all of them held Redis for
+-- seconds. Keep in step with REQUEUE_BATCH in client.ts.
+local ALL_BATCH = 500
+local ids = {}
+if ARGV[5] == 'all' then
+  ids = redis.call('ZRANGE', dead_key, 0, ALL_BATCH - 1)
+else
+  for i = 6, #ARGV do ids[#ids + 1] = ARGV[i] end
+end
+
+local requeued, skipped, agents, listed = {}, {}, {}, {}
+local first_sid, last_sid = '', ''
+for _, id in ipairs(ids) do
+  local got = redis.call('HMGET', actions_key, id, id .. ':st')
+  local rok, rec = pcall(cjson.decode, got[1] or '')
+  -- Not dead here, or a record without an agent to send it to (written by hand):
+  -- left as it is.
+  if not redis.call('ZSCORE', dead_key, id) or not rok or type(rec) ~= 'table' or type(rec.agent) ~= 'string' or rec.agent == '' then
+    skipped[#skipped + 1] = id
+  else
+    local agent = rec.agent
+    local sok, old = pcall(cjson.decode, got[2] or '')
+    if not sok or type(old) ~= 'table' then old = {} end
+    local seq = redis.call('INCR', seq_key)
+    local member = member_of(seq, id)
+    local from = { error = old.error, finishedAt = old.finishedAt, attempt = old.attempt }
+    redis.call('HSET', actions_key, id .. ':st', '{"status":"queued","attempt":0,"seq":' .. int(seq) .. ',"availableAt":' .. now_s ..
+      ',"requeuedFrom":' .. cjson.encode(from) .. '}')
+    redis.call('ZADD', mailbox_base .. agent, now_s, member)
+    redis.call('ZREM', dead_key, id)
+    if not listed[agent] then
+      listed[agent] = true
+      agents[#agents + 1] = agent
+      redis.call('HSETNX', status_key, 'agent:' .. agent, '')
+    end
+    requeued[#requeued + 1] = id
+    local content = '{"actionId":' .. cjson.encode(id) .. ',"agent":' .. cjson.encode(agent) ..
+      ',"type":' .. cjson.encode(tostring(rec.type or '')) .. ',"availableAt":' .. now_s ..
+      ',"previous":' .. cjson.encode(from) .. '}'
+    last_sid = append_event(events_key, channel, maxlen, event_json(ev_base .. '.' .. int(#requeued), wf, 'action.requeued',
+      content, agent, id, 0, type(rec.eventId) == 'string' and rec.eventId or '', now_s))
+    if first_sid == '' then first_sid = last_sid end
+  end
+end
+
+if #requeued > 0 then
+  local n = #requeued
+  -- A counter a hand edit left unreadable counts from 0 (as commit.lua reads them).
+  local queued = (tonumber(counts[2]) or 0) + n
+  local dead = math.max(0, (tonumber(counts[3]) or 0) - n)
+  redis.call('HSET', status_key, 'queued', int(queued), 'dead', int(dead), 'updatedAt', now_s)
+  local changed = settle_status(status_key, now_s, status, queued)
+  if changed then
+    last_sid = append_event(events_key, channel, maxlen,
+      event_json(ev_base .. '.s', wf, 'workflow.status', '{"status":"' .. changed .. '"}', '', '', 0, '', now_s))
+  end
+end
+
+local out = { now_s, first_sid, last_sid, #requeued }
+for _, id in ipairs(requeued) do out[#out + 1] = id end
+out[#out + 1] = #skipped
+for _, id in ipairs(skipped) do out[#out + 1] = id end
+for _, agent in ipairs(agents) do out[#out + 1] = agent end
+return out
