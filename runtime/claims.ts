@@ -80,6 +80,24 @@ export async function writeFollowUps(ctx: ProtocolContext, hints: readonly Hint[
   throwFirst(await execPhases(ctx.redis, followUpOps(ctx, hints, appended, wake)))
 }
 
+/**
+ * The hints and wake-ups after a script that is not an enqueue (a requeue of
+ * dead letters), tried as an enqueue's post-hints are: now, then after each
+ * pause of {@link FOLLOW_UP_RETRY_MS}, each wake-up after the hints (sent again
+ * whenever a hint was, which it must not overtake). Resolves to the last error
+ * of what never succeeded, or null.
+ */
+export async function writeHintsRetrying(ctx: ProtocolContext, hints: readonly Hint[]): Promise<Error | null> {
+  const [ops, wakes] = followUpOps(ctx, hints, [])
+  const res = await execPhases(ctx.redis, [ops, wakes])
+  const retry: FollowUp[] = ops.flatMap((op, i) => (res[i]?.[0] ? [{ op, wake: false, at: null }] : []))
+  wakes.forEach((op, i) => {
+    if (retry.length > 0 || res[ops.length + i]?.[0]) retry.push({ op, wake: true, at: null })
+  })
+  if (retry.length === 0) return null
+  return (await retryFollowUps(ctx, retry, []))[0]?.[1] ?? null
+}
+
 /** Arguments of one enqueue. */
 export interface EnqueueArgs {
   wf: string

@@ -5,7 +5,7 @@ import { randomInt } from 'node:crypto'
 import { nanoid } from 'nanoid'
 import { handlesType } from './agent.ts'
 import { describeFleetSettings, effectiveMaxLen, effectiveRetention, fleetSettings, loadConfig, sameFleetSettings, type FleetSettings, type TroupeConfig } from './config.ts'
-import { enqueueWith, writeFollowUps, type EnqueueArgs, type EnqueueResult, type ProtocolContext } from './claims.ts'
+import { enqueueWith, followUpOps, writeFollowUps, writeHintsRetrying, type EnqueueArgs, type EnqueueResult, type ProtocolContext } from './claims.ts'
 import { TroupeError } from './errors.ts'
 import { compareStreamIds, FINAL_EVENT_TYPES, isLastStreamId, isStreamId, parseEntry, parseLive } from './events.ts'
 import { createLogger, type Logger } from './log.ts'
@@ -13,7 +13,7 @@ import { dropFromOwnerIndex } from './owner-index.ts'
 import { closeRedis, createRedis, type RedisClient } from './redis/connection.ts'
 import { assertActionType, assertAgentName, assertWorkflowId, isWorkflowId, Keys } from './redis/keys.ts'
 import { runScript } from './redis/scripts.ts'
-import { execOps, isCluster, type Op, type OpResult } from './redis/batch.ts'
+import { execOps, execPhases, isCluster, type Op, type OpResult } from './redis/batch.ts'
 import { Subscriber } from './subscriber.ts'
 import { MAX_DELAY_MS, TERMINAL_STATUSES, type ActionRecord, type ActionState, type StreamedEvent, type WorkflowStatus, type WorkflowStatusValue } from './types.ts'
 
@@ -609,13 +609,18 @@ export class TroupeClient {
    * Sends a workflow's dead-lettered actions (all, or those of `opts.actionIds`)
    * back to their agents as fresh deliveries: attempt 0, due now, with the payload
    * they were sent with; each gets an `action.requeued` event and its old error is
-   * kept in its state as `requeuedFrom`. All in one script (requeue.lua), then the
-   * agents' ready hints and wake-ups as after a send. An id that is not
-   * dead-lettered in this workflow (never was, or requeued already) is skipped,
-   * so a retried call changes nothing. Refused for a workflow that does not
-   * exist (`workflow_not_found`) or has ended (`workflow_ended`). Once the
-   * script ran the call succeeds: a failed hint or pointer write after it is
-   * logged to {@link TroupeClient.log} and left to its repair, as for a send.
+   * kept in its state as `requeuedFrom`. In script calls of at most 500 actions
+   * (requeue.lua), each with the agents' ready hints before it and after it and
+   * their wake-ups, as an enqueue has. An id that is not dead-lettered in this
+   * workflow (never was, or requeued already), or whose record names no agent
+   * (written by hand), is skipped, so a requeue run again changes nothing.
+   * Without ids only the actions dead when the call began are taken (one that
+   * dies again meanwhile stays dead). Refused for a workflow that does not
+   * exist (`workflow_not_found`) or has ended (`workflow_ended`). Once a script
+   * ran, failed hint or pointer writes after it are logged to
+   * {@link TroupeClient.log} and left to their repair, as for a send. The
+   * target agents are not checked against the registry: a requeue may come
+   * before their runtimes start.
    */
   async requeueDead(wf: string, opts: { actionIds?: readonly string[] } = {}): Promise<RequeueResult> {
     this.assertOpen()
@@ -624,41 +629,66 @@ export class TroupeClient {
     for (const id of ids) {
       if (!isWorkflowId(id)) throw new TroupeError('bad_id', `invalid action id ${JSON.stringify(id)}: use 1-64 characters from A-Z a-z 0-9 _ -`)
     }
-    if (opts.actionIds !== undefined) return this.requeueBatch(wf, 'listed', ids)
-    // Every dead letter: the script takes the oldest REQUEUE_BATCH a call.
-    // Another batch while one comes back full and moved something (a record
-    // it cannot send, kept dead, stays at the head and is skipped each time).
     const all: RequeueResult = { requeued: [], skipped: [] }
-    for (;;) {
-      const r = await this.requeueBatch(wf, 'all', [])
+    const add = (r: RequeueResult): void => {
       all.requeued.push(...r.requeued)
-      for (const id of r.skipped) if (!all.skipped.includes(id)) all.skipped.push(id)
-      if (r.requeued.length === 0 || r.requeued.length + r.skipped.length < REQUEUE_BATCH) return all
+      all.skipped.push(...r.skipped)
+    }
+    if (opts.actionIds !== undefined) {
+      // Listed ids in calls of the same size: one call for 20,000 held Redis for over half a second.
+      for (let i = 0; i < ids.length; i += REQUEUE_BATCH) add(await this.requeueBatch(wf, ids.slice(i, i + REQUEUE_BATCH)))
+      return all
+    }
+    // Every dead letter, by score up to the first call's time; those a call
+    // could not send stay dead at the head and are passed over after.
+    let cutoff = ''
+    for (;;) {
+      const r = await this.requeueBatch(wf, null, cutoff, all.skipped.length)
+      add(r)
+      cutoff = r.cutoff
+      if (r.examined < REQUEUE_BATCH) return all
     }
   }
 
-  /** One requeue.lua call and its follow-ups (see requeueDead). */
-  private async requeueBatch(wf: string, mode: 'all' | 'listed', ids: readonly string[]): Promise<RequeueResult> {
-    const keys = [this.keys.status(wf), this.keys.actions(wf), this.keys.events(wf), this.keys.seq(wf), this.keys.dead(wf), this.keys.mailbox(wf, '')]
-    const r = (await runScript(this.redis, 'requeue', keys, [wf, nanoid(), this.keys.channel(wf), effectiveMaxLen(this.cfg), mode, ...ids])) as unknown[]
+  /** One requeue.lua call with its hints and wake-ups (see requeueDead): the listed `ids`, or (null) the dead up to `cutoff` past `offset`. */
+  private async requeueBatch(wf: string, ids: readonly string[] | null, cutoff = '', offset = 0): Promise<RequeueResult & { cutoff: string; examined: number }> {
+    const k = this.keys
+    // The pre-hints: every agent of a workflow still going, known before the
+    // script reads which of them get work (a hint for one that gets none is a
+    // pick that finds nothing). A caller that dies after the script, or whose
+    // follow-ups fail, leaves no requeued action without a hint, on a Cluster too.
+    const [read, listed] = await execOps(this.redis, [{ cmd: 'hget', args: [k.status(wf), 'status'] }, { cmd: 'hkeys', args: [k.status(wf)] }])
+    const st = read?.[1]
+    const fields = listed?.[1]
+    const going = typeof st === 'string' && !TERMINAL_STATUSES.has(st as WorkflowStatusValue)
+    const agentsOf = going && Array.isArray(fields) ? fields.map(String).filter((f) => f.startsWith('agent:')).map((f) => f.slice(6)) : []
+    const at = Date.now()
+    const pre: Op[] = agentsOf.map((agent) => ({ cmd: 'zadd', args: [k.ready(agent), 'LT', at, wf] }))
+    const keys = [k.status(wf), k.actions(wf), k.events(wf), k.seq(wf), k.dead(wf), k.mailbox(wf, '')]
+    const args = [wf, nanoid(), k.channel(wf), effectiveMaxLen(this.cfg), ids ? 'listed' : 'all', cutoff, offset, ...(ids ?? [])]
+    const res = await execPhases(this.redis, [[...pre, { script: 'requeue', keys, args }]])
+    const [err, raw] = res[pre.length] ?? [new Error('no reply'), null]
+    if (err) throw err
+    const r = raw as unknown[]
     const text = (v: unknown): string => (Buffer.isBuffer(v) ? v.toString() : String(v))
-    const now = Number(text(r[0]))
-    const n = Number(r[3])
-    const requeued = r.slice(4, 4 + n).map(text)
-    const m = Number(r[4 + n])
-    const skipped = r.slice(5 + n, 5 + n + m).map(text)
-    const agents = r.slice(5 + n + m).map(text)
+    const n = Number(r[5])
+    const requeued = r.slice(6, 6 + n).map(text)
+    const m = Number(r[6 + n])
+    const skipped = r.slice(7 + n, 7 + n + m).map(text)
+    const agents = r.slice(7 + n + m).map(text)
     if (requeued.length > 0) {
-      // The hints at the script's own time (Redis's clock, as the scripts'
-      // scores), then one wake-up per agent: the follow-ups of an enqueue.
-      const hints = agents.map((agent) => ({ agent, wf, score: now }))
-      await writeFollowUps(this.ctx, hints, [{ wf, first: text(r[1]), last: text(r[2]) }]).catch((err: unknown) => {
-        this.log.warn(`requeue of ${wf}: follow-up writes failed; the actions are queued. A lost ready hint is restored by the supervisor's sweep on a single Redis, a lost persistence pointer by the persister's reconciliation`, {
-          agents, error: err instanceof Error ? err.message : String(err),
-        })
+      const lost = (what: string, e: unknown): void => this.log.warn(`requeue of ${wf}: ${what} failed; the actions are queued (${what === 'hints' ? 'their pre-hints stand' : 'the persister\'s reconciliation writes their events'})`, {
+        agents, error: e instanceof Error ? e.message : String(e),
       })
+      // The pointer once (one whose reply alone was lost would be read twice),
+      // then the hints at the script's time and the wake-ups, retried as an enqueue's.
+      const [pointers] = followUpOps(this.ctx, [], [{ wf, first: text(r[1]), last: text(r[2]) }])
+      const failedPointer = (await execOps(this.redis, pointers)).find(([e]) => e)?.[0]
+      if (failedPointer) lost('the persistence pointer', failedPointer)
+      const failedHint = await writeHintsRetrying(this.ctx, agents.map((agent) => ({ agent, wf, score: Number(text(r[0])) })))
+      if (failedHint) lost('hints', failedHint)
     }
-    return { requeued, skipped }
+    return { requeued, skipped, cutoff: text(r[3]), examined: Number(r[4]) }
   }
 
   /** Events after `after` (exclusive), oldest first, at most `count`. */

@@ -26,7 +26,7 @@ export const command: Command = {
         process.stdout.write(`${JSON.stringify({ workflowId: wf, requeued, skipped })}\n`)
       } else {
         process.stdout.write(`requeued ${requeued.length} action${requeued.length === 1 ? '' : 's'} of ${wf}${requeued.length ? `: ${requeued.join(' ')}` : ''}\n`)
-        if (skipped.length) process.stdout.write(`skipped ${skipped.length} (not dead-lettered there): ${skipped.join(' ')}\n`)
+        if (skipped.length) process.stdout.write(`skipped ${skipped.length} (not dead-lettered there, or without a record to send): ${skipped.join(' ')}\n`)
       }
       return EXIT.ok
     } finally {

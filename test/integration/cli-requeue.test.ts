@@ -71,7 +71,7 @@ describe('troupe requeue', () => {
     await eventually(async () => (await client.getStatus(wf))?.counts.done === 1, 20_000, 'the requeued action done')
     const text = await troupe(['requeue', wf, '--action', actionId])
     expect(text.code, text.err).toBe(0)
-    expect(text.out).toBe(`requeued 0 actions of ${wf}\nskipped 1 (not dead-lettered there): ${actionId}\n`)
+    expect(text.out).toBe(`requeued 0 actions of ${wf}\nskipped 1 (not dead-lettered there, or without a record to send): ${actionId}\n`)
   })
 
   it('requeues every dead action without --action', async () => {

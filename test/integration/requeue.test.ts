@@ -7,6 +7,7 @@
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest'
 import { assign, fromPromise, setup } from 'xstate'
 import { defineAgent, startRuntime, TroupeClient, TroupeError, type ActionEvent, type Runtime } from '../../runtime/index.ts'
+import { runScript } from '../../runtime/redis/scripts.ts'
 import { eventually, testConfig } from '../helpers/redis.ts'
 
 const cfg = testConfig({ lockTtlMs: 60_000, idlePollMs: 120_000 })
@@ -117,33 +118,89 @@ describe('requeueDead', () => {
     expect((await client.readEvents(wf)).filter((e) => e.event.type === 'action.requeued')).toHaveLength(1)
   })
 
-  it('requeues more dead letters than one script call takes, in batches, every one of them', async () => {
-    const { wf, actionId } = await deadOne()
-    // 1,199 more dead letters like the first, written as the commit writes them.
+  /** `n` more dead letters like `actionId`'s, written as the commit writes them (`noAgent`: records a hand edit left without one, first in line). */
+  async function moreDead(wf: string, actionId: string, n: number, opts: { prefix?: string; noAgent?: boolean } = {}): Promise<string[]> {
     const k = client.keys
     const [rec, st] = await client.redis.hmget(k.actions(wf), actionId, `${actionId}:st`)
     const base = JSON.parse(rec ?? '{}') as Record<string, unknown>
     const p = client.redis.pipeline()
-    for (let i = 0; i < 1199; i++) {
-      const id = `more${i}`
-      p.hset(k.actions(wf), id, JSON.stringify({ ...base, id, eventId: `ev-${id}` }), `${id}:st`, st ?? '')
-      p.zadd(k.dead(wf), Date.now(), id)
+    const ids: string[] = []
+    for (let i = 0; i < n; i++) {
+      const id = `${opts.prefix ?? 'more'}${i}`
+      ids.push(id)
+      p.hset(k.actions(wf), id, JSON.stringify({ ...base, id, eventId: `ev-${id}`, ...(opts.noAgent ? { agent: '' } : {}) }), `${id}:st`, st ?? '')
+      p.zadd(k.dead(wf), opts.noAgent ? 0 : Date.now(), id)
     }
-    p.hincrby(k.status(wf), 'dead', 1199)
+    p.hincrby(k.status(wf), 'dead', n)
     await p.exec()
+    return ids
+  }
+
+  /** How many script calls appended the workflow's action.requeued events (each names them after its own id base). */
+  async function requeueCalls(wf: string): Promise<number> {
+    const events = (await client.readEvents(wf, '0', 5000)).filter((e) => e.event.type === 'action.requeued')
+    return new Set(events.map((e) => e.event.id.split('.')[0])).size
+  }
+
+  it('requeues more dead letters than one script call takes, in batches, every one of them', async () => {
+    const { wf, actionId } = await deadOne()
+    await moreDead(wf, actionId, 1199)
+    const k = client.keys
     failing = false
     const r = await client.requeueDead(wf)
     expect(r.requeued).toHaveLength(1200)
     expect(new Set(r.requeued).size).toBe(1200)
     expect(r.skipped).toEqual([])
-    // Three script calls of at most 500 (each names its events after its own id base), not one holding Redis for all.
-    const requeuedEvents = (await client.readEvents(wf, '0', 5000)).filter((e) => e.event.type === 'action.requeued')
-    expect(requeuedEvents).toHaveLength(1200)
-    expect(new Set(requeuedEvents.map((e) => e.event.id.split('.')[0])).size).toBe(3)
+    // Three script calls of at most 500, not one holding Redis for all.
+    expect(await requeueCalls(wf)).toBe(3)
     await eventually(async () => (await client.getStatus(wf))?.counts.done === 1200, 60_000, 'all 1,200 done')
     const status = await client.getStatus(wf)
     expect(status?.counts.dead).toBe(0)
     expect(await client.redis.zcard(k.dead(wf))).toBe(0)
+  })
+
+  it('takes only the actions dead when it began: one that dies again meanwhile is not requeued twice', async () => {
+    const { wf, actionId } = await deadOne()
+    await moreDead(wf, actionId, 1499)
+    // Still failing: the requeued actions die again while later batches are taken.
+    const r = await client.requeueDead(wf)
+    expect(r.requeued).toHaveLength(1500)
+    expect(new Set(r.requeued).size).toBe(1500)
+    await eventually(async () => (await client.getStatus(wf))?.counts.dead === 1500, 60_000, 'all dead again')
+  })
+
+  it('passes over dead letters it cannot send instead of stopping at them', async () => {
+    const { wf, actionId } = await deadOne()
+    // 500 records a hand edit left without an agent, dead before the good one.
+    const bad = await moreDead(wf, actionId, 500, { prefix: 'bad', noAgent: true })
+    failing = false
+    const r = await client.requeueDead(wf)
+    expect(r.requeued).toEqual([actionId])
+    expect(r.skipped.sort()).toEqual([...bad].sort())
+    await eventually(async () => (await client.getStatus(wf))?.counts.done === 1, 20_000, 'the good one done')
+  })
+
+  it('requeues a long list of ids in calls of at most 500', async () => {
+    const { wf, actionId } = await deadOne()
+    const ids = [actionId, ...(await moreDead(wf, actionId, 1099))]
+    failing = false
+    const r = await client.requeueDead(wf, { actionIds: ids })
+    expect(r.requeued).toHaveLength(1100)
+    expect(await requeueCalls(wf)).toBe(3)
+  })
+
+  it('answers a resent call (its reply lost) as its first run, taking nothing more under the same event ids', async () => {
+    const { wf, actionId } = await deadOne()
+    await moreDead(wf, actionId, 2)
+    const k = client.keys
+    const keys = [k.status(wf), k.actions(wf), k.events(wf), k.seq(wf), k.dead(wf), k.mailbox(wf, '')]
+    const args = [wf, 'base1', k.channel(wf), 0, 'listed', '', 0, actionId]
+    const first = await runScript(client.redis, 'requeue', keys, args)
+    // A dead letter that a different batch would now take, had the resend not known itself.
+    const again = await runScript(client.redis, 'requeue', keys, [...args.slice(0, 7), actionId, 'more0'])
+    expect(again).toEqual(first)
+    expect((await client.deadLetters(wf)).map((d) => d.actionId).sort()).toEqual(['more0', 'more1'])
+    expect(await requeueCalls(wf)).toBe(1)
   })
 
   it('refuses a workflow that does not exist or has ended, and a bad id', async () => {

@@ -5,28 +5,44 @@
 -- as `requeuedFrom` for the record, and `action.requeued` tells the stream.
 --
 -- An id that is not dead-lettered here (never was, or requeued already) is
--- skipped, not refused: a call retried after a lost reply answers the same ids
--- as skipped instead of failing, and changes nothing.
+-- skipped, not refused, so a requeue run again changes nothing; so is one whose
+-- record cannot be sent (written by hand without an agent), which stays dead.
 --
 -- The mailboxes are key 6 with the agent name appended (same {wf} slot, as in
 -- cancel.lua). The agents' ready hints and wake-ups live in other slots: the
--- caller writes them after this script, with an enqueue's follow-ups.
+-- caller writes a hint for each of the workflow's agents before this script
+-- (as an enqueue's pre-hint: a caller that dies after it leaves nothing
+-- stranded) and the hints and wake-ups of those that got work after it.
+--
+-- A call's reply can be lost and ioredis then sends it again: the status hash's
+-- `requeue` field keeps the last call's event id base and its answer, and a
+-- call with that base answers it again instead of taking the next dead
+-- letters under the same event ids (the first run's actions are no longer
+-- dead, so it would have reported them as skipped and left its caller without
+-- the agents to hint).
 --
 -- KEYS: 1 workflow:status  2 workflow:actions  3 workflow:events  4 workflow:seq
 --       5 workflow:dead  6 the mailbox key for agent ''
 -- ARGV: 1 wf  2 event id base  3 channel  4 stream maxlen (0 = no trim)
---       5 'all' (the oldest ALL_BATCH dead-lettered actions; the caller calls again while a
---       batch comes back full) | 'listed' (those of ARGV 6...)  6... action ids
--- Returns: { now ms, firstStreamId, lastStreamId, n requeued, id..., n skipped, id..., agent... }
+--       5 'all' | 'listed'  6 'all': the cutoff score ('' = now; only those dead by then, so an
+--       action that dies again during a long requeue is not taken twice)  7 'all': how many of
+--       those to pass over (the ones an earlier call of the same requeue could not send, which
+--       stay dead at the head)  8... 'listed': the action ids
+--       'all' takes at most ALL_BATCH a call; the caller calls again while a call examines that many.
+-- Returns: { now ms, firstStreamId, lastStreamId, cutoff, examined, n requeued, id..., n skipped, id..., agent... }
 --          with the stream ids '' when nothing was requeued, and the agents whose mailboxes got work
 -- Errors: TROUPE_NOWF no such workflow | TROUPE_ENDED workflow already ended
 local status_key, actions_key, events_key, seq_key, dead_key, mailbox_base =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local wf, ev_base, channel, maxlen = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 
-local counts = redis.call('HMGET', status_key, 'status', 'queued', 'dead')
+local counts = redis.call('HMGET', status_key, 'status', 'queued', 'dead', 'requeue')
 local status = counts[1]
 if not status then return redis.error_reply('TROUPE_NOWF no workflow ' .. wf) end
+local marker = counts[4]
+if marker and string.sub(marker, 1, #ev_base + 1) == ev_base .. ' ' then
+  return cjson.decode(string.sub(marker, #ev_base + 2))
+end
 -- Nothing runs in an ended workflow: its mailboxes are gone with their hints.
 if TERMINAL[status] then return redis.error_reply('TROUPE_ENDED workflow ' .. wf .. ' is ' .. status) end
 local now, now_s = now_pair()
@@ -36,10 +52,13 @@ local now, now_s = now_pair()
 -- seconds. Keep in step with REQUEUE_BATCH in client.ts.
 local ALL_BATCH = 500
 local ids = {}
+local cutoff = ''
 if ARGV[5] == 'all' then
-  ids = redis.call('ZRANGE', dead_key, 0, ALL_BATCH - 1)
+  cutoff = ARGV[6]
+  if cutoff == '' then cutoff = now_s end
+  ids = redis.call('ZRANGEBYSCORE', dead_key, '-inf', cutoff, 'LIMIT', tonumber(ARGV[7]) or 0, ALL_BATCH)
 else
-  for i = 6, #ARGV do ids[#ids + 1] = ARGV[i] end
+  for i = 8, #ARGV do ids[#ids + 1] = ARGV[i] end
 end
 
 local requeued, skipped, agents, listed = {}, {}, {}, {}
@@ -90,9 +109,10 @@ if #requeued > 0 then
   end
 end
 
-local out = { now_s, first_sid, last_sid, #requeued }
+local out = { now_s, first_sid, last_sid, cutoff, #ids, #requeued }
 for _, id in ipairs(requeued) do out[#out + 1] = id end
 out[#out + 1] = #skipped
 for _, id in ipairs(skipped) do out[#out + 1] = id end
 for _, agent in ipairs(agents) do out[#out + 1] = agent end
+redis.call('HSET', status_key, 'requeue', ev_base .. ' ' .. cjson.encode(out))
 return out
