@@ -664,7 +664,7 @@ export class TroupeClient {
     const agentsOf = going && Array.isArray(fields) ? fields.map(String).filter((f) => f.startsWith('agent:')).map((f) => f.slice(6)) : []
     const at = Date.now()
     const pre: Op[] = agentsOf.map((agent) => ({ cmd: 'zadd', args: [k.ready(agent), 'LT', at, wf] }))
-    const keys = [k.status(wf), k.actions(wf), k.events(wf), k.seq(wf), k.dead(wf), k.mailbox(wf, '')]
+    const keys = [k.status(wf), k.actions(wf), k.events(wf), k.seq(wf), k.dead(wf), k.mailbox(wf, ''), k.requeued(wf)]
     const args = [wf, nanoid(), k.channel(wf), effectiveMaxLen(this.cfg), ids ? 'listed' : 'all', cutoff, offset, ...(ids ?? [])]
     const res = await execPhases(this.redis, [[...pre, { script: 'requeue', keys, args }]])
     const [err, raw] = res[pre.length] ?? [new Error('no reply'), null]

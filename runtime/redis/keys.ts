@@ -58,6 +58,10 @@ export class Keys {
   seq(wf: string): string {
     return `${this.ns}workflow:seq:{${wf}}`
   }
+  /** The last requeue call's event id base and answer, for a resent call (requeue.lua); expires by itself. */
+  requeued(wf: string): string {
+    return `${this.ns}workflow:requeued:{${wf}}`
+  }
   lock(wf: string, agent: string): string {
     return `${this.ns}lock:{${wf}}:${agent}`
   }

@@ -193,7 +193,7 @@ describe('requeueDead', () => {
     const { wf, actionId } = await deadOne()
     await moreDead(wf, actionId, 2)
     const k = client.keys
-    const keys = [k.status(wf), k.actions(wf), k.events(wf), k.seq(wf), k.dead(wf), k.mailbox(wf, '')]
+    const keys = [k.status(wf), k.actions(wf), k.events(wf), k.seq(wf), k.dead(wf), k.mailbox(wf, ''), k.requeued(wf)]
     const args = [wf, 'base1', k.channel(wf), 0, 'listed', '', 0, actionId]
     const first = await runScript(client.redis, 'requeue', keys, args)
     // A dead letter that a different batch would now take, had the resend not known itself.
@@ -201,6 +201,8 @@ describe('requeueDead', () => {
     expect(again).toEqual(first)
     expect((await client.deadLetters(wf)).map((d) => d.actionId).sort()).toEqual(['more0', 'more1'])
     expect(await requeueCalls(wf)).toBe(1)
+    // The answer is kept for resends only, not with the workflow.
+    expect(await client.redis.pttl(k.requeued(wf))).toBeGreaterThan(0)
   })
 
   it('refuses a workflow that does not exist or has ended, and a bad id', async () => {

@@ -14,15 +14,15 @@
 -- (as an enqueue's pre-hint: a caller that dies after it leaves nothing
 -- stranded) and the hints and wake-ups of those that got work after it.
 --
--- A call's reply can be lost and ioredis then sends it again: the status hash's
--- `requeue` field keeps the last call's event id base and its answer, and a
+-- A call's reply can be lost and ioredis then sends it again: key 7 keeps the
+-- last call's event id base and its answer for ten minutes, and a
 -- call with that base answers it again instead of taking the next dead
 -- letters under the same event ids (the first run's actions are no longer
 -- dead, so it would have reported them as skipped and left its caller without
 -- the agents to hint).
 --
 -- KEYS: 1 workflow:status  2 workflow:actions  3 workflow:events  4 workflow:seq
---       5 workflow:dead  6 the mailbox key for agent ''
+--       5 workflow:dead  6 the mailbox key for agent ''  7 workflow:requeued (the last call's answer)
 -- ARGV: 1 wf  2 event id base  3 channel  4 stream maxlen (0 = no trim)
 --       5 'all' | 'listed'  6 'all': the cutoff score ('' = now; only those dead by then, so an
 --       action that dies again during a long requeue is not taken twice)  7 'all': how many of
@@ -32,14 +32,16 @@
 -- Returns: { now ms, firstStreamId, lastStreamId, cutoff, examined, n requeued, id..., n skipped, id..., agent... }
 --          with the stream ids '' when nothing was requeued, and the agents whose mailboxes got work
 -- Errors: TROUPE_NOWF no such workflow | TROUPE_ENDED workflow already ended
-local status_key, actions_key, events_key, seq_key, dead_key, mailbox_base =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local status_key, actions_key, events_key, seq_key, dead_key, mailbox_base, marker_key =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+-- Long enough for any resend (ioredis resends on reconnect), short enough not to linger.
+local MARKER_TTL_MS = 600000
 local wf, ev_base, channel, maxlen = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 
-local counts = redis.call('HMGET', status_key, 'status', 'queued', 'dead', 'requeue')
+local counts = redis.call('HMGET', status_key, 'status', 'queued', 'dead')
 local status = counts[1]
 if not status then return redis.error_reply('TROUPE_NOWF no workflow ' .. wf) end
-local marker = counts[4]
+local marker = redis.call('GET', marker_key)
 if marker and string.sub(marker, 1, #ev_base + 1) == ev_base .. ' ' then
   return cjson.decode(string.sub(marker, #ev_base + 2))
 end
@@ -114,5 +116,5 @@ for _, id in ipairs(requeued) do out[#out + 1] = id end
 out[#out + 1] = #skipped
 for _, id in ipairs(skipped) do out[#out + 1] = id end
 for _, agent in ipairs(agents) do out[#out + 1] = agent end
-redis.call('HSET', status_key, 'requeue', ev_base .. ' ' .. cjson.encode(out))
+redis.call('SET', marker_key, ev_base .. ' ' .. cjson.encode(out), 'PX', MARKER_TTL_MS)
 return out
