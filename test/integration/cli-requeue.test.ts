@@ -2,8 +2,8 @@
 // JSON, and its exit codes (usage 2, bad input 3, Redis unreachable 4).
 import { spawn } from 'node:child_process'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { fromPromise, setup } from 'xstate'
-import { defineAgent, startRuntime, TroupeClient, type ActionEvent, type Runtime } from '../../runtime/index.ts'
+import { startRuntime, TroupeClient, type Runtime } from '../../runtime/index.ts'
+import { switchableAgent } from '../fixtures/agents.ts'
 import { eventually, testConfig } from '../helpers/redis.ts'
 
 const cfg = testConfig()
@@ -11,22 +11,7 @@ const CLI_TIMEOUT_MS = 30_000
 /** While set, `brittle` fails every action; maxAttempts 1 dead-letters it at once. */
 let failing = true
 
-const brittle = defineAgent({
-  name: 'brittle',
-  maxAttempts: 1,
-  machine: setup({
-    types: { events: {} as ActionEvent<'work', unknown> },
-    actors: {
-      job: fromPromise(async () => {
-        await Promise.resolve()
-        if (failing) throw new Error('target down')
-      }),
-    },
-  }).createMachine({
-    initial: 'idle',
-    states: { idle: { on: { work: 'working' } }, working: { invoke: { src: 'job', onDone: 'idle' } } },
-  }),
-})
+const brittle = switchableAgent('brittle', () => failing)
 
 let rt: Runtime
 let client: TroupeClient

@@ -5,8 +5,8 @@
 // sweeps: a requeue that left the agent's idle actor without its hint and wake-up
 // would time these tests out.
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest'
-import { assign, fromPromise, setup } from 'xstate'
-import { defineAgent, startRuntime, TroupeClient, TroupeError, type ActionEvent, type Runtime } from '../../runtime/index.ts'
+import { startRuntime, TroupeClient, TroupeError, type Runtime } from '../../runtime/index.ts'
+import { switchableAgent } from '../fixtures/agents.ts'
 import { runScript } from '../../runtime/redis/scripts.ts'
 import { eventually, testConfig } from '../helpers/redis.ts'
 
@@ -14,27 +14,7 @@ const cfg = testConfig({ lockTtlMs: 60_000, idlePollMs: 120_000 })
 /** While set, `fragile`'s work fails (a target that is down); maxAttempts 1 dead-letters it at once. */
 let failing = true
 
-const fragile = defineAgent({
-  name: 'fragile',
-  maxAttempts: 1,
-  machine: setup({
-    types: { context: {} as { done: number }, events: {} as ActionEvent<'work', unknown> },
-    actors: {
-      job: fromPromise(async () => {
-        await Promise.resolve()
-        if (failing) throw new Error('target down')
-        return 1
-      }),
-    },
-  }).createMachine({
-    context: { done: 0 },
-    initial: 'idle',
-    states: {
-      idle: { on: { work: 'working' } },
-      working: { invoke: { src: 'job', onDone: { target: 'idle', actions: assign({ done: ({ context }) => context.done + 1 }) } } },
-    },
-  }),
-})
+const fragile = switchableAgent('fragile', () => failing)
 
 let rt: Runtime
 let client: TroupeClient

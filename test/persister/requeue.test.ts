@@ -3,9 +3,9 @@
 // a real requeue ends with the action done and the requeue in its history.
 import type { Driver } from 'neo4j-driver'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { fromPromise, setup } from 'xstate'
 import { persisterService, type PersisterService } from '../../agents/persister.ts'
-import { defineAgent, startRuntime, TroupeClient, type ActionEvent, type Runtime, type WorkflowEvent } from '../../runtime/index.ts'
+import { startRuntime, TroupeClient, type Runtime, type WorkflowEvent } from '../../runtime/index.ts'
+import { switchableAgent } from '../fixtures/agents.ts'
 import { workflowRows } from '../../runtime/persister/rows.ts'
 import { eventually, testConfig } from '../helpers/redis.ts'
 import { cleanGraph, idPrefix, neo4jEnv, openDriver } from './helpers.ts'
@@ -16,22 +16,7 @@ const env = neo4jEnv()
 /** While set, `wobbly` fails every action; maxAttempts 1 dead-letters it at once. */
 let failing = true
 
-const wobbly = defineAgent({
-  name: `${prefix}wobbly`,
-  maxAttempts: 1,
-  machine: setup({
-    types: { events: {} as ActionEvent<'work', unknown> },
-    actors: {
-      job: fromPromise(async () => {
-        await Promise.resolve()
-        if (failing) throw new Error('target down')
-      }),
-    },
-  }).createMachine({
-    initial: 'idle',
-    states: { idle: { on: { work: 'working' } }, working: { invoke: { src: 'job', onDone: 'idle' } } },
-  }),
-})
+const wobbly = switchableAgent(`${prefix}wobbly`, () => failing)
 
 let driver: Driver
 let client: TroupeClient
