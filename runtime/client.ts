@@ -11,7 +11,7 @@ import { compareStreamIds, FINAL_EVENT_TYPES, isLastStreamId, isStreamId, parseE
 import { createLogger, type Logger } from './log.ts'
 import { dropFromOwnerIndex } from './owner-index.ts'
 import { closeRedis, createRedis, type RedisClient } from './redis/connection.ts'
-import { assertActionType, assertAgentName, assertWorkflowId, isWorkflowId, Keys } from './redis/keys.ts'
+import { assertActionType, assertAgentName, assertWorkflowId, isWorkflowId, Keys, newId } from './redis/keys.ts'
 import { runScript } from './redis/scripts.ts'
 import { execOps, execPhases, isCluster, type Op, type OpResult } from './redis/batch.ts'
 import { Subscriber } from './subscriber.ts'
@@ -324,7 +324,7 @@ export class TroupeClient {
    */
   async startWorkflow(opts: StartOptions): Promise<{ workflowId: string; actionId: string }> {
     this.assertOpen()
-    const wf = opts.workflowId ?? nanoid()
+    const wf = opts.workflowId ?? newId()
     assertWorkflowId(wf)
     assertAgentName(opts.agent)
     assertActionType(opts.type)
@@ -337,7 +337,7 @@ export class TroupeClient {
     }
     const payload = encodePayload(opts.payload, this.cfg.maxPayloadBytes)
     if (opts.validate !== false) await this.validateTarget(opts.agent, opts.type)
-    const actionId = nanoid()
+    const actionId = newId()
     const eventId = nanoid()
     const args: EnqueueArgs = {
       wf, actionId, agent: opts.agent, type: opts.type, record: this.record(wf, opts.agent, opts.type, payload, actionId, eventId), delayMs: 0, eventId,
@@ -448,7 +448,7 @@ export class TroupeClient {
     if (!Number.isFinite(delay) || delay < 0 || delay > MAX_DELAY_MS) throw new TroupeError('config', `delayMs must be a non-negative number, at most ${MAX_DELAY_MS} (ten years)`)
     const json = encodePayload(payload, this.cfg.maxPayloadBytes)
     if (opts.validate !== false) await this.validateTarget(agent, type)
-    const actionId = opts.actionId ?? nanoid()
+    const actionId = opts.actionId ?? newId()
     const eventId = nanoid()
     // Past the script nothing fails the call: the action is queued (enqueueWith).
     const { results: [r] } = await enqueueWith(this.ctx, [{

@@ -7,6 +7,7 @@ import { nanoid } from 'nanoid'
 import { CONTROL, handlesType, reservedEventType, type AgentDefinition } from './agent.ts'
 import { encodeEvent } from './events.ts'
 import type { OutboxEntry, OutboxJoin } from './claims.ts'
+import { newId } from './redis/keys.ts'
 import { MAX_DELAY_MS, type ActionEvent, type ActionRecord } from './types.ts'
 
 /** What delivering one action produced. */
@@ -384,7 +385,7 @@ export class LiveActor {
             if (cur.effectError === null) cur.effectError = join
             return
           }
-          const id = nanoid()
+          const id = newId()
           const eventId = nanoid()
           const record: ActionRecord = { id, workflowId: this.wf, agent: to, type, payload: JSON.parse(payloadJson) as unknown, from: this.def.name, parentId: cur.record.id, eventId, enqueuedAt: Date.now() }
           cur.outbox.push({ to, actionId: id, record: JSON.stringify(record), delayMs, eventId, join })

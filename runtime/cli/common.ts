@@ -27,10 +27,37 @@ export const COMMON_OPTIONS = {
   json: { type: 'boolean' },
 } as const satisfies ParseArgsConfig['options']
 
+/**
+ * `--name value` as `--name=value` where `name` takes a value and the value
+ * starts with a dash. Ids are nanoids, and about one in 64 starts with `-`:
+ * parseArgs refused `--action -Xb3…` as ambiguous. A value that is itself one
+ * of the options (`--json`, `-h`) is left alone, so a forgotten value is still
+ * a usage error. Positionals starting with a dash keep parseArgs' own answer
+ * (put them after `--`), which also catches a mistyped option.
+ */
+export function joinDashValues(argv: readonly string[], options: NonNullable<ParseArgsConfig['options']>): string[] {
+  const flags = new Set(Object.entries(options).flatMap(([name, o]) => [`--${name}`, ...(o.short ? [`-${o.short}`] : [])]))
+  const out: string[] = []
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i] as string
+    if (a === '--') return [...out, ...argv.slice(i)]
+    const next = argv[i + 1]
+    const name = a.startsWith('--') ? a.slice(2) : ''
+    if (name && options[name]?.type === 'string' && next !== undefined && next.startsWith('-') && next !== '--' && !flags.has(next.split('=')[0] as string)) {
+      out.push(`${a}=${next}`)
+      i++
+    } else {
+      out.push(a)
+    }
+  }
+  return out
+}
+
 /** parseArgs with strict checking; unknown flags become a UsageError. */
 export function parse<O extends NonNullable<ParseArgsConfig['options']>>(argv: string[], options: O) {
   try {
-    return parseArgs({ args: argv, options: { ...COMMON_OPTIONS, ...options }, allowPositionals: true, strict: true })
+    const all = { ...COMMON_OPTIONS, ...options }
+    return parseArgs({ args: joinDashValues(argv, all), options: all, allowPositionals: true, strict: true })
   } catch (err) {
     throw new UsageError(err instanceof Error ? err.message : String(err))
   }

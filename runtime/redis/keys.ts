@@ -1,6 +1,7 @@
 // The one place that names Redis keys and channels (docs/keys.md lists them all).
 // Every key of one workflow carries the hash tag `{wf}` so a workflow's scripts run
 // on one Redis Cluster slot; the braces are literal.
+import { nanoid } from 'nanoid'
 import { TroupeError } from '../errors.ts'
 
 const ID_RE = /^[A-Za-z0-9_-]{1,64}$/
@@ -29,6 +30,16 @@ export function assertActionType(type: unknown): asserts type is string {
 }
 
 /** True when `id` is a syntactically valid workflow id. */
+/**
+ * A new workflow or action id: a nanoid that does not start with `-`. Ids go
+ * on command lines (`troupe tail <wf>`, `troupe requeue <wf> --action <id>`),
+ * where one in 64 nanoids, starting with a dash, read as an option.
+ */
+export function newId(): string {
+  const id = nanoid()
+  return id.startsWith('-') ? `_${id.slice(1)}` : id
+}
+
 export function isWorkflowId(id: string): boolean {
   return ID_RE.test(id)
 }

@@ -59,6 +59,17 @@ describe('troupe requeue', () => {
     expect(text.out).toBe(`requeued 0 actions of ${wf}\nskipped 1 (not dead-lettered there, or without a record to send): ${actionId}\n`)
   })
 
+  it('takes an action id that starts with a dash after --action (one nanoid in 64 does)', async () => {
+    failing = true
+    const { workflowId: wf } = await client.startWorkflow({ agent: 'brittle', type: 'work' })
+    await client.sendAction(wf, 'brittle', 'work', null, { actionId: '-dashed' })
+    await eventually(async () => (await client.getStatus(wf))?.counts.dead === 2, 20_000, 'both dead-lettered')
+    failing = false
+    const r = await troupe(['requeue', wf, '--action', '-dashed', '--json'])
+    expect(r.code, r.err).toBe(0)
+    expect(JSON.parse(r.out)).toEqual({ workflowId: wf, requeued: ['-dashed'], skipped: [] })
+  })
+
   it('requeues every dead action without --action', async () => {
     failing = true
     const { wf, actionId } = await deadOne()

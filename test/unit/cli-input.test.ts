@@ -7,7 +7,8 @@ import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { afterAll, describe, expect, it } from 'vitest'
 import { redactUrl } from '../../runtime/config.ts'
-import { checkRedisUrl, portFlag } from '../../runtime/cli/common.ts'
+import { checkRedisUrl, joinDashValues, portFlag } from '../../runtime/cli/common.ts'
+import { isWorkflowId, newId } from '../../runtime/redis/keys.ts'
 import { loadAgents, loadFailure } from '../../runtime/cli/load-agents.ts'
 import { EventRenderer, printable } from '../../runtime/cli/render.ts'
 import type { StreamedEvent } from '../../runtime/types.ts'
@@ -16,6 +17,26 @@ const root = fileURLToPath(new URL('../..', import.meta.url))
 const dirs: string[] = []
 afterAll(() => {
   for (const d of dirs) rmSync(d, { recursive: true, force: true })
+})
+
+describe('joinDashValues', () => {
+  const options = { action: { type: 'string' }, json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } } as const
+  it('joins a value starting with a dash to its option, and leaves options, positionals and what follows -- alone', () => {
+    expect(joinDashValues(['wf', '--action', '-Xb3', '--action', 'ok'], options)).toEqual(['wf', '--action=-Xb3', '--action', 'ok'])
+    expect(joinDashValues(['--action', '--json'], options)).toEqual(['--action', '--json'])
+    expect(joinDashValues(['--action', '-h'], options)).toEqual(['--action', '-h'])
+    expect(joinDashValues(['--json', '-Xb3'], options)).toEqual(['--json', '-Xb3'])
+    expect(joinDashValues(['--', '--action', '-Xb3'], options)).toEqual(['--', '--action', '-Xb3'])
+  })
+})
+
+describe('newId', () => {
+  it('never starts with a dash, which a command line reads as an option (one nanoid in 64 did)', () => {
+    const ids = Array.from({ length: 20_000 }, () => newId())
+    expect(ids.filter((id) => id.startsWith('-'))).toEqual([])
+    expect(ids.every((id) => id.length === 21 && isWorkflowId(id))).toBe(true)
+    expect(new Set(ids).size).toBe(ids.length)
+  })
 })
 
 describe('redactUrl', () => {
